@@ -1,0 +1,274 @@
+//! Agent configuration: every key has a default, so `ferry agent --state-dir DIR` runs with
+//! no file at all. Relative paths are taken from the state directory. Each key is documented
+//! in the README's configuration reference.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+use crate::io::EngineChoice;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where volumes.json, the sockets and the default datastore live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub nbd: NbdConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default, rename = "datastore")]
+    pub datastores: Vec<DatastoreConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub io: IoConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdConfig {
+    /// TCP addresses to serve NBD on. An address off loopback is logged as a warning: NBD
+    /// itself is not encrypted.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Unix socket for NBD; "" turns it off.
+    #[serde(default = "default_nbd_socket")]
+    pub unix_socket: PathBuf,
+    /// Volume served to clients that ask for the empty export name; by default the only
+    /// volume, when there is exactly one.
+    #[serde(default)]
+    pub default_export: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreConfig {
+    pub name: String,
+    /// A directory (volumes are sparse files in it) or a block device (holds one volume).
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_payload")]
+    pub payload_bytes_max: u32,
+    #[serde(default = "default_inflight")]
+    pub inflight_bytes_max: u32,
+    #[serde(default = "default_connections")]
+    pub connections_max: usize,
+    #[serde(default = "default_handshake")]
+    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
+    #[serde(default = "default_pool")]
+    pub buffer_pool_bytes_max: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoConfig {
+    #[serde(default)]
+    pub engine: EngineChoice,
+    #[serde(default = "default_entries")]
+    pub uring_entries: u32,
+    /// Default for new volumes: O_DIRECT (bypass the page cache) instead of buffered I/O.
+    #[serde(default)]
+    pub direct: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ferry")
+}
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:10809".into()]
+}
+fn default_nbd_socket() -> PathBuf {
+    PathBuf::from("nbd.sock")
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("control.sock")
+}
+fn default_payload() -> u32 {
+    32 << 20
+}
+fn default_inflight() -> u32 {
+    128 << 20
+}
+fn default_connections() -> usize {
+    256
+}
+fn default_handshake() -> u64 {
+    30_000
+}
+fn default_grace() -> u64 {
+    10_000
+}
+fn default_pool() -> usize {
+    256 << 20
+}
+fn default_entries() -> u32 {
+    256
+}
+
+macro_rules! defaults {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("every field has a default")
+            }
+        }
+    )*};
+}
+defaults!(NbdConfig, ControlConfig, LimitsConfig, IoConfig);
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+impl AgentConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            path: path.into(),
+            why: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|why| AgentError::Config {
+            path: path.into(),
+            why,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<AgentConfig, String> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if !(4096..=(1 << 30)).contains(&l.payload_bytes_max)
+            || !l.payload_bytes_max.is_power_of_two()
+        {
+            return Err(
+                "limits.payload_bytes_max must be a power of two from 4096 to 1 GiB".into(),
+            );
+        }
+        if l.inflight_bytes_max < l.payload_bytes_max {
+            return Err(
+                "limits.inflight_bytes_max must be at least limits.payload_bytes_max".into(),
+            );
+        }
+        if l.connections_max == 0 {
+            return Err("limits.connections_max must be at least 1".into());
+        }
+        if !(4..=4096).contains(&self.io.uring_entries) {
+            return Err("io.uring_entries must be from 4 to 4096".into());
+        }
+        let mut names: Vec<&str> = self.datastores.iter().map(|d| d.name.as_str()).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("datastore {:?} is defined twice", w[0]));
+        }
+        Ok(())
+    }
+
+    /// A path from the config, relative ones under the state directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.state_dir.join(p)
+        }
+    }
+
+    /// Configured datastores, or the default one under the state directory.
+    pub fn datastores(&self) -> Vec<DatastoreConfig> {
+        if self.datastores.is_empty() {
+            vec![DatastoreConfig {
+                name: "default".into(),
+                path: self.state_dir.join("datastore"),
+            }]
+        } else {
+            self.datastores
+                .iter()
+                .map(|d| DatastoreConfig {
+                    name: d.name.clone(),
+                    path: self.resolve(&d.path),
+                })
+                .collect()
+        }
+    }
+
+    pub fn nbd_socket(&self) -> Option<PathBuf> {
+        (!self.nbd.unix_socket.as_os_str().is_empty()).then(|| self.resolve(&self.nbd.unix_socket))
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.resolve(&self.control.socket)
+    }
+
+    pub fn server_config(&self) -> ferry_nbd::ServerConfig {
+        ferry_nbd::ServerConfig {
+            payload_bytes_max: self.limits.payload_bytes_max,
+            inflight_bytes_max: self.limits.inflight_bytes_max,
+            handshake_timeout: Duration::from_millis(self.limits.handshake_timeout_ms),
+            shutdown_grace: Duration::from_millis(self.limits.shutdown_grace_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = AgentConfig::parse("").unwrap();
+        assert_eq!(c.nbd.listen, vec!["127.0.0.1:10809"]);
+        assert_eq!(c.limits.payload_bytes_max, 32 << 20);
+        assert_eq!(
+            c.datastores()[0].path,
+            PathBuf::from("/var/lib/ferry/datastore")
+        );
+    }
+
+    #[test]
+    fn full_config_parses_and_bad_keys_are_named() {
+        let c = AgentConfig::parse(
+            r#"
+            state_dir = "/srv/ferry"
+            [nbd]
+            listen = ["127.0.0.1:10810"]
+            unix_socket = ""
+            [[datastore]]
+            name = "fast"
+            path = "ds"
+            [limits]
+            payload_bytes_max = 65536
+            [io]
+            engine = "pread"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.nbd_socket(), None);
+        assert_eq!(c.datastores()[0].path, PathBuf::from("/srv/ferry/ds"));
+        assert_eq!(c.io.engine, EngineChoice::Pread);
+        let err = AgentConfig::parse("[nbd]\nlisten_on = []").unwrap_err();
+        assert!(err.contains("listen_on"), "{err}");
+        assert!(AgentConfig::parse("[limits]\npayload_bytes_max = 1000").is_err());
+    }
+}

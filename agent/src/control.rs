@@ -1,0 +1,148 @@
+//! The control API: HTTP/1 with JSON bodies on a unix socket (mode 0600) under the state
+//! directory. The `ferry` CLI is its client; scripts can use `curl --unix-socket`.
+//!
+//! | method | path                   | body / answer |
+//! |--------|------------------------|---------------|
+//! | GET    | /v1/status             | agent facts |
+//! | GET    | /v1/volumes            | `[VolumeStatus]` |
+//! | POST   | /v1/volumes            | `CreateVolume` → `VolumeStatus` |
+//! | POST   | /v1/volumes/adopt      | `AdoptVolume` → `VolumeStatus` |
+//! | DELETE | /v1/volumes/{name}?force=true | — |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+use crate::volume::{VolumeStatus, Volumes};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size_bytes: Option<u64>,
+    pub datastore: Option<String>,
+    pub direct: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdoptVolume {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    pub direct: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub version: String,
+    pub state_dir: PathBuf,
+    pub io_engine: String,
+    pub nbd_listen: Vec<String>,
+    pub volumes: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError(AgentError);
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            AgentError::NoVolume(_) | AgentError::NoDatastore(_) => StatusCode::NOT_FOUND,
+            AgentError::VolumeExists(_) | AgentError::VolumeInUse { .. } => StatusCode::CONFLICT,
+            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.0.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    volumes: Arc<Volumes>,
+    status: AgentStatus,
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub fn router(volumes: Arc<Volumes>, status: AgentStatus) -> Router {
+    Router::new()
+        .route("/v1/status", get(status_h))
+        .route("/v1/volumes", get(list_h).post(create_h))
+        .route("/v1/volumes/adopt", post(adopt_h))
+        .route("/v1/volumes/{name}", delete(delete_h))
+        .with_state(Api { volumes, status })
+}
+
+async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
+    let mut s = api.status.clone();
+    s.volumes = api.volumes.list().len();
+    Json(s)
+}
+
+async fn list_h(State(api): State<Api>) -> Json<Vec<VolumeStatus>> {
+    Json(api.volumes.list())
+}
+
+async fn create_h(
+    State(api): State<Api>,
+    Json(req): Json<CreateVolume>,
+) -> Result<(StatusCode, Json<VolumeStatus>), ApiError> {
+    let v = api
+        .volumes
+        .create(
+            &req.name,
+            req.size_bytes,
+            req.datastore.as_deref(),
+            req.direct,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn adopt_h(
+    State(api): State<Api>,
+    Json(req): Json<AdoptVolume>,
+) -> Result<(StatusCode, Json<VolumeStatus>), ApiError> {
+    let v = api
+        .volumes
+        .adopt(&req.name, &req.path, req.read_only, req.direct)
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn delete_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
+    api.volumes.delete(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,274 @@
+//! `ferry agent`: sets up the state directory, the I/O engine, the volumes, the NBD
+//! listeners (configured, or inherited through socket activation) and the control API, then
+//! serves until `shutdown` fires.
+//!
+//! Shutdown, in order: listeners stop accepting; each connection finishes its in-flight
+//! requests (failing those still running after `limits.shutdown_grace_ms` with
+//! ESHUTDOWN) and closes; every volume is fdatasync'd; the sockets are removed.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_nbd::ServerConfig;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::activation::{self, Inherited};
+use crate::config::AgentConfig;
+use crate::control::{self, AgentStatus};
+use crate::error::AgentError;
+use crate::io::{BufPool, Engine};
+use crate::volume::{Volumes, VolumesConfig};
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Holds the state directory's lock for the agent's lifetime.
+struct StateLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AgentError::io("cannot create state directory", dir, e))?;
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AgentError::io("cannot open", &path, e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| AgentError::StateDirBusy(dir.to_path_buf()))?;
+    Ok(StateLock(f))
+}
+
+/// Binds a unix socket, replacing a stale socket file left by a crashed agent (the state
+/// lock proves no live agent owns it).
+fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, AgentError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(AgentError::io(
+                "refusing to replace non-socket",
+                path,
+                std::io::Error::other("file exists"),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let l = UnixListener::bind(path).map_err(|source| AgentError::Listen {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| AgentError::io("cannot chmod", path, e))?;
+    Ok(l)
+}
+
+/// The NBD listeners, their names for logs and status, and whether we bound the unix socket.
+fn listeners(cfg: &AgentConfig) -> Result<(Vec<Listener>, Vec<String>, bool), AgentError> {
+    let inherited = activation::take_listeners().map_err(|why| AgentError::Config {
+        path: "LISTEN_FDS".into(),
+        why,
+    })?;
+    let mut out = Vec::new();
+    let mut names = Vec::new();
+    if !inherited.is_empty() {
+        for l in inherited {
+            match l {
+                Inherited::Tcp(t) => {
+                    t.set_nonblocking(true)
+                        .map_err(|e| AgentError::io("cannot set up", "inherited socket", e))?;
+                    names.push(format!(
+                        "{} (socket activation)",
+                        t.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                    ));
+                    out.push(Listener::Tcp(TcpListener::from_std(t).map_err(|e| {
+                        AgentError::io("cannot use", "inherited socket", e)
+                    })?));
+                }
+                Inherited::Unix(u) => {
+                    u.set_nonblocking(true)
+                        .map_err(|e| AgentError::io("cannot set up", "inherited socket", e))?;
+                    names.push("unix socket (socket activation)".into());
+                    out.push(Listener::Unix(UnixListener::from_std(u).map_err(|e| {
+                        AgentError::io("cannot use", "inherited socket", e)
+                    })?));
+                }
+            }
+        }
+        return Ok((out, names, false));
+    }
+    for addr in &cfg.nbd.listen {
+        let sa: SocketAddr = addr.parse().map_err(|e| AgentError::Config {
+            path: "nbd.listen".into(),
+            why: format!("{addr:?} is not an address:port ({e})"),
+        })?;
+        if !sa.ip().is_loopback() {
+            warn!(%addr, "NBD listens off loopback: NBD traffic is not encrypted; restrict access with a firewall");
+        }
+        let std = std::net::TcpListener::bind(sa).map_err(|source| AgentError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+        std.set_nonblocking(true)
+            .map_err(|source| AgentError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        names.push(format!(
+            "nbd://{}",
+            std.local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| addr.clone())
+        ));
+        out.push(Listener::Tcp(TcpListener::from_std(std).map_err(
+            |source| AgentError::Listen {
+                addr: addr.clone(),
+                source,
+            },
+        )?));
+    }
+    if let Some(path) = cfg.nbd_socket() {
+        out.push(Listener::Unix(bind_unix(&path, 0o660)?));
+        names.push(format!("nbd+unix:///NAME?socket={}", path.display()));
+    }
+    let bound_socket = cfg.nbd_socket().is_some();
+    Ok((out, names, bound_socket))
+}
+
+async fn accept_loop(
+    listener: Listener,
+    volumes: Arc<Volumes>,
+    server: Arc<ServerConfig>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = async {
+                match &listener {
+                    Listener::Tcp(t) => t.accept().await.map(|(s, peer)| {
+                        let _ = s.set_nodelay(true);
+                        (Conn::Tcp(s), peer.to_string())
+                    }),
+                    Listener::Unix(u) => u.accept().await.map(|(s, _)| (Conn::Unix(s), "unix".to_string())),
+                }
+            } => a,
+        };
+        let (conn, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%peer, "connection refused: limits.connections_max reached");
+            continue;
+        };
+        let (volumes, server, shutdown) = (volumes.clone(), server.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let r = match conn {
+                Conn::Tcp(s) => {
+                    ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await
+                }
+                Conn::Unix(s) => {
+                    ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await
+                }
+            };
+            if let Err(e) = r {
+                warn!(%peer, error = %e, "connection dropped");
+            }
+            drop(permit);
+        });
+    }
+}
+
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    let engine =
+        Arc::new(Engine::start(cfg.io.engine, cfg.io.uring_entries).map_err(AgentError::Engine)?);
+    let pool = BufPool::new(cfg.limits.buffer_pool_bytes_max);
+    let volumes = Arc::new(Volumes::load(
+        VolumesConfig {
+            state_dir: cfg.state_dir.clone(),
+            datastores: cfg.datastores(),
+            direct_default: cfg.io.direct,
+            default_export: cfg.nbd.default_export.clone(),
+        },
+        engine.clone(),
+        pool,
+    )?);
+    let (nbd, names, bound_socket) = listeners(&cfg)?;
+    let control_path = cfg.control_socket();
+    let control = bind_unix(&control_path, 0o600)?;
+    let status = AgentStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        state_dir: cfg.state_dir.clone(),
+        io_engine: engine.name().into(),
+        nbd_listen: names.clone(),
+        volumes: 0,
+    };
+    let api = tokio::spawn(
+        axum::serve(control, control::router(volumes.clone(), status))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    let server = Arc::new(cfg.server_config());
+    let slots = Arc::new(Semaphore::new(cfg.limits.connections_max));
+    let tracker = TaskTracker::new();
+    let loops: Vec<_> = nbd
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                volumes.clone(),
+                server.clone(),
+                slots.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    info!(nbd = ?names, control = %control_path.display(), engine = engine.name(), "agent ready");
+    activation::notify_ready();
+
+    shutdown.cancelled().await;
+    info!("shutting down: finishing in-flight requests");
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    // Connections bound themselves by the grace period; the extra is for the replies.
+    let bound = server.shutdown_grace + Duration::from_secs(5);
+    if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        warn!("connections still open after the shutdown bound; closing them");
+    }
+    volumes.flush_all().await;
+    let _ = api.await;
+    if let Some(p) = cfg.nbd_socket().filter(|_| bound_socket) {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_file(&control_path);
+    info!("agent stopped");
+    Ok(())
+}

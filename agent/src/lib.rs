@@ -1,0 +1,18 @@
+//! The ferry agent: volumes on datastores served over NBD, the control API, and the
+//! `ferry` command line that drives them.
+
+pub mod activation;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod io;
+pub mod size;
+pub mod state;
+pub mod volume;
+
+pub use config::AgentConfig;
+pub use daemon::run;
+pub use error::AgentError;

@@ -1,0 +1,115 @@
+//! The agent's persistent state: the volume registry in `volumes.json`, replaced atomically
+//! (write a temporary file, fsync it, rename it over the old one, fsync the directory), so a
+//! crash at any point leaves either the old or the new registry, never a torn one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// One volume as the registry keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub datastore: String,
+    /// The file or block device holding the volume's bytes.
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub direct: bool,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Adopted volumes sit on an existing file or device that deleting the volume keeps.
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    pub version: u32,
+    pub volumes: Vec<VolumeRecord>,
+}
+
+pub fn registry_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("volumes.json")
+}
+
+/// Loads the registry; a missing file is an empty registry.
+pub fn load(state_dir: &Path) -> Result<Registry, AgentError> {
+    let path = registry_path(state_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Registry {
+                version: STATE_FORMAT_VERSION,
+                volumes: vec![],
+            });
+        }
+        Err(e) => return Err(AgentError::io("cannot read", path, e)),
+    };
+    let reg: Registry = serde_json::from_str(&text).map_err(|e| AgentError::StateCorrupt {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    if reg.version != STATE_FORMAT_VERSION {
+        return Err(AgentError::StateCorrupt {
+            path,
+            why: format!(
+                "format version {} is not {STATE_FORMAT_VERSION}, which this agent reads",
+                reg.version
+            ),
+        });
+    }
+    Ok(reg)
+}
+
+/// Replaces the registry atomically.
+pub fn save(state_dir: &Path, reg: &Registry) -> Result<(), AgentError> {
+    let path = registry_path(state_dir);
+    let tmp = state_dir.join("volumes.json.tmp");
+    let text = serde_json::to_string_pretty(reg).expect("registry serialises");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|e| AgentError::io("cannot write", &path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption_is_reported() {
+        let dir = std::env::temp_dir().join(format!("ferry-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(load(&dir).unwrap().volumes.is_empty());
+        let reg = Registry {
+            version: STATE_FORMAT_VERSION,
+            volumes: vec![VolumeRecord {
+                name: "a".into(),
+                datastore: "default".into(),
+                path: "/x".into(),
+                size_bytes: 4096,
+                direct: false,
+                read_only: false,
+                adopted: false,
+            }],
+        };
+        save(&dir, &reg).unwrap();
+        assert_eq!(load(&dir).unwrap(), reg);
+        std::fs::write(registry_path(&dir), "{not json").unwrap();
+        assert!(matches!(load(&dir), Err(AgentError::StateCorrupt { .. })));
+        std::fs::write(registry_path(&dir), r#"{"version":9,"volumes":[]}"#).unwrap();
+        let err = load(&dir).unwrap_err().to_string();
+        assert!(err.contains("version 9"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

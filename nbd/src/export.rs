@@ -1,0 +1,151 @@
+//! What the server needs from whoever owns the bytes: a catalogue of exports and, per
+//! export, the data operations. The NBD crate knows nothing of datastores or replication;
+//! the agent implements these traits.
+//!
+//! The write path is shaped so the payload is copied once: the server asks the export for a
+//! buffer ([`Export::buffer`]), reads the payload from the socket straight into it and hands
+//! the same buffer back to [`Export::write`]. An export may return memory that a later step
+//! (the journal) reads in place.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::wire::Errno;
+
+/// Memory that the server reads a payload into, or that a read fills.
+pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> + Send + 'static {}
+impl IoBuffer for Vec<u8> {}
+
+/// Fixed facts about an export, sent in INFO/GO/EXPORT_NAME replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportInfo {
+    pub size_bytes: u64,
+    pub read_only: bool,
+    pub description: String,
+    /// Trims free space (a hint; reads of trimmed ranges return zeroes either way).
+    pub can_trim: bool,
+    /// WRITE_ZEROES can be done without writing the zeroes (FAST_ZERO is honoured).
+    pub can_fast_zero: bool,
+    /// Smallest unit of I/O; requests not aligned to it get EINVAL. A power of two.
+    pub block_bytes_min: u32,
+    pub block_bytes_preferred: u32,
+    pub rotational: bool,
+}
+
+/// How a WRITE_ZEROES may be carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZeroMode {
+    /// The range may be deallocated (no NO_HOLE flag).
+    pub may_trim: bool,
+    /// FAST_ZERO: fail with ENOTSUP rather than write zeroes slowly.
+    pub fast_only: bool,
+    pub fua: bool,
+}
+
+/// One extent of `base:allocation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub length: u64,
+    /// `wire::STATE_HOLE | wire::STATE_ZERO` bits.
+    pub flags: u32,
+}
+
+/// A failed data operation: the NBD error to send and a message for the client and log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({errno:?})")]
+pub struct ExportError {
+    pub errno: Errno,
+    pub message: String,
+}
+
+impl ExportError {
+    pub fn new(errno: Errno, message: impl Into<String>) -> Self {
+        Self {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// Maps an OS error to the closest NBD error.
+    pub fn from_io(what: &str, err: &std::io::Error) -> Self {
+        let errno = match err.raw_os_error() {
+            Some(1) | Some(13) | Some(30) => Errno::EPERM,
+            Some(12) => Errno::ENOMEM,
+            Some(22) => Errno::EINVAL,
+            Some(27) | Some(28) | Some(122) => Errno::ENOSPC,
+            Some(75) => Errno::EOVERFLOW,
+            Some(95) => Errno::ENOTSUP,
+            Some(108) => Errno::ESHUTDOWN,
+            _ => Errno::EIO,
+        };
+        Self::new(errno, format!("{what}: {err}"))
+    }
+}
+
+pub type ExportResult<T> = Result<T, ExportError>;
+
+/// One export's data operations. Offsets and lengths have been checked against
+/// [`ExportInfo`] (in range, aligned, within the payload limit) before any call.
+pub trait Export: Send + Sync + 'static {
+    type Buf: IoBuffer;
+
+    fn info(&self) -> &ExportInfo;
+
+    /// A buffer of exactly `len` bytes for a payload or a read.
+    fn buffer(&self, len: usize) -> Self::Buf;
+
+    /// Fills `buf` from `offset` and gives it back.
+    fn read(
+        &self,
+        offset: u64,
+        buf: Self::Buf,
+    ) -> impl Future<Output = ExportResult<Self::Buf>> + Send;
+
+    /// Writes `buf` at `offset`; with `fua` the bytes are durable before this returns.
+    fn write(
+        &self,
+        offset: u64,
+        buf: Self::Buf,
+        fua: bool,
+    ) -> impl Future<Output = ExportResult<()>> + Send;
+
+    /// Makes every completed write durable (on every connection to this export).
+    fn flush(&self) -> impl Future<Output = ExportResult<()>> + Send;
+
+    fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> impl Future<Output = ExportResult<()>> + Send;
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        mode: ZeroMode,
+    ) -> impl Future<Output = ExportResult<()>> + Send;
+
+    /// Prefetch hint.
+    fn cache(&self, offset: u64, len: u64) -> impl Future<Output = ExportResult<()>> + Send;
+
+    /// `base:allocation` extents from `offset`, at most `extents_max` of them, covering at
+    /// least one byte and at most `len` bytes.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+        extents_max: usize,
+    ) -> impl Future<Output = ExportResult<Vec<Extent>>> + Send;
+}
+
+/// The exports a server offers.
+pub trait Catalog: Send + Sync + 'static {
+    type Export: Export;
+
+    /// The export called `name`; `""` asks for the default export, if there is one.
+    fn open(&self, name: &str) -> Option<Arc<Self::Export>>;
+
+    /// Names and descriptions of every export, for NBD_OPT_LIST.
+    fn list(&self) -> Vec<(String, String)>;
+}

@@ -1,0 +1,541 @@
+//! The I/O shell around the protocol core: runs negotiation and transmission for one
+//! connection over any byte stream (TCP, unix socket, socket-activated fd).
+//!
+//! Transmission keeps many requests in flight: the reader decodes a header, checks it,
+//! reads a WRITE payload straight into the export's buffer, and spawns the operation; each
+//! finished operation hands its reply to one writer task, which sends every reply that is
+//! ready in one flush. Replies go out in completion order.
+//!
+//! Shutdown (the `shutdown` token), field by field:
+//! - the reader stops taking requests at the next header;
+//! - operations in flight run to completion for up to `shutdown_grace`, after which the
+//!   ones still running are answered with ESHUTDOWN;
+//! - the writer sends every reply, flushes and closes the stream.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::export::{Catalog, Export, ExportError, Extent};
+use crate::negotiate::{Negotiation, ReplyMode, Session, Step, greeting, option_reply};
+use crate::option::{
+    OPTION_DATA_BYTES_MAX, OptionError, decode_client_flags, decode_option_header,
+};
+use crate::reply;
+use crate::request::{Checked, Limits, Op, RequestError, check, decode_request, header_bytes};
+use crate::wire::{self, Errno, OptionReply};
+
+/// Limits for every connection.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest READ or WRITE payload (advertised as the maximum block size).
+    pub payload_bytes_max: u32,
+    /// Payload and reply bytes one connection may have in flight; the reader waits above it.
+    pub inflight_bytes_max: u32,
+    /// Time a client has to finish option haggling.
+    pub handshake_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown before they fail with ESHUTDOWN.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            payload_bytes_max: 32 << 20,
+            inflight_bytes_max: 128 << 20,
+            handshake_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Smallest budget one request is charged, so that even empty requests are bounded.
+const REQUEST_COST_MIN_BYTES: u32 = 4096;
+/// Most extents sent in one block status reply.
+const EXTENTS_MAX: usize = 16 * 1024;
+/// Size of the scratch buffer used to skip unwanted payload bytes.
+const DISCARD_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Why a connection ended other than by a clean close.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Option(#[from] OptionError),
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    #[error("client did not finish negotiation within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// Serves one client until it disconnects, breaks the protocol, or `shutdown` fires.
+/// `peer` names the client in logs.
+pub async fn serve_connection<C, S>(
+    mut stream: S,
+    peer: &str,
+    catalog: Arc<C>,
+    cfg: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError>
+where
+    C: Catalog,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(cfg.handshake_timeout, negotiate(&mut stream, &*catalog, &cfg)) => {
+            r.map_err(|_| ConnectionError::HandshakeTimeout(cfg.handshake_timeout))?
+        }
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let session = match negotiated {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(()),
+        Err(ConnectionError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            debug!(peer, "client closed during negotiation");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    info!(peer, export = %session.name, mode = ?session.mode, "client connected");
+    transmit(stream, session, &cfg, shutdown, peer).await
+}
+
+async fn negotiate<C: Catalog, S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    catalog: &C,
+    cfg: &ServerConfig,
+) -> Result<Option<Session<C::Export>>, ConnectionError> {
+    s.write_all(&greeting()).await?;
+    let mut flags = [0u8; 4];
+    s.read_exact(&mut flags).await?;
+    let mut neg = Negotiation::new(decode_client_flags(flags)?, cfg.payload_bytes_max);
+    let mut out = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let mut head = [0u8; wire::OPTION_HEADER_BYTES];
+        s.read_exact(&mut head).await?;
+        let header = decode_option_header(&head)?;
+        out.clear();
+        if header.length > OPTION_DATA_BYTES_MAX {
+            discard(s, header.length as u64).await?;
+            let msg = format!(
+                "option data of {} bytes exceeds {OPTION_DATA_BYTES_MAX}",
+                header.length
+            );
+            option_reply(
+                &mut out,
+                header.code,
+                OptionReply::ERR_TOO_BIG,
+                msg.as_bytes(),
+            );
+            s.write_all(&out).await?;
+            continue;
+        }
+        data.resize(header.length as usize, 0);
+        s.read_exact(&mut data).await?;
+        let step = neg.on_option(header.code, &data, catalog, &mut out);
+        s.write_all(&out).await?;
+        match step {
+            Step::Continue => {}
+            Step::Close => {
+                s.flush().await?;
+                return Ok(None);
+            }
+            Step::Transmission(session) => return Ok(Some(session)),
+        }
+    }
+}
+
+/// Reads and drops `n` bytes without allocating for them.
+async fn discard<R: AsyncRead + Unpin>(r: &mut R, mut n: u64) -> io::Result<()> {
+    let mut scratch = [0u8; DISCARD_CHUNK_BYTES];
+    while n > 0 {
+        let take = n.min(DISCARD_CHUNK_BYTES as u64) as usize;
+        r.read_exact(&mut scratch[..take]).await?;
+        n -= take as u64;
+    }
+    Ok(())
+}
+
+/// One reply on its way to the writer; `_budget` returns to the connection once sent.
+struct Outgoing<B> {
+    head: Vec<u8>,
+    data: Option<B>,
+    _budget: OwnedSemaphorePermit,
+}
+
+async fn write_replies<W: AsyncWrite + Unpin, B: AsRef<[u8]>>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<Outgoing<B>>,
+) -> io::Result<()> {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    while let Some(mut next) = rx.recv().await {
+        loop {
+            w.write_all(&next.head).await?;
+            if let Some(data) = &next.data {
+                w.write_all(data.as_ref()).await?;
+            }
+            match rx.try_recv() {
+                Ok(m) => next = m,
+                Err(_) => break,
+            }
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
+
+enum End {
+    Disconnect,
+    Eof,
+    Shutdown,
+    Failed(ConnectionError),
+}
+
+struct Ctx<E> {
+    export: Arc<E>,
+    mode: ReplyMode,
+}
+
+/// Data an operation returns for its reply.
+enum Done<B> {
+    Ack,
+    Data(B),
+    Extents(Vec<Extent>),
+}
+
+async fn execute<E: Export>(
+    ctx: &Ctx<E>,
+    op: Op,
+    payload: Option<E::Buf>,
+) -> Result<Done<E::Buf>, ExportError> {
+    let e = &ctx.export;
+    match op {
+        Op::Read { len: 0, .. } | Op::Write { len: 0, .. } => {
+            Ok(if matches!(op, Op::Read { .. }) {
+                Done::Data(e.buffer(0))
+            } else {
+                Done::Ack
+            })
+        }
+        Op::Read { offset, len } => e.read(offset, e.buffer(len as usize)).await.map(Done::Data),
+        Op::Write { offset, fua, .. } => e
+            .write(offset, payload.expect("WRITE carries its payload"), fua)
+            .await
+            .map(|_| Done::Ack),
+        Op::Flush => e.flush().await.map(|_| Done::Ack),
+        Op::Trim { len: 0, .. } | Op::WriteZeroes { len: 0, .. } | Op::Cache { len: 0, .. } => {
+            Ok(Done::Ack)
+        }
+        Op::Trim { offset, len, fua } => e.trim(offset, len, fua).await.map(|_| Done::Ack),
+        Op::WriteZeroes { offset, len, mode } => {
+            e.write_zeroes(offset, len, mode).await.map(|_| Done::Ack)
+        }
+        Op::Cache { offset, len } => e.cache(offset, len).await.map(|_| Done::Ack),
+        Op::BlockStatus {
+            offset,
+            len,
+            req_one,
+        } => {
+            let max = if req_one { 1 } else { EXTENTS_MAX };
+            let mut extents = e.block_status(offset, len, max).await?;
+            clip_extents(&mut extents, len, ctx.mode, max);
+            if extents.is_empty() {
+                return Err(ExportError::new(Errno::EIO, "export reported no extents"));
+            }
+            Ok(Done::Extents(extents))
+        }
+        Op::Disc => unreachable!("DISC ends the reader loop"),
+    }
+}
+
+/// Keeps extents within the request (the last may not run past it here), within 32 bits
+/// for compact replies, and at most `max` of them.
+fn clip_extents(extents: &mut Vec<Extent>, len: u64, mode: ReplyMode, max: usize) {
+    let cap = if mode == ReplyMode::Extended {
+        u64::MAX
+    } else {
+        u32::MAX as u64 & !0xfff
+    };
+    let mut covered = 0u64;
+    let mut kept = 0;
+    for i in 0..extents.len().min(max) {
+        if covered >= len || extents[i].length == 0 {
+            break;
+        }
+        let l = extents[i].length.min(len - covered).min(cap);
+        extents[i].length = l;
+        covered += l;
+        kept = i + 1;
+    }
+    extents.truncate(kept);
+}
+
+async fn run_op<E: Export>(
+    ctx: Arc<Ctx<E>>,
+    cookie: u64,
+    offset: u64,
+    op: Op,
+    payload: Option<E::Buf>,
+    budget: OwnedSemaphorePermit,
+    tx: mpsc::UnboundedSender<Outgoing<E::Buf>>,
+    abandon: CancellationToken,
+) {
+    let result = tokio::select! {
+        r = execute(&ctx, op, payload) => r,
+        _ = abandon.cancelled() => Err(ExportError::new(Errno::ESHUTDOWN, "the agent is shutting down")),
+    };
+    let mut head = Vec::with_capacity(64);
+    let mut data = None;
+    match result {
+        Ok(Done::Ack) => reply::done(&mut head, ctx.mode, cookie, offset),
+        Ok(Done::Data(buf)) => {
+            reply::read_data_head(
+                &mut head,
+                ctx.mode,
+                cookie,
+                offset,
+                buf.as_ref().len() as u32,
+            );
+            data = Some(buf);
+        }
+        Ok(Done::Extents(ext)) => reply::block_status(
+            &mut head,
+            ctx.mode,
+            cookie,
+            offset,
+            wire::BASE_ALLOCATION_ID,
+            &ext,
+        ),
+        Err(e) => {
+            if e.errno == Errno::EIO {
+                warn!(?op, error = %e, "request failed");
+            } else {
+                debug!(?op, error = %e, "request failed");
+            }
+            reply::error(&mut head, ctx.mode, cookie, offset, e.errno, &e.message);
+        }
+    }
+    // The writer is gone only when the client is; the reply has nowhere to go then.
+    let _ = tx.send(Outgoing {
+        head,
+        data,
+        _budget: budget,
+    });
+}
+
+async fn transmit<E: Export, S>(
+    stream: S,
+    session: Session<E>,
+    cfg: &ServerConfig,
+    shutdown: CancellationToken,
+    peer: &str,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing<E::Buf>>();
+    let writer = tokio::spawn(write_replies(wr, rx));
+    assert!(
+        cfg.inflight_bytes_max >= cfg.payload_bytes_max,
+        "one request must fit the in-flight budget"
+    );
+    let budget = Arc::new(Semaphore::new(cfg.inflight_bytes_max as usize));
+    let abandon = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        export: session.export.clone(),
+        mode: session.mode,
+    });
+    let info = session.export.info().clone();
+    let limits = Limits {
+        info: &info,
+        mode: session.mode,
+        base_allocation: session.base_allocation,
+        payload_bytes_max: session.payload_bytes_max,
+    };
+    let n = header_bytes(session.mode);
+    let end = loop {
+        let mut head = [0u8; wire::EXTENDED_REQUEST_BYTES];
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break End::Shutdown,
+            r = rd.read_exact(&mut head[..n]) => r,
+        };
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break End::Eof,
+            Err(e) => break End::Failed(e.into()),
+        }
+        let req = match decode_request(&head[..n], session.mode) {
+            Ok(r) => r,
+            Err(e) => break End::Failed(e.into()),
+        };
+        match check(&req, limits) {
+            Checked::Violation(why) => break End::Failed(ConnectionError::Violation(why)),
+            Checked::Op(Op::Disc) => break End::Disconnect,
+            Checked::Refuse(r) => {
+                let permit = budget
+                    .clone()
+                    .acquire_many_owned(REQUEST_COST_MIN_BYTES)
+                    .await
+                    .expect("never closed");
+                if r.discard_bytes > 0
+                    && let Err(e) = discard(&mut rd, r.discard_bytes).await
+                {
+                    break End::Failed(e.into());
+                }
+                debug!(peer, command = ?req.command, errno = ?r.errno, why = %r.message, "request refused");
+                let mut out = Vec::with_capacity(64);
+                reply::error(
+                    &mut out,
+                    session.mode,
+                    req.cookie,
+                    req.offset,
+                    r.errno,
+                    &r.message,
+                );
+                let _ = tx.send(Outgoing {
+                    head: out,
+                    data: None,
+                    _budget: permit,
+                });
+            }
+            Checked::Op(op) => {
+                let bytes = match op {
+                    Op::Read { len, .. } | Op::Write { len, .. } => len,
+                    _ => 0,
+                };
+                let cost = bytes.max(REQUEST_COST_MIN_BYTES);
+                let permit = budget
+                    .clone()
+                    .acquire_many_owned(cost)
+                    .await
+                    .expect("never closed");
+                let payload = match op {
+                    Op::Write { len, .. } => {
+                        let mut buf = session.export.buffer(len as usize);
+                        if let Err(e) = rd.read_exact(buf.as_mut()).await {
+                            break End::Failed(e.into());
+                        }
+                        Some(buf)
+                    }
+                    _ => None,
+                };
+                tasks.spawn(run_op(
+                    ctx.clone(),
+                    req.cookie,
+                    req.offset,
+                    op,
+                    payload,
+                    permit,
+                    tx.clone(),
+                    abandon.clone(),
+                ));
+            }
+        }
+    };
+    tasks.close();
+    let wait = tasks.wait();
+    tokio::pin!(wait);
+    let grace = cfg.shutdown_grace;
+    tokio::select! {
+        _ = &mut wait => {}
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!(peer, ?grace, "requests still running after the shutdown grace period; failing them with ESHUTDOWN");
+            abandon.cancel();
+            wait.await;
+        }
+    }
+    drop(tx);
+    let written = writer.await.expect("writer task does not panic");
+    match end {
+        End::Failed(e) => Err(e),
+        End::Disconnect | End::Eof | End::Shutdown => {
+            if let Err(e) = written
+                && !matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                )
+            {
+                return Err(e.into());
+            }
+            info!(peer, export = %session.name, "client disconnected");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_are_clipped_to_request_and_width() {
+        let mut e = vec![Extent {
+            length: 1 << 40,
+            flags: 3,
+        }];
+        clip_extents(&mut e, 1 << 20, ReplyMode::Structured, 10);
+        assert_eq!(
+            e,
+            vec![Extent {
+                length: 1 << 20,
+                flags: 3
+            }]
+        );
+
+        let mut e = vec![
+            Extent {
+                length: 100,
+                flags: 0,
+            },
+            Extent {
+                length: 100,
+                flags: 3,
+            },
+            Extent {
+                length: 100,
+                flags: 0,
+            },
+        ];
+        clip_extents(&mut e, 150, ReplyMode::Extended, 10);
+        assert_eq!(
+            e,
+            vec![
+                Extent {
+                    length: 100,
+                    flags: 0
+                },
+                Extent {
+                    length: 50,
+                    flags: 3
+                }
+            ]
+        );
+
+        let mut e = vec![
+            Extent {
+                length: 100,
+                flags: 0,
+            },
+            Extent {
+                length: 100,
+                flags: 3,
+            },
+        ];
+        clip_extents(&mut e, 1000, ReplyMode::Extended, 1);
+        assert_eq!(e.len(), 1);
+    }
+}
