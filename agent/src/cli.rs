@@ -102,8 +102,9 @@ fn init_logging(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
         .expect("tokio runtime starts")
@@ -125,7 +126,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .join(&cfg.state_dir);
     }
-    runtime().block_on(async {
+    runtime(cfg.worker_threads()).block_on(async {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
@@ -280,7 +281,7 @@ pub fn main() -> ExitCode {
             let control = cli
                 .control
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR).join("control.sock"));
-            runtime().block_on(run_client(control, cmd))
+            runtime(1).block_on(run_client(control, cmd))
         }
     };
     match result {

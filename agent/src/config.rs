@@ -86,6 +86,10 @@ pub struct IoConfig {
     /// Default for new volumes: O_DIRECT (bypass the page cache) instead of buffered I/O.
     #[serde(default)]
     pub direct: bool,
+    /// Threads running sockets and request handling; 0 = one fewer than the cores (at least
+    /// one), which leaves a core to the io_uring thread and the kernel.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -219,6 +223,13 @@ impl AgentConfig {
 
     pub fn control_socket(&self) -> PathBuf {
         self.resolve(&self.control.socket)
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        match self.io.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            n => n,
+        }
     }
 
     pub fn server_config(&self) -> ferry_nbd::ServerConfig {
