@@ -227,7 +227,9 @@ impl AgentConfig {
 
     pub fn worker_threads(&self) -> usize {
         match self.io.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
             n => n,
         }
     }

@@ -175,9 +175,12 @@ impl Negotiation {
                 Step::Transmission(session)
             }
             ClientOption::List => {
-                for (name, _) in catalog.list() {
+                for (name, description) in catalog.list() {
                     let mut d = (name.len() as u32).to_be_bytes().to_vec();
                     d.extend_from_slice(name.as_bytes());
+                    d.extend_from_slice(
+                        &description.as_bytes()[..description.len().min(wire::STRING_BYTES_MAX)],
+                    );
                     option_reply(out, code, OptionReply::SERVER, &d);
                 }
                 option_reply(out, code, OptionReply::ACK, &[]);

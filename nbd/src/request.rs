@@ -216,6 +216,22 @@ pub fn check(req: &Request, lim: Limits<'_>) -> Checked {
             | Command::CACHE
             | Command::BLOCK_STATUS
     );
+    // Oversize first: it is the more useful answer for a huge request near the start.
+    let too_big = |len: u64| len > lim.payload_bytes_max as u64;
+    let overflow = if lim.mode == ReplyMode::Simple {
+        Errno::EINVAL
+    } else {
+        Errno::EOVERFLOW
+    };
+    if matches!(req.command, Command::READ | Command::WRITE) && too_big(len) {
+        return refuse(
+            overflow,
+            format!(
+                "{:?} of {len} bytes exceeds the {} byte limit",
+                req.command, lim.payload_bytes_max
+            ),
+        );
+    }
     if needs_range {
         if !in_range {
             let errno = if writes { Errno::ENOSPC } else { Errno::EINVAL };

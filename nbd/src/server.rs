@@ -220,13 +220,8 @@ async fn execute<E: Export>(
 ) -> Result<Done<E::Buf>, ExportError> {
     let e = &ctx.export;
     match op {
-        Op::Read { len: 0, .. } | Op::Write { len: 0, .. } => {
-            Ok(if matches!(op, Op::Read { .. }) {
-                Done::Data(e.buffer(0))
-            } else {
-                Done::Ack
-            })
-        }
+        // Nothing to move; an OFFSET_DATA chunk cannot carry zero bytes, so this is a plain ack.
+        Op::Read { len: 0, .. } | Op::Write { len: 0, .. } => Ok(Done::Ack),
         Op::Read { offset, len } => e.read(offset, e.buffer(len as usize)).await.map(Done::Data),
         Op::Write { offset, fua, .. } => e
             .write(offset, payload.expect("WRITE carries its payload"), fua)

@@ -1,0 +1,234 @@
+//! Test harness: a real `ferry agent` process in a scratch state directory, the `ferry` CLI
+//! against it, and helpers to run the real NBD clients from Debian packages.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Fails loudly when a client tool is missing: these tests never skip.
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; run scripts/test.sh, which installs the test dependencies"
+    );
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ferry-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Agent {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub tcp: String,
+    extra_config: String,
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Agent {
+    pub fn start(tag: &str) -> Agent {
+        Self::start_with(tag, "")
+    }
+
+    /// Starts an agent; `extra_config` is appended to the generated TOML.
+    pub fn start_with(tag: &str, extra_config: &str) -> Agent {
+        let dir = scratch_dir(tag);
+        let mut a = Agent {
+            dir,
+            child: None,
+            tcp: String::new(),
+            extra_config: extra_config.to_string(),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+
+    pub fn spawn(&mut self) {
+        let cfg = format!(
+            "state_dir = {:?}\n[nbd]\nlisten = [\"127.0.0.1:0\"]\n[limits]\nshutdown_grace_ms = 3000\n{}",
+            self.dir.display().to_string(),
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), cfg).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let child = Command::new(FERRY)
+            .args(["agent", "--config"])
+            .arg(self.config_path())
+            .args(["--log-level", "debug"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ferry agent starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = run(self.cli().arg("status"));
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("NBD: nbd://"))
+                    .expect("status names the TCP listener");
+                self.tcp = line.trim_start_matches("NBD: nbd://").to_string();
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited early ({st}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not come up; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(FERRY);
+        c.env("FERRY_CONTROL", self.dir.join("control.sock"));
+        c
+    }
+
+    /// `ferry ARGS` that must succeed.
+    pub fn ferry(&self, args: &[&str]) -> String {
+        ok(self.cli().args(args))
+    }
+
+    /// `ferry ARGS` that must fail; returns its stderr.
+    pub fn ferry_fails(&self, args: &[&str]) -> String {
+        let out = run(self.cli().args(args));
+        assert!(!out.status.success(), "ferry {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn create(&self, name: &str, size: &str) {
+        self.ferry(&["volume", "create", name, "--size", size]);
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("nbd.sock")
+    }
+
+    pub fn unix_uri(&self, name: &str) -> String {
+        format!("nbd+unix:///{name}?socket={}", self.socket().display())
+    }
+
+    pub fn tcp_uri(&self, name: &str) -> String {
+        format!("nbd://{}/{name}", self.tcp)
+    }
+
+    /// SIGTERM, then waits for the exit; returns its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        rustix_kill(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn volume_path(&self, name: &str) -> PathBuf {
+        self.dir.join("datastore").join(format!("{name}.img"))
+    }
+}
+
+pub fn rustix_kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a child we spawned.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A file of `len` bytes where 64 KiB blocks alternate between a pattern and zeroes.
+pub fn patterned_file(path: &Path, len: usize, seed: u8) {
+    let mut data = vec![0u8; len];
+    for (i, chunk) in data.chunks_mut(65536).enumerate() {
+        if i % 3 != 1 {
+            for (j, b) in chunk.iter_mut().enumerate() {
+                *b = seed.wrapping_add((i * 31 + j * 7) as u8) | 1;
+            }
+        }
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+/// Runs nbdsh (python3-libnbd) with /usr/bin first on PATH, as the module lives there.
+pub fn nbdsh(script: &Path, args: &[&str]) -> Output {
+    require("nbdsh");
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    run(Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .env("PATH", path))
+}
