@@ -7,6 +7,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("{text:?} is not a size; write it like 10G or 512M"));
+    }
     let shift = match unit
         .trim()
         .to_ascii_uppercase()

@@ -134,6 +134,18 @@ impl Agent {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) for `needle` to appear in the agent's log.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn cli(&self) -> Command {
         let mut c = Command::new(FERRY);
         c.env("FERRY_CONTROL", self.dir.join("control.sock"));

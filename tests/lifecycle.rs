@@ -1,0 +1,208 @@
+//! The agent as an operator runs it: CLI errors that say what to do, state that survives a
+//! restart, SIGTERM under load, socket activation (captive launch by nbdinfo), and a volume
+//! whose file vanished.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Agent, FERRY, ok, require, run};
+
+#[test]
+fn cli_errors_name_the_problem() {
+    let a = Agent::start("cli");
+    a.create("one", "4M");
+    let e = a.ferry_fails(&["volume", "create", "one", "--size", "4M"]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = a.ferry_fails(&["volume", "create", "two", "--size", "ten"]);
+    assert!(e.contains("is not a size"), "{e}");
+    let e = a.ferry_fails(&["volume", "create", "two", "--size", "1000"]);
+    assert!(e.contains("multiple of 512"), "{e}");
+    let e = a.ferry_fails(&["volume", "create", "two"]);
+    assert!(e.contains("--size is required"), "{e}");
+    let e = a.ferry_fails(&["volume", "create", "../x", "--size", "1M"]);
+    assert!(e.contains("must be 1 to 64 letters"), "{e}");
+    let e = a.ferry_fails(&[
+        "volume",
+        "create",
+        "two",
+        "--size",
+        "1M",
+        "--datastore",
+        "nope",
+    ]);
+    assert!(e.contains("no datastore named \"nope\""), "{e}");
+    let e = a.ferry_fails(&["volume", "delete", "ghost"]);
+    assert!(
+        e.contains("no volume named \"ghost\"") && e.contains("ferry volume list"),
+        "{e}"
+    );
+    let e = a.ferry_fails(&["volume", "adopt", "x", "/nonexistent/file"]);
+    assert!(e.contains("cannot find"), "{e}");
+    let path = a.volume_path("one");
+    let e = a.ferry_fails(&["volume", "adopt", "again", path.to_str().unwrap()]);
+    assert!(e.contains("is already volume \"one\""), "{e}");
+
+    // In use: refused without --force, allowed with it.
+    require("nbdsh");
+    let mut holder = Command::new("/usr/bin/python3")
+        .args(["-c", "import nbd,sys,time; h=nbd.NBD(); h.connect_uri(sys.argv[1]); print('up', flush=True); time.sleep(30)"])
+        .arg(a.unix_uri("one"))
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 3];
+    std::io::Read::read_exact(holder.stdout.as_mut().unwrap(), &mut line).unwrap();
+    let list = a.ferry(&["volume", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("one") && l.contains(" yes ")),
+        "{list}"
+    );
+    let e = a.ferry_fails(&["volume", "delete", "one"]);
+    assert!(
+        e.contains("open NBD connection") && e.contains("--force"),
+        "{e}"
+    );
+    a.ferry(&["volume", "delete", "one", "--force"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!path.exists(), "deleting a created volume removes its file");
+
+    // No agent at the socket: the message says how to point at one.
+    let out =
+        run(Command::new(FERRY).args(["--control", "/nonexistent/control.sock", "volume", "list"]));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("Is `ferry agent` running?")
+            && e.contains("FERRY_CONTROL"),
+        "{e}"
+    );
+
+    // A second agent on the same state directory is refused.
+    let out = run(Command::new(FERRY)
+        .args(["agent", "--config"])
+        .arg(a.config_path()));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("already uses state directory"),
+        "{e}"
+    );
+
+    // A config key that does not exist is named.
+    let bad = a.dir.join("bad.toml");
+    std::fs::write(&bad, "[nbd]\nlisten_on = []\n").unwrap();
+    let out = run(Command::new(FERRY).args(["agent", "--config"]).arg(&bad));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("listen_on"), "{e}");
+}
+
+#[test]
+fn sigterm_under_load_exits_cleanly_and_restart_serves_the_same_volumes() {
+    require("fio");
+    let mut a = Agent::start("sigterm");
+    a.create("keep", "64M");
+    a.create("other", "8M");
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x6b 0 4M", "-c", "flush"])
+        .arg(a.unix_uri("keep")));
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=load",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            "--size=32M",
+            "--offset=32M",
+        ])
+        .args(["--time_based", "--runtime=30"])
+        .arg(format!("--uri={}", a.unix_uri("keep")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = a.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0; log:\n{}", a.log());
+    let _ = fio.kill();
+    let _ = fio.wait();
+    let log = a.log();
+    assert!(
+        log.contains("stop signal received") && log.contains("agent stopped"),
+        "{log}"
+    );
+    assert!(
+        !a.socket().exists() && !a.dir.join("control.sock").exists(),
+        "sockets removed"
+    );
+
+    a.spawn();
+    let list = a.ferry(&["volume", "list"]);
+    assert!(list.contains("keep") && list.contains("other"), "{list}");
+    let out = ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0x6b 0 4M"])
+        .arg(a.tcp_uri("keep")));
+    assert!(!out.contains("verification failed"), "{out}");
+}
+
+#[test]
+fn captive_launch_through_socket_activation() {
+    require("nbdinfo");
+    let mut a = Agent::start("captive");
+    a.create("only", "8M");
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x21 0 64k"])
+        .arg(a.unix_uri("only")));
+    assert_eq!(a.stop().code(), Some(0));
+    // nbdinfo starts the agent with LISTEN_FDS on a socket of its own and asks for the
+    // default export, which is the only volume.
+    let out = ok(Command::new("nbdinfo")
+        .args(["--size", "--", "["])
+        .arg(FERRY)
+        .args(["agent", "--config"])
+        .arg(a.config_path())
+        .arg("]"));
+    assert_eq!(out.trim(), "8388608");
+    let out = run(Command::new("nbdinfo")
+        .args(["--map", "--", "["])
+        .arg(FERRY)
+        .args(["agent", "--config"])
+        .arg(a.config_path())
+        .arg("]"));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.lines().next().unwrap().split_whitespace().nth(2) == Some("0"),
+        "data first: {stdout}"
+    );
+    assert!(
+        stderr.contains("socket activation"),
+        "the agent says it was socket-activated: {stderr}"
+    );
+}
+
+#[test]
+fn a_volume_whose_file_vanished_is_offline_and_the_rest_are_served() {
+    let mut a = Agent::start("offline");
+    a.create("lost", "4M");
+    a.create("fine", "4M");
+    assert_eq!(a.stop().code(), Some(0));
+    std::fs::remove_file(a.volume_path("lost")).unwrap();
+    a.spawn();
+    let list = a.ferry(&["volume", "list"]);
+    let lost = list.lines().find(|l| l.starts_with("lost")).unwrap();
+    assert!(lost.contains("offline"), "{list}");
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0 0 4M"])
+        .arg(a.unix_uri("fine")));
+    let json = a.ferry(&["volume", "list", "--json"]);
+    assert!(json.contains("cannot open volume file"), "{json}");
+    a.ferry(&["volume", "delete", "lost"]);
+}
