@@ -443,7 +443,7 @@ impl Volumes {
 
     fn check_size(size: u64, direct: bool) -> Result<(), AgentError> {
         let align = if direct { 4096 } else { 512 };
-        if size == 0 || size % align != 0 {
+        if size == 0 || !size.is_multiple_of(align) {
             return Err(AgentError::BadRequest(format!(
                 "size {size} must be a non-zero multiple of {align} bytes"
             )));
@@ -609,16 +609,16 @@ impl Volumes {
         self.offline.write().expect("lock").remove(name);
         let is_device =
             std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());
-        if !record.adopted && !is_device {
-            if let Err(e) = std::fs::remove_file(&record.path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                return Err(AgentError::io(
-                    "volume removed, but cannot delete its file",
-                    &record.path,
-                    e,
-                ));
-            }
+        if !record.adopted
+            && !is_device
+            && let Err(e) = std::fs::remove_file(&record.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(AgentError::io(
+                "volume removed, but cannot delete its file",
+                &record.path,
+                e,
+            ));
         }
         info!(volume = %name, "volume deleted");
         Ok(())

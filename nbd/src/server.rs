@@ -275,16 +275,28 @@ fn clip_extents(extents: &mut Vec<Extent>, len: u64, mode: ReplyMode, max: usize
     extents.truncate(kept);
 }
 
-async fn run_op<E: Export>(
-    ctx: Arc<Ctx<E>>,
+/// One request handed to its task.
+struct InFlight<B> {
     cookie: u64,
     offset: u64,
     op: Op,
-    payload: Option<E::Buf>,
+    payload: Option<B>,
     budget: OwnedSemaphorePermit,
+}
+
+async fn run_op<E: Export>(
+    ctx: Arc<Ctx<E>>,
+    req: InFlight<E::Buf>,
     tx: mpsc::UnboundedSender<Outgoing<E::Buf>>,
     abandon: CancellationToken,
 ) {
+    let InFlight {
+        cookie,
+        offset,
+        op,
+        payload,
+        budget,
+    } = req;
     let result = tokio::select! {
         r = execute(&ctx, op, payload) => r,
         _ = abandon.cancelled() => Err(ExportError::new(Errno::ESHUTDOWN, "the agent is shutting down")),
@@ -428,16 +440,14 @@ where
                     }
                     _ => None,
                 };
-                tasks.spawn(run_op(
-                    ctx.clone(),
-                    req.cookie,
-                    req.offset,
+                let req = InFlight {
+                    cookie: req.cookie,
+                    offset: req.offset,
                     op,
                     payload,
-                    permit,
-                    tx.clone(),
-                    abandon.clone(),
-                ));
+                    budget: permit,
+                };
+                tasks.spawn(run_op(ctx.clone(), req, tx.clone(), abandon.clone()));
             }
         }
     };

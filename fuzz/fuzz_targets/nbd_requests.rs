@@ -1,0 +1,44 @@
+//! Request headers from arbitrary bytes, decoded and checked in each reply mode against an
+//! export; a request that passes the check must be in range, aligned and within limits.
+#![no_main]
+
+use ferry_nbd::ExportInfo;
+use ferry_nbd::negotiate::ReplyMode;
+use ferry_nbd::request::{Checked, Limits, Op, check, decode_request, header_bytes};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let info = ExportInfo {
+        size_bytes: 1 << 30,
+        read_only: data.first().is_some_and(|b| b & 1 == 1),
+        description: String::new(),
+        can_trim: true,
+        can_fast_zero: true,
+        block_bytes_min: 512,
+        block_bytes_preferred: 4096,
+        rotational: false,
+    };
+    for mode in [ReplyMode::Simple, ReplyMode::Structured, ReplyMode::Extended] {
+        let n = header_bytes(mode);
+        if data.len() < n {
+            continue;
+        }
+        let Ok(req) = decode_request(&data[..n], mode) else { continue };
+        let lim = Limits { info: &info, mode, base_allocation: data.len() % 2 == 0, payload_bytes_max: 1 << 25 };
+        if let Checked::Op(op) = check(&req, lim) {
+            let (off, len) = match op {
+                Op::Read { offset, len } | Op::Write { offset, len, .. } => {
+                    assert!(len <= 1 << 25);
+                    (offset, len as u64)
+                }
+                Op::Trim { offset, len, .. } | Op::WriteZeroes { offset, len, .. } | Op::Cache { offset, len } => (offset, len),
+                Op::BlockStatus { offset, len, .. } => (offset, len),
+                Op::Flush | Op::Disc => (0, 0),
+            };
+            assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
+            if info.read_only {
+                assert!(!matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. }));
+            }
+        }
+    }
+});

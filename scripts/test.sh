@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs the real NBD clients and tools
+# the tests drive (apt-get, as root), then formatting, clippy, unit and end-to-end tests, and
+# a bounded fuzzing run of every decoder of outside bytes.
+#
+#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 nbdfuse e2fsprogs util-linux mount)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "== installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-30}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+  # cargo-fuzz wants nightly; where only stable is installed, let stable accept -Z flags.
+  if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz=(cargo +nightly fuzz)
+  else
+    fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
+  fi
+  for target in nbd_options nbd_requests; do
+    echo "== fuzz $target for ${fuzz_seconds}s"
+    mkdir -p "fuzz/corpus/$target"
+    (cd fuzz && "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- \
+      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 3)
+  done
+fi
+echo "== all tests passed"
