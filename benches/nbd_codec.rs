@@ -10,7 +10,9 @@ use ferry_nbd::{Extent, reply};
 use std::hint::black_box;
 
 fn header(extended: bool) -> Vec<u8> {
-    let mut b = if extended { 0x21e4_1c71u32 } else { 0x2560_9513u32 }.to_be_bytes().to_vec();
+    let mut b = if extended { 0x21e4_1c71u32 } else { 0x2560_9513u32 }
+        .to_be_bytes()
+        .to_vec();
     b.extend_from_slice(&1u16.to_be_bytes());
     b.extend_from_slice(&1u16.to_be_bytes());
     b.extend_from_slice(&42u64.to_be_bytes());
@@ -38,7 +40,12 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for (name, mode) in [("compact", ReplyMode::Structured), ("extended", ReplyMode::Extended)] {
         let h = header(mode == ReplyMode::Extended);
-        let lim = Limits { info: &info, mode, base_allocation: true, payload_bytes_max: 32 << 20 };
+        let lim = Limits {
+            info: &info,
+            mode,
+            base_allocation: true,
+            payload_bytes_max: 32 << 20,
+        };
         g.bench_function(format!("decode+check/{name}"), |b| {
             b.iter(|| {
                 let r = decode_request(black_box(&h), mode).unwrap();
@@ -51,7 +58,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("reply");
     g.throughput(Throughput::Elements(1));
     let mut out = Vec::with_capacity(256);
-    for (name, mode) in [("simple", ReplyMode::Simple), ("structured", ReplyMode::Structured), ("extended", ReplyMode::Extended)] {
+    for (name, mode) in [
+        ("simple", ReplyMode::Simple),
+        ("structured", ReplyMode::Structured),
+        ("extended", ReplyMode::Extended),
+    ] {
         g.bench_function(format!("done/{name}"), |b| {
             b.iter(|| {
                 out.clear();
@@ -70,11 +81,23 @@ fn bench(c: &mut Criterion) {
     g.bench_function("error/extended", |b| {
         b.iter(|| {
             out.clear();
-            reply::error(&mut out, ReplyMode::Extended, 7, 0, Errno::EINVAL, black_box("range is past the end"));
+            reply::error(
+                &mut out,
+                ReplyMode::Extended,
+                7,
+                0,
+                Errno::EINVAL,
+                black_box("range is past the end"),
+            );
             black_box(out.len())
         })
     });
-    let extents: Vec<Extent> = (0..64).map(|i| Extent { length: 65536, flags: (i % 2) * 3 }).collect();
+    let extents: Vec<Extent> = (0..64)
+        .map(|i| Extent {
+            length: 65536,
+            flags: (i % 2) * 3,
+        })
+        .collect();
     g.bench_function("block_status_64/structured", |b| {
         b.iter(|| {
             out.clear();

@@ -38,16 +38,10 @@ impl Attached {
         let file = fuse_dir.join("nbd");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "nbdfuse did not expose {}",
-                file.display()
-            );
+            assert!(Instant::now() < deadline, "nbdfuse did not expose {}", file.display());
             std::thread::sleep(Duration::from_millis(50));
         }
-        let dev = ok(Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&file));
+        let dev = ok(Command::new("losetup").args(["--find", "--show"]).arg(&file));
         a.loop_dev = Some(dev.trim().to_string());
         a
     }

@@ -23,15 +23,7 @@ fn cli_errors_name_the_problem() {
     assert!(e.contains("--size is required"), "{e}");
     let e = a.ferry_fails(&["volume", "create", "../x", "--size", "1M"]);
     assert!(e.contains("must be 1 to 64 letters"), "{e}");
-    let e = a.ferry_fails(&[
-        "volume",
-        "create",
-        "two",
-        "--size",
-        "1M",
-        "--datastore",
-        "nope",
-    ]);
+    let e = a.ferry_fails(&["volume", "create", "two", "--size", "1M", "--datastore", "nope"]);
     assert!(e.contains("no datastore named \"nope\""), "{e}");
     let e = a.ferry_fails(&["volume", "delete", "ghost"]);
     assert!(
@@ -47,7 +39,10 @@ fn cli_errors_name_the_problem() {
     // In use: refused without --force, allowed with it.
     require("nbdsh");
     let mut holder = Command::new("/usr/bin/python3")
-        .args(["-c", "import nbd,sys,time; h=nbd.NBD(); h.connect_uri(sys.argv[1]); print('up', flush=True); time.sleep(30)"])
+        .args([
+            "-c",
+            "import nbd,sys,time; h=nbd.NBD(); h.connect_uri(sys.argv[1]); print('up', flush=True); time.sleep(30)",
+        ])
         .arg(a.unix_uri("one"))
         .env("PATH", "/usr/bin:/bin")
         .stdout(Stdio::piped())
@@ -57,35 +52,26 @@ fn cli_errors_name_the_problem() {
     std::io::Read::read_exact(holder.stdout.as_mut().unwrap(), &mut line).unwrap();
     let list = a.ferry(&["volume", "list"]);
     assert!(
-        list.lines()
-            .any(|l| l.starts_with("one") && l.contains(" yes ")),
+        list.lines().any(|l| l.starts_with("one") && l.contains(" yes ")),
         "{list}"
     );
     let e = a.ferry_fails(&["volume", "delete", "one"]);
-    assert!(
-        e.contains("open NBD connection") && e.contains("--force"),
-        "{e}"
-    );
+    assert!(e.contains("open NBD connection") && e.contains("--force"), "{e}");
     a.ferry(&["volume", "delete", "one", "--force"]);
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(!path.exists(), "deleting a created volume removes its file");
 
     // No agent at the socket: the message says how to point at one.
-    let out =
-        run(Command::new(FERRY).args(["--control", "/nonexistent/control.sock", "volume", "list"]));
+    let out = run(Command::new(FERRY).args(["--control", "/nonexistent/control.sock", "volume", "list"]));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success()
-            && e.contains("Is `ferry agent` running?")
-            && e.contains("FERRY_CONTROL"),
+        !out.status.success() && e.contains("Is `ferry agent` running?") && e.contains("FERRY_CONTROL"),
         "{e}"
     );
 
     // A second agent on the same state directory is refused.
-    let out = run(Command::new(FERRY)
-        .args(["agent", "--config"])
-        .arg(a.config_path()));
+    let out = run(Command::new(FERRY).args(["agent", "--config"]).arg(a.config_path()));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && e.contains("already uses state directory"),

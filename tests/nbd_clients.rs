@@ -76,11 +76,7 @@ fn qemu_img_convert_compare_and_map() {
         .args(["compare", "-f", "raw", "-F", "raw"])
         .arg(&src)
         .arg(a.unix_uri("img")));
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "compare must see the difference"
-    );
+    assert_eq!(out.status.code(), Some(1), "compare must see the difference");
 }
 
 #[test]
@@ -89,63 +85,32 @@ fn nbdinfo_list_map_and_can() {
     let a = Agent::start("nbdinfo");
     a.create("alpha", "8M");
     a.create("beta", "4M");
-    let list = ok(Command::new("nbdinfo")
-        .arg("--list")
-        .arg(format!("nbd://{}", a.tcp)));
+    let list = ok(Command::new("nbdinfo").arg("--list").arg(format!("nbd://{}", a.tcp)));
     assert!(
         list.contains("export=\"alpha\"") && list.contains("export=\"beta\""),
         "{list}"
     );
-    assert!(
-        list.contains("ferry volume alpha on datastore default"),
-        "{list}"
-    );
+    assert!(list.contains("ferry volume alpha on datastore default"), "{list}");
     ok(Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 1 1M 64k"])
         .arg(a.unix_uri("alpha")));
-    let map = ok(Command::new("nbdinfo")
-        .arg("--map")
-        .arg(a.unix_uri("alpha")));
-    let rows: Vec<Vec<&str>> = map
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert!(
-        rows.iter().any(|r| r[0] == "0" && r[2] == "3"),
-        "hole at start: {map}"
-    );
+    let map = ok(Command::new("nbdinfo").arg("--map").arg(a.unix_uri("alpha")));
+    let rows: Vec<Vec<&str>> = map.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert!(rows.iter().any(|r| r[0] == "0" && r[2] == "3"), "hole at start: {map}");
     assert!(
         rows.iter().any(|r| r[0] == "1048576" && r[2] == "0"),
         "data at 1M: {map}"
     );
-    for can in [
-        "flush",
-        "fua",
-        "trim",
-        "zero",
-        "fast-zero",
-        "multi-conn",
-        "cache",
-        "df",
-    ] {
-        let st = run(Command::new("nbdinfo")
-            .arg("--can")
-            .arg(can)
-            .arg(a.tcp_uri("alpha")));
+    for can in ["flush", "fua", "trim", "zero", "fast-zero", "multi-conn", "cache", "df"] {
+        let st = run(Command::new("nbdinfo").arg("--can").arg(can).arg(a.tcp_uri("alpha")));
         assert_eq!(st.status.code(), Some(0), "can {can}");
     }
     let ro = run(Command::new("nbdinfo")
         .arg("--is")
         .arg("readonly")
         .arg(a.tcp_uri("alpha")));
-    assert_eq!(
-        ro.status.code(),
-        Some(2),
-        "a writable volume is not read-only"
-    );
-    let size = ok(Command::new("nbdinfo")
-        .arg("--size")
-        .arg(a.unix_uri("beta")));
+    assert_eq!(ro.status.code(), Some(2), "a writable volume is not read-only");
+    let size = ok(Command::new("nbdinfo").arg("--size").arg(a.unix_uri("beta")));
     assert_eq!(size.trim(), "4194304");
 }
 
@@ -157,19 +122,9 @@ fn nbdcopy_round_trip_keeps_a_sparse_image_sparse() {
     let src = a.dir.join("in.raw");
     let back = a.dir.join("out.raw");
     // Sparse source: data at 0 and 20M, the rest holes.
-    std::fs::File::create(&src)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    std::fs::File::create(&src).unwrap().set_len(32 << 20).unwrap();
     ok(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x42 0 256k",
-            "-c",
-            "write -P 0x43 20M 1M",
-        ])
+        .args(["-f", "raw", "-c", "write -P 0x42 0 256k", "-c", "write -P 0x43 20M 1M"])
         .arg(&src));
     ok(Command::new("nbdcopy").arg(&src).arg(a.unix_uri("sparse")));
     ok(Command::new("nbdcopy").arg(a.tcp_uri("sparse")).arg(&back));
@@ -178,19 +133,14 @@ fn nbdcopy_round_trip_keeps_a_sparse_image_sparse() {
         std::fs::read(&back).unwrap(),
         "round trip is byte-identical"
     );
-    let map = ok(Command::new("nbdinfo")
-        .arg("--map")
-        .arg(a.unix_uri("sparse")));
+    let map = ok(Command::new("nbdinfo").arg("--map").arg(a.unix_uri("sparse")));
     let holes: u64 = map
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|r| r[2] == "3")
         .map(|r| r[1].parse::<u64>().unwrap())
         .sum();
-    assert!(
-        holes >= 30 << 20,
-        "copy left the zero regions as holes: {map}"
-    );
+    assert!(holes >= 30 << 20, "copy left the zero regions as holes: {map}");
 }
 
 #[test]
@@ -227,8 +177,7 @@ fn fio_verify_crc32c_qd32_several_connections() {
 fn multi_connection_write_flush_read_coherence() {
     let a = Agent::start("multiconn");
     a.create("mc", "8M");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/multiconn.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/multiconn.py");
     let out = common::nbdsh(&script, &[&a.unix_uri("mc"), &a.tcp_uri("mc")]);
     assert!(
         out.status.success(),
@@ -244,17 +193,10 @@ fn nbdsh_edge_cases() {
     let a = Agent::start("edge");
     a.create("edge", "4M");
     let ro = a.dir.join("ro.img");
-    std::fs::File::create(&ro)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    std::fs::File::create(&ro).unwrap().set_len(1 << 20).unwrap();
     a.ferry(&["volume", "adopt", "ro", ro.to_str().unwrap(), "--read-only"]);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/edge_cases.py");
-    let out = common::nbdsh(
-        &script,
-        &[&a.unix_uri("edge"), &a.unix_uri("ro"), &a.tcp_uri("edge")],
-    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/edge_cases.py");
+    let out = common::nbdsh(&script, &[&a.unix_uri("edge"), &a.unix_uri("ro"), &a.tcp_uri("edge")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -85,22 +85,11 @@ impl Raw {
                 }
                 3 => {}
                 1 => return export.expect("INFO_EXPORT before ACK"),
-                other => panic!(
-                    "unexpected GO reply {other:#x}: {}",
-                    String::from_utf8_lossy(&data)
-                ),
+                other => panic!("unexpected GO reply {other:#x}: {}", String::from_utf8_lossy(&data)),
             }
         }
     }
-    fn request(
-        &mut self,
-        flags: u16,
-        cmd: u16,
-        cookie: u64,
-        offset: u64,
-        len: u32,
-        payload: &[u8],
-    ) {
+    fn request(&mut self, flags: u16, cmd: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
         let mut b = 0x2560_9513u32.to_be_bytes().to_vec();
         b.extend_from_slice(&flags.to_be_bytes());
         b.extend_from_slice(&cmd.to_be_bytes());

@@ -33,20 +33,15 @@ pub fn take_listeners() -> Result<Vec<Inherited>, String> {
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(vec![]);
     }
-    let n: i32 = fds
-        .parse()
-        .map_err(|_| format!("LISTEN_FDS={fds:?} is not a number"))?;
+    let n: i32 = fds.parse().map_err(|_| format!("LISTEN_FDS={fds:?} is not a number"))?;
     if !(0..=LISTEN_FDS_MAX).contains(&n) {
-        return Err(format!(
-            "LISTEN_FDS={n} is out of range (0..={LISTEN_FDS_MAX})"
-        ));
+        return Err(format!("LISTEN_FDS={n} is out of range (0..={LISTEN_FDS_MAX})"));
     }
     let mut out = Vec::new();
     for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + n {
         // SAFETY: LISTEN_FDS with our pid says these fds are ours and open.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)
-            .map_err(|e| format!("fd {fd}: {e}"))?;
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| format!("fd {fd}: {e}"))?;
         let family = rustix::net::getsockname(&owned)
             .map_err(|e| format!("inherited fd {fd} is not a socket: {e}"))?
             .address_family();
@@ -70,8 +65,7 @@ pub fn notify_ready() {
     let bytes = path.as_encoded_bytes();
     let sent = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
     } else {
         sock.send_to(b"READY=1", &path)
     };

@@ -17,11 +17,7 @@ use crate::volume::VolumeStatus;
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "ferry",
-    version,
-    about = "ferry: disaster-recovery block replication agent"
-)]
+#[command(name = "ferry", version, about = "ferry: disaster-recovery block replication agent")]
 struct Cli {
     /// The agent's control socket (default: $FERRY_CONTROL, else /var/lib/ferry/control.sock).
     #[arg(long, global = true, env = "FERRY_CONTROL")]
@@ -92,8 +88,8 @@ enum VolumeCmd {
 }
 
 fn init_logging(filter: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| format!("bad --log-level {filter:?}: {e}"))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| format!("bad --log-level {filter:?}: {e}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -122,9 +118,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
         (None, Some(_)) => {}
     }
     if cfg.state_dir.is_relative() {
-        cfg.state_dir = std::env::current_dir()
-            .map_err(|e| e.to_string())?
-            .join(&cfg.state_dir);
+        cfg.state_dir = std::env::current_dir().map_err(|e| e.to_string())?.join(&cfg.state_dir);
     }
     runtime(cfg.worker_threads()).block_on(async {
         let shutdown = CancellationToken::new();
@@ -137,9 +131,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             tracing::info!("stop signal received");
             s.cancel();
         });
-        crate::daemon::run(cfg, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        crate::daemon::run(cfg, shutdown).await.map_err(|e| e.to_string())
     })
 }
 
@@ -181,11 +173,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 .await
                 .map_err(e)?
                 .ok_or("empty answer")?;
-            println!(
-                "ferry agent {} (state {})",
-                s.version,
-                s.state_dir.display()
-            );
+            println!("ferry agent {} (state {})", s.version, s.state_dir.display());
             println!("datastore I/O: {}", s.io_engine);
             for l in &s.nbd_listen {
                 println!("NBD: {l}");
@@ -223,8 +211,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             read_only,
             direct,
         }) => {
-            let path =
-                std::path::absolute(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            let path = std::path::absolute(&path).map_err(|err| format!("{}: {err}", path.display()))?;
             let body = AdoptVolume {
                 name,
                 path,
@@ -250,19 +237,13 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 .map_err(e)?
                 .unwrap_or_default();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&vols).expect("serialises")
-                );
+                println!("{}", serde_json::to_string_pretty(&vols).expect("serialises"));
             } else {
                 print_volumes(&vols);
             }
         }
         Command::Volume(VolumeCmd::Delete { name, force }) => {
-            let path = format!(
-                "/v1/volumes/{name}{}",
-                if force { "?force=true" } else { "" }
-            );
+            let path = format!("/v1/volumes/{name}{}", if force { "?force=true" } else { "" });
             c.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
                 .await
                 .map_err(e)?;

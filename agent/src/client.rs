@@ -14,10 +14,7 @@ pub enum ClientError {
     #[error(
         "cannot reach the ferry agent at {path}: {source}. Is `ferry agent` running? Point to its control socket with --control PATH or FERRY_CONTROL"
     )]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Connect { path: PathBuf, source: std::io::Error },
     #[error("control API call failed: {0}")]
     Http(String),
     /// The agent refused the request; its message says why.
@@ -78,12 +75,7 @@ impl Client {
         if !status.is_success() {
             let msg = serde_json::from_slice::<crate::control::ErrorBody>(&bytes)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| {
-                    format!(
-                        "agent answered {status}: {}",
-                        String::from_utf8_lossy(&bytes)
-                    )
-                });
+                .unwrap_or_else(|_| format!("agent answered {status}: {}", String::from_utf8_lossy(&bytes)));
             return Err(ClientError::Agent(msg));
         }
         if bytes.is_empty() {

@@ -150,10 +150,7 @@ impl AgentConfig {
             path: path.into(),
             why: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|why| AgentError::Config {
-            path: path.into(),
-            why,
-        })
+        Self::parse(&text).map_err(|why| AgentError::Config { path: path.into(), why })
     }
 
     pub fn parse(text: &str) -> Result<AgentConfig, String> {
@@ -164,17 +161,11 @@ impl AgentConfig {
 
     fn check(&self) -> Result<(), String> {
         let l = &self.limits;
-        if !(4096..=(1 << 30)).contains(&l.payload_bytes_max)
-            || !l.payload_bytes_max.is_power_of_two()
-        {
-            return Err(
-                "limits.payload_bytes_max must be a power of two from 4096 to 1 GiB".into(),
-            );
+        if !(4096..=(1 << 30)).contains(&l.payload_bytes_max) || !l.payload_bytes_max.is_power_of_two() {
+            return Err("limits.payload_bytes_max must be a power of two from 4096 to 1 GiB".into());
         }
         if l.inflight_bytes_max < l.payload_bytes_max {
-            return Err(
-                "limits.inflight_bytes_max must be at least limits.payload_bytes_max".into(),
-            );
+            return Err("limits.inflight_bytes_max must be at least limits.payload_bytes_max".into());
         }
         if l.connections_max == 0 {
             return Err("limits.connections_max must be at least 1".into());
@@ -227,9 +218,7 @@ impl AgentConfig {
 
     pub fn worker_threads(&self) -> usize {
         match self.io.worker_threads {
-            0 => {
-                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-            }
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             n => n,
         }
     }
@@ -253,10 +242,7 @@ mod tests {
         let c = AgentConfig::parse("").unwrap();
         assert_eq!(c.nbd.listen, vec!["127.0.0.1:10809"]);
         assert_eq!(c.limits.payload_bytes_max, 32 << 20);
-        assert_eq!(
-            c.datastores()[0].path,
-            PathBuf::from("/var/lib/ferry/datastore")
-        );
+        assert_eq!(c.datastores()[0].path, PathBuf::from("/var/lib/ferry/datastore"));
     }
 
     #[test]

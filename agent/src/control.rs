@@ -117,12 +117,7 @@ async fn create_h(
 ) -> Result<(StatusCode, Json<VolumeStatus>), ApiError> {
     let v = api
         .volumes
-        .create(
-            &req.name,
-            req.size_bytes,
-            req.datastore.as_deref(),
-            req.direct,
-        )
+        .create(&req.name, req.size_bytes, req.datastore.as_deref(), req.direct)
         .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }

@@ -35,8 +35,7 @@ enum Listener {
 struct StateLock(#[allow(dead_code)] std::fs::File);
 
 fn lock_state_dir(dir: &Path) -> Result<StateLock, AgentError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| AgentError::io("cannot create state directory", dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create state directory", dir, e))?;
     let path = dir.join("agent.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -90,17 +89,17 @@ fn listeners(cfg: &AgentConfig) -> Result<(Vec<Listener>, Vec<String>, bool), Ag
                         "{} (socket activation)",
                         t.local_addr().map(|a| a.to_string()).unwrap_or_default()
                     ));
-                    out.push(Listener::Tcp(TcpListener::from_std(t).map_err(|e| {
-                        AgentError::io("cannot use", "inherited socket", e)
-                    })?));
+                    out.push(Listener::Tcp(
+                        TcpListener::from_std(t).map_err(|e| AgentError::io("cannot use", "inherited socket", e))?,
+                    ));
                 }
                 Inherited::Unix(u) => {
                     u.set_nonblocking(true)
                         .map_err(|e| AgentError::io("cannot set up", "inherited socket", e))?;
                     names.push("unix socket (socket activation)".into());
-                    out.push(Listener::Unix(UnixListener::from_std(u).map_err(|e| {
-                        AgentError::io("cannot use", "inherited socket", e)
-                    })?));
+                    out.push(Listener::Unix(
+                        UnixListener::from_std(u).map_err(|e| AgentError::io("cannot use", "inherited socket", e))?,
+                    ));
                 }
             }
         }
@@ -118,23 +117,20 @@ fn listeners(cfg: &AgentConfig) -> Result<(Vec<Listener>, Vec<String>, bool), Ag
             addr: addr.clone(),
             source,
         })?;
-        std.set_nonblocking(true)
-            .map_err(|source| AgentError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
+        std.set_nonblocking(true).map_err(|source| AgentError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
         names.push(format!(
             "nbd://{}",
-            std.local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| addr.clone())
+            std.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.clone())
         ));
-        out.push(Listener::Tcp(TcpListener::from_std(std).map_err(
-            |source| AgentError::Listen {
+        out.push(Listener::Tcp(TcpListener::from_std(std).map_err(|source| {
+            AgentError::Listen {
                 addr: addr.clone(),
                 source,
-            },
-        )?));
+            }
+        })?));
     }
     if let Some(path) = cfg.nbd_socket() {
         out.push(Listener::Unix(bind_unix(&path, 0o660)?));
@@ -181,12 +177,8 @@ async fn accept_loop(
         let (volumes, server, shutdown) = (volumes.clone(), server.clone(), shutdown.clone());
         tracker.spawn(async move {
             let r = match conn {
-                Conn::Tcp(s) => {
-                    ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await
-                }
-                Conn::Unix(s) => {
-                    ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await
-                }
+                Conn::Tcp(s) => ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await,
+                Conn::Unix(s) => ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await,
             };
             if let Err(e) = r {
                 warn!(%peer, error = %e, "connection dropped");
@@ -204,8 +196,7 @@ enum Conn {
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
-    let engine =
-        Arc::new(Engine::start(cfg.io.engine, cfg.io.uring_entries).map_err(AgentError::Engine)?);
+    let engine = Arc::new(Engine::start(cfg.io.engine, cfg.io.uring_entries).map_err(AgentError::Engine)?);
     let pool = BufPool::new(cfg.limits.buffer_pool_bytes_max);
     let volumes = Arc::new(Volumes::load(
         VolumesConfig {

@@ -17,26 +17,17 @@ pub enum AgentError {
         "state file {path} is unreadable: {why}. Restore it from a backup, or move it away to start with no volumes"
     )]
     StateCorrupt { path: PathBuf, why: String },
-    #[error(
-        "another ferry agent already uses state directory {0}; stop it first or choose another --state-dir"
-    )]
+    #[error("another ferry agent already uses state directory {0}; stop it first or choose another --state-dir")]
     StateDirBusy(PathBuf),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "no datastore named {0:?}; `ferry volume create --datastore` takes one of the names in the agent's config"
-    )]
+    Listen { addr: String, source: std::io::Error },
+    #[error("no datastore named {0:?}; `ferry volume create --datastore` takes one of the names in the agent's config")]
     NoDatastore(String),
     #[error("a volume named {0:?} already exists")]
     VolumeExists(String),
     #[error("no volume named {0:?}; `ferry volume list` shows the volumes")]
     NoVolume(String),
-    #[error(
-        "volume {name:?} has {connections} open NBD connection(s); disconnect the clients first, or pass --force"
-    )]
+    #[error("volume {name:?} has {connections} open NBD connection(s); disconnect the clients first, or pass --force")]
     VolumeInUse { name: String, connections: usize },
     #[error("invalid volume request: {0}")]
     BadRequest(String),

@@ -3,9 +3,7 @@
 /// Parses a size; `K`, `M`, `G`, `T`, `P` (optionally followed by `iB` or `B`) are powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
         return Err(format!("{text:?} is not a size; write it like 10G or 512M"));
@@ -23,9 +21,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "T" => 40,
         "P" => 50,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {text:?}; use K, M, G, T or P"
-            ));
+            return Err(format!("unknown size unit {other:?} in {text:?}; use K, M, G, T or P"));
         }
     };
     let value: f64 = num

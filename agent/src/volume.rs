@@ -41,9 +41,7 @@ pub struct Volume {
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Volume")
-            .field("record", &self.record)
-            .finish()
+        f.debug_struct("Volume").field("record", &self.record).finish()
     }
 }
 
@@ -62,11 +60,7 @@ fn size_of(file: &File) -> io::Result<u64> {
 }
 
 impl Volume {
-    fn open(
-        record: VolumeRecord,
-        engine: Arc<Engine>,
-        pool: Arc<BufPool>,
-    ) -> Result<Volume, AgentError> {
+    fn open(record: VolumeRecord, engine: Arc<Engine>, pool: Arc<BufPool>) -> Result<Volume, AgentError> {
         let mut opts = OpenOptions::new();
         opts.read(true).write(!record.read_only);
         if record.direct {
@@ -92,10 +86,7 @@ impl Volume {
         let info = ExportInfo {
             size_bytes: record.size_bytes,
             read_only: record.read_only,
-            description: format!(
-                "ferry volume {} on datastore {}",
-                record.name, record.datastore
-            ),
+            description: format!("ferry volume {} on datastore {}", record.name, record.datastore),
             can_trim: true,
             can_fast_zero: true,
             block_bytes_min: if record.direct { 4096 } else { 512 },
@@ -114,10 +105,7 @@ impl Volume {
 
     async fn sync_if(&self, fua: bool) -> ExportResult<()> {
         if fua {
-            self.engine
-                .fdatasync(&self.file)
-                .await
-                .map_err(|e| err("fdatasync", e))
+            self.engine.fdatasync(&self.file).await.map_err(|e| err("fdatasync", e))
         } else {
             Ok(())
         }
@@ -142,10 +130,7 @@ impl Volume {
     fn extents(&self, offset: u64, len: u64, max: usize) -> io::Result<Vec<Extent>> {
         let end = offset + len;
         if self.block_device {
-            return Ok(vec![Extent {
-                length: len,
-                flags: 0,
-            }]);
+            return Ok(vec![Extent { length: len, flags: 0 }]);
         }
         let mut out = Vec::new();
         let mut pos = offset;
@@ -202,24 +187,14 @@ impl Export for Volume {
     }
 
     async fn flush(&self) -> ExportResult<()> {
-        self.engine
-            .fdatasync(&self.file)
-            .await
-            .map_err(|e| err("fdatasync", e))
+        self.engine.fdatasync(&self.file).await.map_err(|e| err("fdatasync", e))
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         match self.engine.fallocate(&self.file, mode, offset, len).await {
             // Trim is a hint; a datastore that cannot punch holes keeps the data.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENODEV)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENODEV)) => Ok(()),
             r => r.map_err(|e| err("trim", e)),
         }?;
         self.sync_if(fua).await
@@ -261,12 +236,7 @@ impl Export for Volume {
             .map_err(|e| err("cache", e.into()))
     }
 
-    async fn block_status(
-        &self,
-        offset: u64,
-        len: u64,
-        extents_max: usize,
-    ) -> ExportResult<Vec<Extent>> {
+    async fn block_status(&self, offset: u64, len: u64, extents_max: usize) -> ExportResult<Vec<Extent>> {
         self.extents(offset, len, extents_max)
             .map_err(|e| err("block status", e))
     }
@@ -303,9 +273,7 @@ fn check_name(name: &str) -> Result<(), AgentError> {
     let ok = !name.is_empty()
         && name.len() <= VOLUME_NAME_BYTES_MAX
         && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -326,11 +294,7 @@ pub struct VolumesConfig {
 impl Volumes {
     /// Opens every registered volume; one that cannot be opened is kept offline, with the
     /// reason logged and shown by `ferry volume list`, and the others are served.
-    pub fn load(
-        cfg: VolumesConfig,
-        engine: Arc<Engine>,
-        pool: Arc<BufPool>,
-    ) -> Result<Volumes, AgentError> {
+    pub fn load(cfg: VolumesConfig, engine: Arc<Engine>, pool: Arc<BufPool>) -> Result<Volumes, AgentError> {
         let reg = state::load(&cfg.state_dir)?;
         let mut online = BTreeMap::new();
         let mut offline = BTreeMap::new();
@@ -345,11 +309,7 @@ impl Volumes {
                 }
             }
         }
-        info!(
-            online = online.len(),
-            offline = offline.len(),
-            "volumes loaded"
-        );
+        info!(online = online.len(), offline = offline.len(), "volumes loaded");
         Ok(Volumes {
             state_dir: cfg.state_dir,
             datastores: cfg.datastores,
@@ -371,20 +331,13 @@ impl Volumes {
             .values()
             .map(|v| v.record.clone())
             .collect();
-        all.extend(
-            self.offline
-                .read()
-                .expect("lock")
-                .values()
-                .map(|(r, _)| r.clone()),
-        );
+        all.extend(self.offline.read().expect("lock").values().map(|(r, _)| r.clone()));
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
     fn exists(&self, name: &str) -> bool {
-        self.online.read().expect("lock").contains_key(name)
-            || self.offline.read().expect("lock").contains_key(name)
+        self.online.read().expect("lock").contains_key(name) || self.offline.read().expect("lock").contains_key(name)
     }
 
     fn save(&self, extra: Option<&VolumeRecord>, without: Option<&str>) -> Result<(), AgentError> {
@@ -491,8 +444,7 @@ impl Volumes {
                     ds.name, other.name
                 )));
             }
-            let f = File::open(&ds.path)
-                .map_err(|e| AgentError::io("cannot open datastore", &ds.path, e))?;
+            let f = File::open(&ds.path).map_err(|e| AgentError::io("cannot open datastore", &ds.path, e))?;
             let dev = size_of(&f).map_err(|e| AgentError::io("cannot size", &ds.path, e))?;
             let size = size.unwrap_or(dev);
             if size > dev {
@@ -504,25 +456,27 @@ impl Volumes {
             (ds.path.clone(), size)
         } else {
             let size = size.ok_or_else(|| {
-                AgentError::BadRequest(
-                    "--size is required for a volume in a directory datastore".into(),
-                )
+                AgentError::BadRequest("--size is required for a volume in a directory datastore".into())
             })?;
             Self::check_size(size, direct)?;
             std::fs::create_dir_all(&ds.path)
                 .map_err(|e| AgentError::io("cannot create datastore directory", &ds.path, e))?;
             let path = ds.path.join(format!("{name}.img"));
-            let f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    AgentError::BadRequest(format!(
-                        "{} already exists; adopt it with `ferry volume adopt {name} {}` or remove it",
-                        path.display(),
-                        path.display()
-                    ))
-                } else {
-                    AgentError::io("cannot create volume file", &path, e)
-                }
-            })?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        AgentError::BadRequest(format!(
+                            "{} already exists; adopt it with `ferry volume adopt {name} {}` or remove it",
+                            path.display(),
+                            path.display()
+                        ))
+                    } else {
+                        AgentError::io("cannot create volume file", &path, e)
+                    }
+                })?;
             f.set_len(size)
                 .map_err(|e| AgentError::io("cannot size volume file", &path, e))?;
             f.sync_all()
@@ -560,8 +514,7 @@ impl Volumes {
         if self.exists(name) {
             return Err(AgentError::VolumeExists(name.into()));
         }
-        let path =
-            std::fs::canonicalize(path).map_err(|e| AgentError::io("cannot find", path, e))?;
+        let path = std::fs::canonicalize(path).map_err(|e| AgentError::io("cannot find", path, e))?;
         if let Some(other) = self.records().into_iter().find(|r| r.path == path) {
             return Err(AgentError::BadRequest(format!(
                 "{} is already volume {:?}",
@@ -607,8 +560,7 @@ impl Volumes {
         self.save(None, Some(name))?;
         self.online.write().expect("lock").remove(name);
         self.offline.write().expect("lock").remove(name);
-        let is_device =
-            std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());
+        let is_device = std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());
         if !record.adopted
             && !is_device
             && let Err(e) = std::fs::remove_file(&record.path)
@@ -626,13 +578,7 @@ impl Volumes {
 
     /// fdatasync of every online volume (at shutdown).
     pub async fn flush_all(&self) {
-        let vols: Vec<Arc<Volume>> = self
-            .online
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
+        let vols: Vec<Arc<Volume>> = self.online.read().expect("lock").values().cloned().collect();
         for v in vols {
             if !v.record.read_only
                 && let Err(e) = v.flush().await

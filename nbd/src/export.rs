@@ -95,36 +95,17 @@ pub trait Export: Send + Sync + 'static {
     fn buffer(&self, len: usize) -> Self::Buf;
 
     /// Fills `buf` from `offset` and gives it back.
-    fn read(
-        &self,
-        offset: u64,
-        buf: Self::Buf,
-    ) -> impl Future<Output = ExportResult<Self::Buf>> + Send;
+    fn read(&self, offset: u64, buf: Self::Buf) -> impl Future<Output = ExportResult<Self::Buf>> + Send;
 
     /// Writes `buf` at `offset`; with `fua` the bytes are durable before this returns.
-    fn write(
-        &self,
-        offset: u64,
-        buf: Self::Buf,
-        fua: bool,
-    ) -> impl Future<Output = ExportResult<()>> + Send;
+    fn write(&self, offset: u64, buf: Self::Buf, fua: bool) -> impl Future<Output = ExportResult<()>> + Send;
 
     /// Makes every completed write durable (on every connection to this export).
     fn flush(&self) -> impl Future<Output = ExportResult<()>> + Send;
 
-    fn trim(
-        &self,
-        offset: u64,
-        len: u64,
-        fua: bool,
-    ) -> impl Future<Output = ExportResult<()>> + Send;
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> impl Future<Output = ExportResult<()>> + Send;
 
-    fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        mode: ZeroMode,
-    ) -> impl Future<Output = ExportResult<()>> + Send;
+    fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> impl Future<Output = ExportResult<()>> + Send;
 
     /// Prefetch hint.
     fn cache(&self, offset: u64, len: u64) -> impl Future<Output = ExportResult<()>> + Send;

@@ -12,7 +12,5 @@ pub mod request;
 pub mod server;
 pub mod wire;
 
-pub use export::{
-    Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, IoBuffer, ZeroMode,
-};
+pub use export::{Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, IoBuffer, ZeroMode};
 pub use server::{ConnectionError, ServerConfig, serve_connection};

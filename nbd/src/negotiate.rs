@@ -178,9 +178,7 @@ impl Negotiation {
                 for (name, description) in catalog.list() {
                     let mut d = (name.len() as u32).to_be_bytes().to_vec();
                     d.extend_from_slice(name.as_bytes());
-                    d.extend_from_slice(
-                        &description.as_bytes()[..description.len().min(wire::STRING_BYTES_MAX)],
-                    );
+                    d.extend_from_slice(&description.as_bytes()[..description.len().min(wire::STRING_BYTES_MAX)]);
                     option_reply(out, code, OptionReply::SERVER, &d);
                 }
                 option_reply(out, code, OptionReply::ACK, &[]);
@@ -223,8 +221,7 @@ impl Negotiation {
                     Step::Continue
                 }
             }
-            ClientOption::ListMetaContext { name, queries }
-            | ClientOption::SetMetaContext { name, queries } => {
+            ClientOption::ListMetaContext { name, queries } | ClientOption::SetMetaContext { name, queries } => {
                 let set = code == OptionCode::SET_META_CONTEXT;
                 if !self.structured && !self.extended {
                     error_reply(

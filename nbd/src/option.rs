@@ -54,17 +54,13 @@ pub fn decode_client_flags(bytes: [u8; 4]) -> Result<ClientFlags, OptionError> {
     })
 }
 
-pub fn decode_option_header(
-    bytes: &[u8; wire::OPTION_HEADER_BYTES],
-) -> Result<OptionHeader, OptionError> {
+pub fn decode_option_header(bytes: &[u8; wire::OPTION_HEADER_BYTES]) -> Result<OptionHeader, OptionError> {
     let magic = u64::from_be_bytes(bytes[0..8].try_into().expect("8 bytes"));
     if magic != wire::IHAVEOPT {
         return Err(OptionError::BadMagic(magic));
     }
     Ok(OptionHeader {
-        code: OptionCode(u32::from_be_bytes(
-            bytes[8..12].try_into().expect("4 bytes"),
-        )),
+        code: OptionCode(u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"))),
         length: u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")),
     })
 }
@@ -104,10 +100,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, why: &'static str) -> OptionError {
-        OptionError::Malformed {
-            code: self.code,
-            why,
-        }
+        OptionError::Malformed { code: self.code, why }
     }
     fn take(&mut self, n: usize, why: &'static str) -> Result<&'a [u8], OptionError> {
         if self.rest.len() < n {
@@ -119,16 +112,12 @@ impl<'a> Cursor<'a> {
     }
     fn u16(&mut self) -> Result<u16, OptionError> {
         Ok(u16::from_be_bytes(
-            self.take(2, "truncated 16-bit field")?
-                .try_into()
-                .expect("2"),
+            self.take(2, "truncated 16-bit field")?.try_into().expect("2"),
         ))
     }
     fn u32(&mut self) -> Result<u32, OptionError> {
         Ok(u32::from_be_bytes(
-            self.take(4, "truncated 32-bit field")?
-                .try_into()
-                .expect("4"),
+            self.take(4, "truncated 32-bit field")?.try_into().expect("4"),
         ))
     }
     fn string(&mut self, len: usize) -> Result<&'a str, OptionError> {
@@ -253,10 +242,7 @@ mod tests {
         assert!(decode_option(OptionCode::STRUCTURED_REPLY, &[1]).is_err());
         assert!(decode_option(OptionCode::LIST, &[1]).is_err());
         assert!(decode_option(OptionCode::EXTENDED_HEADERS, &[0]).is_err());
-        assert_eq!(
-            decode_option(OptionCode::ABORT, &[1, 2]).unwrap(),
-            ClientOption::Abort
-        );
+        assert_eq!(decode_option(OptionCode::ABORT, &[1, 2]).unwrap(), ClientOption::Abort);
     }
 
     #[test]

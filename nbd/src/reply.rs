@@ -11,15 +11,7 @@ use crate::export::Extent;
 use crate::negotiate::ReplyMode;
 use crate::wire::{self, ChunkType, Errno};
 
-fn chunk_head(
-    out: &mut Vec<u8>,
-    mode: ReplyMode,
-    flags: u16,
-    kind: ChunkType,
-    cookie: u64,
-    offset: u64,
-    len: u64,
-) {
+fn chunk_head(out: &mut Vec<u8>, mode: ReplyMode, flags: u16, kind: ChunkType, cookie: u64, offset: u64, len: u64) {
     match mode {
         ReplyMode::Simple => {
             unreachable!("chunks are only sent after STRUCTURED_REPLY or EXTENDED_HEADERS")
@@ -29,8 +21,7 @@ fn chunk_head(
             out.extend_from_slice(&flags.to_be_bytes());
             out.extend_from_slice(&kind.0.to_be_bytes());
             out.extend_from_slice(&cookie.to_be_bytes());
-            let len32 = u32::try_from(len)
-                .expect("structured chunk payloads are bounded by the payload limit");
+            let len32 = u32::try_from(len).expect("structured chunk payloads are bounded by the payload limit");
             out.extend_from_slice(&len32.to_be_bytes());
         }
         ReplyMode::Extended => {
@@ -48,15 +39,7 @@ fn chunk_head(
 pub fn done(out: &mut Vec<u8>, mode: ReplyMode, cookie: u64, offset: u64) {
     match mode {
         ReplyMode::Simple => simple(out, cookie, Errno::OK),
-        _ => chunk_head(
-            out,
-            mode,
-            wire::REPLY_FLAG_DONE,
-            ChunkType::NONE,
-            cookie,
-            offset,
-            0,
-        ),
+        _ => chunk_head(out, mode, wire::REPLY_FLAG_DONE, ChunkType::NONE, cookie, offset, 0),
     }
 }
 
@@ -67,14 +50,7 @@ fn simple(out: &mut Vec<u8>, cookie: u64, errno: Errno) {
 }
 
 /// A failed request; structured modes carry the message for the human at the client.
-pub fn error(
-    out: &mut Vec<u8>,
-    mode: ReplyMode,
-    cookie: u64,
-    offset: u64,
-    errno: Errno,
-    message: &str,
-) {
+pub fn error(out: &mut Vec<u8>, mode: ReplyMode, cookie: u64, offset: u64, errno: Errno, message: &str) {
     assert_ne!(errno, Errno::OK, "an error reply needs an error");
     match mode {
         ReplyMode::Simple => simple(out, cookie, errno),
@@ -116,18 +92,8 @@ pub fn read_data_head(out: &mut Vec<u8>, mode: ReplyMode, cookie: u64, offset: u
 }
 
 /// One `base:allocation` status chunk, final.
-pub fn block_status(
-    out: &mut Vec<u8>,
-    mode: ReplyMode,
-    cookie: u64,
-    offset: u64,
-    context_id: u32,
-    extents: &[Extent],
-) {
-    assert!(
-        !extents.is_empty(),
-        "a block status reply has at least one extent"
-    );
+pub fn block_status(out: &mut Vec<u8>, mode: ReplyMode, cookie: u64, offset: u64, context_id: u32, extents: &[Extent]) {
+    assert!(!extents.is_empty(), "a block status reply has at least one extent");
     match mode {
         ReplyMode::Simple => {
             unreachable!("block status needs a negotiated context, which needs structured replies")
@@ -179,10 +145,7 @@ mod tests {
     fn golden_simple_and_structured_bytes() {
         let mut v = Vec::new();
         done(&mut v, ReplyMode::Simple, 0x0102030405060708, 0);
-        assert_eq!(
-            v,
-            [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
-        );
+        assert_eq!(v, [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
 
         let mut v = Vec::new();
         read_data_head(&mut v, ReplyMode::Structured, 9, 4096, 512);

@@ -42,11 +42,7 @@ pub fn header_bytes(mode: ReplyMode) -> usize {
 
 /// Decodes a request header of exactly [`header_bytes`] bytes.
 pub fn decode_request(bytes: &[u8], mode: ReplyMode) -> Result<Request, RequestError> {
-    assert_eq!(
-        bytes.len(),
-        header_bytes(mode),
-        "caller reads exactly one header"
-    );
+    assert_eq!(bytes.len(), header_bytes(mode), "caller reads exactly one header");
     let be32 = |r: std::ops::Range<usize>| u32::from_be_bytes(bytes[r].try_into().expect("4"));
     let be64 = |r: std::ops::Range<usize>| u64::from_be_bytes(bytes[r].try_into().expect("8"));
     let expected = if mode == ReplyMode::Extended {
@@ -74,35 +70,13 @@ pub fn decode_request(bytes: &[u8], mode: ReplyMode) -> Result<Request, RequestE
 /// A checked operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    Read {
-        offset: u64,
-        len: u32,
-    },
-    Write {
-        offset: u64,
-        len: u32,
-        fua: bool,
-    },
+    Read { offset: u64, len: u32 },
+    Write { offset: u64, len: u32, fua: bool },
     Flush,
-    Trim {
-        offset: u64,
-        len: u64,
-        fua: bool,
-    },
-    WriteZeroes {
-        offset: u64,
-        len: u64,
-        mode: ZeroMode,
-    },
-    Cache {
-        offset: u64,
-        len: u64,
-    },
-    BlockStatus {
-        offset: u64,
-        len: u64,
-        req_one: bool,
-    },
+    Trim { offset: u64, len: u64, fua: bool },
+    WriteZeroes { offset: u64, len: u64, mode: ZeroMode },
+    Cache { offset: u64, len: u64 },
+    BlockStatus { offset: u64, len: u64, req_one: bool },
     Disc,
 }
 
@@ -137,9 +111,7 @@ pub struct Limits<'a> {
 pub fn payload_bytes(req: &Request, mode: ReplyMode) -> u64 {
     // A WRITE always carries its data: qemu (10.0) sends extended WRITEs without
     // PAYLOAD_LEN, so the flag is not required for them.
-    if req.command == Command::WRITE
-        || (mode == ReplyMode::Extended && req.flags & cflags::PAYLOAD_LEN != 0)
-    {
+    if req.command == Command::WRITE || (mode == ReplyMode::Extended && req.flags & cflags::PAYLOAD_LEN != 0) {
         req.length
     } else {
         0
@@ -178,13 +150,8 @@ pub fn check(req: &Request, lim: Limits<'_>) -> Checked {
             discard_bytes: payload,
         })
     };
-    if lim.mode == ReplyMode::Extended
-        && payload > lim.payload_bytes_max as u64
-        && payload > u32::MAX as u64
-    {
-        return Checked::Violation(format!(
-            "payload of {payload} bytes exceeds any payload limit"
-        ));
+    if lim.mode == ReplyMode::Extended && payload > lim.payload_bytes_max as u64 && payload > u32::MAX as u64 {
+        return Checked::Violation(format!("payload of {payload} bytes exceeds any payload limit"));
     }
     let info = lim.info;
     let bad_flags = req.flags & !allowed_flags(req.command, lim.mode);
@@ -200,21 +167,13 @@ pub fn check(req: &Request, lim: Limits<'_>) -> Checked {
     let in_range = end.is_some_and(|e| e <= info.size_bytes);
     let align = info.block_bytes_min as u64;
     let aligned = offset % align == 0 && len % align == 0;
-    let writes = matches!(
-        req.command,
-        Command::WRITE | Command::TRIM | Command::WRITE_ZEROES
-    );
+    let writes = matches!(req.command, Command::WRITE | Command::TRIM | Command::WRITE_ZEROES);
     if writes && info.read_only {
         return refuse(Errno::EPERM, "export is read-only".into());
     }
     let needs_range = matches!(
         req.command,
-        Command::READ
-            | Command::WRITE
-            | Command::TRIM
-            | Command::WRITE_ZEROES
-            | Command::CACHE
-            | Command::BLOCK_STATUS
+        Command::READ | Command::WRITE | Command::TRIM | Command::WRITE_ZEROES | Command::CACHE | Command::BLOCK_STATUS
     );
     // Oversize first: it is the more useful answer for a huge request near the start.
     let too_big = |len: u64| len > lim.payload_bytes_max as u64;
@@ -261,10 +220,7 @@ pub fn check(req: &Request, lim: Limits<'_>) -> Checked {
             if too_big(len) {
                 return refuse(
                     overflow,
-                    format!(
-                        "read of {len} bytes exceeds the {} byte limit",
-                        lim.payload_bytes_max
-                    ),
+                    format!("read of {len} bytes exceeds the {} byte limit", lim.payload_bytes_max),
                 );
             }
             Op::Read {
@@ -276,10 +232,7 @@ pub fn check(req: &Request, lim: Limits<'_>) -> Checked {
             if too_big(len) {
                 return refuse(
                     overflow,
-                    format!(
-                        "write of {len} bytes exceeds the {} byte limit",
-                        lim.payload_bytes_max
-                    ),
+                    format!("write of {len} bytes exceeds the {} byte limit", lim.payload_bytes_max),
                 );
             }
             Op::Write {
@@ -411,10 +364,7 @@ mod tests {
         let l = lim(&i, ReplyMode::Structured);
         assert_eq!(
             check(&req(Command::READ, cflags::DF, 0, 4096), l),
-            Checked::Op(Op::Read {
-                offset: 0,
-                len: 4096
-            })
+            Checked::Op(Op::Read { offset: 0, len: 4096 })
         );
         assert_eq!(
             check(&req(Command::WRITE, cflags::FUA, 512, 512), l),
@@ -426,20 +376,12 @@ mod tests {
         );
         assert!(matches!(
             check(
-                &req(
-                    Command::WRITE_ZEROES,
-                    cflags::NO_HOLE | cflags::FAST_ZERO,
-                    0,
-                    1 << 20
-                ),
+                &req(Command::WRITE_ZEROES, cflags::NO_HOLE | cflags::FAST_ZERO, 0, 1 << 20),
                 l
             ),
             Checked::Op(Op::WriteZeroes { .. })
         ));
-        assert_eq!(
-            check(&req(Command::DISC, 0, 0, 0), l),
-            Checked::Op(Op::Disc)
-        );
+        assert_eq!(check(&req(Command::DISC, 0, 0, 0), l), Checked::Op(Op::Disc));
     }
 
     fn refused(c: Checked) -> Refusal {
@@ -463,10 +405,7 @@ mod tests {
             refused(check(&req(Command::READ, 0, u64::MAX - 10, 512), l)).errno,
             Errno::EINVAL
         );
-        assert_eq!(
-            refused(check(&req(Command::READ, 0, 1, 512), l)).errno,
-            Errno::EINVAL
-        );
+        assert_eq!(refused(check(&req(Command::READ, 0, 1, 512), l)).errno, Errno::EINVAL);
         assert_eq!(
             refused(check(&req(Command::READ, 0, 0, 1 << 17), l)).errno,
             Errno::EOVERFLOW
@@ -481,24 +420,17 @@ mod tests {
             refused(check(&req(Command::FLUSH, 0x8000, 0, 0), l)).errno,
             Errno::EINVAL
         );
-        assert_eq!(
-            refused(check(&req(Command(99), 0, 0, 0), l)).errno,
-            Errno::EINVAL
-        );
+        assert_eq!(refused(check(&req(Command(99), 0, 0, 0), l)).errno, Errno::EINVAL);
         assert_eq!(
             refused(check(
-                &req(Command::READ, 0, 0, 512),
+                &req(Command::READ, cflags::DF, 0, 512),
                 lim(&i, ReplyMode::Simple)
             ))
             .errno,
             Errno::EINVAL
         );
         assert_eq!(
-            refused(check(
-                &req(Command::READ, 0, 0, 1 << 17),
-                lim(&i, ReplyMode::Simple)
-            ))
-            .errno,
+            refused(check(&req(Command::READ, 0, 0, 1 << 17), lim(&i, ReplyMode::Simple))).errno,
             Errno::EINVAL
         );
     }
@@ -508,10 +440,7 @@ mod tests {
         let mut i = info();
         i.read_only = true;
         let l = lim(&i, ReplyMode::Structured);
-        assert_eq!(
-            refused(check(&req(Command::TRIM, 0, 0, 512), l)).errno,
-            Errno::EPERM
-        );
+        assert_eq!(refused(check(&req(Command::TRIM, 0, 0, 512), l)).errno, Errno::EPERM);
         assert_eq!(
             refused(check(&req(Command::BLOCK_STATUS, 0, 0, 0), l)).errno,
             Errno::EINVAL

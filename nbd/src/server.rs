@@ -24,9 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::export::{Catalog, Export, ExportError, Extent};
 use crate::negotiate::{Negotiation, ReplyMode, Session, Step, greeting, option_reply};
-use crate::option::{
-    OPTION_DATA_BYTES_MAX, OptionError, decode_client_flags, decode_option_header,
-};
+use crate::option::{OPTION_DATA_BYTES_MAX, OptionError, decode_client_flags, decode_option_header};
 use crate::reply;
 use crate::request::{Checked, Limits, Op, RequestError, check, decode_request, header_bytes};
 use crate::wire::{self, Errno, OptionReply};
@@ -127,16 +125,8 @@ async fn negotiate<C: Catalog, S: AsyncRead + AsyncWrite + Unpin>(
         out.clear();
         if header.length > OPTION_DATA_BYTES_MAX {
             discard(s, header.length as u64).await?;
-            let msg = format!(
-                "option data of {} bytes exceeds {OPTION_DATA_BYTES_MAX}",
-                header.length
-            );
-            option_reply(
-                &mut out,
-                header.code,
-                OptionReply::ERR_TOO_BIG,
-                msg.as_bytes(),
-            );
+            let msg = format!("option data of {} bytes exceeds {OPTION_DATA_BYTES_MAX}", header.length);
+            option_reply(&mut out, header.code, OptionReply::ERR_TOO_BIG, msg.as_bytes());
             s.write_all(&out).await?;
             continue;
         }
@@ -213,11 +203,7 @@ enum Done<B> {
     Extents(Vec<Extent>),
 }
 
-async fn execute<E: Export>(
-    ctx: &Ctx<E>,
-    op: Op,
-    payload: Option<E::Buf>,
-) -> Result<Done<E::Buf>, ExportError> {
+async fn execute<E: Export>(ctx: &Ctx<E>, op: Op, payload: Option<E::Buf>) -> Result<Done<E::Buf>, ExportError> {
     let e = &ctx.export;
     match op {
         // Nothing to move; an OFFSET_DATA chunk cannot carry zero bytes, so this is a plain ack.
@@ -228,19 +214,11 @@ async fn execute<E: Export>(
             .await
             .map(|_| Done::Ack),
         Op::Flush => e.flush().await.map(|_| Done::Ack),
-        Op::Trim { len: 0, .. } | Op::WriteZeroes { len: 0, .. } | Op::Cache { len: 0, .. } => {
-            Ok(Done::Ack)
-        }
+        Op::Trim { len: 0, .. } | Op::WriteZeroes { len: 0, .. } | Op::Cache { len: 0, .. } => Ok(Done::Ack),
         Op::Trim { offset, len, fua } => e.trim(offset, len, fua).await.map(|_| Done::Ack),
-        Op::WriteZeroes { offset, len, mode } => {
-            e.write_zeroes(offset, len, mode).await.map(|_| Done::Ack)
-        }
+        Op::WriteZeroes { offset, len, mode } => e.write_zeroes(offset, len, mode).await.map(|_| Done::Ack),
         Op::Cache { offset, len } => e.cache(offset, len).await.map(|_| Done::Ack),
-        Op::BlockStatus {
-            offset,
-            len,
-            req_one,
-        } => {
+        Op::BlockStatus { offset, len, req_one } => {
             let max = if req_one { 1 } else { EXTENTS_MAX };
             let mut extents = e.block_status(offset, len, max).await?;
             clip_extents(&mut extents, len, ctx.mode, max);
@@ -306,23 +284,12 @@ async fn run_op<E: Export>(
     match result {
         Ok(Done::Ack) => reply::done(&mut head, ctx.mode, cookie, offset),
         Ok(Done::Data(buf)) => {
-            reply::read_data_head(
-                &mut head,
-                ctx.mode,
-                cookie,
-                offset,
-                buf.as_ref().len() as u32,
-            );
+            reply::read_data_head(&mut head, ctx.mode, cookie, offset, buf.as_ref().len() as u32);
             data = Some(buf);
         }
-        Ok(Done::Extents(ext)) => reply::block_status(
-            &mut head,
-            ctx.mode,
-            cookie,
-            offset,
-            wire::BASE_ALLOCATION_ID,
-            &ext,
-        ),
+        Ok(Done::Extents(ext)) => {
+            reply::block_status(&mut head, ctx.mode, cookie, offset, wire::BASE_ALLOCATION_ID, &ext)
+        }
         Err(e) => {
             if e.errno == Errno::EIO {
                 warn!(?op, error = %e, "request failed");
@@ -405,14 +372,7 @@ where
                 }
                 debug!(peer, command = ?req.command, errno = ?r.errno, why = %r.message, "request refused");
                 let mut out = Vec::with_capacity(64);
-                reply::error(
-                    &mut out,
-                    session.mode,
-                    req.cookie,
-                    req.offset,
-                    r.errno,
-                    &r.message,
-                );
+                reply::error(&mut out, session.mode, req.cookie, req.offset, r.errno, &r.message);
                 let _ = tx.send(Outgoing {
                     head: out,
                     data: None,
@@ -425,11 +385,7 @@ where
                     _ => 0,
                 };
                 let cost = bytes.max(REQUEST_COST_MIN_BYTES);
-                let permit = budget
-                    .clone()
-                    .acquire_many_owned(cost)
-                    .await
-                    .expect("never closed");
+                let permit = budget.clone().acquire_many_owned(cost).await.expect("never closed");
                 let payload = match op {
                     Op::Write { len, .. } => {
                         let mut buf = session.export.buffer(len as usize);
@@ -469,10 +425,7 @@ where
         End::Failed(e) => Err(e),
         End::Disconnect | End::Eof | End::Shutdown => {
             if let Err(e) = written
-                && !matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                )
+                && !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
             {
                 return Err(e.into());
             }
@@ -502,44 +455,17 @@ mod tests {
         );
 
         let mut e = vec![
-            Extent {
-                length: 100,
-                flags: 0,
-            },
-            Extent {
-                length: 100,
-                flags: 3,
-            },
-            Extent {
-                length: 100,
-                flags: 0,
-            },
+            Extent { length: 100, flags: 0 },
+            Extent { length: 100, flags: 3 },
+            Extent { length: 100, flags: 0 },
         ];
         clip_extents(&mut e, 150, ReplyMode::Extended, 10);
         assert_eq!(
             e,
-            vec![
-                Extent {
-                    length: 100,
-                    flags: 0
-                },
-                Extent {
-                    length: 50,
-                    flags: 3
-                }
-            ]
+            vec![Extent { length: 100, flags: 0 }, Extent { length: 50, flags: 3 }]
         );
 
-        let mut e = vec![
-            Extent {
-                length: 100,
-                flags: 0,
-            },
-            Extent {
-                length: 100,
-                flags: 3,
-            },
-        ];
+        let mut e = vec![Extent { length: 100, flags: 0 }, Extent { length: 100, flags: 3 }];
         clip_extents(&mut e, 1000, ReplyMode::Extended, 1);
         assert_eq!(e.len(), 1);
     }

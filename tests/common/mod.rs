@@ -43,8 +43,7 @@ pub struct Agent {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -119,11 +118,7 @@ impl Agent {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited early ({st}); log:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not come up; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "agent did not come up; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -189,10 +184,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "agent did not stop within 30 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
+                panic!("agent did not stop within 30 s of SIGTERM; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

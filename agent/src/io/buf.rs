@@ -173,11 +173,7 @@ mod tests {
         let p = a.as_mut_ptr();
         drop(a);
         let mut b = pool.take(8192);
-        assert_eq!(
-            b.as_mut_ptr(),
-            p,
-            "freed buffer of the same class is reused"
-        );
+        assert_eq!(b.as_mut_ptr(), p, "freed buffer of the same class is reused");
         let c = pool.take(4096);
         drop(b);
         drop(c);

@@ -77,21 +77,14 @@ impl Engine {
             .unwrap_or_else(|_| (Err(io::Error::other("io_uring thread dropped a job")), None))
     }
 
-    async fn blocking<T: Send + 'static>(
-        f: impl FnOnce() -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| io::Error::other(format!("I/O task failed: {e}")))?
     }
 
     /// Fills `buf` from `offset`; bytes past the end of the file read as zeroes.
-    pub async fn read(
-        &self,
-        file: &Arc<File>,
-        offset: u64,
-        buf: AlignedBuf,
-    ) -> io::Result<AlignedBuf> {
+    pub async fn read(&self, file: &Arc<File>, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
         match self {
             Engine::Uring(u) => {
                 let (r, buf) = Self::uring_job(u, JobOp::Read { offset }, file, Some(buf)).await;
@@ -123,13 +116,7 @@ impl Engine {
 
     /// Writes all of `buf` at `offset`; with `dsync` it is durable on return. The buffer is
     /// handed back so its memory returns to the pool.
-    pub async fn write(
-        &self,
-        file: &Arc<File>,
-        offset: u64,
-        buf: AlignedBuf,
-        dsync: bool,
-    ) -> io::Result<()> {
+    pub async fn write(&self, file: &Arc<File>, offset: u64, buf: AlignedBuf, dsync: bool) -> io::Result<()> {
         match self {
             Engine::Uring(u) => {
                 Self::uring_job(u, JobOp::Write { offset, dsync }, file, Some(buf))
@@ -161,13 +148,7 @@ impl Engine {
     }
 
     /// `fallocate(2)` with raw `FALLOC_FL_*` mode bits.
-    pub async fn fallocate(
-        &self,
-        file: &Arc<File>,
-        mode: i32,
-        offset: u64,
-        len: u64,
-    ) -> io::Result<()> {
+    pub async fn fallocate(&self, file: &Arc<File>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
         match self {
             Engine::Uring(u) => {
                 Self::uring_job(u, JobOp::Fallocate { mode, offset, len }, file, None)

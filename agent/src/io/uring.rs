@@ -39,12 +39,7 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    pub fn new(
-        op: JobOp,
-        file: Arc<File>,
-        buf: Option<AlignedBuf>,
-        reply: oneshot::Sender<JobReply>,
-    ) -> Self {
+    pub fn new(op: JobOp, file: Arc<File>, buf: Option<AlignedBuf>, reply: oneshot::Sender<JobReply>) -> Self {
         Self {
             op,
             file,
@@ -93,11 +88,8 @@ impl Uring {
         // round trip proves submission works.
         let mut ring = ring;
         // SAFETY: a NOP references no memory.
-        unsafe {
-            ring.submission()
-                .push(&opcode::Nop::new().build().user_data(0))
-        }
-        .map_err(|_| io::Error::other("io_uring submission queue full at start"))?;
+        unsafe { ring.submission().push(&opcode::Nop::new().build().user_data(0)) }
+            .map_err(|_| io::Error::other("io_uring submission queue full at start"))?;
         ring.submit_and_wait(1)?;
         ring.completion().for_each(drop);
 
@@ -141,9 +133,7 @@ fn sqe_for(job: &mut Job, slot: u64) -> squeue::Entry {
             let len = (buf.len() - done) as u32;
             // SAFETY (for the pointer arithmetic): done < len of the buffer.
             let ptr = unsafe { buf.as_mut_ptr().add(done) };
-            opcode::Read::new(fd, ptr, len)
-                .offset(offset + done as u64)
-                .build()
+            opcode::Read::new(fd, ptr, len).offset(offset + done as u64).build()
         }
         JobOp::Write { offset, dsync } => {
             let buf = job.buf.as_mut().expect("write has a buffer");
@@ -156,13 +146,8 @@ fn sqe_for(job: &mut Job, slot: u64) -> squeue::Entry {
                 .rw_flags(flags)
                 .build()
         }
-        JobOp::Fdatasync => opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build(),
-        JobOp::Fallocate { mode, offset, len } => opcode::Fallocate::new(fd, len)
-            .offset(offset)
-            .mode(mode)
-            .build(),
+        JobOp::Fdatasync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+        JobOp::Fallocate { mode, offset, len } => opcode::Fallocate::new(fd, len).offset(offset).mode(mode).build(),
     }
     .user_data(slot)
 }
@@ -173,9 +158,7 @@ fn complete(mut job: Job, res: i32) -> Option<Job> {
         return Some(job);
     }
     if res < 0 {
-        let _ = job
-            .reply
-            .send((Err(io::Error::from_raw_os_error(-res)), job.buf));
+        let _ = job.reply.send((Err(io::Error::from_raw_os_error(-res)), job.buf));
         return None;
     }
     let transfers = matches!(job.op, JobOp::Read { .. } | JobOp::Write { .. });
@@ -188,10 +171,7 @@ fn complete(mut job: Job, res: i32) -> Option<Job> {
                 job.buf.as_mut().expect("read has a buffer").as_mut()[done..].fill(0);
             } else {
                 let _ = job.reply.send((
-                    Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "write made no progress",
-                    )),
+                    Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress")),
                     job.buf,
                 ));
                 return None;
@@ -256,10 +236,7 @@ fn worker(mut ring: IoUring, rx: mpsc::Receiver<Job>, wake: Arc<Wake>) {
             Err(e) => panic!("io_uring_enter failed: {e}"),
         }
         wake.sleeping.store(false, Ordering::SeqCst);
-        let done: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let done: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
         for (token, res) in done {
             if token == EVENTFD_TOKEN {
                 arm(&mut ring, &mut counter);
