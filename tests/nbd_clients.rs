@@ -206,3 +206,42 @@ fn nbdsh_edge_cases() {
     );
     assert!(stdout.contains("edge cases: all passed"), "{stdout}");
 }
+
+#[test]
+fn pread_fallback_engine_serves_the_same() {
+    require("qemu-io");
+    let a = Agent::start_with("pread", "[io]\nengine = \"pread\"\n");
+    assert!(a.wait_log("datastore I/O: pread/pwrite"), "the engine is logged");
+    a.create("pr", "16M");
+    let uri = a.unix_uri("pr");
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "write -P 0x3c 0 1M",
+            "-c",
+            "write -P 0x3d -f 4M 64k",
+            "-c",
+            "write -z 8M 1M",
+            "-c",
+            "discard 0 64k",
+            "-c",
+            "flush",
+        ])
+        .arg(&uri));
+    let out = ok(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "read -P 0 0 64k",
+            "-c",
+            "read -P 0x3c 64k 960k",
+            "-c",
+            "read -P 0x3d 4M 64k",
+            "-c",
+            "read -P 0 8M 1M",
+        ])
+        .arg(&uri));
+    assert!(!out.contains("verification failed"), "{out}");
+    assert!(a.ferry(&["status"]).contains("datastore I/O: pread"));
+}

@@ -87,7 +87,7 @@ pub struct IoConfig {
     #[serde(default)]
     pub direct: bool,
     /// Threads running sockets and request handling; 0 = one fewer than the cores (at least
-    /// one), which leaves a core to the io_uring thread and the kernel.
+    /// one), which leaves a core to the kernel's io_uring workers and local clients.
     #[serde(default)]
     pub worker_threads: usize,
 }

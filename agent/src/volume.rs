@@ -37,6 +37,8 @@ pub struct Volume {
     pool: Arc<BufPool>,
     info: ExportInfo,
     block_device: bool,
+    /// Buffered writes to this file always go to a kernel worker (see `punts_buffered_writes`).
+    punt_writes: bool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -93,6 +95,7 @@ impl Volume {
             block_bytes_preferred: 4096,
             rotational: false,
         };
+        let punt_writes = !record.direct && !block_device && crate::io::punts_buffered_writes(&file);
         Ok(Volume {
             record,
             file: Arc::new(file),
@@ -100,6 +103,7 @@ impl Volume {
             pool,
             info,
             block_device,
+            punt_writes,
         })
     }
 
@@ -118,7 +122,7 @@ impl Volume {
             let mut buf = self.pool.take(n);
             buf.as_mut().fill(0);
             self.engine
-                .write(&self.file, offset + done, buf, false)
+                .write(&self.file, offset + done, buf, false, self.punt_writes)
                 .await
                 .map_err(|e| err("write zeroes", e))?;
             done += n as u64;
@@ -181,7 +185,7 @@ impl Export for Volume {
 
     async fn write(&self, offset: u64, buf: AlignedBuf, fua: bool) -> ExportResult<()> {
         self.engine
-            .write(&self.file, offset, buf, fua)
+            .write(&self.file, offset, buf, fua, self.punt_writes)
             .await
             .map_err(|e| err("write", e))
     }
