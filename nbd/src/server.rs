@@ -16,13 +16,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::export::{Catalog, Export, ExportError, Extent};
+use crate::export::{Catalog, Export, ExportError, Extent, IoBuffer};
 use crate::negotiate::{Negotiation, ReplyMode, Session, Step, greeting, option_reply};
 use crate::option::{OPTION_DATA_BYTES_MAX, OptionError, decode_client_flags, decode_option_header};
 use crate::reply;
@@ -262,12 +261,7 @@ struct InFlight<B> {
     budget: OwnedSemaphorePermit,
 }
 
-async fn run_op<E: Export>(
-    ctx: Arc<Ctx<E>>,
-    req: InFlight<E::Buf>,
-    tx: mpsc::UnboundedSender<Outgoing<E::Buf>>,
-    abandon: CancellationToken,
-) {
+async fn run_op<E: Export>(ctx: Arc<Ctx<E>>, req: InFlight<E::Buf>, abandon: CancellationToken) -> Outgoing<E::Buf> {
     let InFlight {
         cookie,
         offset,
@@ -299,12 +293,50 @@ async fn run_op<E: Export>(
             reply::error(&mut head, ctx.mode, cookie, offset, e.errno, &e.message);
         }
     }
-    // The writer is gone only when the client is; the reply has nowhere to go then.
-    let _ = tx.send(Outgoing {
+    Outgoing {
         head,
         data,
         _budget: budget,
-    });
+    }
+}
+
+/// Where the reader is within the client's byte stream.
+enum Reading<B> {
+    /// Between requests.
+    Header,
+    /// Reading a WRITE payload into the export's buffer.
+    Payload { req: InFlight<B>, filled: usize },
+    /// Skipping the payload of a refused request; its error reply goes out after.
+    Discard {
+        reply: Vec<u8>,
+        left: u64,
+        budget: OwnedSemaphorePermit,
+    },
+}
+
+/// Bytes read from the socket at a time into the request buffer.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Reads more of the stream: straight into a WRITE's buffer when nothing is buffered (so a
+/// large payload is copied once, socket to buffer), else into the request buffer. Both
+/// reads are cancel-safe: when another branch of the caller's select wins, nothing is lost.
+async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
+    rd: &mut R,
+    reading: &mut Reading<B>,
+    inbuf: &mut bytes::BytesMut,
+) -> io::Result<usize> {
+    if let Reading::Payload { req, filled } = reading
+        && inbuf.is_empty()
+    {
+        let buf = req.payload.as_mut().expect("a WRITE carries its payload buffer");
+        let n = rd.read(&mut buf.as_mut()[*filled..]).await?;
+        *filled += n;
+        return Ok(n);
+    }
+    if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
+        inbuf.reserve(READ_CHUNK_BYTES);
+    }
+    rd.read_buf(inbuf).await
 }
 
 async fn transmit<E: Export, S>(
@@ -317,8 +349,11 @@ async fn transmit<E: Export, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (rd, wr) = tokio::io::split(stream);
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    use bytes::Buf;
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesUnordered;
+
+    let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing<E::Buf>>();
     let writer = tokio::spawn(write_replies(wr, rx));
     assert!(
@@ -327,7 +362,6 @@ where
     );
     let budget = Arc::new(Semaphore::new(cfg.inflight_bytes_max as usize));
     let abandon = CancellationToken::new();
-    let tasks = TaskTracker::new();
     let ctx = Arc::new(Ctx {
         export: session.export.clone(),
         mode: session.mode,
@@ -339,84 +373,160 @@ where
         base_allocation: session.base_allocation,
         payload_bytes_max: session.payload_bytes_max,
     };
-    let n = header_bytes(session.mode);
-    let end = loop {
-        let mut head = [0u8; wire::EXTENDED_REQUEST_BYTES];
-        let read = tokio::select! {
+    let mode = session.mode;
+    let n = header_bytes(mode);
+    // Operations run inside this task, not as tasks of their own: no spawn per request.
+    let mut inflight = FuturesUnordered::new();
+    let mut inbuf = bytes::BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut reading: Reading<E::Buf> = Reading::Header;
+    // Budget a decoded header is waiting for.
+    let mut wait_budget: Option<u32> = None;
+    let end = 'serve: loop {
+        // Consume what is buffered, as far as the budget allows.
+        loop {
+            match &mut reading {
+                Reading::Header => {
+                    if inbuf.len() < n {
+                        break;
+                    }
+                    let req = match decode_request(&inbuf[..n], mode) {
+                        Ok(r) => r,
+                        Err(e) => break 'serve End::Failed(e.into()),
+                    };
+                    let checked = check(&req, limits);
+                    let cost = match &checked {
+                        Checked::Op(Op::Read { len, .. } | Op::Write { len, .. }) => (*len).max(REQUEST_COST_MIN_BYTES),
+                        _ => REQUEST_COST_MIN_BYTES,
+                    };
+                    let Ok(permit) = budget.clone().try_acquire_many_owned(cost) else {
+                        wait_budget = Some(cost);
+                        break;
+                    };
+                    wait_budget = None;
+                    inbuf.advance(n);
+                    match checked {
+                        Checked::Violation(why) => break 'serve End::Failed(ConnectionError::Violation(why)),
+                        Checked::Op(Op::Disc) => break 'serve End::Disconnect,
+                        Checked::Refuse(r) => {
+                            debug!(peer, command = ?req.command, errno = ?r.errno, why = %r.message, "request refused");
+                            let mut out = Vec::with_capacity(64);
+                            reply::error(&mut out, mode, req.cookie, req.offset, r.errno, &r.message);
+                            if r.discard_bytes > 0 {
+                                reading = Reading::Discard {
+                                    reply: out,
+                                    left: r.discard_bytes,
+                                    budget: permit,
+                                };
+                            } else {
+                                let _ = tx.send(Outgoing {
+                                    head: out,
+                                    data: None,
+                                    _budget: permit,
+                                });
+                            }
+                        }
+                        Checked::Op(op) => {
+                            let payload = match op {
+                                Op::Write { len, .. } => Some(session.export.buffer(len as usize)),
+                                _ => None,
+                            };
+                            let req = InFlight {
+                                cookie: req.cookie,
+                                offset: req.offset,
+                                op,
+                                payload,
+                                budget: permit,
+                            };
+                            if matches!(op, Op::Write { len, .. } if len > 0) {
+                                reading = Reading::Payload { req, filled: 0 };
+                            } else {
+                                inflight.push(run_op(ctx.clone(), req, abandon.clone()));
+                            }
+                        }
+                    }
+                }
+                Reading::Payload { req, filled } => {
+                    let buf = req
+                        .payload
+                        .as_mut()
+                        .expect("a WRITE carries its payload buffer")
+                        .as_mut();
+                    let take = inbuf.len().min(buf.len() - *filled);
+                    buf[*filled..*filled + take].copy_from_slice(&inbuf[..take]);
+                    inbuf.advance(take);
+                    *filled += take;
+                    if *filled < buf.len() {
+                        break;
+                    }
+                    let Reading::Payload { req, .. } = std::mem::replace(&mut reading, Reading::Header) else {
+                        unreachable!()
+                    };
+                    inflight.push(run_op(ctx.clone(), req, abandon.clone()));
+                }
+                Reading::Discard { left, .. } => {
+                    let take = (inbuf.len() as u64).min(*left);
+                    inbuf.advance(take as usize);
+                    *left -= take;
+                    if *left > 0 {
+                        break;
+                    }
+                    let Reading::Discard { reply, budget, .. } = std::mem::replace(&mut reading, Reading::Header)
+                    else {
+                        unreachable!()
+                    };
+                    let _ = tx.send(Outgoing {
+                        head: reply,
+                        data: None,
+                        _budget: budget,
+                    });
+                }
+            }
+        }
+        // A payload read straight into its buffer may have completed it.
+        if let Reading::Payload { req, filled } = &reading
+            && *filled == req.payload.as_ref().map_or(0, |b| b.as_ref().len())
+        {
+            let Reading::Payload { req, .. } = std::mem::replace(&mut reading, Reading::Header) else {
+                unreachable!()
+            };
+            inflight.push(run_op(ctx.clone(), req, abandon.clone()));
+            continue;
+        }
+        let want_bytes = wait_budget.is_none() && inbuf.len() < READ_CHUNK_BYTES;
+        tokio::select! {
             biased;
             _ = shutdown.cancelled() => break End::Shutdown,
-            r = rd.read_exact(&mut head[..n]) => r,
-        };
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break End::Eof,
-            Err(e) => break End::Failed(e.into()),
-        }
-        let req = match decode_request(&head[..n], session.mode) {
-            Ok(r) => r,
-            Err(e) => break End::Failed(e.into()),
-        };
-        match check(&req, limits) {
-            Checked::Violation(why) => break End::Failed(ConnectionError::Violation(why)),
-            Checked::Op(Op::Disc) => break End::Disconnect,
-            Checked::Refuse(r) => {
-                let permit = budget
-                    .clone()
-                    .acquire_many_owned(REQUEST_COST_MIN_BYTES)
-                    .await
-                    .expect("never closed");
-                if r.discard_bytes > 0
-                    && let Err(e) = discard(&mut rd, r.discard_bytes).await
-                {
-                    break End::Failed(e.into());
-                }
-                debug!(peer, command = ?req.command, errno = ?r.errno, why = %r.message, "request refused");
-                let mut out = Vec::with_capacity(64);
-                reply::error(&mut out, session.mode, req.cookie, req.offset, r.errno, &r.message);
-                let _ = tx.send(Outgoing {
-                    head: out,
-                    data: None,
-                    _budget: permit,
-                });
+            Some(out) = inflight.next(), if !inflight.is_empty() => {
+                let _ = tx.send(out);
             }
-            Checked::Op(op) => {
-                let bytes = match op {
-                    Op::Read { len, .. } | Op::Write { len, .. } => len,
-                    _ => 0,
-                };
-                let cost = bytes.max(REQUEST_COST_MIN_BYTES);
-                let permit = budget.clone().acquire_many_owned(cost).await.expect("never closed");
-                let payload = match op {
-                    Op::Write { len, .. } => {
-                        let mut buf = session.export.buffer(len as usize);
-                        if let Err(e) = rd.read_exact(buf.as_mut()).await {
-                            break End::Failed(e.into());
-                        }
-                        Some(buf)
-                    }
-                    _ => None,
-                };
-                let req = InFlight {
-                    cookie: req.cookie,
-                    offset: req.offset,
-                    op,
-                    payload,
-                    budget: permit,
-                };
-                tasks.spawn(run_op(ctx.clone(), req, tx.clone(), abandon.clone()));
+            p = budget.clone().acquire_many_owned(wait_budget.unwrap_or(0)), if wait_budget.is_some() => {
+                drop(p); // Budget is free again: the header is retried above.
             }
+            r = read_more(&mut rd, &mut reading, &mut inbuf), if want_bytes => match r {
+                Ok(0) if matches!(reading, Reading::Header) && inbuf.is_empty() => break End::Eof,
+                Ok(0) => break End::Failed(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                Ok(_) => {}
+                Err(e) => break End::Failed(e.into()),
+            },
         }
     };
-    tasks.close();
-    let wait = tasks.wait();
-    tokio::pin!(wait);
+    // Every request read is answered before the connection closes: on DISC, EOF, errors
+    // and shutdown alike; at shutdown, those still running after the grace period fail.
     let grace = cfg.shutdown_grace;
-    tokio::select! {
-        _ = &mut wait => {}
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            warn!(peer, ?grace, "requests still running after the shutdown grace period; failing them with ESHUTDOWN");
-            abandon.cancel();
-            wait.await;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await
+    };
+    tokio::pin!(deadline);
+    let mut abandoned = false;
+    while !inflight.is_empty() {
+        tokio::select! {
+            Some(out) = inflight.next() => { let _ = tx.send(out); }
+            _ = &mut deadline, if !abandoned => {
+                warn!(peer, ?grace, "requests still running after the shutdown grace period; failing them with ESHUTDOWN");
+                abandon.cancel();
+                abandoned = true;
+            }
         }
     }
     drop(tx);
