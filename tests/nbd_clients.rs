@@ -209,9 +209,22 @@ fn nbdsh_edge_cases() {
 
 #[test]
 fn pread_fallback_engine_serves_the_same() {
-    require("qemu-io");
     let a = Agent::start_with("pread", "[io]\nengine = \"pread\"\n");
     assert!(a.wait_log("datastore I/O: pread/pwrite"), "the engine is logged");
+    small_and_large_patterns(&a);
+    assert!(a.ferry(&["status"]).contains("datastore I/O: pread"));
+}
+
+#[test]
+fn every_write_through_io_uring_serves_the_same() {
+    let a = Agent::start_with("uring-all", "[io]\nengine = \"io-uring\"\ninline_write_bytes_max = 0\n");
+    small_and_large_patterns(&a);
+    assert!(a.ferry(&["status"]).contains("datastore I/O: io-uring"));
+}
+
+/// Writes of several sizes (inline and io_uring paths alike), FUA, zeroes and trim, read back.
+fn small_and_large_patterns(a: &Agent) {
+    require("qemu-io");
     a.create("pr", "16M");
     let uri = a.unix_uri("pr");
     ok(Command::new("qemu-io")
@@ -243,5 +256,18 @@ fn pread_fallback_engine_serves_the_same() {
         ])
         .arg(&uri));
     assert!(!out.contains("verification failed"), "{out}");
-    assert!(a.ferry(&["status"]).contains("datastore I/O: pread"));
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x3e 12M 4k", "-c", "write -P 0x3f 12M 512"])
+        .arg(&uri));
+    let out = ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x3f 12M 512",
+            "-c",
+            "read -P 0x3e 12583424 3584",
+        ])
+        .arg(&uri));
+    assert!(!out.contains("verification failed"), "{out}");
 }

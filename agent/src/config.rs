@@ -86,12 +86,21 @@ pub struct IoConfig {
     /// Default for new volumes: O_DIRECT (bypass the page cache) instead of buffered I/O.
     #[serde(default)]
     pub direct: bool,
+    /// On filesystems where io_uring can only hand a buffered write to a kernel worker thread
+    /// (ext2/3/4), writes up to this size are done with `pwritev2` on the connection's own
+    /// thread instead; larger ones go to io_uring, where the copy overlaps with reading the
+    /// next request. 0 keeps every write on io_uring.
+    #[serde(default = "default_inline_write")]
+    pub inline_write_bytes_max: u32,
     /// Threads running sockets and request handling; 0 = one fewer than the cores (at least
     /// one), which leaves a core to the kernel's io_uring workers and local clients.
     #[serde(default)]
     pub worker_threads: usize,
 }
 
+fn default_inline_write() -> u32 {
+    32 * 1024
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ferry")
 }

@@ -204,6 +204,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             datastores: cfg.datastores(),
             direct_default: cfg.io.direct,
             default_export: cfg.nbd.default_export.clone(),
+            inline_write_bytes_max: cfg.io.inline_write_bytes_max,
         },
         engine.clone(),
         pool,

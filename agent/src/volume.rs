@@ -39,6 +39,8 @@ pub struct Volume {
     block_device: bool,
     /// Buffered writes to this file always go to a kernel worker (see `punts_buffered_writes`).
     punt_writes: bool,
+    /// Such writes up to this size are done inline instead (`io.inline_write_bytes_max`).
+    inline_write_bytes_max: usize,
 }
 
 impl std::fmt::Debug for Volume {
@@ -62,7 +64,12 @@ fn size_of(file: &File) -> io::Result<u64> {
 }
 
 impl Volume {
-    fn open(record: VolumeRecord, engine: Arc<Engine>, pool: Arc<BufPool>) -> Result<Volume, AgentError> {
+    fn open(
+        record: VolumeRecord,
+        engine: Arc<Engine>,
+        pool: Arc<BufPool>,
+        inline_max: u32,
+    ) -> Result<Volume, AgentError> {
         let mut opts = OpenOptions::new();
         opts.read(true).write(!record.read_only);
         if record.direct {
@@ -104,6 +111,7 @@ impl Volume {
             info,
             block_device,
             punt_writes,
+            inline_write_bytes_max: if punt_writes { inline_max as usize } else { 0 },
         })
     }
 
@@ -184,6 +192,9 @@ impl Export for Volume {
     }
 
     async fn write(&self, offset: u64, buf: AlignedBuf, fua: bool) -> ExportResult<()> {
+        if buf.len() <= self.inline_write_bytes_max {
+            return crate::io::write_inline(&self.file, offset, buf.as_ref(), fua).map_err(|e| err("write", e));
+        }
         self.engine
             .write(&self.file, offset, buf, fua, self.punt_writes)
             .await
@@ -264,6 +275,7 @@ pub struct Volumes {
     datastores: Vec<DatastoreConfig>,
     direct_default: bool,
     default_export: Option<String>,
+    inline_write_bytes_max: u32,
     engine: Arc<Engine>,
     pool: Arc<BufPool>,
     online: RwLock<BTreeMap<String, Arc<Volume>>>,
@@ -293,6 +305,7 @@ pub struct VolumesConfig {
     pub datastores: Vec<DatastoreConfig>,
     pub direct_default: bool,
     pub default_export: Option<String>,
+    pub inline_write_bytes_max: u32,
 }
 
 impl Volumes {
@@ -303,7 +316,7 @@ impl Volumes {
         let mut online = BTreeMap::new();
         let mut offline = BTreeMap::new();
         for record in reg.volumes {
-            match Volume::open(record.clone(), engine.clone(), pool.clone()) {
+            match Volume::open(record.clone(), engine.clone(), pool.clone(), cfg.inline_write_bytes_max) {
                 Ok(v) => {
                     online.insert(record.name.clone(), Arc::new(v));
                 }
@@ -319,6 +332,7 @@ impl Volumes {
             datastores: cfg.datastores,
             direct_default: cfg.direct_default,
             default_export: cfg.default_export,
+            inline_write_bytes_max: cfg.inline_write_bytes_max,
             engine,
             pool,
             online: RwLock::new(online),
@@ -409,7 +423,12 @@ impl Volumes {
     }
 
     fn register(&self, record: VolumeRecord) -> Result<VolumeStatus, AgentError> {
-        let vol = Volume::open(record.clone(), self.engine.clone(), self.pool.clone())?;
+        let vol = Volume::open(
+            record.clone(),
+            self.engine.clone(),
+            self.pool.clone(),
+            self.inline_write_bytes_max,
+        )?;
         self.save(Some(&record), None)?;
         self.online
             .write()
