@@ -316,14 +316,22 @@ enum Reading<B> {
 
 /// Bytes read from the socket at a time into the request buffer.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// A WRITE payload at least this large is read straight into its buffer: after one, the
+/// reader takes only the next header into the request buffer.
+const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 
 /// Reads more of the stream: straight into a WRITE's buffer when nothing is buffered (so a
 /// large payload is copied once, socket to buffer), else into the request buffer. Both
 /// reads are cancel-safe: when another branch of the caller's select wins, nothing is lost.
+///
+/// `header_only` limits a read into the request buffer to one header: used after a large
+/// WRITE, when the next request is likely another one whose payload should not pass
+/// through the request buffer.
 async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
     rd: &mut R,
     reading: &mut Reading<B>,
     inbuf: &mut bytes::BytesMut,
+    header_only: Option<usize>,
 ) -> io::Result<usize> {
     if let Reading::Payload { req, filled } = reading
         && inbuf.is_empty()
@@ -336,7 +344,13 @@ async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
     if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
         inbuf.reserve(READ_CHUNK_BYTES);
     }
-    rd.read_buf(inbuf).await
+    match header_only {
+        Some(n) if matches!(reading, Reading::Header) && inbuf.len() < n => {
+            let want = n - inbuf.len();
+            rd.read_buf(&mut bytes::BufMut::limit(&mut *inbuf, want)).await
+        }
+        _ => rd.read_buf(inbuf).await,
+    }
 }
 
 async fn transmit<E: Export, S>(
@@ -381,6 +395,8 @@ where
     let mut reading: Reading<E::Buf> = Reading::Header;
     // Budget a decoded header is waiting for.
     let mut wait_budget: Option<u32> = None;
+    // The last WRITE was large: read the next header alone (see `read_more`).
+    let mut large_writes = false;
     let end = 'serve: loop {
         // Consume what is buffered, as far as the budget allows.
         loop {
@@ -437,6 +453,9 @@ where
                                 payload,
                                 budget: permit,
                             };
+                            if let Op::Write { len, .. } = op {
+                                large_writes = len as usize >= DIRECT_PAYLOAD_BYTES_MIN;
+                            }
                             if matches!(op, Op::Write { len, .. } if len > 0) {
                                 reading = Reading::Payload { req, filled: 0 };
                             } else {
@@ -502,7 +521,7 @@ where
             p = budget.clone().acquire_many_owned(wait_budget.unwrap_or(0)), if wait_budget.is_some() => {
                 drop(p); // Budget is free again: the header is retried above.
             }
-            r = read_more(&mut rd, &mut reading, &mut inbuf), if want_bytes => match r {
+            r = read_more(&mut rd, &mut reading, &mut inbuf, large_writes.then_some(n)), if want_bytes => match r {
                 Ok(0) if matches!(reading, Reading::Header) && inbuf.is_empty() => break End::Eof,
                 Ok(0) => break End::Failed(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
                 Ok(_) => {}
