@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount)
+packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

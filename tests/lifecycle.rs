@@ -192,3 +192,87 @@ fn a_volume_whose_file_vanished_is_offline_and_the_rest_are_served() {
     assert!(json.contains("cannot open volume file"), "{json}");
     a.ferry(&["volume", "delete", "lost"]);
 }
+
+#[test]
+fn systemd_socket_units_hand_over_tcp_and_unix_sockets() {
+    require("systemd-socket-activate");
+    let mut a = Agent::start("sd-socket");
+    a.create("vol", "8M");
+    assert_eq!(a.stop().code(), Some(0));
+    // A free port: bind, note it, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sock = a.dir.join("activated.sock");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-l")
+        .arg(&sock)
+        .arg(FERRY)
+        .args(["agent", "--config"])
+        .arg(a.config_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "systemd-socket-activate did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tcp = format!("nbd://127.0.0.1:{port}/vol");
+    let unix = format!("nbd+unix:///vol?socket={}", sock.display());
+    // The first connection starts the agent; both sockets then serve the same volume.
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x44 0 64k"])
+        .arg(&tcp));
+    let out = ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0x44 0 64k"])
+        .arg(&unix));
+    assert!(!out.contains("verification failed"), "{out}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // The agent was started as systemd-socket-activate's child and exec'd in its place.
+}
+
+#[test]
+fn listening_off_loopback_is_logged_as_a_warning() {
+    // 0.0.0.0 only binds; no traffic leaves the machine.
+    let dir = common::scratch_dir("wildcard2");
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\n[nbd]\nlisten = [\"0.0.0.0:0\"]\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(FERRY)
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let control = dir.join("control.sock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !control.exists() {
+        assert!(std::time::Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::rustix_kill(child.id(), libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("NBD listens off loopback") && log.contains("not encrypted"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -124,6 +124,19 @@ data = h2.pread(16 * 4096, 0)
 check("writes in flight at DISC were completed", all(data[i * 4096:(i + 1) * 4096] == bytes([i + 1]) * 4096 for i in range(16)))
 h2.shutdown()
 
+# --- simple replies only, as the Linux kernel client uses ---------------------------------
+s = nbd.NBD()
+s.set_strict_mode(0)
+s.set_request_structured_replies(False)
+s.connect_uri(TCP)
+check("simple replies: no structured replies", not s.get_structured_replies_negotiated())
+s.pwrite(b"\x5c" * 8192, 0)
+check("simple replies: read back", s.pread(8192, 0) == b"\x5c" * 8192)
+expect_errno("simple replies: read past the end -> EINVAL", errno.EINVAL, s.pread, 1024, 4 * MiB - 512)
+expect_errno("simple replies: oversize read -> EINVAL", errno.EINVAL, s.pread, 33 * MiB, 0)
+check("simple replies: still served after errors", s.pread(512, 0) == b"\x5c" * 512)
+s.shutdown()
+
 # --- read-only export ----------------------------------------------------------------------
 r = nbd.NBD()
 r.set_strict_mode(0)
