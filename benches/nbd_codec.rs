@@ -26,16 +26,7 @@ fn header(extended: bool) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let info = ExportInfo {
-        size_bytes: 1 << 40,
-        read_only: false,
-        description: String::new(),
-        can_trim: true,
-        can_fast_zero: true,
-        block_bytes_min: 512,
-        block_bytes_preferred: 4096,
-        rotational: false,
-    };
+    let info = ExportInfo::new(1 << 40);
     let mut g = c.benchmark_group("request");
     g.throughput(Throughput::Elements(1));
     for (name, mode) in [("compact", ReplyMode::Structured), ("extended", ReplyMode::Extended)] {

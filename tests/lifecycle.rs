@@ -254,7 +254,7 @@ fn listening_off_loopback_is_logged_as_a_warning() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(FERRY)
+    let child = Command::new(FERRY)
         .args(["agent", "--config"])
         .arg(&cfg)
         .stderr(Stdio::piped())

@@ -8,16 +8,7 @@ use ferry_nbd::request::{Checked, Limits, Op, check, decode_request, header_byte
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let info = ExportInfo {
-        size_bytes: 1 << 30,
-        read_only: data.first().is_some_and(|b| b & 1 == 1),
-        description: String::new(),
-        can_trim: true,
-        can_fast_zero: true,
-        block_bytes_min: 512,
-        block_bytes_preferred: 4096,
-        rotational: false,
-    };
+    let info = ExportInfo { read_only: data.first().is_some_and(|b| b & 1 == 1), ..ExportInfo::new(1 << 30) };
     for mode in [ReplyMode::Simple, ReplyMode::Structured, ReplyMode::Extended] {
         let n = header_bytes(mode);
         if data.len() < n {

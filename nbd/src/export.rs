@@ -32,6 +32,23 @@ pub struct ExportInfo {
     pub rotational: bool,
 }
 
+impl ExportInfo {
+    /// A writable export of `size_bytes` with 512-byte sectors, 4 KiB preferred I/O, trim
+    /// and fast zeroing, and no description: the usual shape, to adjust field by field.
+    pub fn new(size_bytes: u64) -> Self {
+        ExportInfo {
+            size_bytes,
+            read_only: false,
+            description: String::new(),
+            can_trim: true,
+            can_fast_zero: true,
+            block_bytes_min: 512,
+            block_bytes_preferred: 4096,
+            rotational: false,
+        }
+    }
+}
+
 /// How a WRITE_ZEROES may be carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZeroMode {

@@ -287,16 +287,7 @@ mod tests {
     use super::*;
 
     fn info() -> ExportInfo {
-        ExportInfo {
-            size_bytes: 1 << 20,
-            read_only: false,
-            description: String::new(),
-            can_trim: true,
-            can_fast_zero: true,
-            block_bytes_min: 512,
-            block_bytes_preferred: 4096,
-            rotational: false,
-        }
+        ExportInfo::new(1 << 20)
     }
 
     fn lim(info: &ExportInfo, mode: ReplyMode) -> Limits<'_> {

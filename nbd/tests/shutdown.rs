@@ -57,16 +57,7 @@ impl Catalog for One {
 
 #[tokio::test]
 async fn stuck_request_gets_eshutdown_after_the_grace_period() {
-    let info = ExportInfo {
-        size_bytes: 1 << 20,
-        read_only: false,
-        description: String::new(),
-        can_trim: true,
-        can_fast_zero: true,
-        block_bytes_min: 512,
-        block_bytes_preferred: 4096,
-        rotational: false,
-    };
+    let info = ExportInfo::new(1 << 20);
     let catalog = Arc::new(One(Arc::new(Stuck(info))));
     let cfg = Arc::new(ServerConfig {
         shutdown_grace: Duration::from_millis(200),
