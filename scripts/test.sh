@@ -28,7 +28,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 
 fuzz_seconds=${FERRY_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" -gt 0 ]; then
@@ -47,3 +51,4 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   done
 fi
 echo "== all tests passed"
+echo "tests: $passed passed, $failed failed"
