@@ -56,7 +56,7 @@ fn cli_errors_name_the_problem() {
         "{list}"
     );
     let e = a.ferry_fails(&["volume", "delete", "one"]);
-    assert!(e.contains("open NBD connection") && e.contains("--force"), "{e}");
+    assert!(e.contains("in use by NBD clients") && e.contains("--force"), "{e}");
     a.ferry(&["volume", "delete", "one", "--force"]);
     let _ = holder.kill();
     let _ = holder.wait();

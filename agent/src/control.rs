@@ -66,7 +66,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self.0 {
             AgentError::NoVolume(_) | AgentError::NoDatastore(_) => StatusCode::NOT_FOUND,
-            AgentError::VolumeExists(_) | AgentError::VolumeInUse { .. } => StatusCode::CONFLICT,
+            AgentError::VolumeExists(_) | AgentError::VolumeInUse(_) => StatusCode::CONFLICT,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -27,8 +27,8 @@ pub enum AgentError {
     VolumeExists(String),
     #[error("no volume named {0:?}; `ferry volume list` shows the volumes")]
     NoVolume(String),
-    #[error("volume {name:?} has {connections} open NBD connection(s); disconnect the clients first, or pass --force")]
-    VolumeInUse { name: String, connections: usize },
+    #[error("volume {0:?} is in use by NBD clients; disconnect them first, or pass --force")]
+    VolumeInUse(String),
     #[error("invalid volume request: {0}")]
     BadRequest(String),
     #[error("datastore I/O engine: {0}")]

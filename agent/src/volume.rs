@@ -574,10 +574,7 @@ impl Volumes {
             && Arc::strong_count(v) > 2
             && !force
         {
-            return Err(AgentError::VolumeInUse {
-                name: name.into(),
-                connections: Arc::strong_count(v) - 2,
-            });
+            return Err(AgentError::VolumeInUse(name.into()));
         }
         drop(online);
         self.save(None, Some(name))?;
