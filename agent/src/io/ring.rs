@@ -82,7 +82,8 @@ struct State {
 impl State {
     fn release(&mut self, slot: usize) {
         self.free.push(slot);
-        if let Some(w) = self.waiting.pop() {
+        // Wake every waiter: one woken but then dropped must not strand the others.
+        for w in self.waiting.drain(..) {
             w.wake();
         }
     }
