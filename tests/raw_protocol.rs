@@ -307,3 +307,34 @@ fn extended_headers_round_trip() {
     assert_eq!(u32::from_be_bytes(body[..4].try_into().unwrap()), 22);
     assert!(String::from_utf8_lossy(&body[6..]).contains("past the end"));
 }
+
+#[test]
+fn thousands_of_requests_in_flight_are_all_answered() {
+    // More requests at once than the io_uring has slots (512): the rest wait for a slot.
+    let a = Agent::start("raw-many");
+    a.create("v", "8M");
+    let mut r = Raw::hello(&a, 3);
+    r.go("v");
+    let count = 3000u64;
+    let mut burst = Vec::new();
+    for i in 0..count {
+        let mut h = 0x2560_9513u32.to_be_bytes().to_vec();
+        h.extend_from_slice(&[0, 0, 0, 0]); // READ
+        h.extend_from_slice(&i.to_be_bytes());
+        h.extend_from_slice(&((i % 16384) * 512).to_be_bytes());
+        h.extend_from_slice(&512u32.to_be_bytes());
+        burst.extend_from_slice(&h);
+    }
+    r.send(&burst);
+    let mut seen = vec![false; count as usize];
+    for _ in 0..count {
+        let (err, cookie) = r.simple_reply();
+        assert_eq!(err, 0);
+        assert_eq!(r.read_n(512), vec![0; 512]);
+        assert!(
+            !std::mem::replace(&mut seen[cookie as usize], true),
+            "cookie {cookie} answered twice"
+        );
+    }
+    assert!(seen.iter().all(|s| *s));
+}
