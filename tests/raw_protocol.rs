@@ -16,6 +16,18 @@ const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 
 struct Raw(UnixStream);
 
+/// A compact request header followed by `payload`.
+fn compact_request(flags: u16, cmd: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = 0x2560_9513u32.to_be_bytes().to_vec();
+    b.extend_from_slice(&flags.to_be_bytes());
+    b.extend_from_slice(&cmd.to_be_bytes());
+    b.extend_from_slice(&cookie.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
 impl Raw {
     fn connect(a: &Agent) -> Raw {
         let s = UnixStream::connect(a.socket()).unwrap();
@@ -90,14 +102,7 @@ impl Raw {
         }
     }
     fn request(&mut self, flags: u16, cmd: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
-        let mut b = 0x2560_9513u32.to_be_bytes().to_vec();
-        b.extend_from_slice(&flags.to_be_bytes());
-        b.extend_from_slice(&cmd.to_be_bytes());
-        b.extend_from_slice(&cookie.to_be_bytes());
-        b.extend_from_slice(&offset.to_be_bytes());
-        b.extend_from_slice(&len.to_be_bytes());
-        b.extend_from_slice(payload);
-        self.send(&b);
+        self.send(&compact_request(flags, cmd, cookie, offset, len, payload));
     }
     /// A simple reply: (error, cookie).
     fn simple_reply(&mut self) -> (u32, u64) {
@@ -215,20 +220,17 @@ fn disc_with_requests_in_flight_answers_them_first() {
     r.go("v");
     let mut burst = Vec::new();
     for i in 0..32u64 {
-        let mut h = 0x2560_9513u32.to_be_bytes().to_vec();
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h.extend_from_slice(&1u16.to_be_bytes());
-        h.extend_from_slice(&(100 + i).to_be_bytes());
-        h.extend_from_slice(&(i * 65536).to_be_bytes());
-        h.extend_from_slice(&65536u32.to_be_bytes());
-        h.extend_from_slice(&vec![i as u8 + 1; 65536]);
-        burst.extend_from_slice(&h);
+        burst.extend_from_slice(&compact_request(
+            0,
+            1,
+            100 + i,
+            i * 65536,
+            65536,
+            &vec![i as u8 + 1; 65536],
+        ));
     }
     // DISC right behind the writes, in the same send.
-    let mut disc = 0x2560_9513u32.to_be_bytes().to_vec();
-    disc.extend_from_slice(&[0, 0, 0, 2]);
-    disc.extend_from_slice(&[0; 20]);
-    burst.extend_from_slice(&disc);
+    burst.extend_from_slice(&compact_request(0, 2, 0, 0, 0, &[]));
     r.send(&burst);
     let mut cookies: Vec<u64> = (0..32)
         .map(|_| r.simple_reply())
@@ -318,12 +320,7 @@ fn thousands_of_requests_in_flight_are_all_answered() {
     let count = 3000u64;
     let mut burst = Vec::new();
     for i in 0..count {
-        let mut h = 0x2560_9513u32.to_be_bytes().to_vec();
-        h.extend_from_slice(&[0, 0, 0, 0]); // READ
-        h.extend_from_slice(&i.to_be_bytes());
-        h.extend_from_slice(&((i % 16384) * 512).to_be_bytes());
-        h.extend_from_slice(&512u32.to_be_bytes());
-        burst.extend_from_slice(&h);
+        burst.extend_from_slice(&compact_request(0, 0, i, (i % 16384) * 512, 512, &[]));
     }
     r.send(&burst);
     let mut seen = vec![false; count as usize];
