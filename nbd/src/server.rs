@@ -1,10 +1,13 @@
 //! The I/O shell around the protocol core: runs negotiation and transmission for one
 //! connection over any byte stream (TCP, unix socket, socket-activated fd).
 //!
-//! Transmission keeps many requests in flight: the reader decodes a header, checks it,
-//! reads a WRITE payload straight into the export's buffer, and spawns the operation; each
-//! finished operation hands its reply to one writer task, which sends every reply that is
-//! ready in one flush. Replies go out in completion order.
+//! Transmission keeps many requests in flight inside the connection's one task: a reader
+//! state machine (cancel-safe, fed by `read_buf`) decodes and checks each header, fills a
+//! WRITE payload into the export's buffer (large ones straight from the socket), and adds
+//! the operation to a `FuturesUnordered`; each finished operation's reply goes to one writer
+//! task, which sends every reply that is ready in one flush. Replies go out in completion
+//! order. A byte budget per connection (`inflight_bytes_max`) stops the reader while
+//! requests and unsent replies hold too much memory.
 //!
 //! Shutdown (the `shutdown` token), field by field:
 //! - the reader stops taking requests at the next header;
