@@ -271,3 +271,98 @@ fn small_and_large_patterns(a: &Agent) {
         .arg(&uri));
     assert!(!out.contains("verification failed"), "{out}");
 }
+
+#[test]
+fn direct_io_volume_serves_aligned_io() {
+    require("nbdinfo");
+    let a = Agent::start("direct");
+    a.ferry(&["volume", "create", "d", "--size", "16M", "--direct"]);
+    let uri = a.unix_uri("d");
+    let info = ok(Command::new("nbdinfo").arg(&uri));
+    assert!(info.contains("block_size_minimum: 4096"), "{info}");
+    ok(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "write -P 0x71 0 1M",
+            "-c",
+            "write -P 0x72 -f 8M 4k",
+            "-c",
+            "write -z 4M 64k",
+            "-c",
+            "flush",
+        ])
+        .arg(&uri));
+    let out = ok(Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args([
+            "-c",
+            "read -P 0x71 0 1M",
+            "-c",
+            "read -P 0x72 8M 4k",
+            "-c",
+            "read -P 0 4M 64k",
+            // qemu's block layer turns this 512-byte read into an aligned 4k one.
+            "-c",
+            "read -P 0x71 512 512",
+        ])
+        .arg(&uri));
+    assert!(!out.contains("verification failed"), "{out}");
+}
+
+#[test]
+fn block_device_datastore_holds_one_volume() {
+    require("losetup");
+    let dir = common::scratch_dir("blockdev");
+    let backing = dir.join("lun.img");
+    std::fs::File::create(&backing).unwrap().set_len(32 << 20).unwrap();
+    let dev = ok(Command::new("losetup").args(["--find", "--show"]).arg(&backing))
+        .trim()
+        .to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = run(Command::new("losetup").arg("-d").arg(&self.0));
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let a = Agent::start_with(
+        "blockdev-agent",
+        &format!("[[datastore]]\nname = \"lun\"\npath = {dev:?}\n"),
+    );
+    a.ferry(&["volume", "create", "onlun"]);
+    let list = a.ferry(&["volume", "list"]);
+    assert!(
+        list.contains("onlun") && list.contains("32.0 MiB") && list.contains(&dev),
+        "{list}"
+    );
+    let e = a.ferry_fails(&["volume", "create", "second"]);
+    assert!(e.contains("already holds volume \"onlun\""), "{e}");
+    let uri = a.unix_uri("onlun");
+    ok(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x19 1M 1M",
+            "-c",
+            "write -z 4M 1M",
+            "-c",
+            "flush",
+        ])
+        .arg(&uri));
+    let out = ok(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0x19 1M 1M", "-c", "read -P 0 4M 1M"])
+        .arg(&uri));
+    assert!(!out.contains("verification failed"), "{out}");
+    let map = ok(Command::new("nbdinfo").arg("--map").arg(&uri));
+    assert!(map.lines().count() >= 1, "{map}");
+    // The bytes are on the device itself.
+    let data = std::fs::read(&backing).unwrap();
+    assert!(data[1 << 20..2 << 20].iter().all(|b| *b == 0x19));
+    // Deleting the volume leaves the device in place.
+    a.ferry(&["volume", "delete", "onlun"]);
+    assert!(std::path::Path::new(&dev).exists());
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
