@@ -276,3 +276,32 @@ fn listening_off_loopback_is_logged_as_a_warning() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn systemd_units_verify() {
+    require("systemd-analyze");
+    let dir = common::scratch_dir("units");
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd");
+    let service = std::fs::read_to_string(units.join("ferry-agent.service")).unwrap();
+    // Point ExecStart at the binary under test, which is what verify checks exists.
+    std::fs::write(
+        dir.join("ferry-agent.service"),
+        service.replace("/usr/local/bin/ferry", FERRY),
+    )
+    .unwrap();
+    std::fs::copy(units.join("ferry-agent.socket"), dir.join("ferry-agent.socket")).unwrap();
+    let out = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("ferry-agent.service"))
+        .arg(dir.join("ferry-agent.socket")));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
