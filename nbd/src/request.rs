@@ -470,3 +470,46 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the header, an accepted operation lies inside the export, is aligned,
+        /// fits the payload limit, and never writes a read-only export.
+        #[test]
+        fn accepted_requests_are_in_bounds(
+            flags in any::<u16>(),
+            command in 0u16..12,
+            offset in prop_oneof![any::<u64>(), 0u64..(1 << 21)],
+            length in prop_oneof![any::<u64>(), 0u64..(1 << 21)],
+            read_only in any::<bool>(),
+            extended in any::<bool>(),
+        ) {
+            let info = ExportInfo { read_only, ..ExportInfo::new(1 << 20) };
+            let mode = if extended { ReplyMode::Extended } else { ReplyMode::Structured };
+            let length = if extended { length } else { length & 0xffff_ffff };
+            let req = Request { flags, command: Command(command), cookie: 1, offset, length };
+            let lim = Limits { info: &info, mode, base_allocation: true, payload_bytes_max: 1 << 16 };
+            if let Checked::Op(op) = check(&req, lim) {
+                let (off, len) = match op {
+                    Op::Read { offset, len } | Op::Write { offset, len, .. } => {
+                        prop_assert!(len <= 1 << 16);
+                        (offset, len as u64)
+                    }
+                    Op::Trim { offset, len, .. } | Op::WriteZeroes { offset, len, .. } | Op::Cache { offset, len } => (offset, len),
+                    Op::BlockStatus { offset, len, .. } => (offset, len),
+                    Op::Flush | Op::Disc => (0, 0),
+                };
+                prop_assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
+                if !matches!(op, Op::BlockStatus { .. }) {
+                    prop_assert!(off % 512 == 0 && len % 512 == 0);
+                }
+                let writes = matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. });
+                prop_assert!(!(read_only && writes), "read-only export accepted {:?}", op);
+            }
+        }
+    }
+}

@@ -262,3 +262,64 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exercise(engine: Engine) {
+        let pool = BufPool::new(1 << 20);
+        let path = std::env::temp_dir().join(format!("ferry-engine-{}-{}", std::process::id(), engine.name()));
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        file.set_len(8192).unwrap();
+        let mut buf = pool.take(4096);
+        buf.as_mut().fill(0xab);
+        engine
+            .write(&file, 4096, buf, true, punts_buffered_writes(&file))
+            .await
+            .unwrap();
+        engine.fdatasync(&file).await.unwrap();
+        // A read running past the end of the file: the tail reads as zeroes.
+        let mut stale = pool.take(12288);
+        stale.as_mut().fill(0xee);
+        let got = engine.read(&file, 0, stale).await.unwrap();
+        assert!(got.as_ref()[..4096].iter().all(|b| *b == 0));
+        assert!(got.as_ref()[4096..8192].iter().all(|b| *b == 0xab));
+        assert!(got.as_ref()[8192..].iter().all(|b| *b == 0), "past EOF is zero-filled");
+        drop(got);
+        engine
+            .fallocate(
+                &file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                4096,
+            )
+            .await
+            .unwrap();
+        let got = engine.read(&file, 4096, pool.take(4096)).await.unwrap();
+        assert!(got.as_ref().iter().all(|b| *b == 0), "punched range reads as zeroes");
+        // Errors come back as errors: a write to a read-only descriptor.
+        let ro = Arc::new(std::fs::File::open(&path).unwrap());
+        let err = engine.write(&ro, 0, pool.take(512), false, false).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn io_uring_engine_reads_writes_syncs_and_punches() {
+        exercise(Engine::start(EngineChoice::IoUring, 8).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn pread_engine_reads_writes_syncs_and_punches() {
+        exercise(Engine::start(EngineChoice::Pread, 8).unwrap()).await;
+    }
+}
