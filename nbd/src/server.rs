@@ -99,8 +99,15 @@ where
     let session = match negotiated {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(()),
-        Err(ConnectionError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            debug!(peer, "client closed during negotiation");
+        // A client that hangs up while haggling (after ABORT, or after reading the list it
+        // wanted) is a normal end, not a failure.
+        Err(ConnectionError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            debug!(peer, error = %e, "client closed during negotiation");
             return Ok(());
         }
         Err(e) => return Err(e),
