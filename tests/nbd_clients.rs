@@ -149,7 +149,8 @@ fn fio_verify_crc32c_qd32_several_connections() {
     let a = Agent::start("fio");
     a.create("fio", "64M");
     for uri in [a.unix_uri("fio"), a.tcp_uri("fio")] {
-        let out = ok(Command::new("fio").args([
+        // fio leaves verify state files in its working directory: keep them in the scratch dir.
+        let out = ok(Command::new("fio").current_dir(&a.dir).args([
             "--name=ferry-verify",
             "--ioengine=nbd",
             &format!("--uri={uri}"),
