@@ -223,7 +223,7 @@ impl Superblock {
         if raw.block_bytes.get() as u64 != BLOCK_BYTES {
             return Err(SuperblockError::BadGeometry("block size is not 4096"));
         }
-        if geometry.index_slots == 0 || geometry.data_bytes == 0 || geometry.data_bytes % BLOCK_BYTES != 0 {
+        if geometry.index_slots == 0 || geometry.data_bytes == 0 || !geometry.data_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(SuperblockError::BadGeometry(
                 "empty ring or data ring not a multiple of 4 KiB",
             ));
@@ -363,7 +363,7 @@ impl Entry {
         if raw.flags.get() != 0 || raw.reserved.get() != 0 {
             return Err(EntryError::Inconsistent("reserved bits set"));
         }
-        if raw.data_pos.get() % BLOCK_BYTES != 0 {
+        if !raw.data_pos.get().is_multiple_of(BLOCK_BYTES) {
             return Err(EntryError::Inconsistent("payload not 4 KiB-aligned"));
         }
         if kind == Kind::Checkpoint && raw.length.get() > TAG_BYTES_MAX as u64 {
