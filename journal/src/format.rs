@@ -228,11 +228,9 @@ impl Superblock {
                 "empty ring or data ring not a multiple of 4 KiB",
             ));
         }
-        if geometry
-            .index_slots
-            .checked_mul(ENTRY_BYTES)
-            .is_none_or(|b| b.checked_add(geometry.data_bytes).is_none())
-        {
+        // Far above any real ring (2^40 entries, 2^60 data bytes), and low enough that no
+        // offset arithmetic on the geometry can overflow.
+        if geometry.index_slots > 1 << 40 || geometry.data_bytes > 1 << 60 {
             return Err(SuperblockError::BadGeometry("ring larger than a file can be"));
         }
         Ok(Superblock {
@@ -491,6 +489,18 @@ mod tests {
         assert!(matches!(
             Superblock::decode(&[0x55; 80]),
             Err(SuperblockError::BadMagic(_))
+        ));
+        let huge = Superblock {
+            geometry: Geometry {
+                ring_id: RING,
+                index_slots: 1 << 41,
+                data_bytes: 4096,
+            },
+            ..sb
+        };
+        assert!(matches!(
+            Superblock::decode(&huge.encode()),
+            Err(SuperblockError::BadGeometry(_))
         ));
         // Found by the journal_format fuzz target: reserved bytes must be zero.
         let mut r = good;

@@ -1,5 +1,13 @@
 //! Journal: the per-VPG ring of captured writes on the protected site, its crash recovery and
-//! the dirty-region bitmap it falls back to. Built so far: the on-disk format ([`format`]);
-//! the ring itself, recovery and the bitmap are the journal issue's remaining work.
+//! the dirty-region bitmap it falls back to. Built so far: the on-disk format ([`format`]),
+//! storage behind a trait ([`storage`]) and the single-writer ring with recovery ([`ring`]).
+//! Still to come (the journal issue): concurrent capture from the NBD write path, the
+//! crash-ordering rules with simulated power loss, the dirty bitmap, and the operator tools.
 
 pub mod format;
+pub mod ring;
+pub mod storage;
+
+pub use format::{Geometry, Kind};
+pub use ring::{Record, Recovery, Reservation, Ring, RingError};
+pub use storage::{MemStorage, MmapStorage, RingStorage};
