@@ -78,3 +78,86 @@ impl RingStorage for MmapStorage {
         self.map.flush_range(range.start, range.len())
     }
 }
+
+/// Storage that forgets, for crash tests: what the ring sees (`volatile`) and what would be
+/// on disk after a power loss (`durable`). A flush copies its pages to `durable`. A crash
+/// decides, for every page written since it was last flushed and from a seeded generator,
+/// whether the kernel had written it back whole, not at all, or torn at a 512-byte sector.
+#[derive(Debug, Clone)]
+pub struct SimStorage {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    dirty: std::collections::BTreeSet<usize>,
+}
+
+const SIM_PAGE_BYTES: usize = 4096;
+const SIM_SECTOR_BYTES: usize = 512;
+
+impl SimStorage {
+    pub fn new(bytes: usize) -> SimStorage {
+        SimStorage {
+            volatile: vec![0; bytes],
+            durable: vec![0; bytes],
+            dirty: Default::default(),
+        }
+    }
+
+    /// The storage as a power loss now would leave it, chosen by `seed`.
+    pub fn crash(&self, seed: u64) -> SimStorage {
+        let mut rng = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            // splitmix64: small, seedable, good enough to pick outcomes.
+            rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut disk = self.durable.clone();
+        for &page in &self.dirty {
+            let range = page * SIM_PAGE_BYTES..((page + 1) * SIM_PAGE_BYTES).min(disk.len());
+            match next() % 3 {
+                0 => {}
+                1 => disk[range.clone()].copy_from_slice(&self.volatile[range]),
+                _ => {
+                    // Torn: some sectors new, the rest old.
+                    for sector in range.clone().step_by(SIM_SECTOR_BYTES) {
+                        let s = sector..(sector + SIM_SECTOR_BYTES).min(range.end);
+                        if next() % 2 == 0 {
+                            disk[s.clone()].copy_from_slice(&self.volatile[s]);
+                        }
+                    }
+                }
+            }
+        }
+        SimStorage {
+            volatile: disk.clone(),
+            durable: disk,
+            dirty: Default::default(),
+        }
+    }
+}
+
+impl RingStorage for SimStorage {
+    fn bytes(&self) -> &[u8] {
+        &self.volatile
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // The caller may write anywhere: every page counts as dirty until flushed. Tests
+        // use small rings, so marking all of them is cheap and never misses a write.
+        let pages = self.volatile.len().div_ceil(SIM_PAGE_BYTES);
+        self.dirty.extend(0..pages);
+        &mut self.volatile
+    }
+    fn flush(&mut self, range: Range<usize>) -> io::Result<()> {
+        let first = range.start / SIM_PAGE_BYTES;
+        let last = range.end.div_ceil(SIM_PAGE_BYTES);
+        for page in first..last {
+            if self.dirty.remove(&page) {
+                let r = page * SIM_PAGE_BYTES..((page + 1) * SIM_PAGE_BYTES).min(self.volatile.len());
+                self.durable[r.clone()].copy_from_slice(&self.volatile[r]);
+            }
+        }
+        Ok(())
+    }
+}
