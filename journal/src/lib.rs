@@ -9,5 +9,5 @@ pub mod ring;
 pub mod storage;
 
 pub use format::{Geometry, Kind};
-pub use ring::{Record, Recovery, Reservation, Ring, RingError};
-pub use storage::{MemStorage, MmapStorage, RingStorage};
+pub use ring::{Record, Recovery, Reservation, Ring, RingError, Stop, superblock_slots};
+pub use storage::{MemStorage, MmapStorage, RingStorage, SimStorage};

@@ -74,8 +74,37 @@ pub struct Record<'a> {
 pub struct Recovery {
     /// Unacknowledged committed records.
     pub records: u64,
-    /// Why the scan stopped, when not at an empty slot or a full index.
-    pub stopped_by: Option<String>,
+    pub stopped_by: Stop,
+}
+
+/// Why the recovery scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The next slot was never written.
+    Empty,
+    /// Every slot holds an unacknowledged record.
+    IndexFull,
+    /// The next slot holds the entry of one lap before: the normal end of a ring in use.
+    PreviousLap,
+    /// The next entry or its payload is torn, corrupt or inconsistent: after a crash, the
+    /// record being written; otherwise damage.
+    Damaged(String),
+}
+
+impl Stop {
+    /// An end that a ring in good order has.
+    pub fn is_clean(&self) -> bool {
+        !matches!(self, Stop::Damaged(_))
+    }
+}
+
+/// Both superblock slots of a ring file, decoded.
+pub fn superblock_slots(bytes: &[u8]) -> [Result<Superblock, SuperblockError>; 2] {
+    let slot = |i: u64| {
+        let start = (i * SUPERBLOCK_SLOT_BYTES) as usize;
+        Superblock::decode(bytes.get(start..start + SUPERBLOCK_SLOT_BYTES as usize).unwrap_or(&[]))
+    };
+    [slot(0), slot(1)]
 }
 
 #[derive(Debug)]
@@ -131,11 +160,8 @@ impl<S: RingStorage> Ring<S> {
     /// Opens a ring and recovers its committed, unacknowledged records.
     pub fn open(storage: S) -> Result<(Ring<S>, Recovery), RingError> {
         let bytes = storage.bytes();
-        let slot = |i: u64| {
-            let start = (i * SUPERBLOCK_SLOT_BYTES) as usize;
-            Superblock::decode(bytes.get(start..start + SUPERBLOCK_SLOT_BYTES as usize).unwrap_or(&[]))
-        };
-        let sb = match (slot(0), slot(1)) {
+        let [slot0, slot1] = superblock_slots(bytes);
+        let sb = match (slot0, slot1) {
             (Ok(a), Ok(b)) if a.geometry == b.geometry => {
                 if a.generation > b.generation {
                     a
@@ -200,37 +226,42 @@ impl<S: RingStorage> Ring<S> {
         let (mut pos, mut seq, mut data) = (self.sb.acked_index, self.sb.acked_seq, self.sb.acked_data);
         let stopped_by = loop {
             if pos - self.sb.acked_index >= g.index_slots {
-                break None;
+                break Stop::IndexFull;
             }
             let e = match Entry::decode(self.entry_bytes(pos), g.ring_id, pos) {
                 Ok(e) => e,
-                Err(EntryError::Empty) => break None,
-                Err(e) => break Some(format!("entry at index position {pos}: {e}")),
+                Err(EntryError::Empty) => break Stop::Empty,
+                Err(EntryError::Misplaced { found, expected })
+                    if found.checked_add(g.index_slots) == Some(expected) =>
+                {
+                    break Stop::PreviousLap;
+                }
+                Err(e) => break Stop::Damaged(format!("entry at index position {pos}: {e}")),
             };
             if e.seq != seq {
-                break Some(format!(
+                break Stop::Damaged(format!(
                     "entry at index position {pos} has sequence {}, expected {seq}",
                     e.seq
                 ));
             }
             let bytes = padded(e.kind.payload_bytes(e.length));
             if bytes > g.data_bytes {
-                break Some(format!(
+                break Stop::Damaged(format!(
                     "entry at index position {pos} has a payload larger than the ring"
                 ));
             }
             let at = self.place(data, bytes);
             if e.data_pos != at {
-                break Some(format!(
+                break Stop::Damaged(format!(
                     "entry at index position {pos} places its payload at {}, expected {at}",
                     e.data_pos
                 ));
             }
             if at + bytes - self.sb.acked_data > g.data_bytes {
-                break Some(format!("entry at index position {pos} overruns acknowledged data"));
+                break Stop::Damaged(format!("entry at index position {pos} overruns acknowledged data"));
             }
             if bytes > 0 && crc32c::crc32c(self.payload(&e)) != e.payload_crc {
-                break Some(format!(
+                break Stop::Damaged(format!(
                     "payload of sequence {seq} does not match its checksum (torn write)"
                 ));
             }
@@ -338,6 +369,11 @@ impl<S: RingStorage> Ring<S> {
         (self.sb.acked_index, self.head_index)
     }
 
+    /// The superblock in force.
+    pub fn superblock(&self) -> Superblock {
+        self.sb
+    }
+
     pub fn acked_seq(&self) -> u64 {
         self.sb.acked_seq
     }
@@ -430,7 +466,7 @@ mod tests {
             rec,
             Recovery {
                 records: 4,
-                stopped_by: None
+                stopped_by: Stop::Empty
             }
         );
         r.ack(2).unwrap();
@@ -499,7 +535,10 @@ mod tests {
         s.0[(g.data_offset(second.data_pos) + 100) as usize] ^= 1;
         let (r, rec) = Ring::open(s).unwrap();
         assert_eq!(rec.records, 1);
-        assert!(rec.stopped_by.unwrap().contains("torn"));
+        assert!(
+            matches!(&rec.stopped_by, Stop::Damaged(m) if m.contains("torn")),
+            "{rec:?}"
+        );
         assert_eq!(r.bounds(), (0, 1));
 
         // A full lap later, the slot after the head still holds last lap's entry.
@@ -511,10 +550,32 @@ mod tests {
         }
         let (_, rec) = Ring::open(r.into_storage()).unwrap();
         assert_eq!(rec.records, 0);
-        assert!(
-            rec.stopped_by.unwrap().contains("found where"),
-            "stale entry recognised"
-        );
+        assert_eq!(rec.stopped_by, Stop::PreviousLap, "last lap's entry is the normal end");
+        // An entry from any other lap, or another ring, is damage.
+        let mut s = r_storage_with_foreign_entry();
+        let (_, rec) = Ring::open(std::mem::replace(&mut s, MemStorage(Vec::new()))).unwrap();
+        assert!(matches!(rec.stopped_by, Stop::Damaged(_)), "{rec:?}");
+    }
+
+    /// A ring whose first record's entry was written by another ring.
+    fn r_storage_with_foreign_entry() -> MemStorage {
+        let (g, s) = small();
+        let mut r = Ring::create(s, g).unwrap();
+        r.append(Kind::Trim, 0, 0, 4096, &[]).unwrap();
+        let mut s = r.into_storage();
+        let foreign = Entry {
+            kind: Kind::Trim,
+            seq: 0,
+            index_pos: 0,
+            data_pos: 0,
+            offset: 0,
+            length: 4096,
+            volume: 0,
+            payload_crc: 0,
+        };
+        let off = g.entry_offset(0) as usize;
+        s.0[off..off + 64].copy_from_slice(&foreign.encode(RING ^ 0xff));
+        s
     }
 
     #[test]
