@@ -305,3 +305,38 @@ fn systemd_units_verify() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn journal_dump_and_check_from_the_command_line() {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/journal_recovery/small-ring.bin");
+    let out = ok(Command::new(FERRY).args(["journal", "check"]).arg(&seed));
+    assert!(
+        out.contains(": ok") && out.contains("unacknowledged records: 3"),
+        "{out}"
+    );
+    let out = ok(Command::new(FERRY).args(["journal", "dump"]).arg(&seed));
+    assert!(
+        out.contains("checkpoint    tag \"tag\"") && out.contains("volume 2  offset 512  length 512"),
+        "{out}"
+    );
+    // One flipped payload byte: check fails and says where.
+    let dir = common::scratch_dir("jcheck");
+    let bad = dir.join("bad.ring");
+    let mut bytes = std::fs::read(&seed).unwrap();
+    let last = bytes.len() - 16384 + 8192 + 100; // inside the last write's payload (3rd block of the data ring)
+    bytes[last] ^= 0xff;
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = run(Command::new(FERRY).args(["journal", "check"]).arg(&bad));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DAMAGED") && text.contains("is damaged"), "{text}");
+    let out = run(Command::new(FERRY)
+        .args(["journal", "check"])
+        .arg(dir.join("missing.ring")));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,6 +35,33 @@ enum Command {
     Volume(VolumeCmd),
     /// Show the agent's status.
     Status,
+    /// Read a journal ring file directly (no agent needed).
+    #[command(subcommand)]
+    Journal(JournalCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCmd {
+    /// Print the superblocks, cursors and every unacknowledged record.
+    Dump { path: PathBuf },
+    /// Verify every checksum and the cursors; exit 1 on damage.
+    Check { path: PathBuf },
+}
+
+fn run_journal(cmd: JournalCmd) -> Result<(), String> {
+    let (path, records) = match &cmd {
+        JournalCmd::Dump { path } => (path, true),
+        JournalCmd::Check { path } => (path, false),
+    };
+    let report = crate::journal_tool::inspect(path, records)?;
+    print!("{}", report.text);
+    if !report.clean {
+        return Err(format!("journal {} is damaged (see above)", path.display()));
+    }
+    if let JournalCmd::Check { .. } = cmd {
+        println!("journal {}: ok", path.display());
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -166,7 +193,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     let c = Client::new(&control);
     let e = |e: ClientError| e.to_string();
     match cmd {
-        Command::Agent(_) => unreachable!("handled by main"),
+        Command::Agent(_) | Command::Journal(_) => unreachable!("handled by main"),
         Command::Status => {
             let s: AgentStatus = c
                 .call(Method::GET, "/v1/status", None::<&()>)
@@ -258,6 +285,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
+        Command::Journal(cmd) => run_journal(cmd),
         cmd => {
             let control = cli
                 .control

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod io;
+pub mod journal_tool;
 pub mod size;
 pub mod state;
 pub mod volume;
