@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Agent, FERRY, ok, require, run};
+use common::{Agent, FERRY, ok, qemu_io, require, run};
 
 #[test]
 fn cli_errors_name_the_problem() {
@@ -92,9 +92,7 @@ fn sigterm_under_load_exits_cleanly_and_restart_serves_the_same_volumes() {
     let mut a = Agent::start("sigterm");
     a.create("keep", "64M");
     a.create("other", "8M");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x6b 0 4M", "-c", "flush"])
-        .arg(a.unix_uri("keep")));
+    qemu_io(a.unix_uri("keep"), &["write -P 0x6b 0 4M", "flush"]);
     let mut fio = Command::new("fio")
         .args([
             "--name=load",
@@ -129,9 +127,7 @@ fn sigterm_under_load_exits_cleanly_and_restart_serves_the_same_volumes() {
     a.spawn();
     let list = a.ferry(&["volume", "list"]);
     assert!(list.contains("keep") && list.contains("other"), "{list}");
-    let out = ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read -P 0x6b 0 4M"])
-        .arg(a.tcp_uri("keep")));
+    let out = qemu_io(a.tcp_uri("keep"), &["read -P 0x6b 0 4M"]);
     assert!(!out.contains("verification failed"), "{out}");
 }
 
@@ -140,9 +136,7 @@ fn captive_launch_through_socket_activation() {
     require("nbdinfo");
     let mut a = Agent::start("captive");
     a.create("only", "8M");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x21 0 64k"])
-        .arg(a.unix_uri("only")));
+    qemu_io(a.unix_uri("only"), &["write -P 0x21 0 64k"]);
     assert_eq!(a.stop().code(), Some(0));
     // nbdinfo starts the agent with LISTEN_FDS on a socket of its own and asks for the
     // default export, which is the only volume.
@@ -185,9 +179,7 @@ fn a_volume_whose_file_vanished_is_offline_and_the_rest_are_served() {
     let list = a.ferry(&["volume", "list"]);
     let lost = list.lines().find(|l| l.starts_with("lost")).unwrap();
     assert!(lost.contains("offline"), "{list}");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read -P 0 0 4M"])
-        .arg(a.unix_uri("fine")));
+    qemu_io(a.unix_uri("fine"), &["read -P 0 0 4M"]);
     let json = a.ferry(&["volume", "list", "--json"]);
     assert!(json.contains("cannot open volume file"), "{json}");
     a.ferry(&["volume", "delete", "lost"]);
@@ -229,12 +221,8 @@ fn systemd_socket_units_hand_over_tcp_and_unix_sockets() {
     let tcp = format!("nbd://127.0.0.1:{port}/vol");
     let unix = format!("nbd+unix:///vol?socket={}", sock.display());
     // The first connection starts the agent; both sockets then serve the same volume.
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x44 0 64k"])
-        .arg(&tcp));
-    let out = ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read -P 0x44 0 64k"])
-        .arg(&unix));
+    qemu_io(&tcp, &["write -P 0x44 0 64k"]);
+    let out = qemu_io(&unix, &["read -P 0x44 0 64k"]);
     assert!(!out.contains("verification failed"), "{out}");
     let _ = child.kill();
     let _ = child.wait();

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Agent, ok, patterned_file, require, run};
+use common::{Agent, ok, patterned_file, qemu_io, require, run};
 
 #[test]
 fn qemu_io_patterns_over_unix_and_tcp() {
@@ -13,34 +13,25 @@ fn qemu_io_patterns_over_unix_and_tcp() {
     let a = Agent::start("qemu-io");
     a.create("disk0", "64M");
     for (uri, pat) in [(a.unix_uri("disk0"), "0xa5"), (a.tcp_uri("disk0"), "0x5a")] {
-        ok(Command::new("qemu-io")
-            .args(["-f", "raw"])
-            .args([
-                "-c",
+        qemu_io(
+            &uri,
+            &[
                 &format!("write -P {pat} 0 1M"),
-                "-c",
                 &format!("write -P {pat} 63M 1M"),
-                "-c",
                 "write -P 0x11 4096 512",
-                "-c",
                 "write -z 8M 2M",
-                "-c",
                 "flush",
-            ])
-            .arg(&uri));
-        let out = ok(Command::new("qemu-io")
-            .args(["-f", "raw"])
-            .args([
-                "-c",
+            ],
+        );
+        let out = qemu_io(
+            &uri,
+            &[
                 "read -P 0x11 4096 512",
-                "-c",
                 &format!("read -P {pat} 4608 1043968"),
-                "-c",
                 &format!("read -P {pat} 63M 1M"),
-                "-c",
                 "read -P 0 8M 2M",
-            ])
-            .arg(&uri));
+            ],
+        );
         assert!(!out.contains("Pattern verification failed"), "{out}");
         assert_eq!(out.matches("read ").count(), 4, "{out}");
     }
@@ -69,9 +60,7 @@ fn qemu_img_convert_compare_and_map() {
     assert!(map.contains("\"data\": true"), "{map}");
     assert!(map.contains("\"zero\": true"), "{map}");
     // A changed byte is seen by compare.
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0xff 0 512"])
-        .arg(a.unix_uri("img")));
+    qemu_io(a.unix_uri("img"), &["write -P 0xff 0 512"]);
     let out = run(Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "raw"])
         .arg(&src)
@@ -91,9 +80,7 @@ fn nbdinfo_list_map_and_can() {
         "{list}"
     );
     assert!(list.contains("ferry volume alpha on datastore default"), "{list}");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 1 1M 64k"])
-        .arg(a.unix_uri("alpha")));
+    qemu_io(a.unix_uri("alpha"), &["write -P 1 1M 64k"]);
     let map = ok(Command::new("nbdinfo").arg("--map").arg(a.unix_uri("alpha")));
     let rows: Vec<Vec<&str>> = map.lines().map(|l| l.split_whitespace().collect()).collect();
     assert!(rows.iter().any(|r| r[0] == "0" && r[2] == "3"), "hole at start: {map}");
@@ -123,9 +110,7 @@ fn nbdcopy_round_trip_keeps_a_sparse_image_sparse() {
     let back = a.dir.join("out.raw");
     // Sparse source: data at 0 and 20M, the rest holes.
     std::fs::File::create(&src).unwrap().set_len(32 << 20).unwrap();
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x42 0 256k", "-c", "write -P 0x43 20M 1M"])
-        .arg(&src));
+    qemu_io(&src, &["write -P 0x42 0 256k", "write -P 0x43 20M 1M"]);
     ok(Command::new("nbdcopy").arg(&src).arg(a.unix_uri("sparse")));
     ok(Command::new("nbdcopy").arg(a.tcp_uri("sparse")).arg(&back));
     assert_eq!(
@@ -228,48 +213,28 @@ fn small_and_large_patterns(a: &Agent) {
     require("qemu-io");
     a.create("pr", "16M");
     let uri = a.unix_uri("pr");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args([
-            "-c",
+    qemu_io(
+        &uri,
+        &[
             "write -P 0x3c 0 1M",
-            "-c",
             "write -P 0x3d -f 4M 64k",
-            "-c",
             "write -z 8M 1M",
-            "-c",
             "discard 0 64k",
-            "-c",
             "flush",
-        ])
-        .arg(&uri));
-    let out = ok(Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args([
-            "-c",
+        ],
+    );
+    let out = qemu_io(
+        &uri,
+        &[
             "read -P 0 0 64k",
-            "-c",
             "read -P 0x3c 64k 960k",
-            "-c",
             "read -P 0x3d 4M 64k",
-            "-c",
             "read -P 0 8M 1M",
-        ])
-        .arg(&uri));
+        ],
+    );
     assert!(!out.contains("verification failed"), "{out}");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x3e 12M 4k", "-c", "write -P 0x3f 12M 512"])
-        .arg(&uri));
-    let out = ok(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "read -P 0x3f 12M 512",
-            "-c",
-            "read -P 0x3e 12583424 3584",
-        ])
-        .arg(&uri));
+    qemu_io(&uri, &["write -P 0x3e 12M 4k", "write -P 0x3f 12M 512"]);
+    let out = qemu_io(&uri, &["read -P 0x3f 12M 512", "read -P 0x3e 12583424 3584"]);
     assert!(!out.contains("verification failed"), "{out}");
 }
 
@@ -281,33 +246,25 @@ fn direct_io_volume_serves_aligned_io() {
     let uri = a.unix_uri("d");
     let info = ok(Command::new("nbdinfo").arg(&uri));
     assert!(info.contains("block_size_minimum: 4096"), "{info}");
-    ok(Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args([
-            "-c",
+    qemu_io(
+        &uri,
+        &[
             "write -P 0x71 0 1M",
-            "-c",
             "write -P 0x72 -f 8M 4k",
-            "-c",
             "write -z 4M 64k",
-            "-c",
             "flush",
-        ])
-        .arg(&uri));
-    let out = ok(Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args([
-            "-c",
+        ],
+    );
+    let out = qemu_io(
+        &uri,
+        &[
             "read -P 0x71 0 1M",
-            "-c",
             "read -P 0x72 8M 4k",
-            "-c",
             "read -P 0 4M 64k",
             // qemu's block layer turns this 512-byte read into an aligned 4k one.
-            "-c",
             "read -P 0x71 512 512",
-        ])
-        .arg(&uri));
+        ],
+    );
     assert!(!out.contains("verification failed"), "{out}");
 }
 
@@ -340,21 +297,8 @@ fn block_device_datastore_holds_one_volume() {
     let e = a.ferry_fails(&["volume", "create", "second"]);
     assert!(e.contains("already holds volume \"onlun\""), "{e}");
     let uri = a.unix_uri("onlun");
-    ok(Command::new("qemu-io")
-        .args([
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x19 1M 1M",
-            "-c",
-            "write -z 4M 1M",
-            "-c",
-            "flush",
-        ])
-        .arg(&uri));
-    let out = ok(Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "read -P 0x19 1M 1M", "-c", "read -P 0 4M 1M"])
-        .arg(&uri));
+    qemu_io(&uri, &["write -P 0x19 1M 1M", "write -z 4M 1M", "flush"]);
+    let out = qemu_io(&uri, &["read -P 0x19 1M 1M", "read -P 0 4M 1M"]);
     assert!(!out.contains("verification failed"), "{out}");
     let map = ok(Command::new("nbdinfo").arg("--map").arg(&uri));
     assert!(map.lines().count() >= 1, "{map}");

@@ -234,3 +234,18 @@ pub fn nbdsh(script: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("PATH", path))
 }
+
+/// Runs qemu-io on a raw image (an NBD URI or a file) with these commands, each a `-c`;
+/// fails the test on an error or a pattern mismatch. Returns qemu-io's output.
+pub fn qemu_io(target: impl AsRef<std::ffi::OsStr>, cmds: &[&str]) -> String {
+    require("qemu-io");
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(target);
+    let out = ok(&mut c);
+    assert!(!out.contains("verification failed"), "qemu-io {cmds:?}: {out}");
+    out
+}
