@@ -17,19 +17,12 @@ fuzz_target!(|data: &[u8]| {
         let Ok(req) = decode_request(&data[..n], mode) else { continue };
         let lim = Limits { info: &info, mode, base_allocation: data.len() % 2 == 0, payload_bytes_max: 1 << 25 };
         if let Checked::Op(op) = check(&req, lim) {
-            let (off, len) = match op {
-                Op::Read { offset, len } | Op::Write { offset, len, .. } => {
-                    assert!(len <= 1 << 25);
-                    (offset, len as u64)
-                }
-                Op::Trim { offset, len, .. } | Op::WriteZeroes { offset, len, .. } | Op::Cache { offset, len } => (offset, len),
-                Op::BlockStatus { offset, len, .. } => (offset, len),
-                Op::Flush | Op::Disc => (0, 0),
-            };
-            assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
-            if info.read_only {
-                assert!(!matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. }));
+            let (off, len) = op.range();
+            if matches!(op, Op::Read { .. } | Op::Write { .. }) {
+                assert!(len <= 1 << 25);
             }
+            assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
+            assert!(!(info.read_only && op.writes()));
         }
     }
 });

@@ -80,6 +80,25 @@ pub enum Op {
     Disc,
 }
 
+impl Op {
+    /// The export range the operation touches, as `(offset, length)`; `(0, 0)` for none.
+    pub fn range(&self) -> (u64, u64) {
+        match *self {
+            Op::Read { offset, len } | Op::Write { offset, len, .. } => (offset, len as u64),
+            Op::Trim { offset, len, .. }
+            | Op::WriteZeroes { offset, len, .. }
+            | Op::Cache { offset, len }
+            | Op::BlockStatus { offset, len, .. } => (offset, len),
+            Op::Flush | Op::Disc => (0, 0),
+        }
+    }
+
+    /// Whether the operation changes the export's contents.
+    pub fn writes(&self) -> bool {
+        matches!(self, Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. })
+    }
+}
+
 /// A request refused without touching the export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -494,21 +513,15 @@ mod properties {
             let req = Request { flags, command: Command(command), cookie: 1, offset, length };
             let lim = Limits { info: &info, mode, base_allocation: true, payload_bytes_max: 1 << 16 };
             if let Checked::Op(op) = check(&req, lim) {
-                let (off, len) = match op {
-                    Op::Read { offset, len } | Op::Write { offset, len, .. } => {
-                        prop_assert!(len <= 1 << 16);
-                        (offset, len as u64)
-                    }
-                    Op::Trim { offset, len, .. } | Op::WriteZeroes { offset, len, .. } | Op::Cache { offset, len } => (offset, len),
-                    Op::BlockStatus { offset, len, .. } => (offset, len),
-                    Op::Flush | Op::Disc => (0, 0),
-                };
+                let (off, len) = op.range();
+                if matches!(op, Op::Read { .. } | Op::Write { .. }) {
+                    prop_assert!(len <= 1 << 16);
+                }
                 prop_assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
                 if !matches!(op, Op::BlockStatus { .. }) {
                     prop_assert!(off % 512 == 0 && len % 512 == 0);
                 }
-                let writes = matches!(op, Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. });
-                prop_assert!(!(read_only && writes), "read-only export accepted {:?}", op);
+                prop_assert!(!(read_only && op.writes()), "read-only export accepted {:?}", op);
             }
         }
     }
