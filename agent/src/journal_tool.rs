@@ -17,15 +17,6 @@ pub struct Report {
     pub clean: bool,
 }
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Write => "write",
-        Kind::Trim => "trim",
-        Kind::WriteZeroes => "write-zeroes",
-        Kind::Checkpoint => "checkpoint",
-    }
-}
-
 /// Reads `path` and describes it; `records` lists each unacknowledged record.
 pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -46,7 +37,7 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
         }
         .expect("write to string");
     }
-    let (ring, recovery) = Ring::open(MemStorage(bytes)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (ring, recovery) = Ring::open_with(MemStorage(bytes), false).map_err(|e| format!("{}: {e}", path.display()))?;
     let sb = ring.superblock();
     let g = sb.geometry;
     writeln!(
@@ -68,9 +59,32 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
         sb.acked_seq + recovery.records
     )
     .expect("write to string");
+    for h in &recovery.holes {
+        let what = match &h.damaged {
+            Some(e) => {
+                clean = false;
+                format!(
+                    "DAMAGED record ({} volume {} offset {} length {}): {}; the agent voids it and marks its range dirty",
+                    e.kind.name(),
+                    e.volume,
+                    e.offset,
+                    e.length,
+                    h.why
+                )
+            }
+            None => format!(
+                "hole ({}): a reservation never committed, as a crash leaves it; the agent turns it into a void record",
+                h.why
+            ),
+        };
+        writeln!(out, "seq {} at index {}: {what}", h.seq, h.index_pos).expect("write to string");
+    }
     if records {
         for pos in start..end {
-            let r = ring.read(pos).expect("recovered records read back");
+            let Some(r) = ring.read(pos) else {
+                writeln!(out, "  seq {:>10}  (hole)", sb.acked_seq + (pos - start)).expect("write to string");
+                continue;
+            };
             let e = r.entry;
             match e.kind {
                 Kind::Checkpoint => writeln!(
@@ -84,7 +98,7 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
                     out,
                     "  seq {:>10}  {:<12}  volume {}  offset {}  length {}  data {}",
                     e.seq,
-                    kind_name(k),
+                    k.name(),
                     e.volume,
                     e.offset,
                     e.length,
@@ -147,10 +161,23 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let rep = inspect(&path, false).unwrap();
         assert!(
-            !rep.clean && rep.text.contains("DAMAGED after sequence 0"),
+            !rep.clean
+                && rep
+                    .text
+                    .contains("seq 0 at index 0: DAMAGED record (write volume 2 offset 4096"),
             "{}",
             rep.text
         );
+        bytes[data + 10] ^= 1;
+        bytes[data + 4096 + 2] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let rep = inspect(&path, false).unwrap();
+        assert!(
+            !rep.clean && rep.text.contains("DAMAGED after sequence 1"),
+            "{}",
+            rep.text
+        );
+        bytes[data + 4096 + 2] ^= 1;
 
         bytes[20] ^= 1;
         bytes[4096 + 20] ^= 1;

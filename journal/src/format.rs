@@ -46,8 +46,10 @@
 //! 56 reserved u32      60 entry_crc u32 (crc32c seeded with ring_id, over bytes 0..60)
 //! ```
 //!
-//! Writes carry `length` bytes of payload; checkpoints carry their tag (UTF-8, may be empty);
-//! trims and write-zeroes carry none. A payload takes `length` rounded up to 4 KiB.
+//! Kinds: 1 write, 2 trim, 3 write-zeroes, 4 checkpoint, 5 void. Writes carry `length`
+//! bytes of payload; checkpoints carry their tag (UTF-8, may be empty); trims and
+//! write-zeroes carry none; a void holds `length` bytes of space without content (its
+//! payload_crc is zero). A payload takes `length` rounded up to 4 KiB.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -172,6 +174,26 @@ pub enum SuperblockError {
 }
 
 impl Superblock {
+    /// The superblock after acknowledging up to `seq`, one generation on.
+    pub fn advanced(&self, acked_seq: u64, acked_index: u64, acked_data: u64) -> Superblock {
+        Superblock {
+            generation: self.generation + 1,
+            acked_seq,
+            acked_index,
+            acked_data,
+            ..*self
+        }
+    }
+
+    /// Where this superblock is written (slots alternate by generation) and the whole
+    /// slot's bytes.
+    pub fn slot_image(&self) -> (std::ops::Range<usize>, [u8; SUPERBLOCK_SLOT_BYTES as usize]) {
+        let start = ((self.generation % SUPERBLOCK_SLOTS) * SUPERBLOCK_SLOT_BYTES) as usize;
+        let mut slot = [0u8; SUPERBLOCK_SLOT_BYTES as usize];
+        slot[..80].copy_from_slice(&self.encode());
+        (start..start + SUPERBLOCK_SLOT_BYTES as usize, slot)
+    }
+
     /// The 80 bytes that start a superblock slot.
     pub fn encode(&self) -> [u8; 80] {
         let g = &self.geometry;
@@ -251,6 +273,11 @@ pub enum Kind {
     Trim = 2,
     WriteZeroes = 3,
     Checkpoint = 4,
+    /// A reservation that was never filled (its client went away, or the agent stopped
+    /// before its payload arrived): it keeps its place in the sequence and carries nothing.
+    /// `length` is the payload space it holds (zero when recovery writes it for a hole);
+    /// the record after a void may start its payload anywhere past the void's end.
+    Void = 5,
 }
 
 impl Kind {
@@ -260,6 +287,7 @@ impl Kind {
             2 => Kind::Trim,
             3 => Kind::WriteZeroes,
             4 => Kind::Checkpoint,
+            5 => Kind::Void,
             _ => return None,
         })
     }
@@ -267,8 +295,24 @@ impl Kind {
     /// Payload bytes a record of this kind with this `length` carries.
     pub fn payload_bytes(self, length: u64) -> u64 {
         match self {
-            Kind::Write | Kind::Checkpoint => length,
+            Kind::Write | Kind::Checkpoint | Kind::Void => length,
             Kind::Trim | Kind::WriteZeroes => 0,
+        }
+    }
+
+    /// Whether the payload is covered by the entry's payload checksum (a void's space
+    /// holds whatever was there).
+    pub fn checks_payload(self) -> bool {
+        matches!(self, Kind::Write | Kind::Checkpoint)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Write => "write",
+            Kind::Trim => "trim",
+            Kind::WriteZeroes => "write-zeroes",
+            Kind::Checkpoint => "checkpoint",
+            Kind::Void => "void",
         }
     }
 }
@@ -367,7 +411,7 @@ impl Entry {
         if kind == Kind::Checkpoint && raw.length.get() > TAG_BYTES_MAX as u64 {
             return Err(EntryError::Inconsistent("checkpoint tag too long"));
         }
-        if kind.payload_bytes(raw.length.get()) == 0 && raw.payload_crc.get() != 0 {
+        if !kind.checks_payload() && raw.payload_crc.get() != 0 {
             return Err(EntryError::Inconsistent("payload checksum without a payload"));
         }
         Ok(Entry {

@@ -5,9 +5,11 @@
 //! crash-ordering rules with simulated power loss, the dirty bitmap, and the operator tools.
 
 pub mod format;
+pub mod journal;
 pub mod ring;
 pub mod storage;
 
 pub use format::{Geometry, Kind};
-pub use ring::{Record, Recovery, Reservation, Ring, RingError, Stop, superblock_slots};
+pub use journal::{Consumer, Journal, JournalStats, OUTSTANDING_MAX, Slot};
+pub use ring::{Hole, Record, Recovery, Reservation, Ring, RingError, Stop, superblock_slots};
 pub use storage::{MemStorage, MmapStorage, RingStorage, SimStorage};

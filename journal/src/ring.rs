@@ -75,6 +75,22 @@ pub struct Recovery {
     /// Unacknowledged committed records.
     pub records: u64,
     pub stopped_by: Stop,
+    /// Holes found past the end of the valid records, with records after them (and, when
+    /// repairing, turned into voids).
+    pub holes: Vec<Hole>,
+}
+
+/// A slot that recovery found without a valid record, followed by valid records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hole {
+    pub index_pos: u64,
+    pub seq: u64,
+    /// Why it is not a record.
+    pub why: String,
+    /// The entry, when it decodes but its payload or placement is wrong: the range it
+    /// wrote must be treated as dirty. `None` for a slot never written this lap (a
+    /// reservation whose datastore write was never issued) or an entry torn beyond reading.
+    pub damaged: Option<Entry>,
 }
 
 /// Why the recovery scan stopped.
@@ -107,100 +123,24 @@ pub fn superblock_slots(bytes: &[u8]) -> [Result<Superblock, SuperblockError>; 2
     [slot(0), slot(1)]
 }
 
-#[derive(Debug)]
-pub struct Ring<S: RingStorage> {
-    storage: S,
+/// Where the next record goes: the durable cursor and the heads. Shared by [`Ring`] and the
+/// concurrent [`crate::Journal`], so both place records by the same rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
     /// The superblock last made durable.
-    sb: Superblock,
-    head_index: u64,
-    head_data: u64,
-    next_seq: u64,
+    pub sb: Superblock,
+    pub head_index: u64,
+    pub head_data: u64,
+    pub next_seq: u64,
 }
 
-fn padded(bytes: u64) -> u64 {
-    bytes.next_multiple_of(BLOCK_BYTES)
-}
-
-impl<S: RingStorage> Ring<S> {
+impl Heads {
     fn geometry(&self) -> Geometry {
         self.sb.geometry
     }
 
-    /// Formats `storage` as an empty ring of `geometry`.
-    pub fn create(mut storage: S, geometry: Geometry) -> Result<Ring<S>, RingError> {
-        let actual = storage.bytes().len() as u64;
-        if actual != geometry.file_bytes() {
-            return Err(RingError::Size {
-                actual,
-                expected: geometry.file_bytes(),
-            });
-        }
-        storage.bytes_mut()[..geometry.data_start() as usize].fill(0);
-        let mut ring = Ring {
-            storage,
-            sb: Superblock {
-                geometry,
-                generation: 0,
-                acked_seq: 0,
-                acked_index: 0,
-                acked_data: 0,
-            },
-            head_index: 0,
-            head_data: 0,
-            next_seq: 0,
-        };
-        // Both slots valid from the start: generation 0 in slot 0, then 1 in slot 1.
-        ring.write_superblock(ring.sb)?;
-        ring.sb.generation = 1;
-        ring.write_superblock(ring.sb)?;
-        ring.storage.flush(0..geometry.data_start() as usize)?;
-        Ok(ring)
-    }
-
-    /// Opens a ring and recovers its committed, unacknowledged records.
-    pub fn open(storage: S) -> Result<(Ring<S>, Recovery), RingError> {
-        let bytes = storage.bytes();
-        let [slot0, slot1] = superblock_slots(bytes);
-        let sb = match (slot0, slot1) {
-            (Ok(a), Ok(b)) if a.geometry == b.geometry => {
-                if a.generation > b.generation {
-                    a
-                } else {
-                    b
-                }
-            }
-            // Two valid slots that disagree on the geometry: trust neither more than the
-            // newer; the file size check below catches a mismatch.
-            (Ok(a), Ok(b)) => {
-                if a.generation > b.generation {
-                    a
-                } else {
-                    b
-                }
-            }
-            (Ok(a), Err(_)) | (Err(_), Ok(a)) => a,
-            (Err(a), Err(b)) => return Err(RingError::NoSuperblock(a, b)),
-        };
-        let actual = bytes.len() as u64;
-        if actual < sb.geometry.file_bytes() {
-            return Err(RingError::Size {
-                actual,
-                expected: sb.geometry.file_bytes(),
-            });
-        }
-        let mut ring = Ring {
-            storage,
-            sb,
-            head_index: sb.acked_index,
-            head_data: sb.acked_data,
-            next_seq: sb.acked_seq,
-        };
-        let recovery = ring.scan();
-        Ok((ring, recovery))
-    }
-
     /// Where a payload of `padded_bytes` goes if the head is at `data`.
-    fn place(&self, data: u64, padded_bytes: u64) -> u64 {
+    pub fn place(&self, data: u64, padded_bytes: u64) -> u64 {
         let d = self.geometry().data_bytes;
         if padded_bytes > 0 && data % d + padded_bytes > d {
             data.next_multiple_of(d)
@@ -209,82 +149,12 @@ impl<S: RingStorage> Ring<S> {
         }
     }
 
-    fn entry_bytes(&self, index_pos: u64) -> &[u8; ENTRY_BYTES as usize] {
-        let off = self.geometry().entry_offset(index_pos) as usize;
-        self.storage.bytes()[off..off + ENTRY_BYTES as usize]
-            .try_into()
-            .expect("64 bytes")
-    }
-
-    fn payload(&self, entry: &Entry) -> &[u8] {
-        let off = self.geometry().data_offset(entry.data_pos) as usize;
-        &self.storage.bytes()[off..off + entry.kind.payload_bytes(entry.length) as usize]
-    }
-
-    fn scan(&mut self) -> Recovery {
+    /// Takes the next index slot, sequence number and payload space.
+    pub fn reserve(&mut self, kind: Kind, volume: u32, offset: u64, length: u64) -> Result<Entry, RingError> {
         let g = self.geometry();
-        let (mut pos, mut seq, mut data) = (self.sb.acked_index, self.sb.acked_seq, self.sb.acked_data);
-        let stopped_by = loop {
-            if pos - self.sb.acked_index >= g.index_slots {
-                break Stop::IndexFull;
-            }
-            let e = match Entry::decode(self.entry_bytes(pos), g.ring_id, pos) {
-                Ok(e) => e,
-                Err(EntryError::Empty) => break Stop::Empty,
-                Err(EntryError::Misplaced { found, expected })
-                    if found.checked_add(g.index_slots) == Some(expected) =>
-                {
-                    break Stop::PreviousLap;
-                }
-                Err(e) => break Stop::Damaged(format!("entry at index position {pos}: {e}")),
-            };
-            if e.seq != seq {
-                break Stop::Damaged(format!(
-                    "entry at index position {pos} has sequence {}, expected {seq}",
-                    e.seq
-                ));
-            }
-            let bytes = padded(e.kind.payload_bytes(e.length));
-            if bytes > g.data_bytes {
-                break Stop::Damaged(format!(
-                    "entry at index position {pos} has a payload larger than the ring"
-                ));
-            }
-            let at = self.place(data, bytes);
-            if e.data_pos != at {
-                break Stop::Damaged(format!(
-                    "entry at index position {pos} places its payload at {}, expected {at}",
-                    e.data_pos
-                ));
-            }
-            if at + bytes - self.sb.acked_data > g.data_bytes {
-                break Stop::Damaged(format!("entry at index position {pos} overruns acknowledged data"));
-            }
-            if bytes > 0 && crc32c::crc32c(self.payload(&e)) != e.payload_crc {
-                break Stop::Damaged(format!(
-                    "payload of sequence {seq} does not match its checksum (torn write)"
-                ));
-            }
-            data = at + bytes;
-            pos += 1;
-            seq += 1;
-        };
-        self.head_index = pos;
-        self.head_data = data;
-        self.next_seq = seq;
-        Recovery {
-            records: pos - self.sb.acked_index,
-            stopped_by,
-        }
-    }
-
-    /// Reserves the next record; fill its payload with [`Ring::payload_mut`], then commit it.
-    pub fn reserve(&mut self, kind: Kind, volume: u32, offset: u64, length: u64) -> Result<Reservation, RingError> {
-        let g = self.geometry();
-        let payload_bytes = kind.payload_bytes(length);
-        let bytes = padded(payload_bytes);
+        let bytes = padded(kind.payload_bytes(length));
         if bytes > g.data_bytes {
-            return Err(RingError::TooLarge(payload_bytes));
+            return Err(RingError::TooLarge(kind.payload_bytes(length)));
         }
         if self.head_index - self.sb.acked_index >= g.index_slots {
             return Err(RingError::Full("index slot"));
@@ -306,7 +176,267 @@ impl<S: RingStorage> Ring<S> {
         self.head_index += 1;
         self.head_data = at + bytes;
         self.next_seq += 1;
-        Ok(Reservation { entry, payload_bytes })
+        Ok(entry)
+    }
+
+    /// Bytes of the data ring in use (acknowledged position to head).
+    pub fn data_used(&self) -> u64 {
+        self.head_data - self.sb.acked_data
+    }
+}
+
+#[derive(Debug)]
+pub struct Ring<S: RingStorage> {
+    storage: S,
+    heads: Heads,
+}
+
+pub(crate) fn padded(bytes: u64) -> u64 {
+    bytes.next_multiple_of(BLOCK_BYTES)
+}
+
+/// How far past a hole recovery looks for records committed after it: at least the number
+/// of reservations that can be outstanding at once ([`crate::journal::OUTSTANDING_MAX`]).
+pub const LOOKAHEAD_SLOTS: u64 = 8192;
+
+impl<S: RingStorage> Ring<S> {
+    fn geometry(&self) -> Geometry {
+        self.heads.sb.geometry
+    }
+
+    /// Formats `storage` as an empty ring of `geometry`.
+    pub fn create(mut storage: S, geometry: Geometry) -> Result<Ring<S>, RingError> {
+        let actual = storage.bytes().len() as u64;
+        if actual != geometry.file_bytes() {
+            return Err(RingError::Size {
+                actual,
+                expected: geometry.file_bytes(),
+            });
+        }
+        storage.bytes_mut()[..geometry.data_start() as usize].fill(0);
+        let sb = Superblock {
+            geometry,
+            generation: 0,
+            acked_seq: 0,
+            acked_index: 0,
+            acked_data: 0,
+        };
+        let mut ring = Ring {
+            storage,
+            heads: Heads {
+                sb,
+                head_index: 0,
+                head_data: 0,
+                next_seq: 0,
+            },
+        };
+        // Both slots valid from the start: generation 0 in slot 0, then 1 in slot 1.
+        ring.write_superblock(sb)?;
+        ring.heads.sb.generation = 1;
+        ring.write_superblock(ring.heads.sb)?;
+        ring.storage.flush(0..geometry.data_start() as usize)?;
+        Ok(ring)
+    }
+
+    /// Opens a ring and recovers its committed, unacknowledged records. Holes (reservations
+    /// never committed, followed by records that were) become void records, written to the
+    /// ring and flushed.
+    pub fn open(storage: S) -> Result<(Ring<S>, Recovery), RingError> {
+        Self::open_with(storage, true)
+    }
+
+    /// Opens a ring; with `repair` false nothing is written (holes are only reported), for
+    /// tools that inspect a file.
+    pub fn open_with(storage: S, repair: bool) -> Result<(Ring<S>, Recovery), RingError> {
+        let bytes = storage.bytes();
+        let [slot0, slot1] = superblock_slots(bytes);
+        let sb = match (slot0, slot1) {
+            // Two valid slots: the newer wins (if they disagree on the geometry, the file
+            // size check below catches a mismatch).
+            (Ok(a), Ok(b)) => {
+                if a.generation > b.generation {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Ok(a), Err(_)) | (Err(_), Ok(a)) => a,
+            (Err(a), Err(b)) => return Err(RingError::NoSuperblock(a, b)),
+        };
+        let actual = bytes.len() as u64;
+        if actual < sb.geometry.file_bytes() {
+            return Err(RingError::Size {
+                actual,
+                expected: sb.geometry.file_bytes(),
+            });
+        }
+        let mut ring = Ring {
+            storage,
+            heads: Heads {
+                sb,
+                head_index: sb.acked_index,
+                head_data: sb.acked_data,
+                next_seq: sb.acked_seq,
+            },
+        };
+        let recovery = ring.scan(repair)?;
+        Ok((ring, recovery))
+    }
+
+    fn entry_bytes(&self, index_pos: u64) -> &[u8; ENTRY_BYTES as usize] {
+        let off = self.geometry().entry_offset(index_pos) as usize;
+        self.storage.bytes()[off..off + ENTRY_BYTES as usize]
+            .try_into()
+            .expect("64 bytes")
+    }
+
+    fn payload(&self, entry: &Entry) -> &[u8] {
+        let off = self.geometry().data_offset(entry.data_pos) as usize;
+        &self.storage.bytes()[off..off + entry.kind.payload_bytes(entry.length) as usize]
+    }
+
+    /// Checks the entry at `pos` as the record with sequence `seq` whose payload may start at
+    /// `data` (exactly, or anywhere from there when `after_void`).
+    fn check_entry(&self, pos: u64, seq: u64, data: u64, after_void: bool) -> Result<Entry, Stop> {
+        let g = self.geometry();
+        let acked = &self.heads.sb;
+        let e = match Entry::decode(self.entry_bytes(pos), g.ring_id, pos) {
+            Ok(e) => e,
+            Err(EntryError::Empty) => return Err(Stop::Empty),
+            Err(EntryError::Misplaced { found, expected }) if found.checked_add(g.index_slots) == Some(expected) => {
+                return Err(Stop::PreviousLap);
+            }
+            Err(e) => return Err(Stop::Damaged(format!("entry at index position {pos}: {e}"))),
+        };
+        if e.seq != seq {
+            return Err(Stop::Damaged(format!(
+                "entry at index position {pos} has sequence {}, expected {seq}",
+                e.seq
+            )));
+        }
+        let bytes = padded(e.kind.payload_bytes(e.length));
+        if bytes > g.data_bytes {
+            return Err(Stop::Damaged(format!(
+                "entry at index position {pos} has a payload larger than the ring"
+            )));
+        }
+        let at = self.heads.place(data, bytes);
+        let placed = if after_void {
+            e.data_pos >= data && (bytes == 0 || e.data_pos % g.data_bytes + bytes <= g.data_bytes)
+        } else {
+            e.data_pos == at
+        };
+        if !placed {
+            return Err(Stop::Damaged(format!(
+                "entry at index position {pos} places its payload at {}, expected {at}",
+                e.data_pos
+            )));
+        }
+        if e.data_pos + bytes - acked.acked_data > g.data_bytes {
+            return Err(Stop::Damaged(format!(
+                "entry at index position {pos} overruns acknowledged data"
+            )));
+        }
+        if e.kind.checks_payload() && bytes > 0 && crc32c::crc32c(self.payload(&e)) != e.payload_crc {
+            return Err(Stop::Damaged(format!(
+                "payload of sequence {seq} does not match its checksum (torn write)"
+            )));
+        }
+        Ok(e)
+    }
+
+    fn scan(&mut self, repair: bool) -> Result<Recovery, RingError> {
+        let g = self.geometry();
+        let sb = self.heads.sb;
+        let (mut pos, mut seq, mut data) = (sb.acked_index, sb.acked_seq, sb.acked_data);
+        let mut after_void = false;
+        let mut holes = Vec::new();
+        let stopped_by = loop {
+            if pos - sb.acked_index >= g.index_slots {
+                break Stop::IndexFull;
+            }
+            let stop = match self.check_entry(pos, seq, data, after_void) {
+                Ok(e) => {
+                    after_void = e.kind == Kind::Void;
+                    data = e.data_pos + padded(e.kind.payload_bytes(e.length));
+                    pos += 1;
+                    seq += 1;
+                    continue;
+                }
+                Err(stop) => stop,
+            };
+            // A hole: records reserved after it may have been committed (they commit out of
+            // order). Look for the first one; the slots between become voids.
+            let room = g.index_slots - (pos - sb.acked_index);
+            let found =
+                (1..LOOKAHEAD_SLOTS.min(room)).find(|&k| self.check_entry(pos + k, seq + k, data, true).is_ok());
+            let Some(k) = found else { break stop };
+            for p in pos..pos + k {
+                let why = match self.check_entry(p, seq + (p - pos), data, true) {
+                    Err(Stop::Damaged(m)) => m,
+                    Err(Stop::Empty) => "never written".into(),
+                    Err(Stop::PreviousLap) => "holds the previous lap's entry: never written".into(),
+                    _ => "out of place".into(),
+                };
+                holes.push(Hole {
+                    index_pos: p,
+                    seq: seq + (p - pos),
+                    why,
+                    damaged: Entry::decode(self.entry_bytes(p), g.ring_id, p)
+                        .ok()
+                        .filter(|e| e.kind != Kind::Void),
+                });
+                if repair {
+                    let void = Entry {
+                        kind: Kind::Void,
+                        seq: seq + (p - pos),
+                        index_pos: p,
+                        data_pos: data,
+                        offset: 0,
+                        length: 0,
+                        volume: 0,
+                        payload_crc: 0,
+                    };
+                    self.write_entry(&void);
+                }
+            }
+            pos += k;
+            seq += k;
+            after_void = true;
+        };
+        // The record being written when the agent stopped, torn: cleared, so the file reads
+        // clean and the next record is written over it.
+        let torn_tail = matches!(stopped_by, Stop::Damaged(_)) && pos - sb.acked_index < g.index_slots;
+        if repair && torn_tail {
+            let off = g.entry_offset(pos) as usize;
+            self.storage.bytes_mut()[off..off + ENTRY_BYTES as usize].fill(0);
+        }
+        if repair && (!holes.is_empty() || torn_tail) {
+            self.sync()?;
+        }
+        self.heads.head_index = pos;
+        self.heads.head_data = data;
+        self.heads.next_seq = seq;
+        Ok(Recovery {
+            records: pos - sb.acked_index,
+            stopped_by,
+            holes,
+        })
+    }
+
+    fn write_entry(&mut self, e: &Entry) {
+        let bytes = e.encode(self.geometry().ring_id);
+        let off = self.geometry().entry_offset(e.index_pos) as usize;
+        self.storage.bytes_mut()[off..off + ENTRY_BYTES as usize].copy_from_slice(&bytes);
+    }
+
+    /// Reserves the next record; fill its payload with [`Ring::payload_mut`], then commit it.
+    pub fn reserve(&mut self, kind: Kind, volume: u32, offset: u64, length: u64) -> Result<Reservation, RingError> {
+        let entry = self.heads.reserve(kind, volume, offset, length)?;
+        Ok(Reservation {
+            entry,
+            payload_bytes: kind.payload_bytes(length),
+        })
     }
 
     /// The reserved payload's bytes in the ring, to fill in place.
@@ -317,13 +447,11 @@ impl<S: RingStorage> Ring<S> {
 
     /// Writes the record's entry; from now on readers and recovery see it.
     pub fn commit(&mut self, mut r: Reservation) -> u64 {
-        if r.payload_bytes > 0 {
+        if r.entry.kind.checks_payload() && r.payload_bytes > 0 {
             let off = self.geometry().data_offset(r.entry.data_pos) as usize;
             r.entry.payload_crc = crc32c::crc32c(&self.storage.bytes()[off..off + r.payload_bytes as usize]);
         }
-        let bytes = r.entry.encode(self.geometry().ring_id);
-        let off = self.geometry().entry_offset(r.entry.index_pos) as usize;
-        self.storage.bytes_mut()[off..off + ENTRY_BYTES as usize].copy_from_slice(&bytes);
+        self.write_entry(&r.entry);
         r.entry.seq
     }
 
@@ -354,7 +482,7 @@ impl<S: RingStorage> Ring<S> {
 
     /// The committed record at `index_pos`, if it is in the journal.
     pub fn read(&self, index_pos: u64) -> Option<Record<'_>> {
-        if index_pos < self.sb.acked_index || index_pos >= self.head_index {
+        if index_pos < self.heads.sb.acked_index || index_pos >= self.heads.head_index {
             return None;
         }
         let entry = Entry::decode(self.entry_bytes(index_pos), self.geometry().ring_id, index_pos).ok()?;
@@ -366,54 +494,50 @@ impl<S: RingStorage> Ring<S> {
 
     /// Index position of the first unacknowledged record, and one past the last reserved.
     pub fn bounds(&self) -> (u64, u64) {
-        (self.sb.acked_index, self.head_index)
+        (self.heads.sb.acked_index, self.heads.head_index)
     }
 
     /// The superblock in force.
     pub fn superblock(&self) -> Superblock {
-        self.sb
+        self.heads.sb
     }
 
     pub fn acked_seq(&self) -> u64 {
-        self.sb.acked_seq
+        self.heads.sb.acked_seq
     }
 
     /// Acknowledges every record with a sequence below `seq`: their space is freed and the
     /// new cursor is made durable before this returns.
     pub fn ack(&mut self, seq: u64) -> Result<(), RingError> {
-        let (acked, head) = (self.sb.acked_seq, self.next_seq);
+        let h = self.heads;
+        let (acked, head) = (h.sb.acked_seq, h.next_seq);
         if seq < acked || seq > head {
             return Err(RingError::BadAck { seq, acked, head });
         }
-        let index = self.sb.acked_index + (seq - acked);
-        let data = if index < self.head_index {
+        let index = h.sb.acked_index + (seq - acked);
+        let data = if index < h.head_index {
             match Entry::decode(self.entry_bytes(index), self.geometry().ring_id, index) {
                 Ok(e) => e.data_pos,
                 // Reserved but not committed: its payload position is not written down yet.
                 Err(_) => return Err(RingError::BadAck { seq, acked, head }),
             }
         } else {
-            self.head_data
+            h.head_data
         };
-        let sb = Superblock {
-            generation: self.sb.generation + 1,
-            acked_seq: seq,
-            acked_index: index,
-            acked_data: data.min(self.head_data),
-            ..self.sb
-        };
+        let sb = h.sb.advanced(seq, index, data.min(h.head_data));
         self.write_superblock(sb)?;
-        self.sb = sb;
+        self.heads.sb = sb;
         Ok(())
     }
 
     fn write_superblock(&mut self, sb: Superblock) -> io::Result<()> {
-        let start = ((sb.generation % 2) * SUPERBLOCK_SLOT_BYTES) as usize;
-        let bytes = sb.encode();
-        let slot = &mut self.storage.bytes_mut()[start..start + SUPERBLOCK_SLOT_BYTES as usize];
-        slot.fill(0);
-        slot[..bytes.len()].copy_from_slice(&bytes);
-        self.storage.flush(start..start + SUPERBLOCK_SLOT_BYTES as usize)
+        let (range, bytes) = sb.slot_image();
+        self.storage.bytes_mut()[range.clone()].copy_from_slice(&bytes);
+        self.storage.flush(range)
+    }
+
+    pub(crate) fn into_parts(self) -> (S, Heads) {
+        (self.storage, self.heads)
     }
 
     pub fn into_storage(self) -> S {
@@ -466,7 +590,8 @@ mod tests {
             rec,
             Recovery {
                 records: 4,
-                stopped_by: Stop::Empty
+                stopped_by: Stop::Empty,
+                holes: vec![]
             }
         );
         r.ack(2).unwrap();
@@ -528,18 +653,34 @@ mod tests {
         let (g, s) = small();
         let mut r = Ring::create(s, g).unwrap();
         for i in 0..3u8 {
-            r.append(Kind::Write, 0, 0, 4096, &data(i, 4096)).unwrap();
+            r.append(Kind::Write, 0, 8192 * i as u64, 4096, &data(i, 4096)).unwrap();
         }
         let second = r.read(1).unwrap().entry;
+        let third = r.read(2).unwrap().entry;
         let mut s = r.into_storage();
-        s.0[(g.data_offset(second.data_pos) + 100) as usize] ^= 1;
-        let (r, rec) = Ring::open(s).unwrap();
-        assert_eq!(rec.records, 1);
+        s.0[(g.data_offset(third.data_pos) + 100) as usize] ^= 1;
+        let (r, rec) = Ring::open(s.clone()).unwrap();
+        assert_eq!(rec.records, 2, "the last record is torn: the journal ends before it");
         assert!(
             matches!(&rec.stopped_by, Stop::Damaged(m) if m.contains("torn")),
             "{rec:?}"
         );
-        assert_eq!(r.bounds(), (0, 1));
+        assert_eq!(r.bounds(), (0, 2));
+
+        // Recovery cleared the torn entry: the next open ends there cleanly.
+        let (_, again) = Ring::open(r.into_storage()).unwrap();
+        assert_eq!((again.records, again.stopped_by), (2, Stop::Empty));
+
+        // A torn record with a good one after it: a void, and its range is reported.
+        s.0[(g.data_offset(third.data_pos) + 100) as usize] ^= 1;
+        s.0[(g.data_offset(second.data_pos) + 100) as usize] ^= 1;
+        let (r, rec) = Ring::open(s).unwrap();
+        assert_eq!(rec.records, 3);
+        assert_eq!(rec.holes.len(), 1);
+        assert_eq!(rec.holes[0].damaged, Some(second));
+        assert!(rec.holes[0].why.contains("torn"), "{rec:?}");
+        assert_eq!(r.read(1).unwrap().entry.kind, Kind::Void);
+        assert_eq!(r.read(2).unwrap().payload, &data(2, 4096)[..]);
 
         // A full lap later, the slot after the head still holds last lap's entry.
         let (g, s) = small();
@@ -687,7 +828,13 @@ mod tests {
                 for (i, pos) in (start..end).enumerate() {
                     let got = r.read(pos).unwrap();
                     prop_assert_eq!(got.entry.seq, acked + i as u64);
-                    prop_assert_eq!(got.payload, &payloads[got.entry.seq as usize][..]);
+                    if got.entry.kind != Kind::Void {
+                        prop_assert_eq!(got.payload, &payloads[got.entry.seq as usize][..]);
+                    }
+                }
+                // Only records never synced can be holes.
+                for h in &rec.holes {
+                    prop_assert!(h.seq >= synced, "synced record {} became a hole: {:?}", h.seq, h);
                 }
             }
         }

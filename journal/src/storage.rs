@@ -81,13 +81,14 @@ impl RingStorage for MmapStorage {
 
 /// Storage that forgets, for crash tests: what the ring sees (`volatile`) and what would be
 /// on disk after a power loss (`durable`). A flush copies its pages to `durable`. A crash
-/// decides, for every page written since it was last flushed and from a seeded generator,
-/// whether the kernel had written it back whole, not at all, or torn at a 512-byte sector.
+/// decides, for every page that differs from what was last flushed and from a seeded
+/// generator, whether the kernel had written it back whole, not at all, or torn at a
+/// 512-byte sector. (Pages are compared rather than tracked, so writes through a pointer
+/// taken once count too; tests use it from one thread.)
 #[derive(Debug, Clone)]
 pub struct SimStorage {
     volatile: Vec<u8>,
     durable: Vec<u8>,
-    dirty: std::collections::BTreeSet<usize>,
 }
 
 const SIM_PAGE_BYTES: usize = 4096;
@@ -98,7 +99,6 @@ impl SimStorage {
         SimStorage {
             volatile: vec![0; bytes],
             durable: vec![0; bytes],
-            dirty: Default::default(),
         }
     }
 
@@ -114,8 +114,11 @@ impl SimStorage {
             z ^ (z >> 31)
         };
         let mut disk = self.durable.clone();
-        for &page in &self.dirty {
+        for page in 0..disk.len().div_ceil(SIM_PAGE_BYTES) {
             let range = page * SIM_PAGE_BYTES..((page + 1) * SIM_PAGE_BYTES).min(disk.len());
+            if disk[range.clone()] == self.volatile[range.clone()] {
+                continue;
+            }
             match next() % 3 {
                 0 => {}
                 1 => disk[range.clone()].copy_from_slice(&self.volatile[range]),
@@ -133,7 +136,15 @@ impl SimStorage {
         SimStorage {
             volatile: disk.clone(),
             durable: disk,
-            dirty: Default::default(),
+        }
+    }
+
+    /// The storage as a process crash (kill -9) leaves it: everything written is kept, the
+    /// kernel has it.
+    pub fn kill(&self) -> SimStorage {
+        SimStorage {
+            volatile: self.volatile.clone(),
+            durable: self.volatile.clone(),
         }
     }
 }
@@ -143,21 +154,12 @@ impl RingStorage for SimStorage {
         &self.volatile
     }
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // The caller may write anywhere: every page counts as dirty until flushed. Tests
-        // use small rings, so marking all of them is cheap and never misses a write.
-        let pages = self.volatile.len().div_ceil(SIM_PAGE_BYTES);
-        self.dirty.extend(0..pages);
         &mut self.volatile
     }
     fn flush(&mut self, range: Range<usize>) -> io::Result<()> {
-        let first = range.start / SIM_PAGE_BYTES;
-        let last = range.end.div_ceil(SIM_PAGE_BYTES);
-        for page in first..last {
-            if self.dirty.remove(&page) {
-                let r = page * SIM_PAGE_BYTES..((page + 1) * SIM_PAGE_BYTES).min(self.volatile.len());
-                self.durable[r.clone()].copy_from_slice(&self.volatile[r]);
-            }
-        }
+        let start = range.start / SIM_PAGE_BYTES * SIM_PAGE_BYTES;
+        let end = (range.end.div_ceil(SIM_PAGE_BYTES) * SIM_PAGE_BYTES).min(self.volatile.len());
+        self.durable[start..end].copy_from_slice(&self.volatile[start..end]);
         Ok(())
     }
 }

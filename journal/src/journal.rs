@@ -1,0 +1,532 @@
+//! The journal ring shared by many writers and one consumer: the form the agent uses.
+//!
+//! Writers reserve a record ([`Journal::reserve`]: its sequence number, index slot and
+//! payload space are taken at once, under a short lock), fill the payload in place through
+//! the [`Slot`] from any thread, commit it (the entry is written with the payload's
+//! checksum, without the lock) and release it when the datastore write issued from the same
+//! memory has finished (dropping the slot). Records commit out of order; a slot dropped
+//! without commit becomes a void record, so the sequence has no holes.
+//!
+//! The consumer ([`Consumer`]) sees the *settled* prefix: records released in order, whose
+//! memory no writer and no datastore I/O touches any more. It acknowledges up to a sequence
+//! number; only then is space reused, and the new cursor is durable before `ack` returns.
+//! Memory that a reservation, a datastore write or the consumer reads is never handed out
+//! again before the acknowledgement, so the map is shared without copies.
+//!
+//! Where a write's bytes are copied (protected site): once, by the kernel, from the client's
+//! socket into the slot's payload in the mapped ring. The datastore write is issued from
+//! that memory (io_uring or `pwritev2`), the checksum is computed over it, and the consumer
+//! reads it in place. Nothing else copies it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::format::{ENTRY_BYTES, Entry, Geometry, Kind};
+use crate::ring::{Heads, Record, Recovery, Ring, RingError, padded};
+use crate::storage::RingStorage;
+
+/// Reservations that may be outstanding (reserved, not yet released) at once. Recovery
+/// looks this far past a hole for records committed after it.
+pub const OUTSTANDING_MAX: u64 = crate::ring::LOOKAHEAD_SLOTS / 2;
+
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    done: bool,
+    data_pos: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    heads: Heads,
+    /// Index positions from `settled` to the head: released yet or not, and where their
+    /// payload starts.
+    open: VecDeque<Open>,
+    settled: u64,
+}
+
+/// Counters for status displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    pub acked_seq: u64,
+    /// Records below this sequence are settled (readable by the consumer).
+    pub settled_seq: u64,
+    /// The sequence the next record gets.
+    pub next_seq: u64,
+    pub data_used_bytes: u64,
+    pub data_bytes: u64,
+    pub index_used: u64,
+    pub index_slots: u64,
+}
+
+impl JournalStats {
+    /// Fraction of the ring in use (the larger of data and index use), 0.0 to 1.0.
+    pub fn fill(&self) -> f64 {
+        (self.data_used_bytes as f64 / self.data_bytes as f64).max(self.index_used as f64 / self.index_slots as f64)
+    }
+}
+
+pub struct Journal<S: RingStorage> {
+    geometry: Geometry,
+    base: NonNull<u8>,
+    len: usize,
+    storage: Mutex<S>,
+    state: Mutex<State>,
+    acking: Mutex<()>,
+    consumer_taken: AtomicBool,
+}
+
+// SAFETY: the raw map is only written at ranges owned by one slot (reserved to it until
+// released), by the entry/superblock writers under `acking`, and read by the consumer at
+// settled, unacknowledged ranges; every hand-over goes through `state`'s lock.
+unsafe impl<S: RingStorage + Send> Send for Journal<S> {}
+unsafe impl<S: RingStorage + Send> Sync for Journal<S> {}
+
+impl<S: RingStorage> std::fmt::Debug for Journal<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("geometry", &self.geometry).finish()
+    }
+}
+
+impl<S: RingStorage> Journal<S> {
+    /// Formats `storage` as an empty journal.
+    pub fn create(storage: S, geometry: Geometry) -> Result<Arc<Journal<S>>, RingError> {
+        Ok(Self::from_ring(Ring::create(storage, geometry)?))
+    }
+
+    /// Opens a journal and recovers its records (see [`Ring::open`]).
+    pub fn open(storage: S) -> Result<(Arc<Journal<S>>, Recovery), RingError> {
+        let (ring, recovery) = Ring::open(storage)?;
+        Ok((Self::from_ring(ring), recovery))
+    }
+
+    fn from_ring(ring: Ring<S>) -> Arc<Journal<S>> {
+        let (mut storage, heads) = ring.into_parts();
+        let bytes = storage.bytes_mut();
+        let len = bytes.len();
+        let base = NonNull::new(bytes.as_mut_ptr()).expect("a slice pointer is not null");
+        Arc::new(Journal {
+            geometry: heads.sb.geometry,
+            base,
+            len,
+            storage: Mutex::new(storage),
+            state: Mutex::new(State {
+                heads,
+                open: VecDeque::new(),
+                settled: heads.head_index,
+            }),
+            acking: Mutex::new(()),
+            consumer_taken: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn ptr(&self, off: u64, len: usize) -> *mut u8 {
+        assert!(off as usize + len <= self.len, "journal access out of the map");
+        // SAFETY: in bounds of the map, checked above.
+        unsafe { self.base.as_ptr().add(off as usize) }
+    }
+
+    fn write_bytes(&self, off: u64, bytes: &[u8]) {
+        // SAFETY: in bounds; the caller owns the range (see the type's SAFETY note).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr(off, bytes.len()), bytes.len()) }
+    }
+
+    fn read_entry(&self, index_pos: u64) -> [u8; ENTRY_BYTES as usize] {
+        let mut out = [0u8; ENTRY_BYTES as usize];
+        let src = self.ptr(self.geometry.entry_offset(index_pos), out.len());
+        // SAFETY: in bounds; the entry of a settled record is no longer written.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+        out
+    }
+
+    fn write_entry(&self, e: &Entry) {
+        self.write_bytes(
+            self.geometry.entry_offset(e.index_pos),
+            &e.encode(self.geometry.ring_id),
+        );
+    }
+
+    /// Reserves the next record: its sequence number is taken now, so a write reserved after
+    /// another completed comes after it.
+    pub fn reserve(self: &Arc<Self>, kind: Kind, volume: u32, offset: u64, length: u64) -> Result<Slot<S>, RingError> {
+        let mut st = self.state();
+        if st.open.len() as u64 >= OUTSTANDING_MAX {
+            return Err(RingError::Full("outstanding reservations"));
+        }
+        let entry = st.heads.reserve(kind, volume, offset, length)?;
+        st.open.push_back(Open {
+            done: false,
+            data_pos: entry.data_pos,
+        });
+        drop(st);
+        Ok(Slot {
+            journal: self.clone(),
+            entry,
+            committed: false,
+        })
+    }
+
+    /// Reserves, fills and commits a record whose payload is at hand (checkpoints, and
+    /// records without payload); it settles when the returned slot is dropped.
+    pub fn append(
+        self: &Arc<Self>,
+        kind: Kind,
+        volume: u32,
+        offset: u64,
+        length: u64,
+        payload: &[u8],
+    ) -> Result<Slot<S>, RingError> {
+        assert_eq!(
+            payload.len() as u64,
+            kind.payload_bytes(length),
+            "payload must match the record"
+        );
+        let mut slot = self.reserve(kind, volume, offset, length)?;
+        slot.payload_mut().copy_from_slice(payload);
+        slot.commit();
+        Ok(slot)
+    }
+
+    fn release(&self, index_pos: u64) {
+        let mut st = self.state();
+        let i = (index_pos - st.settled) as usize;
+        st.open[i].done = true;
+        while st.open.front().is_some_and(|o| o.done) {
+            st.open.pop_front();
+            st.settled += 1;
+        }
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        let st = self.state();
+        let h = &st.heads;
+        let seq_of = |index: u64| h.sb.acked_seq + (index - h.sb.acked_index);
+        JournalStats {
+            acked_seq: h.sb.acked_seq,
+            settled_seq: seq_of(st.settled),
+            next_seq: h.next_seq,
+            data_used_bytes: h.data_used(),
+            data_bytes: self.geometry.data_bytes,
+            index_used: h.head_index - h.sb.acked_index,
+            index_slots: self.geometry.index_slots,
+        }
+    }
+
+    /// Makes every committed record durable (msync of the whole map: only dirty pages are
+    /// written).
+    pub fn sync(&self) -> io::Result<()> {
+        let mut s = self.storage.lock().unwrap_or_else(|e| e.into_inner());
+        s.flush(0..self.len)
+    }
+
+    /// The one consumer; `None` if it was taken and not dropped.
+    pub fn consumer(self: &Arc<Self>) -> Option<Consumer<S>> {
+        if self.consumer_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let next = self.state().heads.sb.acked_index;
+        Some(Consumer {
+            journal: self.clone(),
+            next,
+        })
+    }
+
+    /// Acknowledges every record below `seq`: durable before it returns, space reused after.
+    fn ack(&self, seq: u64) -> Result<(), RingError> {
+        let _one = self.acking.lock().unwrap_or_else(|e| e.into_inner());
+        let sb = {
+            let st = self.state();
+            let h = &st.heads;
+            let settled_seq = h.sb.acked_seq + (st.settled - h.sb.acked_index);
+            if seq < h.sb.acked_seq || seq > settled_seq {
+                return Err(RingError::BadAck {
+                    seq,
+                    acked: h.sb.acked_seq,
+                    head: settled_seq,
+                });
+            }
+            let index = h.sb.acked_index + (seq - h.sb.acked_seq);
+            let data = if index < st.settled {
+                Entry::decode(&self.read_entry(index), self.geometry.ring_id, index)
+                    .map_err(|e| io::Error::other(format!("journal entry {index} damaged in memory: {e}")))?
+                    .data_pos
+            } else {
+                st.open.front().map_or(h.head_data, |o| o.data_pos)
+            };
+            h.sb.advanced(seq, index, data)
+        };
+        let (range, image) = sb.slot_image();
+        self.write_bytes(range.start as u64, &image);
+        self.storage.lock().unwrap_or_else(|e| e.into_inner()).flush(range)?;
+        self.state().heads.sb = sb;
+        Ok(())
+    }
+
+    /// The settled record at `index_pos`.
+    fn read(&self, index_pos: u64) -> Option<Record<'_>> {
+        {
+            let st = self.state();
+            if index_pos < st.heads.sb.acked_index || index_pos >= st.settled {
+                return None;
+            }
+        }
+        let entry = Entry::decode(&self.read_entry(index_pos), self.geometry.ring_id, index_pos).ok()?;
+        let len = entry.kind.payload_bytes(entry.length) as usize;
+        let ptr = self.ptr(self.geometry.data_offset(entry.data_pos), len);
+        // SAFETY: a settled, unacknowledged record's payload is written by no one until the
+        // consumer acknowledges it, which needs `&mut Consumer` (so this borrow has ended).
+        let payload = unsafe { std::slice::from_raw_parts(ptr, len) };
+        Some(Record { entry, payload })
+    }
+}
+
+/// A reserved record. Fill the payload, [`Slot::commit`], issue the datastore write from
+/// [`Slot::payload`]; dropping the slot releases it (uncommitted: as a void record).
+pub struct Slot<S: RingStorage> {
+    journal: Arc<Journal<S>>,
+    entry: Entry,
+    committed: bool,
+}
+
+impl<S: RingStorage> std::fmt::Debug for Slot<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("entry", &self.entry)
+            .field("committed", &self.committed)
+            .finish()
+    }
+}
+
+// SAFETY: the slot's payload range is its own until it is dropped (see `Journal`).
+unsafe impl<S: RingStorage + Send> Send for Slot<S> {}
+unsafe impl<S: RingStorage + Send> Sync for Slot<S> {}
+
+impl<S: RingStorage> Slot<S> {
+    pub fn seq(&self) -> u64 {
+        self.entry.seq
+    }
+
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    fn payload_ptr(&self) -> (*mut u8, usize) {
+        let len = self.entry.kind.payload_bytes(self.entry.length) as usize;
+        (
+            self.journal
+                .ptr(self.journal.geometry.data_offset(self.entry.data_pos), len),
+            len,
+        )
+    }
+
+    /// The payload in the ring (4 KiB-aligned).
+    pub fn payload(&self) -> &[u8] {
+        let (ptr, len) = self.payload_ptr();
+        // SAFETY: the range is reserved to this slot until it is dropped.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (ptr, len) = self.payload_ptr();
+        // SAFETY: as above; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+
+    /// Writes the record's entry (with its payload checksum): from now on recovery finds it.
+    /// Call it before the datastore write is issued.
+    pub fn commit(&mut self) {
+        if self.committed {
+            return;
+        }
+        if self.entry.kind.checks_payload() {
+            self.entry.payload_crc = crc32c::crc32c(self.payload());
+        }
+        self.journal.write_entry(&self.entry);
+        self.committed = true;
+    }
+
+    pub fn is_committed(&self) -> bool {
+        self.committed
+    }
+}
+
+impl<S: RingStorage> Drop for Slot<S> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let void = Entry {
+                kind: Kind::Void,
+                length: padded(self.entry.kind.payload_bytes(self.entry.length)),
+                offset: 0,
+                volume: 0,
+                payload_crc: 0,
+                ..self.entry
+            };
+            self.journal.write_entry(&void);
+        }
+        self.journal.release(self.entry.index_pos);
+    }
+}
+
+/// Reads settled records in order and acknowledges them.
+#[derive(Debug)]
+pub struct Consumer<S: RingStorage> {
+    journal: Arc<Journal<S>>,
+    next: u64,
+}
+
+impl<S: RingStorage> Consumer<S> {
+    /// The next settled record, if there is one.
+    pub fn next_record(&mut self) -> Option<Record<'_>> {
+        let r = self.journal.read(self.next)?;
+        self.next += 1;
+        Some(r)
+    }
+
+    /// Acknowledges every record with a sequence below `seq`.
+    pub fn ack(&mut self, seq: u64) -> Result<(), RingError> {
+        self.journal.ack(seq)?;
+        let acked_index = self.journal.state().heads.sb.acked_index;
+        self.next = self.next.max(acked_index);
+        Ok(())
+    }
+
+    /// Starts reading again at the first unacknowledged record (a shipper's reconnect).
+    pub fn rewind(&mut self) {
+        self.next = self.journal.state().heads.sb.acked_index;
+    }
+
+    pub fn journal(&self) -> &Arc<Journal<S>> {
+        &self.journal
+    }
+}
+
+impl<S: RingStorage> Drop for Consumer<S> {
+    fn drop(&mut self) {
+        self.journal.consumer_taken.store(false, Ordering::Release);
+    }
+}
+
+/// The superblock a journal would write next; for tests.
+#[cfg(test)]
+fn superblock<S: RingStorage>(j: &Journal<S>) -> crate::format::Superblock {
+    j.state().heads.sb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemStorage, SimStorage};
+
+    fn geometry() -> Geometry {
+        Geometry {
+            ring_id: 7,
+            index_slots: 32,
+            data_bytes: 64 * 1024,
+        }
+    }
+
+    #[test]
+    fn out_of_order_commits_settle_in_order_and_abandoned_slots_become_voids() {
+        let g = geometry();
+        let j = Journal::create(MemStorage(vec![0; g.file_bytes() as usize]), g).unwrap();
+        let mut a = j.reserve(Kind::Write, 1, 0, 4096).unwrap();
+        let mut b = j.reserve(Kind::Write, 1, 4096, 4096).unwrap();
+        let c = j.reserve(Kind::Write, 2, 0, 8192).unwrap();
+        assert_eq!((a.seq(), b.seq(), c.seq()), (0, 1, 2));
+        b.payload_mut().fill(2);
+        b.commit();
+        drop(b);
+        let mut cons = j.consumer().unwrap();
+        assert!(j.consumer().is_none(), "one consumer at a time");
+        assert!(
+            cons.next_record().is_none(),
+            "record 0 is not settled: nothing is readable"
+        );
+        a.payload_mut().fill(1);
+        a.commit();
+        drop(a);
+        drop(c); // the client went away before its payload arrived
+        let r0 = cons.next_record().unwrap();
+        assert_eq!((r0.entry.seq, r0.payload[0]), (0, 1));
+        let r1 = cons.next_record().unwrap();
+        assert_eq!((r1.entry.offset, r1.payload), (4096, &[2u8; 4096][..]));
+        let r2 = cons.next_record().unwrap();
+        assert_eq!((r2.entry.kind, r2.entry.length), (Kind::Void, 8192));
+        assert!(cons.next_record().is_none());
+        assert!(matches!(cons.ack(4), Err(RingError::BadAck { .. })));
+        cons.ack(3).unwrap();
+        assert_eq!(superblock(&j).acked_seq, 3);
+        let st = j.stats();
+        assert_eq!(
+            (st.acked_seq, st.settled_seq, st.next_seq, st.data_used_bytes),
+            (3, 3, 3, 0)
+        );
+    }
+
+    #[test]
+    fn ack_stops_at_the_first_unsettled_record_and_space_is_reused_only_after_ack() {
+        let g = geometry();
+        let j = Journal::create(MemStorage(vec![0; g.file_bytes() as usize]), g).unwrap();
+        let held = j.append(Kind::Write, 1, 0, 32768, &[5; 32768]).unwrap();
+        let mut second = j.append(Kind::Write, 1, 0, 16384, &[6; 16384]).unwrap();
+        drop(std::mem::replace(
+            &mut second,
+            j.append(Kind::Trim, 1, 0, 4096, &[]).unwrap(),
+        ));
+        let mut cons = j.consumer().unwrap();
+        assert!(
+            matches!(cons.ack(1), Err(RingError::BadAck { .. })),
+            "record 0 is still in flight"
+        );
+        assert!(matches!(
+            j.reserve(Kind::Write, 1, 0, 32768),
+            Err(RingError::Full("data space"))
+        ));
+        drop(held);
+        drop(second);
+        while cons.next_record().is_some() {}
+        cons.ack(3).unwrap();
+        let again = j.reserve(Kind::Write, 1, 0, 32768).unwrap();
+        assert_eq!(again.seq(), 3);
+    }
+
+    #[test]
+    fn a_hole_left_by_a_kill_becomes_a_void_and_later_records_survive() {
+        let g = geometry();
+        let j = Journal::create(SimStorage::new(g.file_bytes() as usize), g).unwrap();
+        let a = j.append(Kind::Write, 1, 0, 4096, &[1; 4096]).unwrap();
+        let hole = j.reserve(Kind::Write, 1, 8192, 8192).unwrap();
+        let c = j.append(Kind::Write, 1, 65536, 4096, &[3; 4096]).unwrap();
+        // kill -9 now: `hole` never got its payload, `c` was committed (and may have
+        // reached the datastore).
+        let disk = j.storage.lock().unwrap().kill();
+        std::mem::forget((a, hole, c));
+        let (j2, rec) = Journal::open(disk).unwrap();
+        assert_eq!(
+            rec.holes
+                .iter()
+                .map(|h| (h.index_pos, h.damaged.is_none()))
+                .collect::<Vec<_>>(),
+            vec![(1, true)]
+        );
+        assert_eq!(rec.records, 3);
+        let mut cons = j2.consumer().unwrap();
+        let kinds: Vec<_> = std::iter::from_fn(|| cons.next_record().map(|r| (r.entry.seq, r.entry.kind))).collect();
+        assert_eq!(kinds, vec![(0, Kind::Write), (1, Kind::Void), (2, Kind::Write)]);
+        // The void is on disk: a second recovery finds no hole.
+        let disk = j2.storage.lock().unwrap().kill();
+        drop(cons);
+        let (_, rec) = Journal::open(disk).unwrap();
+        assert_eq!((rec.records, rec.holes.len()), (3, 0));
+    }
+}
