@@ -229,6 +229,11 @@ impl<S: RingStorage> Journal<S> {
         s.flush(0..self.len)
     }
 
+    /// Runs `f` on the storage (tests take crash images this way).
+    pub fn with_storage<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.storage.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The one consumer; `None` if it was taken and not dropped.
     pub fn consumer(self: &Arc<Self>) -> Option<Consumer<S>> {
         if self.consumer_taken.swap(true, Ordering::AcqRel) {

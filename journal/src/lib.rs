@@ -1,14 +1,24 @@
 //! Journal: the per-VPG ring of captured writes on the protected site, its crash recovery and
-//! the dirty-region bitmap it falls back to. Built so far: the on-disk format ([`format`]),
-//! storage behind a trait ([`storage`]) and the single-writer ring with recovery ([`ring`]).
-//! Still to come (the journal issue): concurrent capture from the NBD write path, the
-//! crash-ordering rules with simulated power loss, the dirty bitmap, and the operator tools.
+//! the dirty-region maps it falls back to.
+//!
+//! - [`format`]: the ring file's bytes (superblocks, 64-byte index entries, 4 KiB-aligned
+//!   payloads), with golden tests.
+//! - [`ring`]: one writer; recovery scan (used on open, and by `ferry journal dump|check`).
+//! - [`journal`]: many writers filling slots in place, one consumer, acknowledgements.
+//! - [`dirty`]: per-volume dirty bits and activity log.
+//! - [`capture`]: the write path's order and the recovery rules, with the power-loss
+//!   property test.
+//! - [`storage`]: memory, mapped file, or simulated (crash by seed) storage.
 
+pub mod capture;
+pub mod dirty;
 pub mod format;
 pub mod journal;
 pub mod ring;
 pub mod storage;
 
+pub use capture::{Capture, CaptureEvent, CaptureRecovery, CheckpointError, Mode, Pending, SyncPoint};
+pub use dirty::{DirtyMap, MapError, MapHeader, MapRecovery};
 pub use format::{Geometry, Kind};
 pub use journal::{Consumer, Journal, JournalStats, OUTSTANDING_MAX, Slot};
 pub use ring::{Hole, Record, Recovery, Reservation, Ring, RingError, Stop, superblock_slots};
