@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
-use crate::control::{AdoptVolume, AgentStatus, CreateVolume};
+use crate::control::{AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ReadJournal, TagCheckpoint};
 use crate::size::{human, parse_size};
 use crate::volume::VolumeStatus;
+use crate::vpg::{CheckpointInfo, TailRecord, VpgStatus};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
@@ -35,9 +36,48 @@ enum Command {
     Volume(VolumeCmd),
     /// Show the agent's status.
     Status,
-    /// Read a journal ring file directly (no agent needed).
+    /// Read a journal ring file (dump, check: no agent needed) or a VPG's live journal (tail).
     #[command(subcommand)]
     Journal(JournalCmd),
+    /// Create, list, show and delete VPGs (virtual protection groups).
+    #[command(subcommand)]
+    Vpg(VpgCmd),
+    /// Tag a checkpoint.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum VpgCmd {
+    /// Group volumes into a VPG: from now on their writes are captured into its journal.
+    Create {
+        name: String,
+        /// A member volume (repeat for more); a volume belongs to at most one VPG.
+        #[arg(long = "volume", required = true)]
+        volumes: Vec<String>,
+        /// Journal ring size, e.g. 1G (default: the agent's journal.size).
+        #[arg(long)]
+        journal_size: Option<String>,
+    },
+    /// List VPGs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a VPG: state, journal use, dirty regions, checkpoints and events.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a VPG and its journal (the volumes stay, no longer captured).
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointCmd {
+    /// Add a checkpoint with a name to a VPG's stream, now.
+    Tag { vpg: String, tag: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,12 +86,26 @@ enum JournalCmd {
     Dump { path: PathBuf },
     /// Verify every checksum and the cursors; exit 1 on damage.
     Check { path: PathBuf },
+    /// Print a VPG's captured records from its running agent, as the shipper will read them.
+    Tail {
+        vpg: String,
+        /// Keep printing records as they are captured (stop with Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+        /// Acknowledge what is printed: its journal space is freed (what the shipper does).
+        #[arg(long)]
+        ack: bool,
+        /// Stop after this many records.
+        #[arg(long, short = 'n')]
+        count: Option<usize>,
+    },
 }
 
 fn run_journal(cmd: JournalCmd) -> Result<(), String> {
     let (path, records) = match &cmd {
         JournalCmd::Dump { path } => (path, true),
         JournalCmd::Check { path } => (path, false),
+        JournalCmd::Tail { .. } => unreachable!("tail asks the agent"),
     };
     let report = crate::journal_tool::inspect(path, records)?;
     print!("{}", report.text);
@@ -193,7 +247,80 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     let c = Client::new(&control);
     let e = |e: ClientError| e.to_string();
     match cmd {
-        Command::Agent(_) | Command::Journal(_) => unreachable!("handled by main"),
+        Command::Agent(_) | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
+            unreachable!("handled by main")
+        }
+        Command::Journal(JournalCmd::Tail {
+            vpg,
+            follow,
+            ack,
+            count,
+        }) => tail(&c, &vpg, follow, ack, count).await?,
+        Command::Vpg(VpgCmd::Create {
+            name,
+            volumes,
+            journal_size,
+        }) => {
+            let body = CreateVpg {
+                name,
+                volumes,
+                journal_bytes: journal_size.as_deref().map(parse_size).transpose()?,
+            };
+            let v: VpgStatus = c
+                .call(Method::POST, "/v1/vpgs", Some(&body))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let names: Vec<&str> = v.volumes.iter().map(|m| m.name.as_str()).collect();
+            println!(
+                "created VPG {} with {} and a {} journal; capturing writes from now on",
+                v.name,
+                names.join(", "),
+                human(v.journal.size_bytes)
+            );
+        }
+        Command::Vpg(VpgCmd::List { json }) => {
+            let vpgs: Vec<VpgStatus> = c
+                .call(Method::GET, "/v1/vpgs", None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vpgs).expect("serialises"));
+            } else {
+                print_vpgs(&vpgs);
+            }
+        }
+        Command::Vpg(VpgCmd::Show { name, json }) => {
+            let v: VpgStatus = c
+                .call(Method::GET, &format!("/v1/vpgs/{name}"), None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+            } else {
+                print_vpg(&v);
+            }
+        }
+        Command::Vpg(VpgCmd::Delete { name }) => {
+            c.call::<serde_json::Value>(Method::DELETE, &format!("/v1/vpgs/{name}"), None::<&()>)
+                .await
+                .map_err(e)?;
+            println!("deleted VPG {name} and its journal; its volumes are no longer captured");
+        }
+        Command::Checkpoint(CheckpointCmd::Tag { vpg, tag }) => {
+            let cp: CheckpointInfo = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/vpgs/{vpg}/checkpoints"),
+                    Some(&TagCheckpoint { tag }),
+                )
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            println!("checkpoint {:?} of VPG {vpg} at sequence {}", cp.tag, cp.seq);
+        }
         Command::Status => {
             let s: AgentStatus = c
                 .call(Method::GET, "/v1/status", None::<&()>)
@@ -280,12 +407,149 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     Ok(())
 }
 
+/// `2026-11-27 14:03:07.123 UTC` from milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+fn print_vpgs(vpgs: &[VpgStatus]) {
+    if vpgs.is_empty() {
+        println!("no VPGs; create one with `ferry vpg create NAME --volume VOLUME`");
+        return;
+    }
+    println!(
+        "{:<20} {:<26} {:>8} {:>12} {:>10} VOLUMES",
+        "NAME", "STATE", "JOURNAL", "RECORDS", "DIRTY"
+    );
+    for v in vpgs {
+        let names: Vec<&str> = v.volumes.iter().map(|m| m.name.as_str()).collect();
+        let dirty: u64 = v.volumes.iter().map(|m| m.dirty_bytes).sum();
+        println!(
+            "{:<20} {:<26} {:>7.1}% {:>12} {:>10} {}",
+            v.name,
+            v.state,
+            v.journal.fill_percent,
+            v.journal.records,
+            human(dirty),
+            names.join(",")
+        );
+    }
+}
+
+fn print_vpg(v: &VpgStatus) {
+    let j = &v.journal;
+    println!("VPG {}: {}", v.name, v.state);
+    println!(
+        "journal {}: {} of {} used ({:.1}%), {} unacknowledged records (sequence {}..{}, settled to {})",
+        j.path.display(),
+        human(j.used_bytes),
+        human(j.size_bytes),
+        j.fill_percent,
+        j.records,
+        j.acked_seq,
+        j.next_seq,
+        j.settled_seq
+    );
+    println!("volumes:");
+    for m in &v.volumes {
+        println!(
+            "  {:>3} {:<24} {:<10} dirty {}",
+            m.id,
+            m.name,
+            if m.attached { "captured" } else { "OFFLINE" },
+            human(m.dirty_bytes)
+        );
+    }
+    match &v.last_checkpoint {
+        Some(c) => println!(
+            "last checkpoint: sequence {} at {}{}",
+            c.seq,
+            utc(c.unix_ms),
+            if c.tag.is_empty() {
+                String::new()
+            } else {
+                format!(", tag {:?}", c.tag)
+            }
+        ),
+        None => println!("no checkpoint yet"),
+    }
+    let tagged: Vec<&CheckpointInfo> = v.checkpoints.iter().filter(|c| !c.tag.is_empty()).collect();
+    for c in tagged {
+        println!("  tagged {:?} at sequence {} ({})", c.tag, c.seq, utc(c.unix_ms));
+    }
+    if !v.events.is_empty() {
+        println!("events:");
+        for e in v.events.iter().rev().take(20).rev() {
+            println!("  {}  {}", utc(e.unix_ms), e.message);
+        }
+    }
+}
+
+async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usize>) -> Result<(), String> {
+    let mut printed = 0usize;
+    let mut first = true;
+    loop {
+        let want = count.map_or(1000, |n| (n - printed).min(1000));
+        if want == 0 {
+            return Ok(());
+        }
+        let recs: Vec<TailRecord> = c
+            .call(
+                Method::POST,
+                &format!("/v1/vpgs/{vpg}/journal/read"),
+                Some(&ReadJournal {
+                    max: want,
+                    ack,
+                    rewind: first,
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        first = false;
+        for r in &recs {
+            match &r.tag {
+                Some(tag) => println!("{:>10}  checkpoint    tag {tag:?}  time_ns {}", r.seq, r.offset),
+                None => println!(
+                    "{:>10}  {:<12}  {:<16} offset {:>12}  length {:>9}  crc {:08x}",
+                    r.seq, r.kind, r.volume, r.offset, r.length, r.crc
+                ),
+            }
+        }
+        printed += recs.len();
+        if recs.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// Entry point of the `ferry` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
-        Command::Journal(cmd) => run_journal(cmd),
+        Command::Journal(cmd @ (JournalCmd::Dump { .. } | JournalCmd::Check { .. })) => run_journal(cmd),
         cmd => {
             let control = cli
                 .control
@@ -299,5 +563,15 @@ pub fn main() -> ExitCode {
             eprintln!("ferry: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_renders_calendar_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(super::utc(1_795_789_662_865), "2026-11-27 14:27:42.865 UTC");
     }
 }

@@ -26,6 +26,56 @@ pub struct AgentConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub io: IoConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Journal ring size of a new VPG (`ferry vpg create --journal-size` overrides it).
+    #[serde(default = "default_journal_size")]
+    pub size: String,
+    /// Seconds between automatic checkpoints; each is followed by a sync of the VPG's
+    /// journal, datastores and dirty maps.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_s: f64,
+    /// Bytes per dirty-map bit (a power of two, at least 4K).
+    #[serde(default = "default_granularity")]
+    pub dirty_granularity: String,
+}
+
+fn default_journal_size() -> String {
+    "1G".into()
+}
+fn default_checkpoint_interval() -> f64 {
+    5.0
+}
+fn default_granularity() -> String {
+    "64K".into()
+}
+
+impl JournalConfig {
+    /// Checked values for the VPGs.
+    pub fn capture(&self) -> Result<crate::vpg::CaptureConfig, String> {
+        let size = crate::size::parse_size(&self.size).map_err(|e| format!("journal.size: {e}"))?;
+        if size < 1 << 20 {
+            return Err("journal.size must be at least 1M".into());
+        }
+        let g =
+            crate::size::parse_size(&self.dirty_granularity).map_err(|e| format!("journal.dirty_granularity: {e}"))?;
+        if !g.is_power_of_two() || !(4096..=(1 << 30)).contains(&g) {
+            return Err("journal.dirty_granularity must be a power of two from 4K to 1G".into());
+        }
+        if !(self.checkpoint_interval_s.is_finite() && (0.1..=3600.0).contains(&self.checkpoint_interval_s)) {
+            return Err("journal.checkpoint_interval_s must be from 0.1 to 3600".into());
+        }
+        Ok(crate::vpg::CaptureConfig {
+            journal_bytes_default: size,
+            checkpoint_interval: Duration::from_secs_f64(self.checkpoint_interval_s),
+            dirty_granularity: g as u32,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -144,7 +194,7 @@ macro_rules! defaults {
         }
     )*};
 }
-defaults!(NbdConfig, ControlConfig, LimitsConfig, IoConfig);
+defaults!(NbdConfig, ControlConfig, LimitsConfig, IoConfig, JournalConfig);
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -182,6 +232,7 @@ impl AgentConfig {
         if !(4..=4096).contains(&self.io.uring_entries) {
             return Err("io.uring_entries must be from 4 to 4096".into());
         }
+        self.journal.capture()?;
         let mut names: Vec<&str> = self.datastores.iter().map(|d| d.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

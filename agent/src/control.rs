@@ -8,6 +8,12 @@
 //! | POST   | /v1/volumes            | `CreateVolume` → `VolumeStatus` |
 //! | POST   | /v1/volumes/adopt      | `AdoptVolume` → `VolumeStatus` |
 //! | DELETE | /v1/volumes/{name}?force=true | — |
+//! | GET    | /v1/vpgs               | `[VpgStatus]` |
+//! | POST   | /v1/vpgs               | `CreateVpg` → `VpgStatus` |
+//! | GET    | /v1/vpgs/{name}        | `VpgStatus` |
+//! | DELETE | /v1/vpgs/{name}        | — |
+//! | POST   | /v1/vpgs/{name}/checkpoints | `TagCheckpoint` → `CheckpointInfo` |
+//! | POST   | /v1/vpgs/{name}/journal/read | `ReadJournal` → `[TailRecord]` |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +27,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
 use crate::volume::{VolumeStatus, Volumes};
+use crate::vpg::{CheckpointInfo, TailRecord, VpgStatus, Vpgs};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateVpg {
+    pub name: String,
+    pub volumes: Vec<String>,
+    pub journal_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TagCheckpoint {
+    pub tag: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadJournal {
+    pub max: usize,
+    #[serde(default)]
+    pub ack: bool,
+    #[serde(default)]
+    pub rewind: bool,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateVolume {
@@ -65,9 +93,9 @@ impl From<AgentError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self.0 {
-            AgentError::NoVolume(_) | AgentError::NoDatastore(_) => StatusCode::NOT_FOUND,
+            AgentError::NoVolume(_) | AgentError::NoDatastore(_) | AgentError::NoVpg(_) => StatusCode::NOT_FOUND,
             AgentError::VolumeExists(_) | AgentError::VolumeInUse(_) => StatusCode::CONFLICT,
-            AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AgentError::BadRequest(_) | AgentError::Refused(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -83,6 +111,7 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 struct Api {
     volumes: Arc<Volumes>,
+    vpgs: Arc<Vpgs>,
     status: AgentStatus,
 }
 
@@ -92,13 +121,58 @@ struct DeleteQuery {
     force: bool,
 }
 
-pub fn router(volumes: Arc<Volumes>, status: AgentStatus) -> Router {
+pub fn router(volumes: Arc<Volumes>, vpgs: Arc<Vpgs>, status: AgentStatus) -> Router {
     Router::new()
         .route("/v1/status", get(status_h))
         .route("/v1/volumes", get(list_h).post(create_h))
         .route("/v1/volumes/adopt", post(adopt_h))
         .route("/v1/volumes/{name}", delete(delete_h))
-        .with_state(Api { volumes, status })
+        .route("/v1/vpgs", get(vpg_list_h).post(vpg_create_h))
+        .route("/v1/vpgs/{name}", get(vpg_show_h).delete(vpg_delete_h))
+        .route("/v1/vpgs/{name}/checkpoints", post(checkpoint_h))
+        .route("/v1/vpgs/{name}/journal/read", post(journal_read_h))
+        .with_state(Api { volumes, vpgs, status })
+}
+
+async fn vpg_list_h(State(api): State<Api>) -> Json<Vec<VpgStatus>> {
+    Json(api.vpgs.list())
+}
+
+async fn vpg_create_h(
+    State(api): State<Api>,
+    Json(req): Json<CreateVpg>,
+) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
+    let v = api.vpgs.create(&req.name, &req.volumes, req.journal_bytes).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn vpg_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
+    Ok(Json(api.vpgs.get(&name)?.status()))
+}
+
+async fn vpg_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    api.vpgs.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn checkpoint_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(req): Json<TagCheckpoint>,
+) -> Result<(StatusCode, Json<CheckpointInfo>), ApiError> {
+    if req.tag.is_empty() {
+        return Err(AgentError::Refused("a tagged checkpoint needs a non-empty tag".into()).into());
+    }
+    Ok((StatusCode::CREATED, Json(api.vpgs.get(&name)?.checkpoint(&req.tag)?)))
+}
+
+async fn journal_read_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(req): Json<ReadJournal>,
+) -> Result<Json<Vec<TailRecord>>, ApiError> {
+    let max = req.max.clamp(1, 10_000);
+    Ok(Json(api.vpgs.get(&name)?.tail(max, req.ack, req.rewind).await?))
 }
 
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {

@@ -25,6 +25,7 @@ use crate::control::{self, AgentStatus};
 use crate::error::AgentError;
 use crate::io::{BufPool, Engine};
 use crate::volume::{Volumes, VolumesConfig};
+use crate::vpg::Vpgs;
 
 enum Listener {
     Tcp(TcpListener),
@@ -207,8 +208,13 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             inline_write_bytes_max: cfg.io.inline_write_bytes_max,
         },
         engine.clone(),
-        pool,
+        pool.clone(),
     )?);
+    let capture_cfg = cfg.journal.capture().map_err(|why| AgentError::Config {
+        path: "[journal]".into(),
+        why,
+    })?;
+    let vpgs = Vpgs::load(&cfg.state_dir, volumes.clone(), engine.clone(), pool, capture_cfg)?;
     let (nbd, names, bound_socket) = listeners(&cfg)?;
     let control_path = cfg.control_socket();
     let control = bind_unix(&control_path, 0o600)?;
@@ -220,7 +226,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         volumes: 0,
     };
     let api = tokio::spawn(
-        axum::serve(control, control::router(volumes.clone(), status))
+        axum::serve(control, control::router(volumes.clone(), vpgs.clone(), status))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );
@@ -256,6 +262,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         warn!("connections still open after the shutdown bound; closing them");
     }
     volumes.flush_all().await;
+    vpgs.close_all().await;
     let _ = api.await;
     if let Some(p) = cfg.nbd_socket().filter(|_| bound_socket) {
         let _ = std::fs::remove_file(p);

@@ -27,10 +27,15 @@ pub enum AgentError {
     VolumeExists(String),
     #[error("no volume named {0:?}; `ferry volume list` shows the volumes")]
     NoVolume(String),
+    #[error("no VPG named {0:?}; `ferry vpg list` shows the VPGs")]
+    NoVpg(String),
     #[error("volume {0:?} is in use by NBD clients; disconnect them first, or pass --force")]
     VolumeInUse(String),
     #[error("invalid volume request: {0}")]
     BadRequest(String),
+    /// A request the agent refuses, with a message that says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("datastore I/O engine: {0}")]
     Engine(std::io::Error),
 }

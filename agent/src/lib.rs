@@ -13,6 +13,7 @@ pub mod journal_tool;
 pub mod size;
 pub mod state;
 pub mod volume;
+pub mod vpg;
 
 pub use config::AgentConfig;
 pub use daemon::run;

@@ -69,17 +69,23 @@ pub fn load(state_dir: &Path) -> Result<Registry, AgentError> {
 
 /// Replaces the registry atomically.
 pub fn save(state_dir: &Path, reg: &Registry) -> Result<(), AgentError> {
-    let path = registry_path(state_dir);
-    let tmp = state_dir.join("volumes.json.tmp");
     let text = serde_json::to_string_pretty(reg).expect("registry serialises");
+    write_atomic(state_dir, &registry_path(state_dir), text.as_bytes())
+}
+
+/// Replaces `path` (in `dir`) with `bytes`: temporary file, fsync, rename, fsync of `dir`.
+pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(state_dir)?.sync_all()
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| AgentError::io("cannot write", &path, e))
+    write().map_err(|e| AgentError::io("cannot write", path, e))
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! data operations through the I/O engine; [`Volumes`] is the catalogue the NBD server and
 //! the control API share, with the registry on disk kept in step.
 //!
-//! Copies on the write path: the NBD server reads the payload from the socket into an
-//! [`AlignedBuf`] that [`Volume`] hands out, and the datastore write is issued from that
-//! same buffer. There is no other copy.
+//! Copies on the write path: the NBD server reads the payload from the socket into the
+//! buffer [`Volume`] hands out when the request's header arrives, and the datastore write
+//! is issued from that same memory. For a volume in a VPG that memory is the write's slot in
+//! the VPG's mapped journal ring ([`crate::vpg`]), which the journal's consumer reads in
+//! place; otherwise a pooled [`crate::io::AlignedBuf`]. There is no other copy.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,7 +24,7 @@ use tracing::{error, info};
 
 use crate::config::DatastoreConfig;
 use crate::error::AgentError;
-use crate::io::{AlignedBuf, BufPool, Engine};
+use crate::io::{BufPool, Engine, IoBuf};
 use crate::state::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
 
 /// Longest volume name (it is also a file name and an NBD export name).
@@ -41,6 +43,8 @@ pub struct Volume {
     punt_writes: bool,
     /// Such writes up to this size are done inline instead (`io.inline_write_bytes_max`).
     inline_write_bytes_max: usize,
+    /// The VPG capturing this volume's writes, and the volume's id in it.
+    member: RwLock<Option<(Arc<crate::vpg::Vpg>, u32)>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -112,7 +116,37 @@ impl Volume {
             block_device,
             punt_writes,
             inline_write_bytes_max: if punt_writes { inline_max as usize } else { 0 },
+            member: RwLock::new(None),
         })
+    }
+
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Starts (`Some`) or stops capturing this volume's writes into a VPG.
+    pub fn set_member(&self, m: Option<(Arc<crate::vpg::Vpg>, u32)>) {
+        *self.member.write().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
+    pub fn member(&self) -> Option<(Arc<crate::vpg::Vpg>, u32)> {
+        self.member.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Runs a trim or write-zeroes with its record captured first (when in a VPG).
+    async fn captured_op<F, Fut>(&self, kind: ferry_journal::Kind, offset: u64, len: u64, op: F) -> ExportResult<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ExportResult<()>>,
+    {
+        let Some((vpg, id)) = self.member() else {
+            return op().await;
+        };
+        let mut c = vpg.begin(kind, id, offset, len);
+        c.start().await;
+        let r = op().await;
+        c.finish(r.is_ok());
+        r
     }
 
     async fn sync_if(&self, fua: bool) -> ExportResult<()> {
@@ -130,12 +164,43 @@ impl Volume {
             let mut buf = self.pool.take(n);
             buf.as_mut().fill(0);
             self.engine
-                .write(&self.file, offset + done, buf, false, self.punt_writes)
+                .write(&self.file, offset + done, IoBuf::Plain(buf), false, self.punt_writes)
                 .await
+                .0
                 .map_err(|e| err("write zeroes", e))?;
             done += n as u64;
         }
         Ok(())
+    }
+
+    async fn zero_range(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
+        let bits = if mode.may_trim {
+            libc::FALLOC_FL_PUNCH_HOLE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE
+        };
+        match self
+            .engine
+            .fallocate(&self.file, bits | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) | Some(libc::EINVAL)
+                ) =>
+            {
+                if mode.fast_only {
+                    return Err(ExportError::new(
+                        Errno::ENOTSUP,
+                        "datastore cannot zero this range quickly",
+                    ));
+                }
+                self.write_zero_bytes(offset, len).await
+            }
+            Err(e) => Err(err("write zeroes", e)),
+        }
     }
 
     /// Allocation map from `lseek(SEEK_DATA/SEEK_HOLE)`.
@@ -174,75 +239,90 @@ impl Volume {
 }
 
 impl Export for Volume {
-    type Buf = AlignedBuf;
+    type Buf = IoBuf;
 
     fn info(&self) -> &ExportInfo {
         &self.info
     }
 
-    fn buffer(&self, len: usize) -> AlignedBuf {
-        self.pool.take(len)
+    fn buffer(&self, len: usize) -> IoBuf {
+        IoBuf::Plain(self.pool.take(len))
     }
 
-    async fn read(&self, offset: u64, buf: AlignedBuf) -> ExportResult<AlignedBuf> {
+    fn write_buffer(&self, offset: u64, len: usize) -> IoBuf {
+        match self.member() {
+            Some((vpg, id)) => IoBuf::Captured(vpg.begin(ferry_journal::Kind::Write, id, offset, len as u64)),
+            None => IoBuf::Plain(self.pool.take(len)),
+        }
+    }
+
+    fn copy_once(&self) -> bool {
+        self.member().is_some()
+    }
+
+    async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
+        let buf = match buf {
+            IoBuf::Plain(b) => b,
+            IoBuf::Captured(c) => {
+                // Reads are given plain buffers; a captured one here is a bug upstream.
+                error!(?c, "read into a captured write buffer");
+                return Err(ExportError::new(Errno::EIO, "internal: read into a write buffer"));
+            }
+        };
         self.engine
             .read(&self.file, offset, buf)
             .await
+            .map(IoBuf::Plain)
             .map_err(|e| err("read", e))
     }
 
-    async fn write(&self, offset: u64, buf: AlignedBuf, fua: bool) -> ExportResult<()> {
-        if buf.len() <= self.inline_write_bytes_max {
-            return crate::io::write_inline(&self.file, offset, buf.as_ref(), fua).map_err(|e| err("write", e));
+    async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
+        let buf = match buf {
+            IoBuf::Captured(mut c) => {
+                c.start().await;
+                IoBuf::Captured(c)
+            }
+            plain => plain,
+        };
+        let (r, back) = if buf.len() <= self.inline_write_bytes_max {
+            (
+                crate::io::write_inline(&self.file, offset, buf.as_ref(), fua),
+                Some(buf),
+            )
+        } else {
+            self.engine.write(&self.file, offset, buf, fua, self.punt_writes).await
+        };
+        if let Some(IoBuf::Captured(c)) = back {
+            c.finish(r.is_ok());
         }
-        self.engine
-            .write(&self.file, offset, buf, fua, self.punt_writes)
-            .await
-            .map_err(|e| err("write", e))
+        r.map_err(|e| err("write", e))
     }
 
     async fn flush(&self) -> ExportResult<()> {
+        if let Some((vpg, _)) = self.member() {
+            vpg.flush_journal().await.map_err(|e| err("journal sync", e))?;
+        }
         self.engine.fdatasync(&self.file).await.map_err(|e| err("fdatasync", e))
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        match self.engine.fallocate(&self.file, mode, offset, len).await {
-            // Trim is a hint; a datastore that cannot punch holes keeps the data.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENODEV)) => Ok(()),
-            r => r.map_err(|e| err("trim", e)),
-        }?;
+        self.captured_op(ferry_journal::Kind::Trim, offset, len, || async {
+            match self.engine.fallocate(&self.file, mode, offset, len).await {
+                // Trim is a hint; a datastore that cannot punch holes keeps the data.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENODEV)) => Ok(()),
+                r => r.map_err(|e| err("trim", e)),
+            }
+        })
+        .await?;
         self.sync_if(fua).await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
-        let bits = if mode.may_trim {
-            libc::FALLOC_FL_PUNCH_HOLE
-        } else {
-            libc::FALLOC_FL_ZERO_RANGE
-        };
-        match self
-            .engine
-            .fallocate(&self.file, bits | libc::FALLOC_FL_KEEP_SIZE, offset, len)
-            .await
-        {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENODEV) | Some(libc::EINVAL)
-                ) =>
-            {
-                if mode.fast_only {
-                    return Err(ExportError::new(
-                        Errno::ENOTSUP,
-                        "datastore cannot zero this range quickly",
-                    ));
-                }
-                self.write_zero_bytes(offset, len).await?;
-            }
-            Err(e) => return Err(err("write zeroes", e)),
-        }
+        self.captured_op(ferry_journal::Kind::WriteZeroes, offset, len, || {
+            self.zero_range(offset, len, mode)
+        })
+        .await?;
         self.sync_if(mode.fua).await
     }
 
@@ -570,6 +650,12 @@ impl Volumes {
             (None, Some((r, _))) => r.clone(),
             (None, None) => return Err(AgentError::NoVolume(name.into())),
         };
+        if let Some((vpg, _)) = online.as_ref().and_then(|v| v.member()) {
+            return Err(AgentError::BadRequest(format!(
+                "volume {name:?} is in VPG {:?}; delete the VPG first (`ferry vpg delete {}`)",
+                vpg.record.name, vpg.record.name
+            )));
+        }
         if let Some(v) = &online
             && Arc::strong_count(v) > 2
             && !force
@@ -594,6 +680,11 @@ impl Volumes {
         }
         info!(volume = %name, "volume deleted");
         Ok(())
+    }
+
+    /// The online volume called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Volume>> {
+        self.online.read().expect("lock").get(name).cloned()
     }
 
     /// fdatasync of every online volume (at shutdown).

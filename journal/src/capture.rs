@@ -86,6 +86,9 @@ pub struct Capture<S: RingStorage> {
     maps: BTreeMap<u32, Arc<DirtyMap<S>>>,
     mode: Mutex<Mode>,
     events: Mutex<VecDeque<CaptureEvent>>,
+    /// The current bitmap-sync episode's drain was announced (one event per episode, not
+    /// one per full-journal flap while draining).
+    drain_announced: std::sync::atomic::AtomicBool,
 }
 
 impl<S: RingStorage> std::fmt::Debug for Capture<S> {
@@ -119,6 +122,7 @@ impl<S: RingStorage> Capture<S> {
             maps,
             mode: Mutex::new(if dirty { Mode::Draining } else { Mode::Journaling }),
             events: Mutex::new(VecDeque::new()),
+            drain_announced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -173,6 +177,7 @@ impl<S: RingStorage> Capture<S> {
         }
         let cap = Capture::new(journal, maps);
         if cap.mode() == Mode::Draining {
+            cap.drain_announced.store(true, std::sync::atomic::Ordering::Relaxed);
             cap.event(format!(
                 "recovered with {} dirty: draining it into the journal",
                 crate::dirty::human_bytes(cap.dirty_bytes())
@@ -222,13 +227,20 @@ impl<S: RingStorage> Capture<S> {
     }
 
     fn switch(&self, to: Mode, why: String) {
+        self.switch_quietly(to, Some(why));
+    }
+
+    /// Changes mode; raises an event only with `why`.
+    fn switch_quietly(&self, to: Mode, why: Option<String>) {
         let mut m = self.mode_lock();
         if *m == to {
             return;
         }
         *m = to;
         drop(m);
-        self.event(why);
+        if let Some(why) = why {
+            self.event(why);
+        }
     }
 
     /// Bytes marked dirty and not yet drained, over all volumes.
@@ -245,6 +257,11 @@ impl<S: RingStorage> Capture<S> {
         } else {
             match self.journal.reserve(kind, volume, offset, length) {
                 Ok(s) => Some(s),
+                Err(RingError::Full(_)) if self.mode() == Mode::Draining => {
+                    // The episode goes on: the drain resumes when there is room again.
+                    self.switch_quietly(Mode::Tracking, None);
+                    None
+                }
                 Err(e @ RingError::Full(_)) => {
                     let st = self.journal.stats();
                     self.switch(
@@ -306,13 +323,17 @@ impl<S: RingStorage> Capture<S> {
                 if st.fill() >= DRAIN_BELOW_FILL {
                     return None;
                 }
-                self.switch(
+                use std::sync::atomic::Ordering::Relaxed;
+                let first = !self.drain_announced.swap(true, Relaxed);
+                self.switch_quietly(
                     Mode::Draining,
-                    format!(
-                        "journal below {:.0}% full: draining {} of dirty regions",
-                        DRAIN_BELOW_FILL * 100.0,
-                        crate::dirty::human_bytes(self.dirty_bytes())
-                    ),
+                    first.then(|| {
+                        format!(
+                            "journal below {:.0}% full: draining {} of dirty regions",
+                            DRAIN_BELOW_FILL * 100.0,
+                            crate::dirty::human_bytes(self.dirty_bytes())
+                        )
+                    }),
                 );
             }
             Mode::Draining => {}
@@ -322,6 +343,7 @@ impl<S: RingStorage> Capture<S> {
                 return Some((v, off, len));
             }
         }
+        self.drain_announced.store(false, std::sync::atomic::Ordering::Relaxed);
         self.switch(
             Mode::Journaling,
             "dirty regions drained: every write is journaled again".into(),
@@ -334,11 +356,9 @@ impl<S: RingStorage> Capture<S> {
     pub fn drain_reserve(&self, volume: u32, offset: u64, length: u64) -> Option<Slot<S>> {
         match self.journal.reserve(Kind::Write, volume, offset, length) {
             Ok(s) => Some(s),
-            Err(e) => {
-                self.switch(
-                    Mode::Tracking,
-                    format!("journal full while draining ({e}): tracking dirty regions again"),
-                );
+            Err(_) => {
+                // Expected while the consumer catches up: no event, the episode goes on.
+                self.switch_quietly(Mode::Tracking, None);
                 None
             }
         }

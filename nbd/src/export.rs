@@ -108,8 +108,23 @@ pub trait Export: Send + Sync + 'static {
 
     fn info(&self) -> &ExportInfo;
 
-    /// A buffer of exactly `len` bytes for a payload or a read.
+    /// A buffer of exactly `len` bytes for a read.
     fn buffer(&self, len: usize) -> Self::Buf;
+
+    /// The buffer a WRITE's payload of `len` bytes at `offset` is read into, asked for when
+    /// the request's header arrives (before its payload): an export may place it where a
+    /// later step reads it in place, and take the write's place in an order now.
+    fn write_buffer(&self, offset: u64, len: usize) -> Self::Buf {
+        let _ = offset;
+        self.buffer(len)
+    }
+
+    /// Whether every WRITE payload must be read from the socket straight into its buffer
+    /// (the server then reads each request header on its own, one more read per request,
+    /// so no payload byte passes through the request buffer).
+    fn copy_once(&self) -> bool {
+        false
+    }
 
     /// Fills `buf` from `offset` and gives it back.
     fn read(&self, offset: u64, buf: Self::Buf) -> impl Future<Output = ExportResult<Self::Buf>> + Send;

@@ -399,14 +399,16 @@ where
     };
     let mode = session.mode;
     let n = header_bytes(mode);
+    let copy_once = session.export.copy_once();
     // Operations run inside this task, not as tasks of their own: no spawn per request.
     let mut inflight = FuturesUnordered::new();
     let mut inbuf = bytes::BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut reading: Reading<E::Buf> = Reading::Header;
     // Budget a decoded header is waiting for.
     let mut wait_budget: Option<u32> = None;
-    // The last WRITE was large: read the next header alone (see `read_more`).
-    let mut large_writes = false;
+    // The last WRITE was large, or the export wants every payload copied once: read the
+    // next header alone (see `read_more`).
+    let mut large_writes = copy_once;
     let end = 'serve: loop {
         // Consume what is buffered, as far as the budget allows.
         loop {
@@ -453,7 +455,7 @@ where
                         }
                         Checked::Op(op) => {
                             let payload = match op {
-                                Op::Write { len, .. } => Some(session.export.buffer(len as usize)),
+                                Op::Write { len, .. } => Some(session.export.write_buffer(req.offset, len as usize)),
                                 _ => None,
                             };
                             let req = InFlight {
@@ -466,6 +468,7 @@ where
                             if let Op::Write { len, .. } = op {
                                 large_writes = len as usize >= DIRECT_PAYLOAD_BYTES_MIN;
                             }
+                            large_writes |= copy_once;
                             if matches!(op, Op::Write { len, .. } if len > 0) {
                                 reading = Reading::Payload { req, filled: 0 };
                             } else {

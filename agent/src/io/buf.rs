@@ -159,6 +159,59 @@ impl Drop for AlignedBuf {
 
 impl ferry_nbd::IoBuffer for AlignedBuf {}
 
+/// Memory a datastore write is issued from: a pooled buffer, or a write being captured
+/// into a VPG's journal (its payload is the journal slot's memory in the mapped ring, or a
+/// pooled buffer when the write is only tracked). Held by the engine until the kernel is done
+/// with it, so abandoned requests never free memory under an I/O.
+#[derive(Debug)]
+pub enum IoBuf {
+    Plain(AlignedBuf),
+    Captured(Box<crate::vpg::Captured>),
+}
+
+impl IoBuf {
+    pub fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Pointer for the kernel; valid for `len` bytes while `self` lives.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            IoBuf::Plain(b) => b.as_mut_ptr(),
+            IoBuf::Captured(c) => AsMut::<[u8]>::as_mut(&mut **c).as_mut_ptr(),
+        }
+    }
+    /// The pooled buffer of a read.
+    pub fn into_plain(self) -> Option<AlignedBuf> {
+        match self {
+            IoBuf::Plain(b) => Some(b),
+            IoBuf::Captured(_) => None,
+        }
+    }
+}
+
+impl AsRef<[u8]> for IoBuf {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            IoBuf::Plain(b) => b.as_ref(),
+            IoBuf::Captured(c) => AsRef::<[u8]>::as_ref(&**c),
+        }
+    }
+}
+
+impl AsMut<[u8]> for IoBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match self {
+            IoBuf::Plain(b) => b.as_mut(),
+            IoBuf::Captured(c) => AsMut::<[u8]>::as_mut(&mut **c),
+        }
+    }
+}
+
+impl ferry_nbd::IoBuffer for IoBuf {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

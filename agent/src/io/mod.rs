@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-pub use buf::{AlignedBuf, BufPool};
+pub use buf::{AlignedBuf, BufPool, IoBuf};
 use ring::{Keep, Ring, RingOp};
 
 /// Whether io_uring must hand every buffered write to this file to a kernel worker: true on
@@ -104,8 +104,8 @@ impl Engine {
         ring: &Arc<Ring>,
         op: RingOp,
         file: &Arc<File>,
-        buf: Option<AlignedBuf>,
-    ) -> (io::Result<()>, Option<AlignedBuf>) {
+        buf: Option<IoBuf>,
+    ) -> (io::Result<()>, Option<IoBuf>) {
         let total = buf.as_ref().map_or(0, |b| b.len());
         let mut keep = Keep {
             file: file.clone(),
@@ -165,8 +165,8 @@ impl Engine {
     pub async fn read(&self, file: &Arc<File>, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
         match self {
             Engine::Uring(u) => {
-                let (r, buf) = Self::ring_op(u, RingOp::Read { offset, done: 0 }, file, Some(buf)).await;
-                r.map(|_| buf.expect("read returns its buffer"))
+                let (r, buf) = Self::ring_op(u, RingOp::Read { offset, done: 0 }, file, Some(IoBuf::Plain(buf))).await;
+                r.map(|_| buf.and_then(IoBuf::into_plain).expect("read returns its buffer"))
             }
             Engine::Blocking => {
                 let file = file.clone();
@@ -193,16 +193,16 @@ impl Engine {
     }
 
     /// Writes all of `buf` at `offset`; with `dsync` it is durable on return. The buffer is
-    /// handed back so its memory returns to the pool.
+    /// handed back (a captured write finishes with it; pooled memory returns to the pool).
     /// `punt` is [`punts_buffered_writes`] of the file.
     pub async fn write(
         &self,
         file: &Arc<File>,
         offset: u64,
-        buf: AlignedBuf,
+        buf: IoBuf,
         dsync: bool,
         punt: bool,
-    ) -> io::Result<()> {
+    ) -> (io::Result<()>, Option<IoBuf>) {
         match self {
             Engine::Uring(u) => {
                 Self::ring_op(
@@ -217,18 +217,20 @@ impl Engine {
                     Some(buf),
                 )
                 .await
-                .0
             }
             Engine::Blocking => {
                 let file = file.clone();
-                Self::blocking(move || {
-                    file.write_all_at(buf.as_ref(), offset)?;
-                    if dsync {
-                        file.sync_data()?;
-                    }
-                    Ok(())
+                match Self::blocking(move || {
+                    let r = file
+                        .write_all_at(buf.as_ref(), offset)
+                        .and_then(|()| if dsync { file.sync_data() } else { Ok(()) });
+                    Ok((r, buf))
                 })
                 .await
+                {
+                    Ok((r, buf)) => (r, Some(buf)),
+                    Err(e) => (Err(e), None),
+                }
             }
         }
     }
@@ -283,8 +285,9 @@ mod tests {
         let mut buf = pool.take(4096);
         buf.as_mut().fill(0xab);
         engine
-            .write(&file, 4096, buf, true, punts_buffered_writes(&file))
+            .write(&file, 4096, IoBuf::Plain(buf), true, punts_buffered_writes(&file))
             .await
+            .0
             .unwrap();
         engine.fdatasync(&file).await.unwrap();
         // A read running past the end of the file: the tail reads as zeroes.
@@ -308,7 +311,11 @@ mod tests {
         assert!(got.as_ref().iter().all(|b| *b == 0), "punched range reads as zeroes");
         // Errors come back as errors: a write to a read-only descriptor.
         let ro = Arc::new(std::fs::File::open(&path).unwrap());
-        let err = engine.write(&ro, 0, pool.take(512), false, false).await.unwrap_err();
+        let err = engine
+            .write(&ro, 0, IoBuf::Plain(pool.take(512)), false, false)
+            .await
+            .0
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         std::fs::remove_file(&path).unwrap();
     }

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 use io_uring::{IoUring, opcode, squeue, types};
 use tokio::io::unix::AsyncFd;
 
-use super::buf::AlignedBuf;
+use super::buf::IoBuf;
 
 /// What one operation asks of the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +50,7 @@ pub(crate) enum RingOp {
 /// Memory and file an operation needs until its completion.
 pub(crate) struct Keep {
     pub file: Arc<File>,
-    pub buf: Option<AlignedBuf>,
+    pub buf: Option<IoBuf>,
 }
 
 enum Slot {

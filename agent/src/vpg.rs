@@ -1,0 +1,1119 @@
+//! VPGs on the protected site: their registry (`vpgs.json`), their journal and dirty maps
+//! (`vpgs/NAME/journal.ring`, `vpgs/NAME/VOLUME.dirty`), and capture of every write of their
+//! volumes in the order [`ferry_journal::capture`] lays down.
+//!
+//! Per VPG, two tasks run: every `journal.checkpoint_interval` a checkpoint marker is
+//! appended and a sync makes journal, datastores and dirty maps durable together (which
+//! lets the activity log forget idle extents); and the drain reads dirty regions back into
+//! the journal after the journal ran full or after recovery.
+//!
+//! Overlapping writes are serialised in sequence order ([`Inflight`]): a write waits for
+//! every earlier-sequenced write to an overlapping range to finish before it is issued, so
+//! the datastore ends as the journal's order says. Non-overlapping writes never wait.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_journal::dirty::{EXTENT_DEFAULT, MapHeader};
+use ferry_journal::{
+    Capture, CaptureRecovery, Consumer, DirtyMap, Geometry, Journal, JournalStats, Kind, MmapStorage, Mode, Pending,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::error::AgentError;
+use crate::io::{AlignedBuf, BufPool, Engine};
+use crate::size::human;
+use crate::volume::{Volume, Volumes};
+
+pub const VPG_FORMAT_VERSION: u32 = 1;
+/// Events and checkpoints kept in memory per VPG for `vpg show`.
+const EVENTS_KEPT: usize = 200;
+const CHECKPOINTS_KEPT: usize = 64;
+/// Largest range the drain reads into one journal record.
+const DRAIN_CHUNK_BYTES: u64 = 1 << 20;
+
+/// How VPGs capture, from the agent's config (`[journal]`).
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub journal_bytes_default: u64,
+    pub checkpoint_interval: Duration,
+    pub dirty_granularity: u32,
+}
+
+/// One VPG as the registry keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpgRecord {
+    pub name: String,
+    /// Its member volumes; volume ids in the journal are positions here, from 1.
+    pub volumes: Vec<String>,
+    pub journal_bytes: u64,
+    pub ring_id: u64,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct VpgRegistry {
+    version: u32,
+    vpgs: Vec<VpgRecord>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// This boot of the system (kill -9 and power loss are told apart by it).
+pub fn boot_id() -> [u8; 16] {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).take(16).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("0"), 16).unwrap_or(0);
+    }
+    out
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        b = (now_ns() ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Writes in flight per VPG, in sequence order, for the overlap rule (and the sync's wait).
+#[derive(Debug, Default)]
+pub struct Inflight {
+    state: Mutex<InflightState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct InflightState {
+    next: u64,
+    live: BTreeMap<u64, (u32, u64, u64)>,
+}
+
+/// A write's place among the VPG's writes in flight; leaving it (drop) lets later
+/// overlapping writes go.
+#[derive(Debug)]
+pub struct Ticket {
+    inflight: Arc<Inflight>,
+    id: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.inflight.lock().live.remove(&self.id);
+        self.inflight.changed.notify_waiters();
+    }
+}
+
+impl Inflight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InflightState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a ticket and, under the same lock, does `f` (which takes the journal's
+    /// sequence number): ticket order and sequence order agree.
+    fn register<T>(self: &Arc<Self>, volume: u32, offset: u64, len: u64, f: impl FnOnce() -> T) -> (Ticket, T) {
+        let mut st = self.lock();
+        let id = st.next;
+        st.next += 1;
+        st.live.insert(id, (volume, offset, offset + len.max(1)));
+        let t = f();
+        drop(st);
+        (
+            Ticket {
+                inflight: self.clone(),
+                id,
+            },
+            t,
+        )
+    }
+
+    /// Waits until `cond` holds over the live writes, re-checking whenever one finishes.
+    async fn wait_until(&self, cond: impl Fn(&InflightState) -> bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(&self.lock()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits for every earlier write overlapping this one to finish.
+    async fn wait_earlier(&self, t: &Ticket) {
+        let Some(&(v, start, end)) = self.lock().live.get(&t.id) else {
+            return;
+        };
+        self.wait_until(|st| {
+            !st.live
+                .range(..t.id)
+                .any(|(_, &(ov, os, oe))| ov == v && os < end && start < oe)
+        })
+        .await
+    }
+
+    /// Waits for every write that took a ticket before `before` to finish.
+    async fn wait_before(&self, before: u64) {
+        self.wait_until(|st| st.live.range(..before).next().is_none()).await
+    }
+}
+
+/// A write of a VPG's volume on its way: the journal reservation (or the tracked write's
+/// buffer), its place among writes in flight, and the VPG (which keeps the mapped journal
+/// alive). Fields drop in order: the slot settles before the ticket lets others go.
+pub struct Captured {
+    pending: Pending<MmapStorage>,
+    spare: Option<AlignedBuf>,
+    ticket: Ticket,
+    vpg: Arc<Vpg>,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured")
+            .field("vpg", &self.vpg.record.name)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl AsRef<[u8]> for Captured {
+    fn as_ref(&self) -> &[u8] {
+        match (&self.spare, self.pending.slot()) {
+            (Some(b), _) => b.as_ref(),
+            (None, Some(s)) => s.payload(),
+            (None, None) => &[],
+        }
+    }
+}
+
+impl AsMut<[u8]> for Captured {
+    fn as_mut(&mut self) -> &mut [u8] {
+        match (&mut self.spare, self.pending.slot_mut()) {
+            (Some(b), _) => b.as_mut(),
+            (None, Some(s)) => s.payload_mut(),
+            (None, None) => &mut [],
+        }
+    }
+}
+
+impl Captured {
+    /// Waits for earlier overlapping writes, then commits the record (or marks the range
+    /// dirty) and puts the extent in the activity log: the datastore I/O may be issued after.
+    pub async fn start(&mut self) {
+        self.vpg.inflight.wait_earlier(&self.ticket).await;
+        if let Err(e) = self.pending.start() {
+            // The record is committed or the range marked (a process crash is covered);
+            // only a power loss before the next sync could miss this write.
+            error!(vpg = %self.vpg.record.name, error = %e, "cannot flush the activity log");
+        }
+    }
+
+    /// The datastore I/O is done: a failure marks its range dirty.
+    pub fn finish(self, ok: bool) {
+        let Captured { pending, ticket, .. } = self;
+        pending.finish(ok);
+        drop(ticket);
+    }
+}
+
+/// A member volume as the VPG sees it.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    file: Option<Arc<File>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub unix_ms: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub tag: String,
+}
+
+pub struct Vpg {
+    pub record: VpgRecord,
+    dir: PathBuf,
+    capture: Capture<MmapStorage>,
+    inflight: Arc<Inflight>,
+    members: RwLock<BTreeMap<u32, Member>>,
+    engine: Arc<Engine>,
+    pool: Arc<BufPool>,
+    consumer: tokio::sync::Mutex<Option<Consumer<MmapStorage>>>,
+    events: Mutex<VecDeque<Event>>,
+    checkpoints: Mutex<VecDeque<CheckpointInfo>>,
+    stop: CancellationToken,
+    cfg: CaptureConfig,
+}
+
+impl std::fmt::Debug for Vpg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vpg").field("record", &self.record).finish()
+    }
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("journal.ring")
+}
+
+fn map_path(dir: &Path, volume: &str) -> PathBuf {
+    dir.join(format!("{volume}.dirty"))
+}
+
+/// Moves a damaged file aside (kept for inspection) and says where.
+fn move_aside(path: &Path) -> String {
+    if !path.exists() {
+        return "missing".into();
+    }
+    let to = path.with_extension(format!("damaged-{}", now_ms()));
+    match std::fs::rename(path, &to) {
+        Ok(()) => format!("moved to {}", to.display()),
+        Err(e) => format!("could not be moved aside: {e}"),
+    }
+}
+
+fn create_map(path: &Path, header: MapHeader, all_dirty: bool) -> Result<DirtyMap<MmapStorage>, AgentError> {
+    let storage = MmapStorage::create(path, header.file_bytes())
+        .map_err(|e| AgentError::io("cannot create dirty map", path, e))?;
+    DirtyMap::create(storage, header, all_dirty)
+        .map_err(|e| AgentError::Refused(format!("cannot format dirty map {}: {e}", path.display())))
+}
+
+/// VPG status as the control API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgStatus {
+    pub name: String,
+    pub state: String,
+    pub volumes: Vec<VpgVolumeStatus>,
+    pub journal: JournalStatus,
+    pub last_checkpoint: Option<CheckpointInfo>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgVolumeStatus {
+    pub name: String,
+    pub id: u32,
+    pub attached: bool,
+    pub dirty_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalStatus {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub records: u64,
+    pub acked_seq: u64,
+    pub settled_seq: u64,
+    pub next_seq: u64,
+    pub fill_percent: f64,
+}
+
+/// One record as `ferry journal tail` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailRecord {
+    pub seq: u64,
+    pub kind: String,
+    pub volume: String,
+    pub offset: u64,
+    pub length: u64,
+    pub crc: u32,
+    /// Checkpoint tag.
+    pub tag: Option<String>,
+}
+
+impl Vpg {
+    fn push_event(&self, message: String) {
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.len() == EVENTS_KEPT {
+            ev.pop_front();
+        }
+        ev.push_back(Event {
+            unix_ms: now_ms(),
+            message,
+        });
+    }
+
+    /// The checkpoints still in the journal (after a restart).
+    fn reload_checkpoints(&self) {
+        let Some(mut cons) = self.capture.journal().consumer() else {
+            return;
+        };
+        let mut found = VecDeque::new();
+        while let Some(r) = cons.next_record() {
+            if r.entry.kind == Kind::Checkpoint {
+                if found.len() == CHECKPOINTS_KEPT {
+                    found.pop_front();
+                }
+                found.push_back(CheckpointInfo {
+                    seq: r.entry.seq,
+                    unix_ms: r.entry.offset / 1_000_000,
+                    tag: String::from_utf8_lossy(r.payload).into_owned(),
+                });
+            }
+        }
+        *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = found;
+    }
+
+    /// Moves the capture's events into the VPG's log (and the agent's).
+    fn collect_events(&self) {
+        for e in self.capture.take_events() {
+            warn!(vpg = %self.record.name, mode = e.mode.name(), "{}", e.message);
+            self.push_event(e.message);
+        }
+    }
+
+    /// Starts capturing a write (at its header): reserves its record and its turn.
+    pub fn begin(self: &Arc<Self>, kind: Kind, volume: u32, offset: u64, len: u64) -> Box<Captured> {
+        let (ticket, pending) = self
+            .inflight
+            .register(volume, offset, len, || self.capture.begin(kind, volume, offset, len));
+        let spare = (kind == Kind::Write && !pending.is_journaled()).then(|| self.pool.take(len as usize));
+        if !pending.is_journaled() {
+            self.collect_events();
+        }
+        Box::new(Captured {
+            pending,
+            spare,
+            ticket,
+            vpg: self.clone(),
+        })
+    }
+
+    /// Makes the journal durable (for an NBD flush; the datastore is synced by the caller).
+    pub async fn flush_journal(self: &Arc<Self>) -> io::Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.capture.journal().sync())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+    }
+
+    pub fn checkpoint(&self, tag: &str) -> Result<CheckpointInfo, AgentError> {
+        let seq = self
+            .capture
+            .checkpoint(now_ns(), tag)
+            .map_err(|e| AgentError::Refused(format!("VPG {:?}: {e}", self.record.name)))?;
+        let info = CheckpointInfo {
+            seq,
+            unix_ms: now_ms(),
+            tag: tag.into(),
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() == CHECKPOINTS_KEPT {
+            c.pop_front();
+        }
+        c.push_back(info.clone());
+        Ok(info)
+    }
+
+    /// One sync: every write begun before it, with its journal record and dirty bits, is
+    /// durable after it.
+    async fn sync_once(self: &Arc<Self>) -> io::Result<()> {
+        let (point, before) = {
+            let st = self.inflight.lock();
+            (self.capture.sync_begin(), st.next)
+        };
+        self.inflight.wait_before(before).await;
+        while !self.capture.sync_ready(point) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let files: Vec<Arc<File>> = self
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|m| m.file.clone())
+            .collect();
+        for f in files {
+            self.engine.fdatasync(&f).await?;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.capture.sync_finish(point))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+    }
+
+    /// Checkpoint + sync every interval, until stopped.
+    async fn run_ticker(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let idle = {
+                let last = self
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .back()
+                    .map(|c| c.seq);
+                last.is_some_and(|seq| seq + 1 == self.capture.journal().stats().next_seq)
+            };
+            if self.capture.mode() == Mode::Journaling
+                && !idle
+                && let Err(e) = self.checkpoint("")
+            {
+                warn!(vpg = %self.record.name, error = %e, "automatic checkpoint skipped");
+            }
+            if let Err(e) = self.sync_once().await {
+                error!(vpg = %self.record.name, error = %e, "journal sync failed");
+                self.push_event(format!("journal sync failed: {e}"));
+            }
+            self.collect_events();
+        }
+    }
+
+    /// Reads dirty regions back into the journal whenever there are some and room.
+    async fn run_drain(self: Arc<Self>) {
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let step = self.capture.drain_next(DRAIN_CHUNK_BYTES);
+            self.collect_events();
+            let Some((volume, offset, len)) = step else {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            };
+            let file = self
+                .members
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&volume)
+                .and_then(|m| m.file.clone());
+            let Some(file) = file else {
+                // An offline member: its regions wait until it is back.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let (ticket, slot) = self
+                .inflight
+                .register(volume, offset, len, || self.capture.drain_reserve(volume, offset, len));
+            let Some(mut slot) = slot else {
+                drop(ticket);
+                self.collect_events();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            self.inflight.wait_earlier(&ticket).await;
+            let read = tokio::task::spawn_blocking(move || {
+                let r = std::os::unix::fs::FileExt::read_exact_at(&*file, slot.payload_mut(), offset);
+                (r, slot)
+            })
+            .await;
+            match read {
+                Ok((Ok(()), slot)) => self.capture.drain_commit(slot),
+                Ok((Err(e), _slot)) => {
+                    // The slot becomes a void; the bits stay, the drain retries later.
+                    error!(vpg = %self.record.name, volume, offset, error = %e, "drain read failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => error!(vpg = %self.record.name, error = %e, "drain task failed"),
+            }
+            drop(ticket);
+        }
+    }
+
+    pub fn status(&self) -> VpgStatus {
+        let st: JournalStats = self.capture.journal().stats();
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let checkpoints: Vec<CheckpointInfo> = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        VpgStatus {
+            name: self.record.name.clone(),
+            state: self.capture.mode().name().into(),
+            volumes: self
+                .record
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let id = i as u32 + 1;
+                    VpgVolumeStatus {
+                        name: v.clone(),
+                        id,
+                        attached: members.get(&id).is_some_and(|m| m.file.is_some()),
+                        dirty_bytes: self.capture.map(id).map_or(0, |m| m.dirty_bytes()),
+                    }
+                })
+                .collect(),
+            journal: JournalStatus {
+                path: journal_path(&self.dir),
+                size_bytes: st.data_bytes,
+                used_bytes: st.data_used_bytes,
+                records: st.next_seq - st.acked_seq,
+                acked_seq: st.acked_seq,
+                settled_seq: st.settled_seq,
+                next_seq: st.next_seq,
+                fill_percent: (st.fill() * 1000.0).round() / 10.0,
+            },
+            last_checkpoint: checkpoints.last().cloned(),
+            checkpoints,
+            events: self
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Reads the next settled records for `ferry journal tail`; `ack` acknowledges them
+    /// (frees their space); `rewind` starts from the first unacknowledged record.
+    pub async fn tail(&self, max: usize, ack: bool, rewind: bool) -> Result<Vec<TailRecord>, AgentError> {
+        let mut guard = self.consumer.lock().await;
+        if guard.is_none() {
+            *guard = self.capture.journal().consumer();
+        }
+        let Some(cons) = guard.as_mut() else {
+            return Err(AgentError::Refused(format!(
+                "VPG {:?}: the journal's consumer is busy",
+                self.record.name
+            )));
+        };
+        if rewind {
+            cons.rewind();
+        }
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(r) = cons.next_record() else { break };
+            let e = r.entry;
+            let volume = match e.kind {
+                Kind::Checkpoint | Kind::Void => String::new(),
+                _ => self
+                    .record
+                    .volumes
+                    .get(e.volume as usize - 1)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", e.volume)),
+            };
+            out.push(TailRecord {
+                seq: e.seq,
+                kind: e.kind.name().into(),
+                volume,
+                offset: e.offset,
+                length: e.length,
+                crc: e.payload_crc,
+                tag: (e.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned()),
+            });
+        }
+        if ack && let Some(last) = out.last() {
+            cons.ack(last.seq + 1)
+                .map_err(|e| AgentError::Refused(format!("cannot acknowledge: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    /// Last sync and a clean mark, at shutdown (nothing is in flight any more).
+    async fn close(self: &Arc<Self>) {
+        self.stop.cancel();
+        if let Err(e) = self.sync_once().await {
+            error!(vpg = %self.record.name, error = %e, "final journal sync failed; recovery will run at the next start");
+            return;
+        }
+        if let Err(e) = self.capture.close_clean() {
+            error!(vpg = %self.record.name, error = %e, "cannot mark the journal cleanly closed");
+        }
+    }
+}
+
+/// The VPGs of this agent.
+pub struct Vpgs {
+    state_dir: PathBuf,
+    volumes: Arc<Volumes>,
+    engine: Arc<Engine>,
+    pool: Arc<BufPool>,
+    cfg: CaptureConfig,
+    vpgs: RwLock<BTreeMap<String, Arc<Vpg>>>,
+    change: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Vpgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vpgs").finish()
+    }
+}
+
+fn registry_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("vpgs.json")
+}
+
+fn check_vpg_name(name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::Refused(format!(
+            "VPG name {name:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+impl Vpgs {
+    /// Opens every registered VPG, recovering its journal and maps, and attaches its
+    /// volumes.
+    pub fn load(
+        state_dir: &Path,
+        volumes: Arc<Volumes>,
+        engine: Arc<Engine>,
+        pool: Arc<BufPool>,
+        cfg: CaptureConfig,
+    ) -> Result<Arc<Vpgs>, AgentError> {
+        let path = registry_path(state_dir);
+        let reg: VpgRegistry = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| AgentError::StateCorrupt {
+                path: path.clone(),
+                why: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => VpgRegistry {
+                version: VPG_FORMAT_VERSION,
+                vpgs: vec![],
+            },
+            Err(e) => return Err(AgentError::io("cannot read", path, e)),
+        };
+        if reg.version != VPG_FORMAT_VERSION {
+            return Err(AgentError::StateCorrupt {
+                path,
+                why: format!("format version {} is not {VPG_FORMAT_VERSION}", reg.version),
+            });
+        }
+        let me = Arc::new(Vpgs {
+            state_dir: state_dir.into(),
+            volumes,
+            engine,
+            pool,
+            cfg,
+            vpgs: RwLock::new(BTreeMap::new()),
+            change: tokio::sync::Mutex::new(()),
+        });
+        for record in reg.vpgs {
+            let name = record.name.clone();
+            match me.open(record) {
+                Ok(v) => {
+                    me.vpgs.write().unwrap_or_else(|e| e.into_inner()).insert(name, v);
+                }
+                Err(e) => {
+                    error!(vpg = %name, error = %e, "VPG cannot be opened; its volumes are served without capture")
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vpgs").join(name)
+    }
+
+    fn save(&self, list: &[VpgRecord]) -> Result<(), AgentError> {
+        let reg = VpgRegistry {
+            version: VPG_FORMAT_VERSION,
+            vpgs: list.to_vec(),
+        };
+        let text = serde_json::to_string_pretty(&reg).expect("registry serialises");
+        crate::state::write_atomic(&self.state_dir, &registry_path(&self.state_dir), text.as_bytes())
+    }
+
+    fn records(&self) -> Vec<VpgRecord> {
+        self.vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| v.record.clone())
+            .collect()
+    }
+
+    fn map_header(&self, volume_bytes: u64, id: u32) -> MapHeader {
+        MapHeader {
+            granularity: self.cfg.dirty_granularity,
+            volume_bytes,
+            extent_bytes: EXTENT_DEFAULT.max(self.cfg.dirty_granularity),
+            clean: false,
+            boot_id: boot_id(),
+            settled_seq: 0,
+            volume: id,
+        }
+    }
+
+    fn volume_bytes(&self, name: &str) -> Option<u64> {
+        self.volumes
+            .list()
+            .into_iter()
+            .find(|v| v.record.name == name)
+            .map(|v| v.record.size_bytes)
+    }
+
+    /// Opens a registered VPG: recovery by the rules in `ferry_journal::capture`.
+    fn open(self: &Arc<Self>, record: VpgRecord) -> Result<Arc<Vpg>, AgentError> {
+        let dir = self.dir(&record.name);
+        let jpath = journal_path(&dir);
+        let mut notes = Vec::new();
+        let opened = MmapStorage::open(&jpath)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Journal::open(s).map_err(|e| e.to_string()));
+        let (journal, jrec, journal_lost) = match opened {
+            Ok((j, r)) => (j, r, false),
+            Err(why) => {
+                // Rule 8: the journal is unreadable.
+                let moved = move_aside(&jpath);
+                notes.push(format!(
+                    "journal {} unreadable ({why}; {moved}): a new one was made and every volume is marked wholly dirty",
+                    jpath.display()
+                ));
+                let g = Geometry::for_data_bytes(record.ring_id, record.journal_bytes);
+                let s = MmapStorage::create(&jpath, g.file_bytes())
+                    .map_err(|e| AgentError::io("cannot create journal", &jpath, e))?;
+                let j =
+                    Journal::create(s, g).map_err(|e| AgentError::Refused(format!("cannot format journal: {e}")))?;
+                (
+                    j,
+                    ferry_journal::Recovery {
+                        records: 0,
+                        stopped_by: ferry_journal::Stop::Empty,
+                        holes: vec![],
+                    },
+                    true,
+                )
+            }
+        };
+        let boot = boot_id();
+        let mut maps = BTreeMap::new();
+        for (i, vol) in record.volumes.iter().enumerate() {
+            let id = i as u32 + 1;
+            let path = map_path(&dir, vol);
+            let opened = MmapStorage::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| DirtyMap::open(s, boot).map_err(|e| e.to_string()));
+            let (map, rec) = match opened {
+                Ok((m, r)) => (m, r),
+                Err(why) => {
+                    // Rule 7: a map is unreadable.
+                    let moved = move_aside(&path);
+                    notes.push(format!(
+                        "dirty map of volume {vol:?} unreadable ({why}; {moved}): the whole volume is marked dirty"
+                    ));
+                    let bytes = self.volume_bytes(vol).unwrap_or(0);
+                    let m = create_map(&path, self.map_header(bytes, id), true)?;
+                    let rec = ferry_journal::MapRecovery {
+                        was_clean: false,
+                        rebooted: false,
+                        extents_marked: 0,
+                        settled_seq: 0,
+                    };
+                    (m, rec)
+                }
+            };
+            if journal_lost {
+                map.mark_all();
+            }
+            maps.insert(id, (Arc::new(map), rec));
+        }
+        let (capture, rep) = Capture::recover(journal, &jrec, maps);
+        let vpg = self.runtime(record, dir, capture);
+        vpg.reload_checkpoints();
+        log_recovery(&vpg, &jrec, &rep);
+        for n in notes {
+            error!(vpg = %vpg.record.name, "{n}");
+            vpg.push_event(n);
+        }
+        vpg.collect_events();
+        self.attach_all(&vpg);
+        Ok(vpg)
+    }
+
+    fn runtime(self: &Arc<Self>, record: VpgRecord, dir: PathBuf, capture: Capture<MmapStorage>) -> Arc<Vpg> {
+        let vpg = Arc::new(Vpg {
+            members: RwLock::new(
+                record
+                    .volumes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        (
+                            i as u32 + 1,
+                            Member {
+                                name: v.clone(),
+                                file: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            record,
+            dir,
+            capture,
+            inflight: Arc::new(Inflight::default()),
+            engine: self.engine.clone(),
+            pool: self.pool.clone(),
+            consumer: tokio::sync::Mutex::new(None),
+            events: Mutex::new(VecDeque::new()),
+            checkpoints: Mutex::new(VecDeque::new()),
+            stop: CancellationToken::new(),
+            cfg: self.cfg.clone(),
+        });
+        tokio::spawn(vpg.clone().run_ticker());
+        tokio::spawn(vpg.clone().run_drain());
+        vpg
+    }
+
+    /// Connects each member volume that is online to the VPG: its writes are captured from
+    /// now on.
+    fn attach_all(&self, vpg: &Arc<Vpg>) {
+        let mut members = vpg.members.write().unwrap_or_else(|e| e.into_inner());
+        for (&id, m) in members.iter_mut() {
+            match self.volumes.get(&m.name) {
+                Some(v) => {
+                    m.file = Some(v.file());
+                    v.set_member(Some((vpg.clone(), id)));
+                }
+                None => {
+                    let msg = format!(
+                        "volume {:?} is offline: its writes are not captured until it is back",
+                        m.name
+                    );
+                    warn!(vpg = %vpg.record.name, "{msg}");
+                    vpg.push_event(msg);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Vpg>, AgentError> {
+        self.vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AgentError::NoVpg(name.into()))
+    }
+
+    pub fn list(&self) -> Vec<VpgStatus> {
+        let all: Vec<Arc<Vpg>> = self
+            .vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.iter().map(|v| v.status()).collect()
+    }
+
+    /// The VPG a volume is in, if any.
+    pub fn vpg_of(&self, volume: &str) -> Option<String> {
+        self.records()
+            .into_iter()
+            .find(|r| r.volumes.iter().any(|v| v == volume))
+            .map(|r| r.name)
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        name: &str,
+        volumes: &[String],
+        journal_bytes: Option<u64>,
+    ) -> Result<VpgStatus, AgentError> {
+        check_vpg_name(name)?;
+        let _g = self.change.lock().await;
+        if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+            return Err(AgentError::Refused(format!("a VPG named {name:?} already exists")));
+        }
+        if volumes.is_empty() {
+            return Err(AgentError::Refused("a VPG needs at least one --volume".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut vols: Vec<Arc<Volume>> = Vec::new();
+        for v in volumes {
+            if !seen.insert(v) {
+                return Err(AgentError::Refused(format!("volume {v:?} is named twice")));
+            }
+            if let Some(other) = self.vpg_of(v) {
+                return Err(AgentError::Refused(format!(
+                    "volume {v:?} is already in VPG {other:?}; a volume belongs to at most one VPG"
+                )));
+            }
+            let vol = self.volumes.get(v).ok_or_else(|| AgentError::NoVolume(v.clone()))?;
+            if vol.record.read_only {
+                return Err(AgentError::Refused(format!(
+                    "volume {v:?} is read-only: there is nothing to capture"
+                )));
+            }
+            vols.push(vol);
+        }
+        let journal_bytes = journal_bytes.unwrap_or(self.cfg.journal_bytes_default);
+        if journal_bytes < (1 << 20) {
+            return Err(AgentError::Refused(format!(
+                "--journal-size {} is too small; at least 1M",
+                human(journal_bytes)
+            )));
+        }
+        let record = VpgRecord {
+            name: name.into(),
+            volumes: volumes.to_vec(),
+            journal_bytes,
+            ring_id: random_u64(),
+            created_unix_ms: now_ms(),
+        };
+        let dir = self.dir(name);
+        let made = (|| -> Result<Capture<MmapStorage>, AgentError> {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("cannot create VPG directory", &dir, e))?;
+            let g = Geometry::for_data_bytes(record.ring_id, journal_bytes);
+            let jpath = journal_path(&dir);
+            let s = MmapStorage::create(&jpath, g.file_bytes()).map_err(|e| {
+                AgentError::io(
+                    "cannot create the journal (is the state directory's filesystem full?)",
+                    &jpath,
+                    e,
+                )
+            })?;
+            let journal =
+                Journal::create(s, g).map_err(|e| AgentError::Refused(format!("cannot format journal: {e}")))?;
+            let mut maps = BTreeMap::new();
+            for (i, v) in vols.iter().enumerate() {
+                let id = i as u32 + 1;
+                let m = create_map(
+                    &map_path(&dir, &v.record.name),
+                    self.map_header(v.record.size_bytes, id),
+                    false,
+                )?;
+                maps.insert(id, Arc::new(m));
+            }
+            Ok(Capture::new(journal, maps))
+        })();
+        let capture = match made {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let mut list = self.records();
+        list.push(record.clone());
+        if let Err(e) = self.save(&list) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let vpg = self.runtime(record, dir, capture);
+        self.attach_all(&vpg);
+        vpg.push_event(format!(
+            "created with {} volume(s) and a {} journal; capture starts now",
+            volumes.len(),
+            human(journal_bytes)
+        ));
+        info!(vpg = %name, volumes = ?volumes, journal_bytes, "VPG created");
+        self.vpgs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into(), vpg.clone());
+        Ok(vpg.status())
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), AgentError> {
+        let _g = self.change.lock().await;
+        let vpg = self.get(name)?;
+        let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();
+        self.save(&list)?;
+        self.vpgs.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        for m in vpg.members.read().unwrap_or_else(|e| e.into_inner()).values() {
+            if let Some(v) = self.volumes.get(&m.name) {
+                v.set_member(None);
+            }
+        }
+        vpg.stop.cancel();
+        let dir = vpg.dir.clone();
+        drop(vpg);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| AgentError::io("VPG removed, but cannot delete its directory", &dir, e))?;
+        info!(vpg = %name, "VPG deleted");
+        Ok(())
+    }
+
+    /// Final sync and clean mark of every VPG (at shutdown, after the NBD sessions ended).
+    pub async fn close_all(&self) {
+        let all: Vec<Arc<Vpg>> = self
+            .vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for v in all {
+            v.close().await;
+        }
+    }
+}
+
+fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery) {
+    let name = &vpg.record.name;
+    if rep.was_clean {
+        info!(vpg = %name, records = rep.records, "journal opened after a clean stop");
+        return;
+    }
+    let msg = format!(
+        "recovered after an unclean stop{}: {} unacknowledged record(s), {} hole(s) made void, {} record(s) after the last sync marked dirty, {} activity extent(s) marked dirty; journal ended: {:?}",
+        if rep.rebooted {
+            " across a reboot (power loss)"
+        } else {
+            ""
+        },
+        rep.records,
+        rep.voids,
+        rep.unsettled_marked,
+        rep.extents_marked,
+        jrec.stopped_by
+    );
+    warn!(vpg = %name, "{msg}");
+    vpg.push_event(msg);
+    for d in &rep.damaged {
+        let m = format!("damaged journal record voided and its range marked dirty: {d}");
+        error!(vpg = %name, "{m}");
+        vpg.push_event(m);
+    }
+    if rep.foreign > 0 {
+        vpg.push_event(format!(
+            "{} record(s) name a volume this VPG does not have; skipped",
+            rep.foreign
+        ));
+    }
+}
