@@ -338,6 +338,8 @@ impl<S: RingStorage> Capture<S> {
             }
             Mode::Draining => {}
         }
+        // A quarter of the ring at most, so a drained range always fits once it has room.
+        let max_bytes = max_bytes.min(self.journal.geometry().data_bytes / 4);
         for (&v, m) in &self.maps {
             if let Some((off, len)) = m.next_dirty(0, max_bytes) {
                 return Some((v, off, len));

@@ -190,6 +190,17 @@ impl Agent {
         }
     }
 
+    /// SIGKILL, as a crash: no shutdown work at all.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent running");
+        rustix_kill(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+    }
+
+    pub fn vpg_dir(&self, vpg: &str) -> PathBuf {
+        self.dir.join("vpgs").join(vpg)
+    }
+
     pub fn volume_path(&self, name: &str) -> PathBuf {
         self.dir.join("datastore").join(format!("{name}.img"))
     }

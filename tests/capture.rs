@@ -1,0 +1,351 @@
+//! Capture into VPG journals, end to end: a real agent, real NBD clients, and the ring and
+//! dirty-map files read back with the journal crate. A replica built by replaying the
+//! journal from the VPG's creation must equal the volume, except inside dirty regions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Agent, ok, qemu_io, require, run};
+use ferry_journal::{DirtyMap, Kind, MemStorage, Ring};
+
+/// Records of a ring file, oldest first: (kind, volume id, offset, length, payload).
+fn records(ring: &Path) -> Vec<(Kind, u32, u64, u64, Vec<u8>)> {
+    let bytes = std::fs::read(ring).unwrap();
+    let (r, rec) = Ring::open_with(MemStorage(bytes), false).unwrap();
+    assert!(rec.stopped_by.is_clean(), "journal damaged: {rec:?}");
+    let (start, end) = r.bounds();
+    (start..end)
+        .map(|pos| {
+            let x = r.read(pos).expect("a recovered record reads back");
+            let e = x.entry;
+            (e.kind, e.volume, e.offset, e.length, x.payload.to_vec())
+        })
+        .collect()
+}
+
+/// Replays every record onto zero-filled images of `sizes` (by volume id).
+fn replay(ring: &Path, sizes: &BTreeMap<u32, usize>) -> BTreeMap<u32, Vec<u8>> {
+    let mut img: BTreeMap<u32, Vec<u8>> = sizes.iter().map(|(&v, &n)| (v, vec![0u8; n])).collect();
+    for (kind, vol, off, len, payload) in records(ring) {
+        let r = off as usize..(off + len) as usize;
+        match kind {
+            Kind::Write => img.get_mut(&vol).unwrap()[r].copy_from_slice(&payload),
+            Kind::Trim | Kind::WriteZeroes => img.get_mut(&vol).unwrap()[r].fill(0),
+            Kind::Checkpoint | Kind::Void => {}
+        }
+    }
+    img
+}
+
+/// The dirty ranges of a map file (read from a copy: the file is not changed).
+fn dirty(map: &Path) -> Vec<(u64, u64)> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let hex: Vec<u8> = boot.bytes().filter(u8::is_ascii_hexdigit).collect();
+    let mut id = [0u8; 16];
+    for (i, p) in hex.chunks(2).take(16).enumerate() {
+        id[i] = u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap();
+    }
+    let (m, _) = DirtyMap::open(MemStorage(std::fs::read(map).unwrap()), id).unwrap();
+    m.dirty_ranges()
+}
+
+/// Offsets where `a` and `b` differ outside `dirty`: must be none.
+fn uncovered(a: &[u8], b: &[u8], dirty: &[(u64, u64)]) -> Vec<usize> {
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, (x, y))| x != y && !dirty.iter().any(|&(o, l)| o as usize <= *i && *i < (o + l) as usize))
+        .map(|(i, _)| i)
+        .take(5)
+        .collect()
+}
+
+#[test]
+fn vpg_commands_explain_what_they_refuse_and_survive_a_restart() {
+    let mut a = Agent::start("vpg-cli");
+    for v in ["a", "b", "c"] {
+        a.create(v, "4M");
+    }
+    let out = a.ferry(&[
+        "vpg",
+        "create",
+        "g",
+        "--volume",
+        "a",
+        "--volume",
+        "b",
+        "--journal-size",
+        "8M",
+    ]);
+    assert!(out.contains("created VPG g with a, b and a 8.0 MiB journal"), "{out}");
+    let e = a.ferry_fails(&["vpg", "create", "h", "--volume", "b"]);
+    assert!(
+        e.contains("volume \"b\" is already in VPG \"g\"; a volume belongs to at most one VPG"),
+        "{e}"
+    );
+    let e = a.ferry_fails(&["vpg", "create", "h", "--volume", "ghost"]);
+    assert!(e.contains("no volume named \"ghost\""), "{e}");
+    let e = a.ferry_fails(&["vpg", "create", "g", "--volume", "c"]);
+    assert!(e.contains("a VPG named \"g\" already exists"), "{e}");
+    let e = a.ferry_fails(&["vpg", "create", "h", "--volume", "c", "--journal-size", "100K"]);
+    assert!(e.contains("too small"), "{e}");
+    let e = a.ferry_fails(&["vpg", "create", "h", "--volume", "c", "--volume", "c"]);
+    assert!(e.contains("named twice"), "{e}");
+    let e = a.ferry_fails(&["vpg", "create", "h"]);
+    assert!(e.contains("--volume"), "{e}");
+    let e = a.ferry_fails(&["volume", "delete", "a"]);
+    assert!(e.contains("is in VPG \"g\"; delete the VPG first"), "{e}");
+    let e = a.ferry_fails(&["vpg", "show", "nope"]);
+    assert!(
+        e.contains("no VPG named \"nope\"") && e.contains("ferry vpg list"),
+        "{e}"
+    );
+    let e = a.ferry_fails(&["checkpoint", "tag", "nope", "x"]);
+    assert!(e.contains("no VPG named \"nope\""), "{e}");
+
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(show.contains("VPG g: journaling"), "{show}");
+    assert!(
+        show.contains("1 a") && show.contains("2 b") && show.contains("captured"),
+        "{show}"
+    );
+    assert!(a.ferry(&["vpg", "list"]).contains("a,b"));
+    let json: serde_json::Value = serde_json::from_str(&a.ferry(&["vpg", "show", "g", "--json"])).unwrap();
+    assert_eq!(json["journal"]["size_bytes"], 8 << 20);
+
+    // A clean stop and a start: the VPG, its tagged checkpoint and its capture are back.
+    a.ferry(&["checkpoint", "tag", "g", "first"]);
+    assert_eq!(a.stop().code(), Some(0));
+    a.spawn();
+    assert!(a.wait_log("journal opened after a clean stop"), "{}", a.log());
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(show.contains("tagged \"first\" at sequence"), "{show}");
+    qemu_io(a.unix_uri("a"), &["write -P 0x11 0 64k"]);
+    let tail = a.ferry(&["journal", "tail", "g"]);
+    assert!(
+        tail.contains("write         a"),
+        "capture goes on after the restart: {tail}"
+    );
+
+    a.ferry(&["vpg", "delete", "g"]);
+    assert!(!a.vpg_dir("g").exists(), "the journal and maps are removed");
+    a.ferry(&["volume", "delete", "a"]);
+    assert!(a.ferry(&["vpg", "list"]).contains("no VPGs"));
+}
+
+#[test]
+fn every_write_is_captured_in_order_and_the_journal_replays_to_the_volumes() {
+    require("qemu-io");
+    let mut a = Agent::start("capture");
+    a.create("a", "8M");
+    a.create("b", "8M");
+    a.ferry(&[
+        "vpg",
+        "create",
+        "g",
+        "--volume",
+        "a",
+        "--volume",
+        "b",
+        "--journal-size",
+        "64M",
+    ]);
+    qemu_io(a.tcp_uri("a"), &["write -P 0x61 0 1M", "write -P 0x62 4096 8192"]);
+    qemu_io(
+        a.unix_uri("b"),
+        &["write -P 0x71 1M 512k", "write -z 1M 64k", "discard 1280k 64k"],
+    );
+    a.ferry(&["checkpoint", "tag", "g", "t1"]);
+    // Overlapping writes in flight together: whichever the datastore gets last, the
+    // journal must say the same.
+    qemu_io(
+        a.unix_uri("a"),
+        &[
+            "aio_write -P 1 0 64k",
+            "aio_write -P 2 4k 64k",
+            "aio_write -P 3 8k 4k",
+            "aio_write -P 4 0 128k",
+            "aio_write -P 5 60k 8k",
+            "aio_flush",
+        ],
+    );
+    // fio with verification, several connections at once, mixed sizes.
+    require("fio");
+    ok(Command::new("fio").current_dir(&a.dir).args([
+        "--name=capture",
+        "--ioengine=nbd",
+        &format!("--uri={}", a.tcp_uri("b")),
+        "--rw=randwrite",
+        "--bssplit=4k/50:16k/30:64k/20",
+        "--iodepth=16",
+        "--numjobs=2",
+        "--size=8M",
+        "--verify=crc32c",
+        "--verify_state_save=0",
+    ]));
+
+    let tail = a.ferry(&["journal", "tail", "g"]);
+    let seqs: Vec<u64> = tail
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] == 0,
+        "one gap-free sequence across both volumes"
+    );
+    assert!(tail.contains("checkpoint    tag \"t1\""), "{tail}");
+    assert!(
+        tail.contains("write-zeroes  b") && tail.contains("trim          b"),
+        "{tail}"
+    );
+
+    assert_eq!(a.stop().code(), Some(0));
+    let dir = a.vpg_dir("g");
+    let check = ok(a.cli().args(["journal", "check"]).arg(dir.join("journal.ring")));
+    assert!(check.contains(": ok"), "{check}");
+    let sizes = BTreeMap::from([(1, 8 << 20), (2, 8 << 20)]);
+    let img = replay(&dir.join("journal.ring"), &sizes);
+    for (id, name) in [(1, "a"), (2, "b")] {
+        let disk = std::fs::read(a.volume_path(name)).unwrap();
+        assert!(dirty(&dir.join(format!("{name}.dirty"))).is_empty());
+        let first = disk.iter().zip(&img[&id]).position(|(x, y)| x != y);
+        assert_eq!(first, None, "volume {name}: the journal replays to the volume's bytes");
+    }
+}
+
+#[test]
+fn a_full_journal_tracks_dirty_regions_without_failing_writes_then_drains() {
+    require("fio");
+    let mut a = Agent::start_with("full", "[journal]\ncheckpoint_interval_s = 0.5\n");
+    a.create("a", "32M");
+    a.ferry(&["vpg", "create", "g", "--volume", "a", "--journal-size", "1M"]);
+    // 16 MiB of random writes into a 1 MiB journal: no error, no stall.
+    let out = ok(Command::new("fio").current_dir(&a.dir).args([
+        "--name=fill",
+        "--ioengine=nbd",
+        &format!("--uri={}", a.unix_uri("a")),
+        "--rw=randwrite",
+        "--bs=16k",
+        "--iodepth=16",
+        "--size=32M",
+        "--io_size=16M",
+        "--verify=crc32c",
+        "--verify_state_save=0",
+    ]));
+    assert!(out.contains("err= 0"), "{out}");
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(show.contains("VPG g: bitmap-sync (tracking)"), "{show}");
+    assert!(show.contains("journal full"), "an event says why: {show}");
+
+    // Journal + dirty regions cover every difference between the volume and a replica.
+    assert_eq!(a.stop().code(), Some(0));
+    let dir = a.vpg_dir("g");
+    let img = replay(&dir.join("journal.ring"), &BTreeMap::from([(1, 32 << 20)]));
+    let disk = std::fs::read(a.volume_path("a")).unwrap();
+    let d = dirty(&dir.join("a.dirty"));
+    assert!(!d.is_empty());
+    assert_eq!(uncovered(&disk, &img[&1], &d), Vec::<usize>::new());
+    let first_drained = {
+        let (r, rec) = Ring::open_with(MemStorage(std::fs::read(dir.join("journal.ring")).unwrap()), false).unwrap();
+        r.acked_seq() + rec.records
+    };
+
+    // A consumer acknowledges; the drain reads the dirty regions into the journal and the
+    // VPG goes back to journaling. Each drained record holds the volume's bytes.
+    a.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut drained: Vec<(u64, u64, u32)> = Vec::new();
+    loop {
+        let tail = a.ferry(&["journal", "tail", "g", "--ack"]);
+        for l in tail.lines().filter(|l| l.contains(" write ")) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f[0].parse::<u64>().unwrap() < first_drained {
+                continue; // captured before the stop
+            }
+            // seq kind volume "offset" N "length" N "crc" X
+            drained.push((
+                f[4].parse().unwrap(),
+                f[6].parse().unwrap(),
+                u32::from_str_radix(f[8], 16).unwrap(),
+            ));
+        }
+        let list = a.ferry(&["vpg", "list"]);
+        if list.contains(" journaling ") && list.contains(" 0 B ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drain did not finish: {}",
+            a.ferry(&["vpg", "show", "g"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(
+        show.contains("dirty regions drained: every write is journaled again"),
+        "{show}"
+    );
+    let covered: u64 = drained.iter().map(|d| d.1).sum();
+    assert!(
+        covered >= d.iter().map(|r| r.1).sum::<u64>(),
+        "every dirty byte was drained"
+    );
+    for (off, len, crc) in drained {
+        let want = crc32c::crc32c(&disk[off as usize..(off + len) as usize]);
+        assert_eq!(crc, want, "drained record at {off}+{len} holds the volume's bytes");
+    }
+}
+
+#[test]
+fn kill_9_under_fio_loses_no_acknowledged_write() {
+    require("fio");
+    let mut a = Agent::start("kill9");
+    a.create("a", "32M");
+    a.ferry(&["vpg", "create", "g", "--volume", "a", "--journal-size", "256M"]);
+    let args = [
+        "--name=kill".to_string(),
+        "--ioengine=nbd".into(),
+        format!("--uri={}", a.unix_uri("a")),
+        "--rw=randwrite".into(),
+        "--bs=4k".into(),
+        "--iodepth=32".into(),
+        "--size=32M".into(),
+        "--verify=crc32c".into(),
+    ];
+    let mut fio = Command::new("fio")
+        .current_dir(&a.dir)
+        .args(&args)
+        .args(["--time_based", "--runtime=60", "--do_verify=0", "--verify_state_save=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.kill9();
+    let _ = fio.wait();
+
+    // Restart: recovery runs; `journal check` is clean; fio finds every write it had
+    // acknowledged.
+    a.spawn();
+    assert!(a.wait_log("recovered after an unclean stop"), "{}", a.log());
+    let dir = a.vpg_dir("g");
+    let check = ok(a.cli().args(["journal", "check"]).arg(dir.join("journal.ring")));
+    assert!(check.contains(": ok"), "{check}");
+    let out = run(Command::new("fio")
+        .current_dir(&a.dir)
+        .args(&args)
+        .args(["--verify_only", "--verify_state_load=1"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("err= 0"), "fio verify: {text}");
+
+    // Every byte of the volume is the journal's replay, or in a dirty region.
+    assert_eq!(a.stop().code(), Some(0));
+    let img = replay(&dir.join("journal.ring"), &BTreeMap::from([(1, 32 << 20)]));
+    let disk = std::fs::read(a.volume_path("a")).unwrap();
+    let d = dirty(&dir.join("a.dirty"));
+    assert_eq!(uncovered(&disk, &img[&1], &d), Vec::<usize>::new(), "dirty: {d:?}");
+}
