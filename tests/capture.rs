@@ -349,3 +349,81 @@ fn kill_9_under_fio_loses_no_acknowledged_write() {
     let d = dirty(&dir.join("a.dirty"));
     assert_eq!(uncovered(&disk, &img[&1], &d), Vec::<usize>::new(), "dirty: {d:?}");
 }
+
+#[test]
+fn an_unreadable_map_or_journal_is_set_aside_and_its_volumes_resynced() {
+    require("qemu-io");
+    let mut a = Agent::start("damaged");
+    a.create("a", "4M");
+    a.create("b", "4M");
+    a.ferry(&[
+        "vpg",
+        "create",
+        "g",
+        "--volume",
+        "a",
+        "--volume",
+        "b",
+        "--journal-size",
+        "16M",
+    ]);
+    qemu_io(a.unix_uri("a"), &["write -P 0x5a 0 256k"]);
+    assert_eq!(a.stop().code(), Some(0));
+    let dir = a.vpg_dir("g");
+
+    // Rule 7: a's dirty map is garbage. It is moved aside, a new one marks all of a dirty.
+    let map = dir.join("a.dirty");
+    let mut bytes = std::fs::read(&map).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&map, &bytes).unwrap();
+    a.spawn();
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(
+        show.contains("dirty map of volume \"a\" unreadable") && show.contains("the whole volume is marked dirty"),
+        "{show}"
+    );
+    let aside = |prefix: &str| {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    };
+    assert!(aside("a.damaged-"), "the damaged map is kept for inspection");
+    assert_eq!(a.stop().code(), Some(0));
+
+    // Rule 8: both journal superblocks destroyed. A new journal; every volume wholly dirty.
+    let ring = dir.join("journal.ring");
+    let mut bytes = std::fs::read(&ring).unwrap();
+    bytes[..8192].fill(0x77);
+    std::fs::write(&ring, &bytes).unwrap();
+    let e = run(a.cli().args(["journal", "check"]).arg(&ring));
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("no valid superblock"),
+        "{e:?}"
+    );
+    a.spawn();
+    let show = a.ferry(&["vpg", "show", "g"]);
+    assert!(
+        show.contains("unreadable") && show.contains("a new one was made and every volume is marked wholly dirty"),
+        "{show}"
+    );
+    assert!(aside("journal.damaged-"));
+    let check = ok(a.cli().args(["journal", "check"]).arg(&ring));
+    assert!(check.contains(": ok"), "{check}");
+    // Both volumes drain into the new journal (16 MiB holds both 4 MiB volumes).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.ferry(&["vpg", "list"]).contains(" journaling ") {
+        assert!(Instant::now() < deadline, "{}", a.ferry(&["vpg", "show", "g"]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(a.stop().code(), Some(0));
+    let img = replay(&ring, &BTreeMap::from([(1, 4 << 20), (2, 4 << 20)]));
+    for (id, name) in [(1, "a"), (2, "b")] {
+        let disk = std::fs::read(a.volume_path(name)).unwrap();
+        assert!(
+            disk == img[&id],
+            "volume {name}: the resync put all of it in the new journal"
+        );
+    }
+}
