@@ -98,6 +98,10 @@ enum JournalCmd {
         /// Stop after this many records.
         #[arg(long, short = 'n')]
         count: Option<usize>,
+        /// Print nothing per record, only the sequence reached when stopped (a stand-in
+        /// consumer, e.g. for benchmarks).
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -255,7 +259,8 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             follow,
             ack,
             count,
-        }) => tail(&c, &vpg, follow, ack, count).await?,
+            quiet,
+        }) => tail(&c, &vpg, follow, ack, count, quiet).await?,
         Command::Vpg(VpgCmd::Create {
             name,
             volumes,
@@ -503,29 +508,37 @@ fn print_vpg(v: &VpgStatus) {
     }
 }
 
-async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usize>) -> Result<(), String> {
+async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usize>, quiet: bool) -> Result<(), String> {
     let mut printed = 0usize;
     let mut first = true;
+    let batch = if quiet { 100_000 } else { 1000 };
+    let mut last_seq = None;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
     loop {
-        let want = count.map_or(1000, |n| (n - printed).min(1000));
+        let want = count.map_or(batch, |n| (n - printed).min(batch));
         if want == 0 {
-            return Ok(());
+            break;
         }
-        let recs: Vec<TailRecord> = c
-            .call(
-                Method::POST,
-                &format!("/v1/vpgs/{vpg}/journal/read"),
-                Some(&ReadJournal {
-                    max: want,
-                    ack,
-                    rewind: first,
-                }),
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
+        let path = format!("/v1/vpgs/{vpg}/journal/read");
+        let body = ReadJournal {
+            max: want,
+            ack,
+            rewind: first,
+            last_only: quiet,
+        };
+        let call = c.call::<Vec<TailRecord>>(Method::POST, &path, Some(&body));
+        let recs = tokio::select! {
+            r = call => r.map_err(|e| e.to_string())?.unwrap_or_default(),
+            _ = &mut stop => break,
+        };
         first = false;
+        let got = recs.len();
         for r in &recs {
+            last_seq = Some(r.seq);
+            if quiet {
+                continue;
+            }
             match &r.tag {
                 Some(tag) => println!("{:>10}  checkpoint    tag {tag:?}  time_ns {}", r.seq, r.offset),
                 None => println!(
@@ -534,14 +547,27 @@ async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usiz
                 ),
             }
         }
-        printed += recs.len();
-        if recs.is_empty() {
-            if !follow {
-                return Ok(());
+        printed += got;
+        if got == 0 || quiet {
+            if got == 0 && !follow {
+                break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // A quiet consumer reads (and acknowledges) in batches of at most 50 ms, as a
+            // shipper acknowledges what its peer made durable.
+            let pause = std::time::Duration::from_millis(if quiet { 50 } else { 200 });
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut stop => break,
+            }
         }
     }
+    if quiet {
+        match last_seq {
+            Some(s) => println!("read{} up to sequence {s}", if ack { " and acknowledged" } else { "" }),
+            None => println!("no records"),
+        }
+    }
+    Ok(())
 }
 
 /// Entry point of the `ferry` binary.

@@ -36,10 +36,13 @@ pub struct JournalConfig {
     /// Journal ring size of a new VPG (`ferry vpg create --journal-size` overrides it).
     #[serde(default = "default_journal_size")]
     pub size: String,
-    /// Seconds between automatic checkpoints; each is followed by a sync of the VPG's
-    /// journal, datastores and dirty maps.
+    /// Seconds between automatic checkpoints (none is added while nothing was written).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_s: f64,
+    /// Seconds between syncs of a VPG's journal, datastores and dirty maps: what a power
+    /// loss can leave to resynchronise is the extents written in about two intervals.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_s: f64,
     /// Bytes per dirty-map bit (a power of two, at least 4K).
     #[serde(default = "default_granularity")]
     pub dirty_granularity: String,
@@ -50,6 +53,9 @@ fn default_journal_size() -> String {
 }
 fn default_checkpoint_interval() -> f64 {
     5.0
+}
+fn default_sync_interval() -> f64 {
+    30.0
 }
 fn default_granularity() -> String {
     "64K".into()
@@ -67,12 +73,18 @@ impl JournalConfig {
         if !g.is_power_of_two() || !(4096..=(1 << 30)).contains(&g) {
             return Err("journal.dirty_granularity must be a power of two from 4K to 1G".into());
         }
-        if !(self.checkpoint_interval_s.is_finite() && (0.1..=3600.0).contains(&self.checkpoint_interval_s)) {
-            return Err("journal.checkpoint_interval_s must be from 0.1 to 3600".into());
+        for (key, v) in [
+            ("checkpoint_interval_s", self.checkpoint_interval_s),
+            ("sync_interval_s", self.sync_interval_s),
+        ] {
+            if !(v.is_finite() && (0.1..=3600.0).contains(&v)) {
+                return Err(format!("journal.{key} must be from 0.1 to 3600"));
+            }
         }
         Ok(crate::vpg::CaptureConfig {
             journal_bytes_default: size,
             checkpoint_interval: Duration::from_secs_f64(self.checkpoint_interval_s),
+            sync_interval: Duration::from_secs_f64(self.sync_interval_s),
             dirty_granularity: g as u32,
         })
     }

@@ -48,6 +48,9 @@ pub struct ReadJournal {
     pub ack: bool,
     #[serde(default)]
     pub rewind: bool,
+    /// Answer only the last record read (a consumer that wants progress, not contents).
+    #[serde(default)]
+    pub last_only: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -171,8 +174,13 @@ async fn journal_read_h(
     Path(name): Path<String>,
     Json(req): Json<ReadJournal>,
 ) -> Result<Json<Vec<TailRecord>>, ApiError> {
-    let max = req.max.clamp(1, 10_000);
-    Ok(Json(api.vpgs.get(&name)?.tail(max, req.ack, req.rewind).await?))
+    let max = req.max.clamp(1, 100_000);
+    Ok(Json(
+        api.vpgs
+            .get(&name)?
+            .tail(max, req.ack, req.rewind, req.last_only)
+            .await?,
+    ))
 }
 
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {

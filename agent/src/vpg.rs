@@ -2,10 +2,11 @@
 //! (`vpgs/NAME/journal.ring`, `vpgs/NAME/VOLUME.dirty`), and capture of every write of their
 //! volumes in the order [`ferry_journal::capture`] lays down.
 //!
-//! Per VPG, two tasks run: every `journal.checkpoint_interval` a checkpoint marker is
-//! appended and a sync makes journal, datastores and dirty maps durable together (which
-//! lets the activity log forget idle extents); and the drain reads dirty regions back into
-//! the journal after the journal ran full or after recovery.
+//! Per VPG, two tasks run: every `journal.checkpoint_interval_s` a checkpoint marker is
+//! appended, and every `journal.sync_interval_s` a sync makes journal, datastores and dirty
+//! maps durable together (which lets the activity log forget idle extents, and bounds what a
+//! power loss leaves to resynchronise); and the drain reads dirty regions back into the
+//! journal after the journal ran full or after recovery.
 //!
 //! Overlapping writes are serialised in sequence order ([`Inflight`]): a write waits for
 //! every earlier-sequenced write to an overlapping range to finish before it is issued, so
@@ -43,6 +44,7 @@ const DRAIN_CHUNK_BYTES: u64 = 1 << 20;
 pub struct CaptureConfig {
     pub journal_bytes_default: u64,
     pub checkpoint_interval: Duration,
+    pub sync_interval: Duration,
     pub dirty_granularity: u32,
 }
 
@@ -102,6 +104,8 @@ fn random_u64() -> u64 {
 pub struct Inflight {
     state: Mutex<InflightState>,
     changed: tokio::sync::Notify,
+    /// Tasks waiting on `changed`: a finishing write wakes them only if there are some.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -121,7 +125,9 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.inflight.lock().live.remove(&self.id);
-        self.inflight.changed.notify_waiters();
+        if self.inflight.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.inflight.changed.notify_waiters();
+        }
     }
 }
 
@@ -150,6 +156,19 @@ impl Inflight {
 
     /// Waits until `cond` holds over the live writes, re-checking whenever one finishes.
     async fn wait_until(&self, cond: impl Fn(&InflightState) -> bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if cond(&self.lock()) {
+            return; // the usual case: nothing to wait for, no waiter registered
+        }
+        self.waiting.fetch_add(1, SeqCst);
+        // Deregisters even when the waiting future is dropped.
+        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(&self.waiting);
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -463,13 +482,24 @@ impl Vpg {
             .map_err(|e| io::Error::other(e.to_string()))?
     }
 
-    /// Checkpoint + sync every interval, until stopped.
+    /// Checkpoints and syncs, each at its interval, until stopped.
     async fn run_ticker(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync = tokio::time::interval(self.cfg.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sync.tick().await;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
+                _ = sync.tick() => {
+                    if let Err(e) = self.sync_once().await {
+                        error!(vpg = %self.record.name, error = %e, "journal sync failed");
+                        self.push_event(format!("journal sync failed: {e}"));
+                    }
+                    self.collect_events();
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let idle = {
@@ -486,10 +516,6 @@ impl Vpg {
                 && let Err(e) = self.checkpoint("")
             {
                 warn!(vpg = %self.record.name, error = %e, "automatic checkpoint skipped");
-            }
-            if let Err(e) = self.sync_once().await {
-                error!(vpg = %self.record.name, error = %e, "journal sync failed");
-                self.push_event(format!("journal sync failed: {e}"));
             }
             self.collect_events();
         }
@@ -599,49 +625,34 @@ impl Vpg {
     }
 
     /// Reads the next settled records for `ferry journal tail`; `ack` acknowledges them
-    /// (frees their space); `rewind` starts from the first unacknowledged record.
-    pub async fn tail(&self, max: usize, ack: bool, rewind: bool) -> Result<Vec<TailRecord>, AgentError> {
+    /// (frees their space); `rewind` starts from the first unacknowledged record. Runs on
+    /// the blocking pool: an acknowledgement waits for the disk.
+    pub async fn tail(
+        &self,
+        max: usize,
+        ack: bool,
+        rewind: bool,
+        last_only: bool,
+    ) -> Result<Vec<TailRecord>, AgentError> {
         let mut guard = self.consumer.lock().await;
         if guard.is_none() {
             *guard = self.capture.journal().consumer();
         }
-        let Some(cons) = guard.as_mut() else {
+        let Some(mut cons) = guard.take() else {
             return Err(AgentError::Refused(format!(
                 "VPG {:?}: the journal's consumer is busy",
                 self.record.name
             )));
         };
-        if rewind {
-            cons.rewind();
-        }
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(r) = cons.next_record() else { break };
-            let e = r.entry;
-            let volume = match e.kind {
-                Kind::Checkpoint | Kind::Void => String::new(),
-                _ => self
-                    .record
-                    .volumes
-                    .get(e.volume as usize - 1)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{}", e.volume)),
-            };
-            out.push(TailRecord {
-                seq: e.seq,
-                kind: e.kind.name().into(),
-                volume,
-                offset: e.offset,
-                length: e.length,
-                crc: e.payload_crc,
-                tag: (e.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned()),
-            });
-        }
-        if ack && let Some(last) = out.last() {
-            cons.ack(last.seq + 1)
-                .map_err(|e| AgentError::Refused(format!("cannot acknowledge: {e}")))?;
-        }
-        Ok(out)
+        let volumes = self.record.volumes.clone();
+        let (cons, result) = tokio::task::spawn_blocking(move || {
+            let r = read_records(&mut cons, &volumes, max, ack, rewind, last_only);
+            (cons, r)
+        })
+        .await
+        .map_err(|e| AgentError::Refused(format!("journal read failed: {e}")))?;
+        *guard = Some(cons);
+        result
     }
 
     /// Last sync and a clean mark, at shutdown (nothing is in flight any more).
@@ -1082,6 +1093,52 @@ impl Vpgs {
             v.close().await;
         }
     }
+}
+
+fn read_records(
+    cons: &mut Consumer<MmapStorage>,
+    volumes: &[String],
+    max: usize,
+    ack: bool,
+    rewind: bool,
+    last_only: bool,
+) -> Result<Vec<TailRecord>, AgentError> {
+    if rewind {
+        cons.rewind();
+    }
+    let mut out = Vec::new();
+    let mut read = 0;
+    while read < max {
+        let Some(r) = cons.next_record() else { break };
+        read += 1;
+        if last_only {
+            // Only the last one is described; the rest are read (as a shipper would) and
+            // skipped, without building a description each.
+            out.clear();
+        }
+        let e = r.entry;
+        let volume = match e.kind {
+            Kind::Checkpoint | Kind::Void => String::new(),
+            _ => volumes
+                .get((e.volume as usize).wrapping_sub(1))
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", e.volume)),
+        };
+        out.push(TailRecord {
+            seq: e.seq,
+            kind: e.kind.name().into(),
+            volume,
+            offset: e.offset,
+            length: e.length,
+            crc: e.payload_crc,
+            tag: (e.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned()),
+        });
+    }
+    if ack && let Some(last) = out.last() {
+        cons.ack(last.seq + 1)
+            .map_err(|e| AgentError::Refused(format!("cannot acknowledge: {e}")))?;
+    }
+    Ok(out)
 }
 
 fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery) {

@@ -15,6 +15,7 @@
 //!   ones still running are answered with ESHUTDOWN;
 //! - the writer sends every reply, flushes and closes the stream.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,76 @@ pub enum ConnectionError {
     HandshakeTimeout(Duration),
 }
 
+/// A client connection the server can split into halves, with a read half that fills two
+/// buffers with one read where the transport allows (a WRITE's payload and, after it, only
+/// the next request's header: no payload byte lands in the request buffer, and a stream of
+/// writes costs one read each).
+pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Reader: ReadTwo;
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    fn split_connection(self) -> (Self::Reader, Self::Writer);
+}
+
+/// Reads into `first`, then `second`, in one go.
+pub trait ReadTwo: AsyncRead + Unpin + Send + 'static {
+    fn read_two<'a>(
+        &'a mut self,
+        first: &'a mut [u8],
+        second: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+macro_rules! socket_connection {
+    ($stream:ty, $rd:ty, $wr:ty) => {
+        impl Connection for $stream {
+            type Reader = $rd;
+            type Writer = $wr;
+            fn split_connection(self) -> ($rd, $wr) {
+                self.into_split()
+            }
+        }
+
+        impl ReadTwo for $rd {
+            async fn read_two(&mut self, first: &mut [u8], second: &mut [u8]) -> io::Result<usize> {
+                loop {
+                    self.readable().await?;
+                    let mut bufs = [io::IoSliceMut::new(first), io::IoSliceMut::new(second)];
+                    match self.try_read_vectored(&mut bufs) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            }
+        }
+    };
+}
+
+socket_connection!(
+    tokio::net::TcpStream,
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf
+);
+socket_connection!(
+    tokio::net::UnixStream,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf
+);
+
+/// In-memory pipes (tests): no vectored read, the second buffer is left alone.
+impl Connection for tokio::io::DuplexStream {
+    type Reader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+    type Writer = tokio::io::WriteHalf<tokio::io::DuplexStream>;
+    fn split_connection(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
+    }
+}
+
+impl ReadTwo for tokio::io::ReadHalf<tokio::io::DuplexStream> {
+    async fn read_two(&mut self, first: &mut [u8], _second: &mut [u8]) -> io::Result<usize> {
+        self.read(first).await
+    }
+}
+
 /// Serves one client until it disconnects, breaks the protocol, or `shutdown` fires.
 /// `peer` names the client in logs.
 pub async fn serve_connection<C, S>(
@@ -88,7 +159,7 @@ pub async fn serve_connection<C, S>(
 ) -> Result<(), ConnectionError>
 where
     C: Catalog,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Connection,
 {
     let negotiated = tokio::select! {
         r = tokio::time::timeout(cfg.handshake_timeout, negotiate(&mut stream, &*catalog, &cfg)) => {
@@ -337,7 +408,7 @@ const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 /// `header_only` limits a read into the request buffer to one header: used after a large
 /// WRITE, when the next request is likely another one whose payload should not pass
 /// through the request buffer.
-async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
+async fn read_more<R: ReadTwo, B: IoBuffer>(
     rd: &mut R,
     reading: &mut Reading<B>,
     inbuf: &mut bytes::BytesMut,
@@ -347,8 +418,19 @@ async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
         && inbuf.is_empty()
     {
         let buf = req.payload.as_mut().expect("a WRITE carries its payload buffer");
-        let n = rd.read(&mut buf.as_mut()[*filled..]).await?;
-        *filled += n;
+        let room = buf.as_ref().len() - *filled;
+        let Some(h) = header_only else {
+            let n = rd.read(&mut buf.as_mut()[*filled..]).await?;
+            *filled += n;
+            return Ok(n);
+        };
+        // The rest of the payload and, behind it, at most the next header.
+        let mut next = [0u8; 32];
+        let n = rd.read_two(&mut buf.as_mut()[*filled..], &mut next[..h]).await?;
+        *filled += n.min(room);
+        if n > room {
+            inbuf.extend_from_slice(&next[..n - room]);
+        }
         return Ok(n);
     }
     if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
@@ -363,21 +445,18 @@ async fn read_more<R: AsyncRead + Unpin, B: IoBuffer>(
     }
 }
 
-async fn transmit<E: Export, S>(
+async fn transmit<E: Export, S: Connection>(
     stream: S,
     session: Session<E>,
     cfg: &ServerConfig,
     shutdown: CancellationToken,
     peer: &str,
-) -> Result<(), ConnectionError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(), ConnectionError> {
     use bytes::Buf;
     use futures_util::StreamExt;
     use futures_util::stream::FuturesUnordered;
 
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (mut rd, wr) = stream.split_connection();
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing<E::Buf>>();
     let writer = tokio::spawn(write_replies(wr, rx));
     assert!(
