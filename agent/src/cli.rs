@@ -338,6 +338,15 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 println!("NBD: {l}");
             }
             println!("volumes: {}", s.volumes);
+            match s.vpgs.len() {
+                0 => println!("VPGs: none"),
+                n => {
+                    println!("VPGs: {n}");
+                    for v in &s.vpgs {
+                        println!("  {v}");
+                    }
+                }
+            }
         }
         Command::Volume(VolumeCmd::Create {
             name,

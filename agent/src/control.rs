@@ -77,6 +77,9 @@ pub struct AgentStatus {
     pub io_engine: String,
     pub nbd_listen: Vec<String>,
     pub volumes: usize,
+    /// Each VPG as "NAME: state".
+    #[serde(default)]
+    pub vpgs: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -186,6 +189,12 @@ async fn journal_read_h(
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     let mut s = api.status.clone();
     s.volumes = api.volumes.list().len();
+    s.vpgs = api
+        .vpgs
+        .list()
+        .iter()
+        .map(|v| format!("{}: {}", v.name, v.state))
+        .collect();
     Json(s)
 }
 

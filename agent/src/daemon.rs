@@ -224,6 +224,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         io_engine: engine.name().into(),
         nbd_listen: names.clone(),
         volumes: 0,
+        vpgs: vec![],
     };
     let api = tokio::spawn(
         axum::serve(control, control::router(volumes.clone(), vpgs.clone(), status))

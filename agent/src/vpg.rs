@@ -372,8 +372,12 @@ pub struct TailRecord {
 }
 
 impl Vpg {
-    fn push_event(&self, message: String) {
+    /// Adds an event unless it repeats the last one; says whether it was added.
+    fn push_event(&self, message: String) -> bool {
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.back().is_some_and(|last| last.message == message) {
+            return false;
+        }
         if ev.len() == EVENTS_KEPT {
             ev.pop_front();
         }
@@ -381,6 +385,7 @@ impl Vpg {
             unix_ms: now_ms(),
             message,
         });
+        true
     }
 
     /// The checkpoints still in the journal (after a restart).
@@ -407,8 +412,10 @@ impl Vpg {
     /// Moves the capture's events into the VPG's log (and the agent's).
     fn collect_events(&self) {
         for e in self.capture.take_events() {
-            warn!(vpg = %self.record.name, mode = e.mode.name(), "{}", e.message);
-            self.push_event(e.message);
+            let line = e.message.clone();
+            if self.push_event(e.message) {
+                warn!(vpg = %self.record.name, mode = e.mode.name(), "{line}");
+            }
         }
     }
 

@@ -208,6 +208,9 @@ impl<S: RingStorage> Capture<S> {
 
     fn event(&self, message: String) {
         let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.back().is_some_and(|last| last.message == message) {
+            return; // the same thing again: once is enough until something else happens
+        }
         if ev.len() == EVENTS_MAX {
             ev.pop_front();
         }
@@ -276,9 +279,8 @@ impl<S: RingStorage> Capture<S> {
                     None
                 }
                 Err(e) => {
-                    self.event(format!(
-                        "write of {length} bytes to volume {volume} cannot be journaled ({e}): tracked as a dirty region"
-                    ));
+                    // Worded without the write's details, so a stream of them is one event.
+                    self.event(format!("a write cannot be journaled ({e}): tracked as a dirty region"));
                     None
                 }
             }

@@ -464,6 +464,51 @@ mod tests {
         assert_eq!(Entry::decode(&bytes, RING, 7), Ok(entry()));
     }
 
+    /// Every kind's code byte (offset 5), and a void's layout: no payload checksum.
+    #[test]
+    fn golden_kinds_v1() {
+        for (kind, code) in [
+            (Kind::Write, 1u8),
+            (Kind::Trim, 2),
+            (Kind::WriteZeroes, 3),
+            (Kind::Checkpoint, 4),
+            (Kind::Void, 5),
+        ] {
+            let e = Entry {
+                kind,
+                length: if kind == Kind::Checkpoint { 6 } else { 4096 },
+                payload_crc: if kind.checks_payload() { 9 } else { 0 },
+                ..entry()
+            };
+            let bytes = e.encode(RING);
+            assert_eq!(bytes[5], code, "{kind:?}");
+            assert_eq!(Entry::decode(&bytes, RING, 7), Ok(e));
+        }
+        let void = Entry {
+            kind: Kind::Void,
+            payload_crc: 0,
+            ..entry()
+        };
+        assert_eq!(
+            hex(&void.encode(RING)[..56]),
+            "46 4a 45 31 01 05 00 00 2a 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 \
+             00 20 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 10 00 00 00 00 00 00 03 00 00 00 \
+             00 00 00 00"
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let bad = Entry {
+            kind: Kind::Void,
+            payload_crc: 5,
+            ..entry()
+        };
+        assert!(
+            Entry::decode(&bad.encode(RING), RING, 7).is_err(),
+            "a void carries no checksum"
+        );
+    }
+
     #[test]
     fn golden_superblock_v1() {
         let sb = Superblock {
