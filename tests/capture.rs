@@ -143,18 +143,15 @@ fn every_write_is_captured_in_order_and_the_journal_replays_to_the_volumes() {
     let mut a = Agent::start("capture");
     a.create("a", "8M");
     a.create("b", "8M");
-    a.ferry(&[
-        "vpg",
-        "create",
-        "g",
-        "--volume",
-        "a",
-        "--volume",
-        "b",
-        "--journal-size",
-        "64M",
-    ]);
+    // An O_DIRECT volume: its datastore writes go from the ring's 4 KiB-aligned slots.
+    a.ferry(&["volume", "create", "d", "--size", "8M", "--direct"]);
+    let create = "vpg create g --volume a --volume b --volume d --journal-size 64M";
+    a.ferry(&create.split(' ').collect::<Vec<_>>());
     qemu_io(a.tcp_uri("a"), &["write -P 0x61 0 1M", "write -P 0x62 4096 8192"]);
+    qemu_io(
+        a.unix_uri("d"),
+        &["write -P 0x64 0 256k", "write -P 0x65 1M 4k", "read -P 0x65 1M 4k"],
+    );
     qemu_io(
         a.unix_uri("b"),
         &["write -P 0x71 1M 512k", "write -z 1M 64k", "discard 1280k 64k"],
@@ -207,9 +204,9 @@ fn every_write_is_captured_in_order_and_the_journal_replays_to_the_volumes() {
     let dir = a.vpg_dir("g");
     let check = ok(a.cli().args(["journal", "check"]).arg(dir.join("journal.ring")));
     assert!(check.contains(": ok"), "{check}");
-    let sizes = BTreeMap::from([(1, 8 << 20), (2, 8 << 20)]);
+    let sizes = BTreeMap::from([(1, 8 << 20), (2, 8 << 20), (3, 8 << 20)]);
     let img = replay(&dir.join("journal.ring"), &sizes);
-    for (id, name) in [(1, "a"), (2, "b")] {
+    for (id, name) in [(1, "a"), (2, "b"), (3, "d")] {
         let disk = std::fs::read(a.volume_path(name)).unwrap();
         assert!(dirty(&dir.join(format!("{name}.dirty"))).is_empty());
         let first = disk.iter().zip(&img[&id]).position(|(x, y)| x != y);

@@ -3,8 +3,11 @@
 //!
 //! Transmission keeps many requests in flight inside the connection's one task: a reader
 //! state machine (cancel-safe, fed by `read_buf`) decodes and checks each header, fills a
-//! WRITE payload into the export's buffer (large ones straight from the socket), and adds
-//! the operation to a `FuturesUnordered`; each finished operation's reply goes to one writer
+//! WRITE payload into the export's buffer, and adds the operation to a `FuturesUnordered`.
+//! Large payloads, and every payload of an export that asks for it ([`Export::copy_once`]),
+//! are read straight from the socket into their buffer, together with the next request's
+//! header and nothing more ([`ReadTwo`]: one vectored read per WRITE), so no payload byte
+//! passes through the request buffer; each finished operation's reply goes to one writer
 //! task, which sends every reply that is ready in one flush. Replies go out in completion
 //! order. A byte budget per connection (`inflight_bytes_max`) stops the reader while
 //! requests and unsent replies hold too much memory.
