@@ -70,17 +70,7 @@ fn vpg_commands_explain_what_they_refuse_and_survive_a_restart() {
     for v in ["a", "b", "c"] {
         a.create(v, "4M");
     }
-    let out = a.ferry(&[
-        "vpg",
-        "create",
-        "g",
-        "--volume",
-        "a",
-        "--volume",
-        "b",
-        "--journal-size",
-        "8M",
-    ]);
+    let out = a.ferry_line("vpg create g --volume a --volume b --journal-size 8M");
     assert!(out.contains("created VPG g with a, b and a 8.0 MiB journal"), "{out}");
     let e = a.ferry_fails(&["vpg", "create", "h", "--volume", "b"]);
     assert!(
@@ -145,8 +135,7 @@ fn every_write_is_captured_in_order_and_the_journal_replays_to_the_volumes() {
     a.create("b", "8M");
     // An O_DIRECT volume: its datastore writes go from the ring's 4 KiB-aligned slots.
     a.ferry(&["volume", "create", "d", "--size", "8M", "--direct"]);
-    let create = "vpg create g --volume a --volume b --volume d --journal-size 64M";
-    a.ferry(&create.split(' ').collect::<Vec<_>>());
+    a.ferry_line("vpg create g --volume a --volume b --volume d --journal-size 64M");
     qemu_io(a.tcp_uri("a"), &["write -P 0x61 0 1M", "write -P 0x62 4096 8192"]);
     qemu_io(
         a.unix_uri("d"),
@@ -358,17 +347,7 @@ fn an_unreadable_map_or_journal_is_set_aside_and_its_volumes_resynced() {
     let mut a = Agent::start("damaged");
     a.create("a", "4M");
     a.create("b", "4M");
-    a.ferry(&[
-        "vpg",
-        "create",
-        "g",
-        "--volume",
-        "a",
-        "--volume",
-        "b",
-        "--journal-size",
-        "16M",
-    ]);
+    a.ferry_line("vpg create g --volume a --volume b --journal-size 16M");
     qemu_io(a.unix_uri("a"), &["write -P 0x5a 0 256k"]);
     assert_eq!(a.stop().code(), Some(0));
     let dir = a.vpg_dir("g");

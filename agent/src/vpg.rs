@@ -947,15 +947,17 @@ impl Vpgs {
             .ok_or_else(|| AgentError::NoVpg(name.into()))
     }
 
-    pub fn list(&self) -> Vec<VpgStatus> {
-        let all: Vec<Arc<Vpg>> = self
-            .vpgs
+    fn all(&self) -> Vec<Arc<Vpg>> {
+        self.vpgs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        all.iter().map(|v| v.status()).collect()
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<VpgStatus> {
+        self.all().iter().map(|v| v.status()).collect()
     }
 
     /// The VPG a volume is in, if any.
@@ -1089,14 +1091,7 @@ impl Vpgs {
 
     /// Final sync and clean mark of every VPG (at shutdown, after the NBD sessions ended).
     pub async fn close_all(&self) {
-        let all: Vec<Arc<Vpg>> = self
-            .vpgs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for v in all {
+        for v in self.all() {
             v.close().await;
         }
     }

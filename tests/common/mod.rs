@@ -150,6 +150,11 @@ impl Agent {
         ok(self.cli().args(args))
     }
 
+    /// `ferry` with the words of `line` (no quoting), which must succeed.
+    pub fn ferry_line(&self, line: &str) -> String {
+        self.ferry(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     /// `ferry ARGS` that must fail; returns its stderr.
     pub fn ferry_fails(&self, args: &[&str]) -> String {
         let out = run(self.cli().args(args));
