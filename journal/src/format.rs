@@ -250,6 +250,19 @@ impl Superblock {
                 "empty ring or data ring not a multiple of 4 KiB",
             ));
         }
+        // Cursors only grow, one record or byte at a time: 2^62 is out of reach, and
+        // keeps every position sum below 2^64.
+        if [raw.acked_seq.get(), raw.acked_index.get(), raw.acked_data.get()]
+            .iter()
+            .any(|&c| c > 1 << 62)
+        {
+            return Err(SuperblockError::BadGeometry("cursor beyond 2^62"));
+        }
+        if !raw.acked_data.get().is_multiple_of(BLOCK_BYTES) {
+            return Err(SuperblockError::BadGeometry(
+                "acknowledged data position is not 4 KiB-aligned",
+            ));
+        }
         // Far above any real ring (2^40 entries, 2^60 data bytes), and low enough that no
         // offset arithmetic on the geometry can overflow.
         if geometry.index_slots > 1 << 40 || geometry.data_bytes > 1 << 60 {
@@ -578,6 +591,13 @@ mod tests {
         assert!(matches!(
             Superblock::decode(&[0x55; 80]),
             Err(SuperblockError::BadMagic(_))
+        ));
+        // Found by fuzzing: an unaligned cursor would place (and void) records off the
+        // 4 KiB grid.
+        let unaligned = Superblock { acked_data: 4104, ..sb };
+        assert!(matches!(
+            Superblock::decode(&unaligned.encode()),
+            Err(SuperblockError::BadGeometry(m)) if m.contains("aligned")
         ));
         let huge = Superblock {
             geometry: Geometry {
