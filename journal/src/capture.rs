@@ -89,6 +89,9 @@ pub struct Capture<S: RingStorage> {
     /// The current bitmap-sync episode's drain was announced (one event per episode, not
     /// one per full-journal flap while draining).
     drain_announced: std::sync::atomic::AtomicBool,
+    /// Where the drain goes on in each volume (so a large map is scanned once per pass,
+    /// not once per range).
+    drain_from: Mutex<BTreeMap<u32, u64>>,
 }
 
 impl<S: RingStorage> std::fmt::Debug for Capture<S> {
@@ -123,6 +126,7 @@ impl<S: RingStorage> Capture<S> {
             mode: Mutex::new(if dirty { Mode::Draining } else { Mode::Journaling }),
             events: Mutex::new(VecDeque::new()),
             drain_announced: std::sync::atomic::AtomicBool::new(false),
+            drain_from: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -251,8 +255,8 @@ impl<S: RingStorage> Capture<S> {
         self.maps.values().map(|m| m.dirty_bytes()).sum()
     }
 
-    /// Step 1 of the write path: reserve the record, or track the write if the journal
-    /// cannot take it. `volume` must be one of the VPG's.
+    /// Step 1 of the write path for a write, trim or write-zeroes: reserve the record, or
+    /// track the write if the journal cannot take it. `volume` must be one of the VPG's.
     pub fn begin(&self, kind: Kind, volume: u32, offset: u64, length: u64) -> Pending<S> {
         let map = self.maps[&volume].clone();
         let slot = if self.mode() == Mode::Tracking {
@@ -289,11 +293,7 @@ impl<S: RingStorage> Capture<S> {
             slot,
             map,
             offset,
-            length: if kind == Kind::Write || kind == Kind::Trim || kind == Kind::WriteZeroes {
-                length
-            } else {
-                0
-            },
+            length,
             started: false,
         }
     }
@@ -342,8 +342,14 @@ impl<S: RingStorage> Capture<S> {
         }
         // A quarter of the ring at most, so a drained range always fits once it has room.
         let max_bytes = max_bytes.min(self.journal.geometry().data_bytes / 4);
+        let mut from = self.drain_from.lock().unwrap_or_else(|e| e.into_inner());
         for (&v, m) in &self.maps {
-            if let Some((off, len)) = m.next_dirty(0, max_bytes) {
+            let at = from.get(&v).copied().unwrap_or(0);
+            let next = m
+                .next_dirty(at, max_bytes)
+                .or_else(|| (at > 0).then(|| m.next_dirty(0, max_bytes)).flatten());
+            if let Some((off, len)) = next {
+                from.insert(v, off + len);
                 return Some((v, off, len));
             }
         }

@@ -214,6 +214,18 @@ fn set(bytes: &mut [u8], start: u64, bit: u64, on: bool) {
     }
 }
 
+/// Indices of the set bits in `[from, nbits)` of the bitmap at `start`, a byte at a time
+/// (zero bytes are skipped whole, so a mostly clean map is scanned quickly).
+fn set_bits(bytes: &[u8], start: u64, from: u64, nbits: u64) -> impl Iterator<Item = u64> + '_ {
+    (from / 8..nbits.div_ceil(8))
+        .filter(move |&i| bytes[(start + i) as usize] != 0)
+        .flat_map(move |i| {
+            let b = bytes[(start + i) as usize];
+            (0..8u64).filter(move |k| b & (1 << k) != 0).map(move |k| i * 8 + k)
+        })
+        .filter(move |&bit| bit >= from && bit < nbits)
+}
+
 /// Bits `[first, last]` of `unit` bytes that the byte range touches; `None` if empty.
 fn bits(off: u64, len: u64, unit: u64) -> Option<std::ops::RangeInclusive<u64>> {
     (len > 0).then(|| off / unit..=(off + len - 1) / unit)
@@ -372,8 +384,10 @@ impl<S: RingStorage> DirtyMap<S> {
         let inner = self.lock();
         let h = inner.header;
         let g = h.granularity as u64;
-        let want = |b: u64| get(inner.storage.bytes(), h.dirty_start(), b) && !inner.pending_clear.contains_key(&b);
-        let first = (from / g..h.dirty_bits()).find(|&b| want(b))?;
+        let bytes = inner.storage.bytes();
+        let want = |b: u64| get(bytes, h.dirty_start(), b) && !inner.pending_clear.contains_key(&b);
+        let first = set_bits(bytes, h.dirty_start(), from / g, h.dirty_bits())
+            .find(|b| !inner.pending_clear.contains_key(b))?;
         let mut last = first;
         while last + 1 < h.dirty_bits() && (last + 2 - first) * g <= max_bytes.max(g) && want(last + 1) {
             last += 1;
@@ -386,10 +400,18 @@ impl<S: RingStorage> DirtyMap<S> {
     pub fn dirty_bytes(&self) -> u64 {
         let inner = self.lock();
         let h = inner.header;
-        let n = (0..h.dirty_bits())
-            .filter(|&b| get(inner.storage.bytes(), h.dirty_start(), b) && !inner.pending_clear.contains_key(&b))
+        let bytes = inner.storage.bytes();
+        let start = h.dirty_start() as usize;
+        let set: u64 = bytes[start..start + h.dirty_bits().div_ceil(8) as usize]
+            .iter()
+            .map(|b| b.count_ones() as u64)
+            .sum();
+        let drained = inner
+            .pending_clear
+            .keys()
+            .filter(|&&b| get(bytes, h.dirty_start(), b))
             .count() as u64;
-        n * h.granularity as u64
+        (set - drained) * h.granularity as u64
     }
 
     /// Every dirty range (whole granules, merged), drained or not: what a power loss now
@@ -399,7 +421,7 @@ impl<S: RingStorage> DirtyMap<S> {
         let h = inner.header;
         let g = h.granularity as u64;
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for b in (0..h.dirty_bits()).filter(|&b| get(inner.storage.bytes(), h.dirty_start(), b)) {
+        for b in set_bits(inner.storage.bytes(), h.dirty_start(), 0, h.dirty_bits()) {
             let (off, end) = (b * g, ((b + 1) * g).min(h.volume_bytes));
             match out.last_mut() {
                 Some((o, l)) if *o + *l == off => *l = end - *o,
