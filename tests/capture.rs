@@ -43,12 +43,7 @@ fn replay(ring: &Path, sizes: &BTreeMap<u32, usize>) -> BTreeMap<u32, Vec<u8>> {
 
 /// The dirty ranges of a map file (read from a copy: the file is not changed).
 fn dirty(map: &Path) -> Vec<(u64, u64)> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let hex: Vec<u8> = boot.bytes().filter(u8::is_ascii_hexdigit).collect();
-    let mut id = [0u8; 16];
-    for (i, p) in hex.chunks(2).take(16).enumerate() {
-        id[i] = u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap();
-    }
+    let id = ferry_agent::vpg::boot_id();
     let (m, _) = DirtyMap::open(MemStorage(std::fs::read(map).unwrap()), id).unwrap();
     m.dirty_ranges()
 }
