@@ -28,8 +28,10 @@ use crate::format::{ENTRY_BYTES, Entry, Geometry, Kind};
 use crate::ring::{Heads, Record, Recovery, Ring, RingError, padded};
 use crate::storage::RingStorage;
 
-/// Reservations that may be outstanding (reserved, not yet released) at once. Recovery
-/// looks this far past a hole for records committed after it.
+/// Reservations that may be outstanding (reserved, not yet released) at once: as many 4 KiB
+/// writes as one connection's default in-flight budget holds. Beyond it writes are tracked
+/// as dirty regions. Recovery looks twice this far past a hole for records committed
+/// after it.
 pub const OUTSTANDING_MAX: u64 = crate::ring::LOOKAHEAD_SLOTS / 2;
 
 #[derive(Debug, Clone, Copy)]

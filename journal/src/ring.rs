@@ -197,7 +197,7 @@ pub(crate) fn padded(bytes: u64) -> u64 {
 
 /// How far past a hole recovery looks for records committed after it: at least the number
 /// of reservations that can be outstanding at once ([`crate::journal::OUTSTANDING_MAX`]).
-pub const LOOKAHEAD_SLOTS: u64 = 8192;
+pub const LOOKAHEAD_SLOTS: u64 = 65536;
 
 impl<S: RingStorage> Ring<S> {
     fn geometry(&self) -> Geometry {
