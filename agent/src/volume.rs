@@ -365,18 +365,22 @@ pub struct Volumes {
     change: tokio::sync::Mutex<()>,
 }
 
-fn check_name(name: &str) -> Result<(), AgentError> {
+/// Why `name` cannot name a `what` (a volume, a VPG): it is also a file name and, for
+/// volumes, an NBD export name. `None` if it can.
+pub fn name_problem(what: &str, name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= VOLUME_NAME_BYTES_MAX
         && !name.starts_with(['.', '-'])
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::BadRequest(format!(
-            "volume name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-        )))
-    }
+    (!ok).then(|| {
+        format!(
+            "{what} name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )
+    })
+}
+
+fn check_name(name: &str) -> Result<(), AgentError> {
+    name_problem("volume", name).map_or(Ok(()), |why| Err(AgentError::BadRequest(why)))
 }
 
 #[derive(Debug)]

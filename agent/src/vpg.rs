@@ -697,17 +697,7 @@ fn registry_path(state_dir: &Path) -> PathBuf {
 }
 
 fn check_vpg_name(name: &str) -> Result<(), AgentError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(AgentError::Refused(format!(
-            "VPG name {name:?} must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-        )))
-    }
+    crate::volume::name_problem("VPG", name).map_or(Ok(()), |why| Err(AgentError::Refused(why)))
 }
 
 impl Vpgs {
@@ -1108,33 +1098,36 @@ fn read_records(
     if rewind {
         cons.rewind();
     }
-    let mut out = Vec::new();
-    let mut read = 0;
-    while read < max {
-        let Some(r) = cons.next_record() else { break };
-        read += 1;
-        if last_only {
-            // Only the last one is described; the rest are read (as a shipper would) and
-            // skipped, without building a description each.
-            out.clear();
-        }
-        let e = r.entry;
-        let volume = match e.kind {
+    let describe = |e: &ferry_journal::format::Entry, tag: Option<String>| TailRecord {
+        seq: e.seq,
+        kind: e.kind.name().into(),
+        volume: match e.kind {
             Kind::Checkpoint | Kind::Void => String::new(),
             _ => volumes
                 .get((e.volume as usize).wrapping_sub(1))
                 .cloned()
                 .unwrap_or_else(|| format!("#{}", e.volume)),
-        };
-        out.push(TailRecord {
-            seq: e.seq,
-            kind: e.kind.name().into(),
-            volume,
-            offset: e.offset,
-            length: e.length,
-            crc: e.payload_crc,
-            tag: (e.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned()),
-        });
+        },
+        offset: e.offset,
+        length: e.length,
+        crc: e.payload_crc,
+        tag,
+    };
+    let mut out = Vec::new();
+    // With `last_only`, every record is read (as a shipper would) but only the last one is
+    // described.
+    let mut last = None;
+    for _ in 0..max {
+        let Some(r) = cons.next_record() else { break };
+        let tag = (r.entry.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned());
+        if last_only {
+            last = Some((r.entry, tag));
+        } else {
+            out.push(describe(&r.entry, tag));
+        }
+    }
+    if let Some((e, tag)) = last {
+        out.push(describe(&e, tag));
     }
     if ack && let Some(last) = out.last() {
         cons.ack(last.seq + 1)
