@@ -675,6 +675,31 @@ impl Vpg {
     }
 }
 
+/// Keeps the journal's next pages mapped ahead of the writers ([`Journal::prefault`]) on a
+/// thread of its own, off the request path, until the VPG stops. It polls: every
+/// millisecond while writes move the head, backing off to every 50 ms when idle.
+fn spawn_prefaulter(vpg: &Vpg) {
+    let journal = vpg.capture.journal().clone();
+    let stop = vpg.stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ferry-prefault".into())
+        .spawn(move || {
+            let mut idle = Duration::from_millis(1);
+            while !stop.is_cancelled() {
+                if journal.prefault() {
+                    idle = Duration::from_millis(1);
+                    continue;
+                }
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(Duration::from_millis(50));
+            }
+        });
+    if let Err(e) = spawned {
+        // Writers fault the pages in themselves: slower, nothing else changes.
+        warn!(vpg = %vpg.record.name, error = %e, "cannot start the journal's prefault thread");
+    }
+}
+
 /// The VPGs of this agent.
 pub struct Vpgs {
     state_dir: PathBuf,
@@ -903,6 +928,7 @@ impl Vpgs {
         });
         tokio::spawn(vpg.clone().run_ticker());
         tokio::spawn(vpg.clone().run_drain());
+        spawn_prefaulter(&vpg);
         vpg
     }
 

@@ -143,6 +143,24 @@ impl Geometry {
         INDEX_START + (index_pos % self.index_slots) * ENTRY_BYTES
     }
 
+    /// File ranges holding data positions `[from, to)`: one, or two where the span wraps
+    /// (the whole data ring at most).
+    pub fn data_ranges(&self, from: u64, to: u64) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let len = to.saturating_sub(from).min(self.data_bytes);
+        let start = if len == self.data_bytes {
+            0
+        } else {
+            from % self.data_bytes
+        };
+        let first = start..(start + len).min(self.data_bytes);
+        let second = 0..(start + len).saturating_sub(self.data_bytes);
+        let base = self.data_start();
+        [first, second]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .map(move |r| (base + r.start) as usize..(base + r.end) as usize)
+    }
+
     /// File offset of the payload at `data_pos`.
     pub fn data_offset(&self, data_pos: u64) -> u64 {
         self.data_start() + data_pos % self.data_bytes
@@ -465,6 +483,30 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn data_ranges_split_where_a_span_wraps() {
+        let g = Geometry {
+            ring_id: 1,
+            index_slots: 64,
+            data_bytes: 16 * BLOCK_BYTES,
+        };
+        let (b, d) = (g.data_start() as usize, g.data_bytes);
+        let ranges = |from, to| g.data_ranges(from, to).collect::<Vec<_>>();
+        assert_eq!(ranges(4096, 4096), vec![], "empty");
+        assert_eq!(ranges(8192, 4096), vec![], "backwards is empty");
+        assert_eq!(ranges(4096, 12288), vec![b + 4096..b + 12288]);
+        // A later lap maps to the same place.
+        assert_eq!(ranges(d + 4096, d + 12288), vec![b + 4096..b + 12288]);
+        // Across the end: the tail of the ring, then its start.
+        assert_eq!(
+            ranges(d - 4096, d + 8192),
+            vec![b + d as usize - 4096..b + d as usize, b..b + 8192]
+        );
+        // A whole lap or more: the whole data ring, once.
+        assert_eq!(ranges(8192, 8192 + d), vec![b..b + d as usize]);
+        assert_eq!(ranges(0, 3 * d), vec![b..b + d as usize]);
     }
 
     #[test]

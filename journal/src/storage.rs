@@ -12,6 +12,15 @@ pub trait RingStorage {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `range` durable (msync for a mapped file).
     fn flush(&mut self, range: Range<usize>) -> io::Result<()>;
+    /// Says that nobody reads `range` again (payloads the consumer acknowledged). A mapped
+    /// file drops those pages, dirty or not, so the kernel never writes them back; they
+    /// read as zeros after, and their blocks stay allocated.
+    fn discard(&mut self, _range: Range<usize>) {}
+    /// The bytes are a file mapping whose first store to a page faults (allocating and
+    /// zeroing it): worth faulting ahead of the writers, see [`crate::Journal::prefault`].
+    fn faults_on_first_store(&self) -> bool {
+        false
+    }
 }
 
 /// A plain in-memory ring, for tests.
@@ -35,7 +44,9 @@ impl RingStorage for MemStorage {
 #[derive(Debug)]
 pub struct MmapStorage {
     map: memmap2::MmapMut,
-    _file: File,
+    file: File,
+    /// The filesystem zeroes ranges (`FALLOC_FL_ZERO_RANGE`); cleared at its first refusal.
+    zero_range: bool,
 }
 
 impl MmapStorage {
@@ -63,7 +74,11 @@ impl MmapStorage {
         // SAFETY: the agent holds its state directory's lock, so no other process of ours
         // maps or truncates this file while the map lives; the file is fully allocated.
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-        Ok(MmapStorage { map, _file: file })
+        Ok(MmapStorage {
+            map,
+            file,
+            zero_range: true,
+        })
     }
 }
 
@@ -76,6 +91,27 @@ impl RingStorage for MmapStorage {
     }
     fn flush(&mut self, range: Range<usize>) -> io::Result<()> {
         self.map.flush_range(range.start, range.len())
+    }
+    /// `FALLOC_FL_ZERO_RANGE`: the pages leave the page cache without being written and the
+    /// extents become unwritten (still allocated, so a later store cannot hit ENOSPC). A
+    /// filesystem without it keeps the pages: they are written back as before.
+    fn discard(&mut self, range: Range<usize>) {
+        use rustix::fs::FallocateFlags as F;
+        if !self.zero_range || range.is_empty() {
+            return;
+        }
+        let r = rustix::fs::fallocate(
+            &self.file,
+            F::ZERO_RANGE | F::KEEP_SIZE,
+            range.start as u64,
+            range.len() as u64,
+        );
+        if r.is_err() {
+            self.zero_range = false;
+        }
+    }
+    fn faults_on_first_store(&self) -> bool {
+        true
     }
 }
 
@@ -161,5 +197,10 @@ impl RingStorage for SimStorage {
         let end = (range.end.div_ceil(SIM_PAGE_BYTES) * SIM_PAGE_BYTES).min(self.volatile.len());
         self.durable[start..end].copy_from_slice(&self.volatile[start..end]);
         Ok(())
+    }
+    /// Zeros in memory; on disk the old bytes stay until a flush, and a crash may leave
+    /// either, or a torn mix (as a real filesystem may before its metadata is durable).
+    fn discard(&mut self, range: Range<usize>) {
+        self.volatile[range].fill(0);
     }
 }
