@@ -256,6 +256,18 @@ impl Export for Volume {
         }
     }
 
+    fn speculative_buffer(&self, len: usize) -> Option<IoBuf> {
+        let (vpg, id) = self.member()?;
+        vpg.speculate(id, len as u64).map(IoBuf::Captured)
+    }
+
+    fn place_buffer(&self, buf: IoBuf, offset: u64, filled: usize) -> IoBuf {
+        match (buf, self.member()) {
+            (IoBuf::Captured(c), Some((vpg, _))) => IoBuf::Captured(vpg.place(c, offset, filled)),
+            (buf, _) => buf,
+        }
+    }
+
     fn copy_once(&self) -> bool {
         self.member().is_some()
     }

@@ -112,6 +112,8 @@ pub struct Inflight {
 struct InflightState {
     next: u64,
     live: BTreeMap<u64, (u32, u64, u64)>,
+    /// The highest ticket whose write has finished (its client may have been answered).
+    done_max: Option<u64>,
 }
 
 /// A write's place among the VPG's writes in flight; leaving it (drop) lets later
@@ -120,11 +122,17 @@ struct InflightState {
 pub struct Ticket {
     inflight: Arc<Inflight>,
     id: u64,
+    /// In `live` (its range is known); a guessed write's ticket is not until placed.
+    placed: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.inflight.lock().live.remove(&self.id);
+        if self.placed {
+            let mut st = self.inflight.lock();
+            st.live.remove(&self.id);
+            st.done_max = st.done_max.max(Some(self.id));
+        }
         if self.inflight.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             self.inflight.changed.notify_waiters();
         }
@@ -149,9 +157,49 @@ impl Inflight {
             Ticket {
                 inflight: self.clone(),
                 id,
+                placed: true,
             },
             t,
         )
+    }
+
+    /// Takes a ticket for a write whose range is not known yet (a guess), with `f` under
+    /// the same lock as [`Inflight::register`]. It joins the writes in flight at
+    /// [`Inflight::place`].
+    fn register_unplaced<T>(self: &Arc<Self>, f: impl FnOnce() -> T) -> (Ticket, T) {
+        let mut st = self.lock();
+        let id = st.next;
+        st.next += 1;
+        let t = f();
+        drop(st);
+        (
+            Ticket {
+                inflight: self.clone(),
+                id,
+                placed: false,
+            },
+            t,
+        )
+    }
+
+    /// Places a guessed write's ticket at its range, if its early place in the order is
+    /// still right: no later write may overlap it while in flight (the datastore would see
+    /// them in the other order) nor have finished (its client may have sent this write
+    /// because of it, so this one must come after it). `false`: take a new ticket.
+    fn place(&self, t: &mut Ticket, volume: u32, offset: u64, len: u64) -> bool {
+        let mut st = self.lock();
+        let end = offset + len.max(1);
+        let later_done = st.done_max.is_some_and(|d| d > t.id);
+        let later_overlaps = st
+            .live
+            .range(t.id + 1..)
+            .any(|(_, &(ov, os, oe))| ov == volume && os < end && offset < oe);
+        if later_done || later_overlaps {
+            return false;
+        }
+        st.live.insert(t.id, (volume, offset, end));
+        t.placed = true;
+        true
     }
 
     /// Waits until `cond` holds over the live writes, re-checking whenever one finishes.
@@ -204,6 +252,7 @@ impl Inflight {
 /// alive). Fields drop in order: the slot settles before the ticket lets others go.
 pub struct Captured {
     pending: Pending<MmapStorage>,
+    volume: u32,
     spare: Option<AlignedBuf>,
     ticket: Ticket,
     vpg: Arc<Vpg>,
@@ -430,10 +479,41 @@ impl Vpg {
         }
         Box::new(Captured {
             pending,
+            volume,
             spare,
             ticket,
             vpg: self.clone(),
         })
+    }
+
+    /// Reserves a record for a write of `len` bytes that may come next on a connection,
+    /// before its header is read (the NBD server guesses, see `ferry_nbd`'s server docs):
+    /// its sequence number is taken now, its range at [`Vpg::place`]. `None` unless
+    /// journaling with room to spare.
+    pub fn speculate(self: &Arc<Self>, volume: u32, len: u64) -> Option<Box<Captured>> {
+        let (ticket, pending) = self.inflight.register_unplaced(|| self.capture.speculate(volume, len));
+        Some(Box::new(Captured {
+            pending: pending?,
+            volume,
+            spare: None,
+            ticket,
+            vpg: self.clone(),
+        }))
+    }
+
+    /// The guessed write came, at `offset`, with `filled` bytes of its payload already in
+    /// `c`. If its early place in the order no longer holds (see `Inflight::place`), the
+    /// write takes a new one, and those bytes are copied to its new record.
+    pub fn place(self: &Arc<Self>, mut c: Box<Captured>, offset: u64, filled: usize) -> Box<Captured> {
+        let len = c.pending.length();
+        if self.inflight.place(&mut c.ticket, c.volume, offset, len) {
+            c.pending.place(offset);
+            return c;
+        }
+        let mut fresh = self.begin(Kind::Write, c.volume, offset, len);
+        let (to, from): (&mut [u8], &[u8]) = ((*fresh).as_mut(), (*c).as_ref());
+        to[..filled].copy_from_slice(&from[..filled]);
+        fresh
     }
 
     /// Makes the journal durable (for an NBD flush; the datastore is synced by the caller).
@@ -1193,5 +1273,57 @@ fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery
             "{} record(s) name a volume this VPG does not have; skipped",
             rep.foreign
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guessed write keeps the place in the order it took early only if no later write
+    /// overlaps it in flight or has finished before the guess was placed.
+    #[test]
+    fn a_guessed_write_is_placed_only_where_its_early_turn_still_holds() {
+        let inflight = Arc::new(Inflight::default());
+        let (mut guessed, ()) = inflight.register_unplaced(|| ());
+        let (later, ()) = inflight.register(1, 8192, 4096, || ());
+        assert!(
+            !inflight.place(&mut guessed, 1, 8192, 4096),
+            "a later write of the same blocks is in flight"
+        );
+        assert!(
+            inflight.place(&mut guessed, 2, 8192, 4096),
+            "the same offset of another volume does not overlap"
+        );
+        drop(guessed);
+
+        let (mut guessed, ()) = inflight.register_unplaced(|| ());
+        assert!(
+            inflight.place(&mut guessed, 1, 0, 4096),
+            "a later write elsewhere, still running"
+        );
+        drop(guessed);
+
+        let (mut guessed, ()) = inflight.register_unplaced(|| ());
+        let (other, ()) = inflight.register(1, 1 << 20, 4096, || ());
+        drop(other);
+        assert!(
+            !inflight.place(&mut guessed, 1, 0, 4096),
+            "a later write has finished: its client may have sent this one because of it"
+        );
+        drop(later);
+        // An unplaced ticket that goes away counts as no write.
+        let (first, ()) = inflight.register_unplaced(|| ());
+        let (mut second, ()) = inflight.register_unplaced(|| ());
+        let done_before = inflight.lock().done_max;
+        drop(first);
+        assert_eq!(inflight.lock().done_max, done_before);
+        assert!(
+            inflight.place(&mut second, 1, 0, 4096),
+            "every finished write came before it, the dropped guess is no write"
+        );
+        assert_eq!(inflight.lock().live.len(), 1);
+        drop(second);
+        assert!(inflight.lock().live.is_empty());
     }
 }

@@ -255,6 +255,24 @@ impl<S: RingStorage> Capture<S> {
         self.maps.values().map(|m| m.dirty_bytes()).sum()
     }
 
+    /// Step 1 for a write whose offset is not known yet (its header has not been read: the
+    /// caller guesses that a write of `length` bytes comes next). Only while journaling and
+    /// only if the journal has room; never switches modes or raises events. The offset is
+    /// set with [`Pending::place`] once known.
+    pub fn speculate(&self, volume: u32, length: u64) -> Option<Pending<S>> {
+        if self.mode() != Mode::Journaling {
+            return None;
+        }
+        let slot = self.journal.reserve(Kind::Write, volume, 0, length).ok()?;
+        Some(Pending {
+            slot: Some(slot),
+            map: self.maps[&volume].clone(),
+            offset: 0,
+            length,
+            started: false,
+        })
+    }
+
     /// Step 1 of the write path for a write, trim or write-zeroes: reserve the record, or
     /// track the write if the journal cannot take it. `volume` must be one of the VPG's.
     pub fn begin(&self, kind: Kind, volume: u32, offset: u64, length: u64) -> Pending<S> {
@@ -465,6 +483,20 @@ impl<S: RingStorage> Pending<S> {
 
     pub fn is_journaled(&self) -> bool {
         self.slot.is_some()
+    }
+
+    /// Bytes the write covers.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// The write of a reservation from [`Capture::speculate`] is at `offset`.
+    pub fn place(&mut self, offset: u64) {
+        assert!(!self.started, "placed before it starts");
+        self.offset = offset;
+        if let Some(s) = &mut self.slot {
+            s.set_offset(offset);
+        }
     }
 
     /// Step 3: right before the datastore I/O. An error flushing the activity log is

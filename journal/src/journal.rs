@@ -220,6 +220,7 @@ impl<S: RingStorage> Journal<S> {
         if st.open.len() as u64 >= OUTSTANDING_MAX {
             return Err(RingError::Full("outstanding reservations"));
         }
+        let head_before = st.heads.head_data;
         let entry = st.heads.reserve(kind, volume, offset, length)?;
         st.open.push_back(Open {
             done: false,
@@ -229,6 +230,7 @@ impl<S: RingStorage> Journal<S> {
         Ok(Slot {
             journal: self.clone(),
             entry,
+            head_before,
             committed: false,
         })
     }
@@ -252,6 +254,19 @@ impl<S: RingStorage> Journal<S> {
         slot.payload_mut().copy_from_slice(payload);
         slot.commit();
         Ok(slot)
+    }
+
+    /// Undoes the newest reservation, if `entry` is it.
+    fn take_back(&self, entry: &Entry, head_before: u64) -> bool {
+        let mut st = self.state();
+        if entry.index_pos + 1 != st.heads.head_index {
+            return false;
+        }
+        st.open.pop_back();
+        st.heads.head_index -= 1;
+        st.heads.next_seq -= 1;
+        st.heads.head_data = head_before;
+        true
     }
 
     fn release(&self, index_pos: u64) {
@@ -363,6 +378,8 @@ impl<S: RingStorage> Journal<S> {
 pub struct Slot<S: RingStorage> {
     journal: Arc<Journal<S>>,
     entry: Entry,
+    /// The data head before this reservation, to take it back (see `Drop`).
+    head_before: u64,
     committed: bool,
 }
 
@@ -410,6 +427,13 @@ impl<S: RingStorage> Slot<S> {
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 
+    /// Sets the volume offset the record is for: a reservation made before its write's
+    /// offset was known (a guess, see the agent's volume docs). Before `commit`.
+    pub fn set_offset(&mut self, offset: u64) {
+        assert!(!self.committed, "a committed record's offset is fixed");
+        self.entry.offset = offset;
+    }
+
     /// Writes the record's entry (with its payload checksum): from now on recovery finds it.
     /// Call it before the datastore write is issued.
     pub fn commit(&mut self) {
@@ -429,7 +453,14 @@ impl<S: RingStorage> Slot<S> {
 }
 
 impl<S: RingStorage> Drop for Slot<S> {
+    /// Releases the slot. Uncommitted, it is taken back if it is still the newest
+    /// reservation (nothing of it was written: its sequence number, index slot and payload
+    /// space go to the next one), else it becomes a void record, so the sequence keeps no
+    /// hole.
     fn drop(&mut self) {
+        if !self.committed && self.journal.take_back(&self.entry, self.head_before) {
+            return;
+        }
         if !self.committed {
             let void = Entry {
                 kind: Kind::Void,
@@ -510,7 +541,8 @@ mod tests {
         let mut a = j.reserve(Kind::Write, 1, 0, 4096).unwrap();
         let mut b = j.reserve(Kind::Write, 1, 4096, 4096).unwrap();
         let c = j.reserve(Kind::Write, 2, 0, 8192).unwrap();
-        assert_eq!((a.seq(), b.seq(), c.seq()), (0, 1, 2));
+        let d = j.reserve(Kind::Write, 2, 0, 4096).unwrap();
+        assert_eq!((a.seq(), b.seq(), c.seq(), d.seq()), (0, 1, 2, 3));
         b.payload_mut().fill(2);
         b.commit();
         drop(b);
@@ -524,6 +556,12 @@ mod tests {
         a.commit();
         drop(a);
         drop(c); // the client went away before its payload arrived
+        // The newest reservation, abandoned, is taken back whole: no void, and its
+        // sequence number, index slot and space go to the next one.
+        drop(d);
+        let again = j.reserve(Kind::Write, 2, 0, 4096).unwrap();
+        assert_eq!(again.seq(), 3);
+        drop(again);
         let r0 = cons.next_record().unwrap();
         assert_eq!((r0.entry.seq, r0.payload[0]), (0, 1));
         let r1 = cons.next_record().unwrap();

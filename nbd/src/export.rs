@@ -119,6 +119,25 @@ pub trait Export: Send + Sync + 'static {
         self.buffer(len)
     }
 
+    /// A buffer for the payload of a WRITE of `len` bytes that may come next, asked for
+    /// before its header is read, so that one read can take several requests with each
+    /// payload landing straight in its buffer (see the server's module docs). `None`: the
+    /// export does not guess (the default). A buffer the guess does not fit is dropped:
+    /// buffers taken together are dropped newest first.
+    fn speculative_buffer(&self, len: usize) -> Option<Self::Buf> {
+        let _ = len;
+        None
+    }
+
+    /// The WRITE at `offset` did come next: ties the buffer from
+    /// [`Export::speculative_buffer`], already holding the first `filled` bytes of the
+    /// payload, to it. Returns the buffer to use (the same one, or another with those
+    /// bytes).
+    fn place_buffer(&self, buf: Self::Buf, offset: u64, filled: usize) -> Self::Buf {
+        let _ = (offset, filled);
+        buf
+    }
+
     /// Whether every WRITE payload must be read from the socket straight into its buffer
     /// (the server then reads each request header on its own, one more read per request,
     /// so no payload byte passes through the request buffer).

@@ -6,8 +6,14 @@
 //! WRITE payload into the export's buffer, and adds the operation to a `FuturesUnordered`.
 //! Large payloads, and every payload of an export that asks for it ([`Export::copy_once`]),
 //! are read straight from the socket into their buffer, together with the next request's
-//! header and nothing more ([`ReadTwo`]: one vectored read per WRITE), so no payload byte
-//! passes through the request buffer; each finished operation's reply goes to one writer
+//! header and nothing more (one vectored read, [`ReadNow`]), so no payload byte passes
+//! through the request buffer. For small writes the reader also guesses that the next
+//! requests are WRITEs of the same length: it asks the export for their buffers
+//! ([`Export::speculative_buffer`]) and reads [payload | header | guessed payload | header
+//! | …] in one go, so a stream of small writes costs one read per batch, not per request.
+//! A guess that was wrong (the header says otherwise) costs a copy of the bytes that
+//! landed in the guessed buffers back into the request buffer, and guessing pauses for a
+//! while; unused buffers are dropped newest first. Each finished operation's reply goes to one writer
 //! task, which sends every reply that is ready in one flush. Replies go out in completion
 //! order. A byte budget per connection (`inflight_bytes_max`) stops the reader while
 //! requests and unsent replies hold too much memory.
@@ -18,6 +24,7 @@
 //!   ones still running are answered with ESHUTDOWN;
 //! - the writer sends every reply, flushes and closes the stream.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -81,23 +88,22 @@ pub enum ConnectionError {
     HandshakeTimeout(Duration),
 }
 
-/// A client connection the server can split into halves, with a read half that fills two
-/// buffers with one read where the transport allows (a WRITE's payload and, after it, only
-/// the next request's header: no payload byte lands in the request buffer, and a stream of
-/// writes costs one read each).
+/// A client connection the server can split into halves, with a read half that reads
+/// into several buffers at once where the transport allows ([`ReadNow`]).
 pub trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    type Reader: ReadTwo;
+    type Reader: ReadNow;
     type Writer: AsyncWrite + Unpin + Send + 'static;
     fn split_connection(self) -> (Self::Reader, Self::Writer);
 }
 
-/// Reads into `first`, then `second`, in one go.
-pub trait ReadTwo: AsyncRead + Unpin + Send + 'static {
-    fn read_two<'a>(
-        &'a mut self,
-        first: &'a mut [u8],
-        second: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+/// A read half that can wait for bytes, then take what is there into several buffers in
+/// one vectored read without waiting.
+pub trait ReadNow: AsyncRead + Unpin + Send + 'static {
+    /// `false`: only [`AsyncRead`] works (in-memory pipes in tests).
+    const VECTORED: bool;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Fills `bufs` in order from what is there now; `WouldBlock` if nothing is.
+    fn try_read_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize>;
 }
 
 macro_rules! socket_connection {
@@ -110,16 +116,13 @@ macro_rules! socket_connection {
             }
         }
 
-        impl ReadTwo for $rd {
-            async fn read_two(&mut self, first: &mut [u8], second: &mut [u8]) -> io::Result<usize> {
-                loop {
-                    self.readable().await?;
-                    let mut bufs = [io::IoSliceMut::new(first), io::IoSliceMut::new(second)];
-                    match self.try_read_vectored(&mut bufs) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        r => return r,
-                    }
-                }
+        impl ReadNow for $rd {
+            const VECTORED: bool = true;
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+                <$rd>::readable(self)
+            }
+            fn try_read_vectored(&self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+                <$rd>::try_read_vectored(self, bufs)
             }
         }
     };
@@ -136,7 +139,7 @@ socket_connection!(
     tokio::net::unix::OwnedWriteHalf
 );
 
-/// In-memory pipes (tests): no vectored read, the second buffer is left alone.
+/// In-memory pipes (tests): no vectored read.
 impl Connection for tokio::io::DuplexStream {
     type Reader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
     type Writer = tokio::io::WriteHalf<tokio::io::DuplexStream>;
@@ -145,9 +148,13 @@ impl Connection for tokio::io::DuplexStream {
     }
 }
 
-impl ReadTwo for tokio::io::ReadHalf<tokio::io::DuplexStream> {
-    async fn read_two(&mut self, first: &mut [u8], _second: &mut [u8]) -> io::Result<usize> {
-        self.read(first).await
+impl ReadNow for tokio::io::ReadHalf<tokio::io::DuplexStream> {
+    const VECTORED: bool = false;
+    async fn readable(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn try_read_vectored(&self, _: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
 
@@ -398,42 +405,196 @@ enum Reading<B> {
     },
 }
 
+/// Replies handed to the writer task after which the reader yields once, so that the writer
+/// sends them (see `transmit`).
+const REPLY_BATCH: usize = 8;
 /// Bytes read from the socket at a time into the request buffer.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// A WRITE payload at least this large is read straight into its buffer: after one, the
 /// reader takes only the next header into the request buffer.
 const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 
+/// What follows the request buffer in the stream after a guessing read (see the module
+/// docs), in order: header bytes, and payloads already in the buffers guessed for them.
+enum Ahead<B> {
+    Header(Vec<u8>),
+    Payload { buf: B, filled: usize },
+}
+
+/// Most buffers guessed for one read.
+const GUESS_DEPTH_MAX: usize = 16;
+/// Requests without guessing after a wrong guess.
+const GUESS_PAUSE_REQUESTS: u32 = 64;
+
+/// The reader's guess about the next requests: WRITEs of `len` bytes, `depth` of them.
+struct Guess {
+    len: usize,
+    depth: usize,
+    pause: u32,
+}
+
+impl Guess {
+    fn new() -> Guess {
+        Guess {
+            len: 0,
+            depth: 1,
+            pause: 0,
+        }
+    }
+
+    /// A request came: a WRITE of `write_len` bytes, or something else (`None`).
+    fn saw(&mut self, write_len: Option<usize>) {
+        self.pause = self.pause.saturating_sub(1);
+        match write_len {
+            Some(l) if l > 0 && l < DIRECT_PAYLOAD_BYTES_MIN => self.len = l,
+            _ => {}
+        }
+    }
+
+    /// The buffers to read the next payloads into, if the export guesses along.
+    fn buffers<E: Export>(&self, export: &E) -> Vec<E::Buf> {
+        if self.len == 0 || self.pause > 0 {
+            return Vec::new();
+        }
+        (0..self.depth)
+            .map_while(|_| export.speculative_buffer(self.len))
+            .collect()
+    }
+
+    /// A read filled `used` of `offered` guessed buffers (or reached them).
+    fn read(&mut self, offered: usize, used: usize) {
+        if offered == 0 {
+            return;
+        }
+        self.depth = if used == offered {
+            (self.depth * 2).min(GUESS_DEPTH_MAX)
+        } else {
+            (used + 1).min(GUESS_DEPTH_MAX)
+        };
+    }
+
+    fn wrong(&mut self) {
+        self.pause = GUESS_PAUSE_REQUESTS;
+        self.depth = 1;
+    }
+}
+
+/// Drops buffers newest first (an export may then take back the newest reservation
+/// instead of leaving a gap).
+fn drop_newest_first<B>(mut bufs: Vec<B>) {
+    while let Some(b) = bufs.pop() {
+        drop(b);
+    }
+}
+
+/// A guess was wrong: every byte read ahead goes into the request buffer, in stream order,
+/// and the guessed buffers are dropped.
+fn spill<B: IoBuffer>(ahead: &mut VecDeque<Ahead<B>>, inbuf: &mut bytes::BytesMut) {
+    let mut bufs = Vec::new();
+    for a in ahead.drain(..) {
+        match a {
+            Ahead::Header(h) => inbuf.extend_from_slice(&h),
+            Ahead::Payload { buf, filled } => {
+                inbuf.extend_from_slice(&buf.as_ref()[..filled]);
+                bufs.push(buf);
+            }
+        }
+    }
+    drop_newest_first(bufs);
+}
+
 /// Reads more of the stream: straight into a WRITE's buffer when nothing is buffered (so a
 /// large payload is copied once, socket to buffer), else into the request buffer. Both
-/// reads are cancel-safe: when another branch of the caller's select wins, nothing is lost.
+/// reads are cancel-safe: when another branch of the caller's select wins, nothing is lost
+/// (guessed buffers are only held during a read that does not wait).
 ///
 /// `header_only` limits a read into the request buffer to one header: used after a large
 /// WRITE, when the next request is likely another one whose payload should not pass
-/// through the request buffer.
-async fn read_more<R: ReadTwo, B: IoBuffer>(
+/// through the request buffer, and for every request of a copy-once export. Then, on a
+/// transport that reads vectored, the read also takes guessed payloads and their headers
+/// (into `ahead`).
+async fn read_more<R: ReadNow, E: Export>(
     rd: &mut R,
-    reading: &mut Reading<B>,
+    reading: &mut Reading<E::Buf>,
     inbuf: &mut bytes::BytesMut,
     header_only: Option<usize>,
+    guess: &mut Guess,
+    ahead: &mut VecDeque<Ahead<E::Buf>>,
+    export: &E,
 ) -> io::Result<usize> {
+    let straight = inbuf.is_empty() && matches!(reading, Reading::Payload { .. } | Reading::Header);
+    if let Some(h) = header_only
+        && straight
+        && R::VECTORED
+    {
+        loop {
+            rd.readable().await?;
+            let mut guessed = guess.buffers(export);
+            let mut heads = [[0u8; 32]; GUESS_DEPTH_MAX + 1];
+            let mut iov = Vec::with_capacity(2 + 2 * guessed.len());
+            let mut room = 0;
+            if let Reading::Payload { req, filled } = reading {
+                let buf = req
+                    .payload
+                    .as_mut()
+                    .expect("a WRITE carries its payload buffer")
+                    .as_mut();
+                room = buf.len() - *filled;
+                iov.push(io::IoSliceMut::new(&mut buf[*filled..]));
+            }
+            let (first, rest) = heads.split_at_mut(1);
+            iov.push(io::IoSliceMut::new(&mut first[0][..h]));
+            for (b, head) in guessed.iter_mut().zip(rest.iter_mut()) {
+                iov.push(io::IoSliceMut::new(b.as_mut()));
+                iov.push(io::IoSliceMut::new(&mut head[..h]));
+            }
+            let got = rd.try_read_vectored(&mut iov);
+            drop(iov);
+            let n = match got {
+                Ok(n) => n,
+                Err(e) => {
+                    drop_newest_first(guessed);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            // Hand out the bytes in stream order.
+            let mut left = n;
+            if let Reading::Payload { filled, .. } = reading {
+                let t = left.min(room);
+                *filled += t;
+                left -= t;
+            }
+            let t = left.min(h);
+            inbuf.extend_from_slice(&heads[0][..t]);
+            left -= t;
+            let offered = guessed.len();
+            let mut used = 0;
+            while used < offered && left > 0 {
+                let buf = guessed.remove(0);
+                let t = left.min(buf.as_ref().len());
+                left -= t;
+                ahead.push_back(Ahead::Payload { buf, filled: t });
+                used += 1;
+                let t = left.min(h);
+                if t > 0 {
+                    ahead.push_back(Ahead::Header(heads[used][..t].to_vec()));
+                    left -= t;
+                }
+            }
+            drop_newest_first(guessed);
+            guess.read(offered, used);
+            return Ok(n);
+        }
+    }
     if let Reading::Payload { req, filled } = reading
         && inbuf.is_empty()
     {
         let buf = req.payload.as_mut().expect("a WRITE carries its payload buffer");
-        let room = buf.as_ref().len() - *filled;
-        let Some(h) = header_only else {
-            let n = rd.read(&mut buf.as_mut()[*filled..]).await?;
-            *filled += n;
-            return Ok(n);
-        };
-        // The rest of the payload and, behind it, at most the next header.
-        let mut next = [0u8; 32];
-        let n = rd.read_two(&mut buf.as_mut()[*filled..], &mut next[..h]).await?;
-        *filled += n.min(room);
-        if n > room {
-            inbuf.extend_from_slice(&next[..n - room]);
-        }
+        let n = rd.read(&mut buf.as_mut()[*filled..]).await?;
+        *filled += n;
         return Ok(n);
     }
     if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
@@ -491,13 +652,31 @@ async fn transmit<E: Export, S: Connection>(
     // The last WRITE was large, or the export wants every payload copied once: read the
     // next header alone (see `read_more`).
     let mut large_writes = copy_once;
+    let mut guess = Guess::new();
+    // Bytes a guessing read took beyond the request buffer (they come after it).
+    let mut ahead: VecDeque<Ahead<E::Buf>> = VecDeque::new();
+    // Replies handed to the writer since the reader last let it run.
+    let mut unsent = 0usize;
     let end = 'serve: loop {
         // Consume what is buffered, as far as the budget allows.
         loop {
             match &mut reading {
                 Reading::Header => {
                     if inbuf.len() < n {
-                        break;
+                        match ahead.pop_front() {
+                            Some(Ahead::Header(h)) => {
+                                inbuf.extend_from_slice(&h);
+                                continue;
+                            }
+                            Some(p) => {
+                                // Not behind a whole header: cannot be its payload.
+                                ahead.push_front(p);
+                                spill(&mut ahead, &mut inbuf);
+                                guess.wrong();
+                                continue;
+                            }
+                            None => break,
+                        }
                     }
                     let req = match decode_request(&inbuf[..n], mode) {
                         Ok(r) => r,
@@ -514,6 +693,30 @@ async fn transmit<E: Export, S: Connection>(
                     };
                     wait_budget = None;
                     inbuf.advance(n);
+                    guess.saw(match &checked {
+                        Checked::Op(Op::Write { len, .. }) => Some(*len as usize),
+                        _ => None,
+                    });
+                    // A payload guessed for this header: kept if the header is a WRITE of
+                    // that length, else its bytes are the stream's next ones.
+                    let mut guessed = None;
+                    if inbuf.is_empty() && matches!(ahead.front(), Some(Ahead::Payload { .. })) {
+                        let fits = match (&checked, ahead.front()) {
+                            (Checked::Op(Op::Write { len, .. }), Some(Ahead::Payload { buf, .. })) => {
+                                buf.as_ref().len() == *len as usize
+                            }
+                            _ => false,
+                        };
+                        if fits {
+                            let Some(Ahead::Payload { buf, filled }) = ahead.pop_front() else {
+                                unreachable!()
+                            };
+                            guessed = Some((buf, filled));
+                        } else {
+                            spill(&mut ahead, &mut inbuf);
+                            guess.wrong();
+                        }
+                    }
                     match checked {
                         Checked::Violation(why) => break 'serve End::Failed(ConnectionError::Violation(why)),
                         Checked::Op(Op::Disc) => break 'serve End::Disconnect,
@@ -536,8 +739,15 @@ async fn transmit<E: Export, S: Connection>(
                             }
                         }
                         Checked::Op(op) => {
-                            let payload = match op {
-                                Op::Write { len, .. } => Some(session.export.write_buffer(req.offset, len as usize)),
+                            let mut filled = 0;
+                            let payload = match (op, guessed) {
+                                (Op::Write { .. }, Some((buf, f))) => {
+                                    filled = f;
+                                    Some(session.export.place_buffer(buf, req.offset, f))
+                                }
+                                (Op::Write { len, .. }, None) => {
+                                    Some(session.export.write_buffer(req.offset, len as usize))
+                                }
                                 _ => None,
                             };
                             let req = InFlight {
@@ -552,7 +762,7 @@ async fn transmit<E: Export, S: Connection>(
                             }
                             large_writes |= copy_once;
                             if matches!(op, Op::Write { len, .. } if len > 0) {
-                                reading = Reading::Payload { req, filled: 0 };
+                                reading = Reading::Payload { req, filled };
                             } else {
                                 inflight.push(run_op(ctx.clone(), req, abandon.clone()));
                             }
@@ -570,7 +780,12 @@ async fn transmit<E: Export, S: Connection>(
                     inbuf.advance(take);
                     *filled += take;
                     if *filled < buf.len() {
-                        break;
+                        if ahead.is_empty() {
+                            break;
+                        }
+                        spill(&mut ahead, &mut inbuf);
+                        guess.wrong();
+                        continue;
                     }
                     let Reading::Payload { req, .. } = std::mem::replace(&mut reading, Reading::Header) else {
                         unreachable!()
@@ -582,7 +797,11 @@ async fn transmit<E: Export, S: Connection>(
                     inbuf.advance(take as usize);
                     *left -= take;
                     if *left > 0 {
-                        break;
+                        if ahead.is_empty() {
+                            break;
+                        }
+                        spill(&mut ahead, &mut inbuf);
+                        continue;
                     }
                     let Reading::Discard { reply, budget, .. } = std::mem::replace(&mut reading, Reading::Header)
                     else {
@@ -606,17 +825,33 @@ async fn transmit<E: Export, S: Connection>(
             inflight.push(run_op(ctx.clone(), req, abandon.clone()));
             continue;
         }
-        let want_bytes = wait_budget.is_none() && inbuf.len() < READ_CHUNK_BYTES;
+        let want_bytes = wait_budget.is_none() && inbuf.len() < READ_CHUNK_BYTES && ahead.is_empty();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break End::Shutdown,
             Some(out) = inflight.next(), if !inflight.is_empty() => {
                 let _ = tx.send(out);
+                // A reader that always finds bytes never waits, and the writer task (woken
+                // on this thread) would not run until it does: replies would pile up while
+                // the client waits for them.
+                unsent += 1;
+                if unsent >= REPLY_BATCH {
+                    unsent = 0;
+                    tokio::task::yield_now().await;
+                }
             }
             p = budget.clone().acquire_many_owned(wait_budget.unwrap_or(0)), if wait_budget.is_some() => {
                 drop(p); // Budget is free again: the header is retried above.
             }
-            r = read_more(&mut rd, &mut reading, &mut inbuf, large_writes.then_some(n)), if want_bytes => match r {
+            r = read_more(
+                &mut rd,
+                &mut reading,
+                &mut inbuf,
+                large_writes.then_some(n),
+                &mut guess,
+                &mut ahead,
+                &*session.export,
+            ), if want_bytes => match r {
                 Ok(0) if matches!(reading, Reading::Header) && inbuf.is_empty() => break End::Eof,
                 Ok(0) => break End::Failed(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
                 Ok(_) => {}
@@ -624,6 +859,13 @@ async fn transmit<E: Export, S: Connection>(
             },
         }
     };
+    let mut left_ahead = Vec::new();
+    for a in ahead.drain(..) {
+        if let Ahead::Payload { buf, .. } = a {
+            left_ahead.push(buf);
+        }
+    }
+    drop_newest_first(left_ahead);
     // Every request read is answered before the connection closes: on DISC, EOF, errors
     // and shutdown alike; at shutdown, those still running after the grace period fail.
     let grace = cfg.shutdown_grace;
