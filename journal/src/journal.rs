@@ -16,7 +16,12 @@
 //! Where a write's bytes are copied (protected site): once, by the kernel, from the client's
 //! socket into the slot's payload in the mapped ring. The datastore write is issued from
 //! that memory (io_uring or `pwritev2`), the checksum is computed over it, and the consumer
-//! reads it in place. Nothing else copies it.
+//! reads it in place. Nothing else copies it. One exception: the NBD server reads small
+//! writes a batch at a time into slots reserved on a guess (the next request is a write of
+//! the same length); when the guess is wrong, the bytes that landed in the guessed slots
+//! are copied back into the server's request buffer, and a write among them is copied
+//! from there into its own slot. A reservation that is dropped uncommitted while it is
+//! still the newest is taken back whole (no void record).
 //!
 //! Page cache, for a mapped file: payloads the consumer acknowledged are dropped from the
 //! page cache unwritten ([`RingStorage::discard`]), so the kernel does not spend disk

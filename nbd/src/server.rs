@@ -423,8 +423,9 @@ enum Ahead<B> {
 
 /// Most buffers guessed for one read.
 const GUESS_DEPTH_MAX: usize = 16;
-/// Requests without guessing after a wrong guess.
-const GUESS_PAUSE_REQUESTS: u32 = 64;
+/// Requests without guessing after a wrong guess (guessing starts again at depth 1, so a
+/// stream where other requests come every few writes still reads most writes in batches).
+const GUESS_PAUSE_REQUESTS: u32 = 8;
 
 /// The reader's guess about the next requests: WRITEs of `len` bytes, `depth` of them.
 struct Guess {
