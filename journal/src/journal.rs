@@ -225,7 +225,6 @@ impl<S: RingStorage> Journal<S> {
         if st.open.len() as u64 >= OUTSTANDING_MAX {
             return Err(RingError::Full("outstanding reservations"));
         }
-        let head_before = st.heads.head_data;
         let entry = st.heads.reserve(kind, volume, offset, length)?;
         st.open.push_back(Open {
             done: false,
@@ -235,7 +234,6 @@ impl<S: RingStorage> Journal<S> {
         Ok(Slot {
             journal: self.clone(),
             entry,
-            head_before,
             committed: false,
         })
     }
@@ -261,8 +259,11 @@ impl<S: RingStorage> Journal<S> {
         Ok(slot)
     }
 
-    /// Undoes the newest reservation, if `entry` is it.
-    fn take_back(&self, entry: &Entry, head_before: u64) -> bool {
+    /// Undoes the newest reservation, if `entry` is it. The data head goes back to where
+    /// its payload starts, not before: where the reservation skipped the end of a lap, an
+    /// acknowledgement may already have moved the acknowledged position to that start
+    /// (it is the first unacknowledged payload), and the head may not fall behind it.
+    fn take_back(&self, entry: &Entry) -> bool {
         let mut st = self.state();
         if entry.index_pos + 1 != st.heads.head_index {
             return false;
@@ -270,7 +271,7 @@ impl<S: RingStorage> Journal<S> {
         st.open.pop_back();
         st.heads.head_index -= 1;
         st.heads.next_seq -= 1;
-        st.heads.head_data = head_before;
+        st.heads.head_data = entry.data_pos;
         true
     }
 
@@ -383,8 +384,6 @@ impl<S: RingStorage> Journal<S> {
 pub struct Slot<S: RingStorage> {
     journal: Arc<Journal<S>>,
     entry: Entry,
-    /// The data head before this reservation, to take it back (see `Drop`).
-    head_before: u64,
     committed: bool,
 }
 
@@ -463,7 +462,7 @@ impl<S: RingStorage> Drop for Slot<S> {
     /// space go to the next one), else it becomes a void record, so the sequence keeps no
     /// hole.
     fn drop(&mut self) {
-        if !self.committed && self.journal.take_back(&self.entry, self.head_before) {
+        if !self.committed && self.journal.take_back(&self.entry) {
             return;
         }
         if !self.committed {
@@ -609,6 +608,31 @@ mod tests {
         cons.ack(3).unwrap();
         let again = j.reserve(Kind::Write, 1, 0, 32768).unwrap();
         assert_eq!(again.seq(), 3);
+    }
+
+    /// Found by the capture property test (an overflow in debug builds): the newest
+    /// reservation skipped the end of a lap, everything before it was acknowledged (so the
+    /// acknowledged position moved to its payload's start), then it was taken back.
+    #[test]
+    fn a_reservation_taken_back_after_a_lap_skip_leaves_the_head_at_the_acked_position() {
+        let g = geometry(); // 64 KiB of data
+        let j = Journal::create(MemStorage(vec![0; g.file_bytes() as usize]), g).unwrap();
+        let mut cons = j.consumer().unwrap();
+        drop(j.append(Kind::Write, 1, 0, 40960, &[1; 40960]).unwrap());
+        while cons.next_record().is_some() {}
+        cons.ack(1).unwrap();
+        // 24 KiB left in this lap: a 32 KiB payload starts at the next lap.
+        let s = j.reserve(Kind::Write, 1, 0, 32768).unwrap();
+        assert_eq!(s.entry.data_pos, 65536);
+        // Acknowledging all that is settled moves the position to the first unsettled
+        // payload: the reserved one's, past the skip.
+        cons.ack(1).unwrap();
+        assert_eq!(superblock(&j).acked_data, 65536);
+        drop(s);
+        let st = j.stats();
+        assert_eq!((st.next_seq, st.data_used_bytes), (1, 0));
+        let again = j.reserve(Kind::Write, 1, 0, 32768).unwrap();
+        assert_eq!((again.seq(), again.entry.data_pos), (1, 65536));
     }
 
     #[test]
