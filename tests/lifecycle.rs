@@ -328,3 +328,31 @@ fn journal_dump_and_check_from_the_command_line() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot read"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pair_writes_a_private_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::scratch_dir("pair");
+    let key = dir.join("site.key");
+    let out = ok(Command::new(FERRY).arg("pair").arg(&key));
+    assert!(
+        out.contains("mode 0600") && out.contains("copy it to the peer"),
+        "{out}"
+    );
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        text.len() == 65 && text.trim().bytes().all(|c| c.is_ascii_hexdigit()),
+        "{text:?}"
+    );
+    assert_eq!(ferry_proto::pairing::read_key(&key).unwrap().len(), 32);
+    // Not replaced by accident.
+    let again = run(Command::new(FERRY).arg("pair").arg(&key));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+    ok(Command::new(FERRY).args(["pair", "--force"]).arg(&key));
+    assert_ne!(std::fs::read_to_string(&key).unwrap(), text);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -45,6 +45,14 @@ enum Command {
     /// Tag a checkpoint.
     #[command(subcommand)]
     Checkpoint(CheckpointCmd),
+    /// Make a pairing key for two agents (copy the file to the peer; no agent needed).
+    Pair {
+        /// Where to write the key (mode 0600).
+        path: PathBuf,
+        /// Replace an existing key file (the peer then needs the new key too).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -251,7 +259,9 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     let c = Client::new(&control);
     let e = |e: ClientError| e.to_string();
     match cmd {
-        Command::Agent(_) | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
+        Command::Agent(_)
+        | Command::Pair { .. }
+        | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
             unreachable!("handled by main")
         }
         Command::Journal(JournalCmd::Tail {
@@ -580,11 +590,27 @@ async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usiz
 }
 
 /// Entry point of the `ferry` binary.
+/// `ferry pair`: a new pairing key in a 0600 file, and what to do with it.
+fn pair(path: &std::path::Path, force: bool) -> Result<(), String> {
+    use ferry_proto::pairing;
+    let key = pairing::new_key().map_err(|e| e.to_string())?;
+    pairing::write_key(path, &key, force).map_err(|e| e.to_string())?;
+    println!(
+        "wrote a new pairing key to {} (mode 0600)\n\
+         copy it to the peer host (e.g. scp {} PEER:/etc/ferry/): both agents need the same key;\n\
+         whoever holds it can replicate to or from this agent: keep it private",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Journal(cmd @ (JournalCmd::Dump { .. } | JournalCmd::Check { .. })) => run_journal(cmd),
+        Command::Pair { path, force } => pair(&path, force),
         cmd => {
             let control = cli
                 .control
