@@ -147,36 +147,29 @@ impl Inflight {
     /// Takes a ticket and, under the same lock, does `f` (which takes the journal's
     /// sequence number): ticket order and sequence order agree.
     fn register<T>(self: &Arc<Self>, volume: u32, offset: u64, len: u64, f: impl FnOnce() -> T) -> (Ticket, T) {
-        let mut st = self.lock();
-        let id = st.next;
-        st.next += 1;
-        st.live.insert(id, (volume, offset, offset + len.max(1)));
-        let t = f();
-        drop(st);
-        (
-            Ticket {
-                inflight: self.clone(),
-                id,
-                placed: true,
-            },
-            t,
-        )
+        self.take(Some((volume, offset, offset + len.max(1))), f)
     }
 
-    /// Takes a ticket for a write whose range is not known yet (a guess), with `f` under
-    /// the same lock as [`Inflight::register`]. It joins the writes in flight at
-    /// [`Inflight::place`].
+    /// Takes a ticket for a write whose range is not known yet (a guess), with `f` as in
+    /// [`Inflight::register`]. It joins the writes in flight at [`Inflight::place`].
     fn register_unplaced<T>(self: &Arc<Self>, f: impl FnOnce() -> T) -> (Ticket, T) {
+        self.take(None, f)
+    }
+
+    fn take<T>(self: &Arc<Self>, range: Option<(u32, u64, u64)>, f: impl FnOnce() -> T) -> (Ticket, T) {
         let mut st = self.lock();
         let id = st.next;
         st.next += 1;
+        if let Some(r) = range {
+            st.live.insert(id, r);
+        }
         let t = f();
         drop(st);
         (
             Ticket {
                 inflight: self.clone(),
                 id,
-                placed: false,
+                placed: range.is_some(),
             },
             t,
         )
