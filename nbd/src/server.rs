@@ -860,13 +860,8 @@ async fn transmit<E: Export, S: Connection>(
             },
         }
     };
-    let mut left_ahead = Vec::new();
-    for a in ahead.drain(..) {
-        if let Ahead::Payload { buf, .. } = a {
-            left_ahead.push(buf);
-        }
-    }
-    drop_newest_first(left_ahead);
+    // Guessed buffers still ahead when the connection ends go newest first too.
+    drop_newest_first(ahead.into_iter().collect());
     // Every request read is answered before the connection closes: on DISC, EOF, errors
     // and shutdown alike; at shutdown, those still running after the grace period fail.
     let grace = cfg.shutdown_grace;
