@@ -11,6 +11,8 @@ use std::hint::black_box;
 fn bench(c: &mut Criterion) {
     let key = [3u8; 32];
     let h = BatchHeader {
+        kind: ferry_proto::batch::FrameKind::Batch,
+        flags: 0,
         vpg: 1,
         epoch: 1,
         batch_seq: 0,

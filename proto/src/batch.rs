@@ -3,11 +3,17 @@
 //! Format v1, a fixed 48-byte header and a sealed body (integers little-endian):
 //!
 //! ```text
-//!  0 magic u32 = "FYB1"    4 version u8 = 1    5 kind u8 = 1 (batch)    6 flags u16 = 0
+//!  0 magic u32 = "FYB1"    4 version u8 = 1    5 kind u8    6 flags u16
 //!  8 vpg u64              16 epoch u64        24 batch_seq u64
 //! 32 first_seq u64        40 record_count u32 44 body_bytes u32
-//! 48 body: AES-256-GCM ciphertext of the records, then its 16-byte tag (in body_bytes)
+//! 48 body: AES-256-GCM ciphertext of the plaintext, then its 16-byte tag (in body_bytes)
 //! ```
+//!
+//! Kinds: 1, a batch of journal records (plaintext: [`crate::records`]; `first_seq` and
+//! `record_count` give the range of sequence numbers it covers, voids included though not
+//! carried); 2, a control message ([`crate::message`]; the range fields are zero). Flags:
+//! bit 0, the plaintext is zstd-compressed (batches only); other bits are refused.
+//! Every frame of a session, whatever its kind, takes the next nonce of its direction.
 //!
 //! The whole header is the associated data, so the VPG, its epoch, the batch's sequence
 //! number and the range of records it carries are bound to the ciphertext: a changed header
@@ -25,7 +31,9 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FYB1");
 pub const VERSION: u8 = 1;
-pub const KIND_BATCH: u8 = 1;
+/// Header flag: the plaintext is zstd-compressed.
+pub const FLAG_ZSTD: u16 = 1;
+const FLAGS_KNOWN: u16 = FLAG_ZSTD;
 pub const HEADER_BYTES: usize = 48;
 pub const TAG_BYTES: usize = 16;
 /// Largest body a frame may carry (records and tag).
@@ -40,9 +48,18 @@ pub enum Direction {
     ToProtected = 2,
 }
 
-/// The header of a batch frame (see the module docs).
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Batch = 1,
+    Control = 2,
+}
+
+/// The header of a frame (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchHeader {
+    pub kind: FrameKind,
+    pub flags: u16,
     pub vpg: u64,
     pub epoch: u64,
     pub batch_seq: u64,
@@ -79,7 +96,8 @@ impl BatchHeader {
         let mut h = [0u8; HEADER_BYTES];
         h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4] = VERSION;
-        h[5] = KIND_BATCH;
+        h[5] = self.kind as u8;
+        h[6..8].copy_from_slice(&self.flags.to_le_bytes());
         h[8..16].copy_from_slice(&self.vpg.to_le_bytes());
         h[16..24].copy_from_slice(&self.epoch.to_le_bytes());
         h[24..32].copy_from_slice(&self.batch_seq.to_le_bytes());
@@ -105,11 +123,14 @@ impl BatchHeader {
         if h[4] != VERSION {
             return Err(BatchError::Version(h[4]));
         }
-        if h[5] != KIND_BATCH {
-            return Err(BatchError::Kind(h[5]));
-        }
+        let kind = match h[5] {
+            1 => FrameKind::Batch,
+            2 => FrameKind::Control,
+            k => return Err(BatchError::Kind(k)),
+        };
         let flags = u16::from_le_bytes([h[6], h[7]]);
-        if flags != 0 {
+        let allowed = if kind == FrameKind::Batch { FLAGS_KNOWN } else { 0 };
+        if flags & !allowed != 0 {
             return Err(BatchError::Reserved(flags));
         }
         let body = u32_at(44);
@@ -118,6 +139,8 @@ impl BatchHeader {
         }
         Ok((
             BatchHeader {
+                kind,
+                flags,
                 vpg: u64_at(8),
                 epoch: u64_at(16),
                 batch_seq: u64_at(24),
@@ -267,6 +290,8 @@ mod tests {
 
     fn header(batch_seq: u64) -> BatchHeader {
         BatchHeader {
+            kind: FrameKind::Batch,
+            flags: 0,
             vpg: 0x0102_0304_0506_0708,
             epoch: 3,
             batch_seq,
@@ -349,7 +374,17 @@ mod tests {
         assert!(matches!(with(0, b'X'), Err(BatchError::Magic(_))));
         assert_eq!(with(4, 2), Err(BatchError::Version(2)));
         assert_eq!(with(5, 9), Err(BatchError::Kind(9)));
-        assert_eq!(with(6, 1), Err(BatchError::Reserved(1)));
+        assert_eq!(with(6, 2), Err(BatchError::Reserved(2)));
+        assert_eq!(with(6, 1).map(|(h, _)| h.flags), Ok(FLAG_ZSTD));
+        let control = BatchHeader {
+            kind: FrameKind::Control,
+            flags: 0,
+            ..header(0)
+        };
+        let mut compressed_control = control.encode(64);
+        compressed_control[6] = 1;
+        assert_eq!(BatchHeader::decode(&compressed_control), Err(BatchError::Reserved(1)));
+        assert_eq!(BatchHeader::decode(&control.encode(64)), Ok((control, 64)));
         assert_eq!(
             BatchHeader::decode(&header(1).encode(15)),
             Err(BatchError::BodySize(15))

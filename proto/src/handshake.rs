@@ -198,6 +198,8 @@ mod tests {
         assert_ne!(ours.initiator_to_responder, ours.responder_to_initiator);
         // A batch sealed by one side opens on the other.
         let h = BatchHeader {
+            kind: crate::batch::FrameKind::Batch,
+            flags: 0,
             vpg: 1,
             epoch: 1,
             batch_seq: 0,
