@@ -43,7 +43,7 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   else
     fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
   fi
-  for target in nbd_options nbd_requests nbd_stream journal_format journal_recovery dirty_map proto_batch proto_handshake proto_payload; do
+  for target in nbd_options nbd_requests nbd_stream journal_format journal_recovery dirty_map proto_batch proto_handshake proto_payload history_segment; do
     echo "== fuzz $target for ${fuzz_seconds}s"
     mkdir -p "fuzz/corpus/$target"
     (cd fuzz && "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- \

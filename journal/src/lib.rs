@@ -8,11 +8,13 @@
 //! - [`dirty`]: per-volume dirty bits and activity log.
 //! - [`capture`]: the write path's order and the recovery rules, with the power-loss
 //!   property test.
+//! - [`history`]: the recovery site's history segments (whole batches, end marks, scan).
 //! - [`storage`]: memory, mapped file, or simulated (crash by seed) storage.
 
 pub mod capture;
 pub mod dirty;
 pub mod format;
+pub mod history;
 pub mod journal;
 pub mod ring;
 pub mod storage;
