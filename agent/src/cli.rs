@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
-use crate::control::{AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ReadJournal, TagCheckpoint};
+use crate::control::{AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ExportCheckpoint, ReadJournal, TagCheckpoint};
+use crate::exports::CheckpointExport;
+use crate::replica::ReplicaStatus;
 use crate::size::{human, parse_size};
 use crate::volume::VolumeStatus;
-use crate::vpg::{CheckpointInfo, TailRecord, VpgStatus};
+use crate::vpg::{CheckpointInfo, ProtectArgs, TailRecord, VpgStatus};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
@@ -42,9 +44,12 @@ enum Command {
     /// Create, list, show and delete VPGs (virtual protection groups).
     #[command(subcommand)]
     Vpg(VpgCmd),
-    /// Tag a checkpoint.
+    /// Tag, list and export checkpoints.
     #[command(subcommand)]
     Checkpoint(CheckpointCmd),
+    /// Replicas held for peers (on the recovery site).
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
     /// Make a pairing key for two agents (copy the file to the peer; no agent needed).
     Pair {
         /// Where to write the key (mode 0600).
@@ -55,6 +60,8 @@ enum Command {
     },
 }
 
+// One value per run of the CLI: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum VpgCmd {
     /// Group volumes into a VPG: from now on their writes are captured into its journal.
@@ -66,7 +73,32 @@ enum VpgCmd {
         /// Journal ring size, e.g. 1G (default: the agent's journal.size).
         #[arg(long)]
         journal_size: Option<String>,
+        /// Replicate to the recovery-site agent at HOST:PORT (its replication address).
+        #[arg(long, requires = "peer_key")]
+        peer: Option<String>,
+        /// The pairing key file shared with that agent (`ferry pair`).
+        #[arg(long)]
+        peer_key: Option<PathBuf>,
+        /// The recovery site's datastore for the replica (default: its first).
+        #[arg(long, requires = "peer")]
+        recovery_datastore: Option<String>,
+        /// Share of the link under congestion: high, medium or low.
+        #[arg(long, requires = "peer")]
+        priority: Option<String>,
+        /// RPO alert threshold, e.g. 30s, 5m (default 5m).
+        #[arg(long, requires = "peer")]
+        rpo: Option<String>,
+        /// History kept at the recovery site, e.g. 1h, 1d (default 1h).
+        #[arg(long, requires = "peer")]
+        history: Option<String>,
+        /// History hard limit at the recovery site, e.g. 100G (default 16G).
+        #[arg(long, requires = "peer")]
+        history_max_bytes: Option<String>,
     },
+    /// Stop shipping a protected VPG (capture goes on; a full journal turns to dirty tracking).
+    Pause { name: String },
+    /// Ship a paused VPG again.
+    Resume { name: String },
     /// List VPGs.
     List {
         #[arg(long)]
@@ -84,8 +116,43 @@ enum VpgCmd {
 
 #[derive(Subcommand, Debug)]
 enum CheckpointCmd {
-    /// Add a checkpoint with a name to a VPG's stream, now.
+    /// Add a checkpoint with a name to a VPG's stream, now (on the protected site; the tag
+    /// travels to the recovery site in the stream).
     Tag { vpg: String, tag: String },
+    /// List a VPG's checkpoints: on the recovery site, those its history holds.
+    List {
+        vpg: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve every volume of a replica as it was at a checkpoint, read-only over NBD (on
+    /// the recovery site); prints the NBD URIs.
+    Export {
+        vpg: String,
+        /// A sequence number, a tag, or latest.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+    },
+    /// Stop serving a replica's checkpoint exports (open connections keep theirs).
+    Unexport { vpg: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// The replicas this agent holds as a recovery site.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One replica: history, checkpoints, events.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a replica, its history and images (deleting the VPG on the protected site
+    /// does this when the sites are connected).
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +208,12 @@ struct AgentArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     log_level: String,
+    /// Accept peers as a recovery site on HOST:PORT (replication.listen).
+    #[arg(long)]
+    replication_listen: Option<String>,
+    /// A pairing key file whose holder may replicate here (repeat for more peers).
+    #[arg(long = "pairing-key")]
+    pairing_keys: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +286,13 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     if cfg.state_dir.is_relative() {
         cfg.state_dir = std::env::current_dir().map_err(|e| e.to_string())?.join(&cfg.state_dir);
     }
+    if let Some(l) = args.replication_listen {
+        cfg.replication.listen = l;
+    }
+    for k in args.pairing_keys {
+        let k = std::path::absolute(&k).map_err(|e| format!("{}: {e}", k.display()))?;
+        cfg.replication.pairing_keys.push(k);
+    }
     runtime(cfg.worker_threads()).block_on(async {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
@@ -226,6 +306,110 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
         });
         crate::daemon::run(cfg, shutdown).await.map_err(|e| e.to_string())
     })
+}
+
+async fn pause(c: &Client, name: &str, paused: bool) -> Result<(), String> {
+    let verb = if paused { "pause" } else { "resume" };
+    let v: VpgStatus = c
+        .call(Method::POST, &format!("/v1/vpgs/{name}/{verb}"), None::<&()>)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("empty answer")?;
+    println!("VPG {}: {verb}d (state {})", v.name, v.state);
+    Ok(())
+}
+
+/// "30s", "5m", "1h", "2d", or plain seconds.
+fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 1h or 2d"))?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn rate(bps: f64) -> String {
+    format!("{}/s", human(bps as u64))
+}
+
+fn print_status_vpgs(s: &AgentStatus) {
+    if s.vpgs.is_empty() {
+        println!("VPGs: none");
+    } else {
+        println!("VPGs: {}", s.vpgs.len());
+        for v in &s.vpgs {
+            let mut line = format!("  {}: {}", v.name, v.state);
+            if let Some((done, total)) = v.initial {
+                line += &format!(
+                    ", initial sync {} of {} ({:.0}%)",
+                    human(done),
+                    human(total),
+                    done as f64 * 100.0 / total.max(1) as f64
+                );
+            }
+            if let (Some(rpo), Some(target)) = (v.rpo_s, v.rpo_target_s) {
+                line += &format!(", RPO {rpo:.1} s (target {target} s)");
+            }
+            line += &format!(", journal {:.1}% full", v.journal_fill_percent);
+            if v.dirty_bytes > 0 {
+                line += &format!(", {} dirty", human(v.dirty_bytes));
+            }
+            if let Some(t) = v.throughput_bytes_per_s {
+                line += &format!(", {}", rate(t));
+            }
+            println!("{line}");
+            if let (Some(peer), Some(link)) = (&v.peer, &v.link) {
+                println!(
+                    "      to {peer} (priority {}): {link}",
+                    v.priority.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    for l in &s.links {
+        println!(
+            "link to {}: {} ({} sent, {} received, {} connection(s); VPGs {})",
+            l.peer,
+            l.state,
+            human(l.sent_bytes),
+            human(l.received_bytes),
+            l.connects,
+            l.vpgs.join(", ")
+        );
+    }
+    if !s.replicas.is_empty() {
+        println!("replicas held here: {}", s.replicas.len());
+        for r in &s.replicas {
+            print_replica_line(r);
+        }
+    }
+}
+
+fn print_replica_line(r: &ReplicaStatus) {
+    let now = crate::replica::now_ms_pub();
+    let span = r.oldest_point_ms.map_or(0, |o| now.saturating_sub(o) / 1000);
+    let last = match r.last_received_ms {
+        0 => "nothing received yet".to_string(),
+        t => format!("last batch {:.1} s ago", now.saturating_sub(t) as f64 / 1000.0),
+    };
+    println!(
+        "  {}: durable to seq {}, history {} of {} ({} s, window {} s), {} checkpoint(s), {last}",
+        r.name,
+        r.durable_seq,
+        human(r.history_bytes),
+        human(r.history_bytes_max),
+        span,
+        r.history_secs,
+        r.checkpoints.len()
+    );
 }
 
 fn print_volumes(vols: &[VolumeStatus]) {
@@ -275,11 +459,32 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             name,
             volumes,
             journal_size,
+            peer,
+            peer_key,
+            recovery_datastore,
+            priority,
+            rpo,
+            history,
+            history_max_bytes,
         }) => {
+            let protect = match (peer, peer_key) {
+                (Some(peer), Some(key)) => Some(ProtectArgs {
+                    peer,
+                    pairing_key: std::path::absolute(&key).map_err(|err| format!("{}: {err}", key.display()))?,
+                    recovery_datastore,
+                    priority,
+                    rpo_s: rpo.as_deref().map(parse_duration_s).transpose()?,
+                    history_s: history.as_deref().map(parse_duration_s).transpose()?,
+                    history_bytes_max: history_max_bytes.as_deref().map(parse_size).transpose()?,
+                }),
+                (None, None) => None,
+                _ => return Err("--peer and --peer-key go together".into()),
+            };
             let body = CreateVpg {
                 name,
                 volumes,
                 journal_bytes: journal_size.as_deref().map(parse_size).transpose()?,
+                protect,
             };
             let v: VpgStatus = c
                 .call(Method::POST, "/v1/vpgs", Some(&body))
@@ -293,6 +498,122 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 names.join(", "),
                 human(v.journal.size_bytes)
             );
+            if let Some(p) = &v.protection {
+                println!(
+                    "replicating to {} (priority {}); initial sync of {} under way: `ferry vpg show {}` shows its progress",
+                    p.settings.peer,
+                    p.settings.priority.name(),
+                    human(p.initial_total_bytes),
+                    v.name
+                );
+            }
+        }
+        Command::Vpg(VpgCmd::Pause { name }) => pause(&c, &name, true).await?,
+        Command::Vpg(VpgCmd::Resume { name }) => pause(&c, &name, false).await?,
+        Command::Checkpoint(CheckpointCmd::List { vpg, json }) => {
+            let cps: Vec<CheckpointInfo> = c
+                .call(Method::GET, &format!("/v1/checkpoints/{vpg}"), None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cps).expect("serialises"));
+            } else if cps.is_empty() {
+                println!("VPG {vpg} has no checkpoints yet");
+            } else {
+                println!("{:>12}  {:<27} TAG", "SEQ", "TIME");
+                for cp in &cps {
+                    println!("{:>12}  {:<27} {}", cp.seq, utc(cp.unix_ms), cp.tag);
+                }
+            }
+        }
+        Command::Checkpoint(CheckpointCmd::Export { vpg, checkpoint }) => {
+            let x: CheckpointExport = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/replicas/{vpg}/exports"),
+                    Some(&ExportCheckpoint { checkpoint }),
+                )
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let s: AgentStatus = c
+                .call(Method::GET, "/v1/status", None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let cp = &x.checkpoint;
+            println!(
+                "VPG {} at checkpoint {} ({}{}), read-only:",
+                x.vpg,
+                cp.seq,
+                utc(cp.unix_ms),
+                if cp.tag.is_empty() {
+                    String::new()
+                } else {
+                    format!(", tag {:?}", cp.tag)
+                }
+            );
+            for (vol, name) in &x.exports {
+                let uri = match s.nbd_listen.iter().find(|l| l.starts_with("nbd://")) {
+                    Some(l) => format!("{l}/{name}"),
+                    None => format!("nbd+unix:///{name}?socket={}", s.state_dir.join("nbd.sock").display()),
+                };
+                println!("  {vol}: {uri}");
+            }
+        }
+        Command::Checkpoint(CheckpointCmd::Unexport { vpg }) => {
+            let n: usize = c
+                .call(Method::DELETE, &format!("/v1/replicas/{vpg}/exports"), None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or(0);
+            println!("{n} checkpoint export(s) of {vpg} ended");
+        }
+        Command::Replica(ReplicaCmd::List { json }) => {
+            let rs: Vec<ReplicaStatus> = c
+                .call(Method::GET, "/v1/replicas", None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rs).expect("serialises"));
+            } else if rs.is_empty() {
+                println!("no replicas here; a protected site's `ferry vpg create --peer` makes one");
+            } else {
+                for r in &rs {
+                    print_replica_line(r);
+                }
+            }
+        }
+        Command::Replica(ReplicaCmd::Show { name, json }) => {
+            let r: ReplicaStatus = c
+                .call(Method::GET, &format!("/v1/replicas/{name}"), None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
+            } else {
+                print_replica_line(&r);
+                println!("  directory: {}", r.dir.display());
+                println!("  volumes: {}", r.volumes.join(", "));
+                println!("  replica holds records below seq {}", r.applied_seq);
+                println!("  checkpoints: {}", r.checkpoints.len());
+                for cp in r.checkpoints.iter().rev().take(10) {
+                    println!("    {:>10}  {}  {}", cp.seq, utc(cp.unix_ms), cp.tag);
+                }
+                println!("  events:");
+                for ev in r.events.iter().rev().take(20) {
+                    println!("    {}  {}", utc(ev.unix_ms), ev.message);
+                }
+            }
+        }
+        Command::Replica(ReplicaCmd::Delete { name }) => {
+            c.call::<serde_json::Value>(Method::DELETE, &format!("/v1/replicas/{name}"), None::<&()>)
+                .await
+                .map_err(e)?;
+            println!("deleted replica {name}, its history and images");
         }
         Command::Vpg(VpgCmd::List { json }) => {
             let vpgs: Vec<VpgStatus> = c
@@ -347,16 +668,11 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             for l in &s.nbd_listen {
                 println!("NBD: {l}");
             }
-            println!("volumes: {}", s.volumes);
-            match s.vpgs.len() {
-                0 => println!("VPGs: none"),
-                n => {
-                    println!("VPGs: {n}");
-                    for v in &s.vpgs {
-                        println!("  {v}");
-                    }
-                }
+            if let Some(l) = &s.replication_listen {
+                println!("replication: accepting peers on {l}");
             }
+            println!("volumes: {}", s.volumes);
+            print_status_vpgs(&s);
         }
         Command::Volume(VolumeCmd::Create {
             name,

@@ -28,6 +28,88 @@ pub struct AgentConfig {
     pub io: IoConfig,
     #[serde(default)]
     pub journal: JournalConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// Site-to-site replication (`[replication]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Where this agent, as a recovery site, accepts its peers (e.g. "0.0.0.0:10810");
+    /// empty: it accepts none. `ferry agent --replication-listen` sets it too.
+    #[serde(default)]
+    pub listen: String,
+    /// Pairing key files (from `ferry pair`) whose holders may replicate to this agent.
+    #[serde(default)]
+    pub pairing_keys: Vec<PathBuf>,
+    /// zstd level for batches, 1 (fast) to 19; 0 sends them uncompressed.
+    #[serde(default = "default_compression")]
+    pub compression_level: i32,
+    /// Bytes of records per batch.
+    #[serde(default = "default_batch")]
+    pub batch_bytes: String,
+    /// Bytes sent and not yet acknowledged, per link.
+    #[serde(default = "default_window")]
+    pub window_bytes: String,
+    /// Cap on everything a link sends, in bytes per second ("100M"); "0": none.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: String,
+    /// Bandwidth shares of high, medium and low priority VPGs under congestion.
+    #[serde(default = "default_weights")]
+    pub priority_weights: [u32; 3],
+}
+
+fn default_compression() -> i32 {
+    1
+}
+fn default_batch() -> String {
+    "4M".into()
+}
+fn default_window() -> String {
+    "64M".into()
+}
+fn default_bandwidth() -> String {
+    "0".into()
+}
+fn default_weights() -> [u32; 3] {
+    [4, 2, 1]
+}
+
+/// [`ReplicationConfig`] with its sizes parsed.
+#[derive(Clone, Debug)]
+pub struct Replication {
+    pub compression_level: i32,
+    pub batch_bytes: usize,
+    pub window_bytes: usize,
+    pub bandwidth: u64,
+    pub weights: [u32; 3],
+}
+
+impl ReplicationConfig {
+    pub fn parsed(&self) -> Result<Replication, String> {
+        let size = |what: &str, v: &str| crate::size::parse_size(v).map_err(|e| format!("replication.{what}: {e}"));
+        let r = Replication {
+            compression_level: self.compression_level,
+            batch_bytes: size("batch_bytes", &self.batch_bytes)? as usize,
+            window_bytes: size("window_bytes", &self.window_bytes)? as usize,
+            bandwidth: size("bandwidth", &self.bandwidth)?,
+            weights: self.priority_weights,
+        };
+        if !(0..=19).contains(&r.compression_level) {
+            return Err("replication.compression_level must be from 0 to 19".into());
+        }
+        if !(64 << 10..=32 << 20).contains(&r.batch_bytes) {
+            return Err("replication.batch_bytes must be from 64K to 32M".into());
+        }
+        if r.window_bytes < r.batch_bytes {
+            return Err("replication.window_bytes must be at least replication.batch_bytes".into());
+        }
+        if r.weights.contains(&0) {
+            return Err("replication.priority_weights must all be at least 1".into());
+        }
+        Ok(r)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -206,7 +288,14 @@ macro_rules! defaults {
         }
     )*};
 }
-defaults!(NbdConfig, ControlConfig, LimitsConfig, IoConfig, JournalConfig);
+defaults!(
+    NbdConfig,
+    ControlConfig,
+    LimitsConfig,
+    IoConfig,
+    JournalConfig,
+    ReplicationConfig
+);
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -245,6 +334,7 @@ impl AgentConfig {
             return Err("io.uring_entries must be from 4 to 4096".into());
         }
         self.journal.capture()?;
+        self.replication.parsed()?;
         let mut names: Vec<&str> = self.datastores.iter().map(|d| d.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {

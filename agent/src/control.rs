@@ -26,14 +26,62 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
+use crate::exports::{CheckpointExport, Exports};
+use crate::replica::ReplicaStatus;
+use crate::shipper::{LinkStatus, Shipping};
 use crate::volume::{VolumeStatus, Volumes};
-use crate::vpg::{CheckpointInfo, TailRecord, VpgStatus, Vpgs};
+use crate::vpg::{CheckpointInfo, ProtectArgs, TailRecord, VpgStatus, Vpgs};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateVpg {
     pub name: String,
     pub volumes: Vec<String>,
     pub journal_bytes: Option<u64>,
+    /// Replicate to a recovery site.
+    #[serde(default)]
+    pub protect: Option<ProtectArgs>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExportCheckpoint {
+    /// A sequence number, a tag, or "latest".
+    pub checkpoint: String,
+}
+
+/// One VPG in `ferry status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgSummary {
+    pub name: String,
+    pub state: String,
+    pub peer: Option<String>,
+    pub priority: Option<String>,
+    pub rpo_s: Option<f64>,
+    pub rpo_target_s: Option<u64>,
+    pub journal_fill_percent: f64,
+    pub dirty_bytes: u64,
+    pub link: Option<String>,
+    pub throughput_bytes_per_s: Option<f64>,
+    /// While initializing: (bytes read, bytes in all).
+    pub initial: Option<(u64, u64)>,
+}
+
+impl VpgSummary {
+    pub fn of(v: &VpgStatus) -> VpgSummary {
+        let p = v.protection.as_ref();
+        VpgSummary {
+            name: v.name.clone(),
+            state: v.state.clone(),
+            peer: p.map(|p| p.settings.peer.clone()),
+            priority: p.map(|p| p.settings.priority.name().to_string()),
+            rpo_s: p.map(|p| p.rpo_s),
+            rpo_target_s: p.map(|p| p.settings.rpo_s),
+            journal_fill_percent: v.journal.fill_percent,
+            dirty_bytes: v.volumes.iter().map(|x| x.dirty_bytes).sum(),
+            link: p.map(|p| p.ship.error.clone().unwrap_or_else(|| p.ship.link.clone())),
+            throughput_bytes_per_s: p.map(|p| p.ship.rate_bytes_per_s),
+            initial: p.and_then(|p| p.initial_done_bytes.map(|d| (d, p.initial_total_bytes))),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,10 +124,17 @@ pub struct AgentStatus {
     pub state_dir: PathBuf,
     pub io_engine: String,
     pub nbd_listen: Vec<String>,
-    pub volumes: usize,
-    /// Each VPG as "NAME: state".
+    /// Where this agent accepts its peers as a recovery site, if it does.
     #[serde(default)]
-    pub vpgs: Vec<String>,
+    pub replication_listen: Option<String>,
+    pub volumes: usize,
+    #[serde(default)]
+    pub vpgs: Vec<VpgSummary>,
+    #[serde(default)]
+    pub links: Vec<LinkStatus>,
+    /// Replicas held here for peers.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +173,8 @@ impl IntoResponse for ApiError {
 struct Api {
     volumes: Arc<Volumes>,
     vpgs: Arc<Vpgs>,
+    exports: Arc<Exports>,
+    shipping: Arc<Shipping>,
     status: AgentStatus,
 }
 
@@ -127,7 +184,13 @@ struct DeleteQuery {
     force: bool,
 }
 
-pub fn router(volumes: Arc<Volumes>, vpgs: Arc<Vpgs>, status: AgentStatus) -> Router {
+pub fn router(
+    volumes: Arc<Volumes>,
+    vpgs: Arc<Vpgs>,
+    exports: Arc<Exports>,
+    shipping: Arc<Shipping>,
+    status: AgentStatus,
+) -> Router {
     Router::new()
         .route("/v1/status", get(status_h))
         .route("/v1/volumes", get(list_h).post(create_h))
@@ -137,7 +200,20 @@ pub fn router(volumes: Arc<Volumes>, vpgs: Arc<Vpgs>, status: AgentStatus) -> Ro
         .route("/v1/vpgs/{name}", get(vpg_show_h).delete(vpg_delete_h))
         .route("/v1/vpgs/{name}/checkpoints", post(checkpoint_h))
         .route("/v1/vpgs/{name}/journal/read", post(journal_read_h))
-        .with_state(Api { volumes, vpgs, status })
+        .route("/v1/vpgs/{name}/pause", post(pause_h))
+        .route("/v1/vpgs/{name}/resume", post(resume_h))
+        .route("/v1/checkpoints/{name}", get(checkpoint_list_h))
+        .route("/v1/replicas", get(replica_list_h))
+        .route("/v1/replicas/{name}", get(replica_show_h).delete(replica_delete_h))
+        .route("/v1/replicas/{name}/exports", post(export_h).delete(unexport_h))
+        .route("/v1/exports", get(export_list_h))
+        .with_state(Api {
+            volumes,
+            vpgs,
+            exports,
+            shipping,
+            status,
+        })
 }
 
 async fn vpg_list_h(State(api): State<Api>) -> Json<Vec<VpgStatus>> {
@@ -148,7 +224,10 @@ async fn vpg_create_h(
     State(api): State<Api>,
     Json(req): Json<CreateVpg>,
 ) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
-    let v = api.vpgs.create(&req.name, &req.volumes, req.journal_bytes).await?;
+    let v = api
+        .vpgs
+        .create(&req.name, &req.volumes, req.journal_bytes, req.protect.as_ref())
+        .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -189,12 +268,9 @@ async fn journal_read_h(
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     let mut s = api.status.clone();
     s.volumes = api.volumes.list().len();
-    s.vpgs = api
-        .vpgs
-        .list()
-        .iter()
-        .map(|v| format!("{}: {}", v.name, v.state))
-        .collect();
+    s.vpgs = api.vpgs.list().iter().map(VpgSummary::of).collect();
+    s.links = api.shipping.links();
+    s.replicas = api.exports.replicas().all().iter().map(|r| r.status()).collect();
     Json(s)
 }
 
@@ -231,4 +307,64 @@ async fn delete_h(
 ) -> Result<StatusCode, ApiError> {
     api.volumes.delete(&name, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
+    Ok(Json(api.vpgs.set_paused(&name, true).await?))
+}
+
+async fn resume_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
+    Ok(Json(api.vpgs.set_paused(&name, false).await?))
+}
+
+/// A VPG's checkpoints: at a recovery site, those its replica holds; at the protected
+/// site, those in the journal (the newest durable at the recovery site are in `vpg show`).
+async fn checkpoint_list_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
+    if let Some(r) = api.exports.replicas().get(&name) {
+        return Ok(Json(r.checkpoints()));
+    }
+    Ok(Json(api.vpgs.get(&name)?.status().checkpoints))
+}
+
+async fn replica_list_h(State(api): State<Api>) -> Json<Vec<ReplicaStatus>> {
+    Json(api.exports.replicas().all().iter().map(|r| r.status()).collect())
+}
+
+fn no_replica(name: &str) -> AgentError {
+    AgentError::Refused(format!(
+        "no replica named {name:?} on this agent; `ferry replica list` shows the replicas it holds"
+    ))
+}
+
+async fn replica_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<ReplicaStatus>, ApiError> {
+    let r = api.exports.replicas().get(&name).ok_or_else(|| no_replica(&name))?;
+    Ok(Json(r.status()))
+}
+
+async fn replica_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    api.exports.unexport(&name, None);
+    let replicas = api.exports.replicas().clone();
+    tokio::task::spawn_blocking(move || replicas.remove(&name))
+        .await
+        .map_err(|e| AgentError::Refused(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(req): Json<ExportCheckpoint>,
+) -> Result<(StatusCode, Json<CheckpointExport>), ApiError> {
+    Ok((StatusCode::CREATED, Json(api.exports.export(&name, &req.checkpoint)?)))
+}
+
+async fn unexport_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<usize>, ApiError> {
+    Ok(Json(api.exports.unexport(&name, None)))
+}
+
+async fn export_list_h(State(api): State<Api>) -> Json<Vec<CheckpointExport>> {
+    Json(api.exports.list())
 }

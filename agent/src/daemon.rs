@@ -23,7 +23,11 @@ use crate::activation::{self, Inherited};
 use crate::config::AgentConfig;
 use crate::control::{self, AgentStatus};
 use crate::error::AgentError;
+use crate::exports::Exports;
 use crate::io::{BufPool, Engine};
+use crate::receiver;
+use crate::replica::Replicas;
+use crate::shipper::Shipping;
 use crate::volume::{Volumes, VolumesConfig};
 use crate::vpg::Vpgs;
 
@@ -143,7 +147,7 @@ fn listeners(cfg: &AgentConfig) -> Result<(Vec<Listener>, Vec<String>, bool), Ag
 
 async fn accept_loop(
     listener: Listener,
-    volumes: Arc<Volumes>,
+    volumes: Arc<Exports>,
     server: Arc<ServerConfig>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -214,7 +218,51 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         path: "[journal]".into(),
         why,
     })?;
-    let vpgs = Vpgs::load(&cfg.state_dir, volumes.clone(), engine.clone(), pool, capture_cfg)?;
+    let replication = cfg.replication.parsed().map_err(|why| AgentError::Config {
+        path: "[replication]".into(),
+        why,
+    })?;
+    let vpgs = Vpgs::load(
+        &cfg.state_dir,
+        volumes.clone(),
+        engine.clone(),
+        pool.clone(),
+        capture_cfg,
+    )?;
+    let replicas = Replicas::load(cfg.datastores())?;
+    let exports = Exports::new(volumes.clone(), replicas.clone(), pool);
+    let receiver = match cfg.replication.listen.as_str() {
+        "" => None,
+        addr => {
+            let mut keys = Vec::new();
+            for p in &cfg.replication.pairing_keys {
+                let p = cfg.resolve(p);
+                keys.push(ferry_proto::pairing::read_key(&p).map_err(|e| AgentError::Config {
+                    path: p.clone(),
+                    why: e.to_string(),
+                })?);
+            }
+            if keys.is_empty() {
+                return Err(AgentError::Config {
+                    path: "[replication]".into(),
+                    why: "replication.listen is set but no replication.pairing_keys (or --pairing-key) name the keys of the peers it accepts".into(),
+                });
+            }
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: addr.into(),
+                    source,
+                })?;
+            let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.into());
+            info!(listen = %bound, peers = keys.len(), "replication receiver ready");
+            tokio::spawn(receiver::run(l, Arc::new(keys), replicas.clone(), shutdown.clone()));
+            Some(bound)
+        }
+    };
+    tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
+    let shipping = Shipping::new(vpgs.clone(), volumes.clone(), replication, shutdown.clone());
+    tokio::spawn(shipping.clone().run());
     let (nbd, names, bound_socket) = listeners(&cfg)?;
     let control_path = cfg.control_socket();
     let control = bind_unix(&control_path, 0o600)?;
@@ -223,13 +271,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         state_dir: cfg.state_dir.clone(),
         io_engine: engine.name().into(),
         nbd_listen: names.clone(),
+        replication_listen: receiver,
         volumes: 0,
         vpgs: vec![],
+        links: vec![],
+        replicas: vec![],
     };
     let api = tokio::spawn(
-        axum::serve(control, control::router(volumes.clone(), vpgs.clone(), status))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            control,
+            control::router(volumes.clone(), vpgs.clone(), exports.clone(), shipping, status),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future(),
     );
 
     let server = Arc::new(cfg.server_config());
@@ -240,7 +294,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         .map(|l| {
             tokio::spawn(accept_loop(
                 l,
-                volumes.clone(),
+                exports.clone(),
                 server.clone(),
                 slots.clone(),
                 tracker.clone(),

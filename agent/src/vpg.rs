@@ -57,6 +57,149 @@ pub struct VpgRecord {
     pub journal_bytes: u64,
     pub ring_id: u64,
     pub created_unix_ms: u64,
+    /// Replication to a recovery site; none: capture only.
+    #[serde(default)]
+    pub protection: Option<Protection>,
+}
+
+/// How a VPG is protected: where to, and its targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Protection {
+    /// The recovery-site agent's replication address (host:port).
+    pub peer: String,
+    /// The pairing key file shared with that agent.
+    pub pairing_key: PathBuf,
+    /// The recovery site's datastore for the replica; empty: its first.
+    pub recovery_datastore: String,
+    pub priority: Priority,
+    /// RPO alert threshold.
+    pub rpo_s: u64,
+    /// History window at the recovery site.
+    pub history_s: u64,
+    /// History hard limit in bytes at the recovery site.
+    pub history_bytes_max: u64,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Medium,
+    Low,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Result<Priority, String> {
+        match s {
+            "high" => Ok(Priority::High),
+            "medium" => Ok(Priority::Medium),
+            "low" => Ok(Priority::Low),
+            _ => Err(format!("priority {s:?} must be high, medium or low")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Index into `replication.priority_weights`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `ferry vpg create`'s protection options, as the control API takes them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProtectArgs {
+    pub peer: String,
+    pub pairing_key: PathBuf,
+    #[serde(default)]
+    pub recovery_datastore: Option<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub rpo_s: Option<u64>,
+    #[serde(default)]
+    pub history_s: Option<u64>,
+    #[serde(default)]
+    pub history_bytes_max: Option<u64>,
+}
+
+/// Default RPO alert threshold.
+pub const RPO_DEFAULT_S: u64 = 300;
+/// Default history window at the recovery site.
+pub const HISTORY_DEFAULT_S: u64 = 3600;
+/// Default history hard limit.
+pub const HISTORY_BYTES_DEFAULT: u64 = 16 << 30;
+
+impl ProtectArgs {
+    fn check(&self) -> Result<Protection, AgentError> {
+        let refuse = |m: String| Err(AgentError::Refused(m));
+        let peer = self.peer.trim();
+        match peer.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return refuse(format!(
+                    "--peer {peer:?} must be HOST:PORT, the recovery agent's replication address"
+                ));
+            }
+        }
+        if !self.pairing_key.is_absolute() {
+            return refuse(format!(
+                "--peer-key {} must be an absolute path (the agent reads it, not the CLI)",
+                self.pairing_key.display()
+            ));
+        }
+        if let Err(e) = ferry_proto::pairing::read_key(&self.pairing_key) {
+            return refuse(format!("--peer-key: {e}"));
+        }
+        let priority = Priority::parse(self.priority.as_deref().unwrap_or("medium")).map_err(AgentError::Refused)?;
+        let rpo_s = self.rpo_s.unwrap_or(RPO_DEFAULT_S);
+        let history_s = self.history_s.unwrap_or(HISTORY_DEFAULT_S);
+        let history_bytes_max = self.history_bytes_max.unwrap_or(HISTORY_BYTES_DEFAULT);
+        if rpo_s == 0 || history_s == 0 {
+            return refuse("--rpo and --history must be at least one second".into());
+        }
+        if history_bytes_max < (64 << 20) {
+            return refuse("--history-max-bytes must be at least 64M".into());
+        }
+        Ok(Protection {
+            peer: peer.into(),
+            pairing_key: self.pairing_key.clone(),
+            recovery_datastore: self.recovery_datastore.clone().unwrap_or_default(),
+            priority,
+            rpo_s,
+            history_s,
+            history_bytes_max,
+            paused: false,
+        })
+    }
+}
+
+/// What the shipper last knew about a protected VPG.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShipState {
+    /// The link: "connecting", "connected", or why it is down.
+    pub link: String,
+    /// Every record below this is durable at the recovery site.
+    pub acked_seq: u64,
+    /// When everything captured was last durable at the recovery site.
+    pub caught_up_ms: u64,
+    /// Bytes of records acknowledged (before compression).
+    pub acked_bytes: u64,
+    /// Bytes sent on the wire for this VPG (after compression and sealing).
+    pub sent_bytes: u64,
+    /// Acknowledged bytes per second, over the last few seconds.
+    pub rate_bytes_per_s: f64,
+    /// The recovery site refused the VPG, or it cannot be shipped: why.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -333,6 +476,10 @@ pub struct Vpg {
     checkpoints: Mutex<VecDeque<CheckpointInfo>>,
     stop: CancellationToken,
     cfg: CaptureConfig,
+    paused: std::sync::atomic::AtomicBool,
+    pub ship: Mutex<ShipState>,
+    /// The initial sync (every block of the volumes read into the journal) has finished.
+    initial_done: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vpg {
@@ -343,6 +490,11 @@ impl std::fmt::Debug for Vpg {
 
 fn journal_path(dir: &Path) -> PathBuf {
     dir.join("journal.ring")
+}
+
+/// Present once a protected VPG's initial sync has finished.
+fn initial_marker(dir: &Path) -> PathBuf {
+    dir.join("initial-sync-done")
 }
 
 fn map_path(dir: &Path, volume: &str) -> PathBuf {
@@ -378,6 +530,20 @@ pub struct VpgStatus {
     pub last_checkpoint: Option<CheckpointInfo>,
     pub checkpoints: Vec<CheckpointInfo>,
     pub events: Vec<Event>,
+    /// Replication, for a protected VPG.
+    #[serde(default)]
+    pub protection: Option<ProtectionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProtectionStatus {
+    pub settings: Protection,
+    pub ship: ShipState,
+    pub rpo_s: f64,
+    pub meeting_sla: bool,
+    /// While initializing: bytes read of the volumes' total.
+    pub initial_done_bytes: Option<u64>,
+    pub initial_total_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -459,6 +625,60 @@ impl Vpg {
                 warn!(vpg = %self.record.name, mode = e.mode.name(), "{line}");
             }
         }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn journal_stats(&self) -> JournalStats {
+        self.capture.journal().stats()
+    }
+
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Takes the journal's consumer (the shipper holds it while its link is up).
+    pub async fn take_consumer(&self) -> Option<Consumer<MmapStorage>> {
+        let mut g = self.consumer.lock().await;
+        g.take().or_else(|| self.capture.journal().consumer())
+    }
+
+    pub async fn put_consumer(&self, c: Consumer<MmapStorage>) {
+        *self.consumer.lock().await = Some(c);
+    }
+
+    pub fn ship_update<R>(&self, f: impl FnOnce(&mut ShipState) -> R) -> R {
+        f(&mut self.ship.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Logs and records an event about this VPG.
+    pub fn event(&self, message: String) {
+        if self.push_event(message.clone()) {
+            warn!(vpg = %self.record.name, "{message}");
+        }
+    }
+
+    /// The actual RPO in seconds: 0 while everything captured is durable at the recovery
+    /// site, else the age of the newest point it holds (its newest checkpoint, or the last
+    /// moment it had everything).
+    pub fn rpo_s(&self, now: u64) -> f64 {
+        let st = self.journal_stats();
+        let ship = self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if ship.acked_seq >= st.next_seq && self.capture.mode() == Mode::Journaling {
+            return 0.0;
+        }
+        let newest_ckpt = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|c| c.seq < ship.acked_seq)
+            .map_or(0, |c| c.unix_ms);
+        let since = newest_ckpt.max(ship.caught_up_ms).max(self.record.created_unix_ms);
+        now.saturating_sub(since) as f64 / 1000.0
     }
 
     /// Starts capturing a write (at its header): reserves its record and its turn.
@@ -591,6 +811,7 @@ impl Vpg {
                     .map(|c| c.seq);
                 last.is_some_and(|seq| seq + 1 == self.capture.journal().stats().next_seq)
             };
+            self.note_initial_sync();
             if self.capture.mode() == Mode::Journaling
                 && !idle
                 && let Err(e) = self.checkpoint("")
@@ -599,6 +820,19 @@ impl Vpg {
             }
             self.collect_events();
         }
+    }
+
+    /// A protected VPG whose first drain finished has all its blocks in the journal.
+    fn note_initial_sync(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.initial_done.load(Relaxed) || self.capture.mode() != Mode::Journaling {
+            return;
+        }
+        if let Err(e) = std::fs::write(initial_marker(&self.dir), b"") {
+            warn!(vpg = %self.record.name, error = %e, "cannot record the initial sync's end");
+        }
+        self.initial_done.store(true, Relaxed);
+        self.event("initial sync read every block; from now on only writes are shipped".into());
     }
 
     /// Reads dirty regions back into the journal whenever there are some and room.
@@ -664,9 +898,35 @@ impl Vpg {
             .iter()
             .cloned()
             .collect();
+        let now = now_ms();
+        let protection = self.record.protection.as_ref().map(|p| {
+            let rpo_s = self.rpo_s(now);
+            let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();
+            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
+            ProtectionStatus {
+                settings: Protection {
+                    paused: self.is_paused(),
+                    ..p.clone()
+                },
+                ship: self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                rpo_s,
+                meeting_sla: rpo_s <= p.rpo_s as f64,
+                initial_done_bytes: initializing.then(|| total.saturating_sub(self.capture.dirty_bytes())),
+                initial_total_bytes: total,
+            }
+        });
+        let state = match &protection {
+            None => self.capture.mode().name().to_string(),
+            Some(_) if self.is_paused() => "paused".into(),
+            Some(p) if p.ship.error.is_some() => "error".into(),
+            Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
+            Some(_) if self.capture.mode() != Mode::Journaling => self.capture.mode().name().into(),
+            Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
+            Some(_) => "protecting (not meeting SLA)".into(),
+        };
         VpgStatus {
             name: self.record.name.clone(),
-            state: self.capture.mode().name().into(),
+            state,
             volumes: self
                 .record
                 .volumes
@@ -701,6 +961,7 @@ impl Vpg {
                 .iter()
                 .cloned()
                 .collect(),
+            protection,
         }
     }
 
@@ -720,7 +981,7 @@ impl Vpg {
         }
         let Some(mut cons) = guard.take() else {
             return Err(AgentError::Refused(format!(
-                "VPG {:?}: the journal's consumer is busy",
+                "VPG {:?}: the journal's consumer is busy (a protected VPG's journal is read by its shipper)",
                 self.record.name
             )));
         };
@@ -867,7 +1128,13 @@ impl Vpgs {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|v| v.record.clone())
+            .map(|v| {
+                let mut r = v.record.clone();
+                if let Some(p) = &mut r.protection {
+                    p.paused = v.is_paused();
+                }
+                r
+            })
             .collect()
     }
 
@@ -998,7 +1265,16 @@ impl Vpgs {
             checkpoints: Mutex::new(VecDeque::new()),
             stop: CancellationToken::new(),
             cfg: self.cfg.clone(),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            ship: Mutex::new(ShipState::default()),
+            initial_done: std::sync::atomic::AtomicBool::new(false),
         });
+        let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
+        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        vpg.initial_done.store(
+            vpg.record.protection.is_none() || initial_marker(&vpg.dir).exists(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tokio::spawn(vpg.clone().run_ticker());
         tokio::spawn(vpg.clone().run_drain());
         spawn_prefaulter(&vpg);
@@ -1049,6 +1325,34 @@ impl Vpgs {
         self.all().iter().map(|v| v.status()).collect()
     }
 
+    /// The VPGs replicated to a recovery site.
+    pub fn protected(&self) -> Vec<Arc<Vpg>> {
+        self.all()
+            .into_iter()
+            .filter(|v| v.record.protection.is_some())
+            .collect()
+    }
+
+    /// Pauses or resumes shipping (capture goes on; the journal fills, then dirty tracking
+    /// takes over).
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<VpgStatus, AgentError> {
+        let _g = self.change.lock().await;
+        let vpg = self.get(name)?;
+        if vpg.record.protection.is_none() {
+            return Err(AgentError::Refused(format!(
+                "VPG {name:?} is not replicated (create it with --peer to protect it)"
+            )));
+        }
+        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        self.save(&self.records())?;
+        vpg.event(if paused {
+            "paused: nothing is shipped until `ferry vpg resume`".into()
+        } else {
+            "resumed".into()
+        });
+        Ok(vpg.status())
+    }
+
     /// The VPG a volume is in, if any.
     pub fn vpg_of(&self, volume: &str) -> Option<String> {
         self.records()
@@ -1062,8 +1366,10 @@ impl Vpgs {
         name: &str,
         volumes: &[String],
         journal_bytes: Option<u64>,
+        protect: Option<&ProtectArgs>,
     ) -> Result<VpgStatus, AgentError> {
         check_vpg_name(name)?;
+        let protection = protect.map(|p| p.check()).transpose()?;
         let _g = self.change.lock().await;
         if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
             return Err(AgentError::Refused(format!("a VPG named {name:?} already exists")));
@@ -1103,6 +1409,7 @@ impl Vpgs {
             journal_bytes,
             ring_id: random_u64(),
             created_unix_ms: now_ms(),
+            protection,
         };
         let dir = self.dir(name);
         let made = (|| -> Result<Capture<MmapStorage>, AgentError> {
@@ -1121,10 +1428,12 @@ impl Vpgs {
             let mut maps = BTreeMap::new();
             for (i, v) in vols.iter().enumerate() {
                 let id = i as u32 + 1;
+                // A protected VPG starts with every block dirty: the drain reads them all
+                // into the journal (the initial sync), while new writes are captured.
                 let m = create_map(
                     &map_path(&dir, &v.record.name),
                     self.map_header(v.record.size_bytes, id),
-                    false,
+                    record.protection.is_some(),
                 )?;
                 maps.insert(id, Arc::new(m));
             }
@@ -1150,6 +1459,14 @@ impl Vpgs {
             volumes.len(),
             human(journal_bytes)
         ));
+        if let Some(p) = &vpg.record.protection {
+            vpg.push_event(format!(
+                "protected to {} (priority {}); initial sync of {} begins",
+                p.peer,
+                p.priority.name(),
+                human(vpg.capture.dirty_bytes())
+            ));
+        }
         info!(vpg = %name, volumes = ?volumes, journal_bytes, "VPG created");
         self.vpgs
             .write()

@@ -1,0 +1,168 @@
+//! The recovery site's side of the link: accepts paired agents on `replication.listen`,
+//! opens the replicas they announce, writes their batches to history and acknowledges
+//! what is durable.
+//!
+//! Batches are written as they come; before an acknowledgement the segments written are
+//! synced, once for all the batches at hand (when the socket has nothing more buffered, or
+//! every [`ACK_BYTES`]). A batch that does not start where the replica's history ends, or
+//! whose records do not decode, ends the connection without a byte of it written: the
+//! protected site reconnects and resends from the last acknowledged record.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::message::Message;
+use ferry_proto::records;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::link::{self, Frame, LinkError, LinkStats, Pace, RateLimitedLog};
+use crate::replica::{Replica, Replicas};
+
+/// Plaintext bytes taken in before an acknowledgement at the latest.
+pub const ACK_BYTES: usize = 16 << 20;
+/// A peer silent this long is dropped (it pings every few seconds).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepts peers until `stop`.
+pub async fn run(listener: TcpListener, keys: Arc<Vec<[u8; 32]>>, replicas: Arc<Replicas>, stop: CancellationToken) {
+    let refused = Arc::new(RateLimitedLog::new(Duration::from_secs(10)));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "replication accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (keys, replicas, stop, refused) = (keys.clone(), replicas.clone(), stop.clone(), refused.clone());
+        tokio::spawn(async move {
+            let stats = Arc::new(LinkStats::default());
+            let (rd, wr, _) = match link::accept(stream, &keys, Pace::new(0), stats).await {
+                Ok(x) => x,
+                Err(e) => {
+                    if let Some(suppressed) = refused.admit() {
+                        warn!(%peer, error = %e, suppressed, "replication peer refused");
+                    }
+                    return;
+                }
+            };
+            info!(%peer, "replication peer connected");
+            match serve(rd, wr, &replicas, stop).await {
+                Ok(()) => info!(%peer, "replication peer disconnected"),
+                Err(e) => warn!(%peer, error = %e, "replication session ended"),
+            }
+        });
+    }
+}
+
+async fn serve(
+    mut rd: link::LinkReader,
+    mut wr: link::LinkWriter,
+    replicas: &Arc<Replicas>,
+    stop: CancellationToken,
+) -> Result<(), LinkError> {
+    let mut opened: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
+    // Replicas written to since their last acknowledgement.
+    let mut unacked: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
+    let mut taken = 0usize;
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = tokio::time::timeout(IDLE_TIMEOUT, rd.recv()) => match r {
+                Err(_) => return Err(LinkError::Content(format!("the peer was silent for {IDLE_TIMEOUT:?}"))),
+                Ok(Err(LinkError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(r) => r?,
+            },
+        };
+        match frame {
+            Frame::Control(Message::Open(spec)) => {
+                let id = spec.id;
+                let r = {
+                    let replicas = replicas.clone();
+                    tokio::task::spawn_blocking(move || replicas.open(&spec))
+                        .await
+                        .map_err(|e| LinkError::Content(e.to_string()))?
+                };
+                match r {
+                    Ok(r) => {
+                        let next_seq = r.durable_seq();
+                        info!(vpg = %r.spec().name, next_seq, "replication of VPG resumes");
+                        opened.insert(id, r);
+                        wr.send(id, &Message::Opened { vpg: id, next_seq }).await?;
+                    }
+                    Err(reason) => {
+                        warn!(vpg = id, %reason, "VPG refused");
+                        wr.send(id, &Message::Refused { vpg: id, reason }).await?;
+                    }
+                }
+            }
+            Frame::Control(Message::Ping) => wr.send(0, &Message::Pong).await?,
+            Frame::Control(Message::Pong) => {}
+            Frame::Control(Message::Remove { vpg }) => {
+                opened.remove(&vpg);
+                unacked.remove(&vpg);
+                let gone = match replicas.by_id(vpg) {
+                    Some(r) => replicas.remove(&r.spec().name).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                let m = match gone {
+                    Ok(()) => Message::Removed { vpg },
+                    Err(reason) => Message::Refused { vpg, reason },
+                };
+                wr.send(vpg, &m).await?;
+            }
+            Frame::Control(other) => {
+                return Err(LinkError::Content(format!("a protected site does not send {other:?}")));
+            }
+            Frame::Batch(h, plain) => {
+                let Some(r) = opened.get(&h.vpg).cloned() else {
+                    return Err(LinkError::Content(format!(
+                        "a batch for VPG {:#x}, which was not opened",
+                        h.vpg
+                    )));
+                };
+                let next = r.next_seq();
+                if h.first_seq != next {
+                    return Err(LinkError::Content(format!(
+                        "batch for {} starts at seq {}, history ends at {next}",
+                        r.spec().name,
+                        h.first_seq
+                    )));
+                }
+                taken += plain.len();
+                let r2 = r.clone();
+                tokio::task::spawn_blocking(move || {
+                    let recs = records::decode(&plain, h.first_seq, h.record_count)
+                        .map_err(|e| LinkError::Content(e.to_string()))?;
+                    let end = h.first_seq + u64::from(h.record_count);
+                    r2.append(h.first_seq, end, &recs).map_err(LinkError::Io)
+                })
+                .await
+                .map_err(|e| LinkError::Content(e.to_string()))??;
+                debug!(vpg = %r.spec().name, first = h.first_seq, count = h.record_count, "batch written");
+                unacked.insert(h.vpg, r);
+            }
+        }
+        if !unacked.is_empty() && (!rd.buffered() || taken >= ACK_BYTES) {
+            taken = 0;
+            for (vpg, r) in std::mem::take(&mut unacked) {
+                let next_seq = tokio::task::spawn_blocking(move || r.sync())
+                    .await
+                    .map_err(|e| LinkError::Content(e.to_string()))??;
+                wr.send(vpg, &Message::Ack { vpg, next_seq }).await?;
+            }
+        }
+    }
+}
+
+pub fn describe(addr: Option<SocketAddr>) -> String {
+    link::peer_name(addr)
+}

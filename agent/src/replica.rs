@@ -1,0 +1,997 @@
+//! The recovery site: per VPG, its history (received records, in segment files, durable
+//! before they are acknowledged), its replica volumes (the oldest point still in history)
+//! and the checkpoint views served over NBD.
+//!
+//! On the recovery datastore, `replicas/VPG/` holds:
+//! - `replica.json`: the VPG as the protected site announced it, and `applied_seq` (the
+//!   replica images hold every record below it) with `applying_until` (an apply in
+//!   progress: on restart it is finished before anything is served);
+//! - `history/SEQ.seg`: segments ([`ferry_journal::history`]), named by first sequence;
+//! - `VOLUME.img`: the replica images, sparse, the size of the protected volumes.
+//!
+//! A checkpoint view at sequence `C` reads the replica and lays over it, in sequence order,
+//! the history records in `applied_seq .. C` that overlap the read: no copy of the volume,
+//! ready at once. While a view exists, its point is pinned: records at or past it are not
+//! applied to the replica (history then grows past its window; the hard limit raises an
+//! event). Reads hold the index's read lock, and a record leaves the index only after it
+//! was written to the replica, so a read never misses a record that is being applied.
+//!
+//! Aging: every second, records older than the history window, or the oldest ones while
+//! history is over its hard limit, are applied in sequence order; then the replica images
+//! are synced, `applied_seq` is stored, and whole segments below it are deleted.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_journal::history::{self, HistRecord, KIND_END, SegmentHeader};
+use ferry_proto::message::VpgSpec;
+use ferry_proto::records::{RecordKind, RecordRef};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::config::DatastoreConfig;
+use crate::error::AgentError;
+use crate::state::write_atomic;
+use crate::volume::name_problem;
+use crate::vpg::{CheckpointInfo, Event};
+
+/// A segment is closed and a new one begun past this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Records longer than this are indexed apart (few: large writes, trims, zeroing).
+const SMALL_BYTES_MAX: u64 = 1 << 20;
+const EVENTS_KEPT: usize = 200;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the epoch (for displays).
+pub fn now_ms_pub() -> u64 {
+    now_ms()
+}
+
+/// What `replica.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaMeta {
+    pub spec: VpgSpec,
+    pub applied_seq: u64,
+    pub applying_until: u64,
+    pub created_unix_ms: u64,
+}
+
+/// A record in the history index.
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    seq: u64,
+    kind: RecordKind,
+    volume: u32,
+    offset: u64,
+    length: u64,
+    segment: u64,
+    data_pos: u64,
+    received_ms: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct VolumeIndex {
+    small: BTreeMap<(u64, u64), Rec>,
+    big: Vec<Rec>,
+}
+
+/// The in-memory picture of history: every record not yet applied, by sequence and by
+/// volume range; checkpoints; segments.
+#[derive(Debug, Default)]
+struct History {
+    records: VecDeque<Rec>,
+    volumes: HashMap<u32, VolumeIndex>,
+    checkpoints: BTreeMap<u64, CheckpointInfo>,
+    segments: BTreeMap<u64, Segment>,
+    /// The sequence number after the last whole batch written (durable or not).
+    next_seq: u64,
+    /// Bytes of all segments.
+    bytes: u64,
+}
+
+impl History {
+    fn insert(&mut self, r: Rec) {
+        let v = self.volumes.entry(r.volume).or_default();
+        if r.length > SMALL_BYTES_MAX {
+            v.big.push(r);
+        } else {
+            v.small.insert((r.offset, r.seq), r);
+        }
+        self.records.push_back(r);
+    }
+
+    fn remove_front(&mut self) -> Option<Rec> {
+        let r = self.records.pop_front()?;
+        if let Some(v) = self.volumes.get_mut(&r.volume) {
+            if r.length > SMALL_BYTES_MAX {
+                v.big.retain(|x| x.seq != r.seq);
+            } else {
+                v.small.remove(&(r.offset, r.seq));
+            }
+        }
+        Some(r)
+    }
+
+    /// Records of `volume` overlapping `off .. off+len` below `below`, in sequence order.
+    fn overlapping(&self, volume: u32, off: u64, len: u64, below: u64) -> Vec<Rec> {
+        let Some(v) = self.volumes.get(&volume) else {
+            return vec![];
+        };
+        let end = off + len;
+        let hit = |r: &Rec| r.seq < below && r.offset < end && r.offset + r.length > off;
+        let mut out: Vec<Rec> = v
+            .small
+            .range((off.saturating_sub(SMALL_BYTES_MAX), 0)..(end, 0))
+            .map(|(_, r)| *r)
+            .filter(hit)
+            .chain(v.big.iter().copied().filter(hit))
+            .collect();
+        out.sort_by_key(|r| r.seq);
+        out
+    }
+}
+
+/// The writer's current segment.
+#[derive(Debug, Default)]
+struct Writer {
+    current: Option<u64>,
+    /// Segments written since the last sync (the current one and any just closed).
+    unsynced: Vec<Arc<File>>,
+    dir_unsynced: bool,
+}
+
+/// One VPG's replica at the recovery site.
+pub struct Replica {
+    dir: PathBuf,
+    meta: Mutex<ReplicaMeta>,
+    images: BTreeMap<u32, (String, Arc<File>)>,
+    hist: RwLock<History>,
+    writer: Mutex<Writer>,
+    /// The sequence number below which everything is durable.
+    durable_seq: Mutex<u64>,
+    pins: Mutex<BTreeMap<u64, usize>>,
+    events: Mutex<VecDeque<Event>>,
+    last_received_ms: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A replica as `ferry replica list` and the status show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub name: String,
+    pub id: u64,
+    pub dir: PathBuf,
+    pub volumes: Vec<String>,
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+    pub history_records: u64,
+    pub history_bytes: u64,
+    pub history_bytes_max: u64,
+    pub history_secs: u64,
+    pub oldest_point_ms: Option<u64>,
+    pub last_received_ms: u64,
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub pinned: Vec<u64>,
+    pub events: Vec<Event>,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> AgentError + 'a {
+    move |e| AgentError::io(what, path, e)
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+impl Replica {
+    fn meta_path(dir: &Path) -> PathBuf {
+        dir.join("replica.json")
+    }
+
+    fn history_dir(&self) -> PathBuf {
+        self.dir.join("history")
+    }
+
+    fn push_event(&self, message: String) {
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.back().is_some_and(|e| e.message == message) {
+            return;
+        }
+        if ev.len() == EVENTS_KEPT {
+            ev.pop_front();
+        }
+        warn!(replica = %self.dir.display(), "{message}");
+        ev.push_back(Event {
+            unix_ms: now_ms(),
+            message,
+        });
+    }
+
+    fn save_meta(&self, meta: &ReplicaMeta) -> Result<(), AgentError> {
+        let bytes = serde_json::to_vec_pretty(meta).expect("meta serialises");
+        write_atomic(&self.dir, &Self::meta_path(&self.dir), &bytes)
+    }
+
+    /// Makes a new replica for `spec` in `dir`.
+    fn create(dir: &Path, spec: &VpgSpec) -> Result<Arc<Replica>, AgentError> {
+        std::fs::create_dir_all(dir.join("history")).map_err(io_err("cannot create", dir))?;
+        let meta = ReplicaMeta {
+            spec: spec.clone(),
+            applied_seq: 0,
+            applying_until: 0,
+            created_unix_ms: now_ms(),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+        write_atomic(dir, &Self::meta_path(dir), &bytes)?;
+        Self::open(dir)
+    }
+
+    /// Opens a replica: its images, and its history rebuilt from the segments (a torn tail
+    /// is cut off); finishes an apply that a crash interrupted.
+    fn open(dir: &Path) -> Result<Arc<Replica>, AgentError> {
+        let mp = Self::meta_path(dir);
+        let text = std::fs::read(&mp).map_err(io_err("cannot read", &mp))?;
+        let meta: ReplicaMeta = serde_json::from_slice(&text).map_err(|e| AgentError::StateCorrupt {
+            path: mp.clone(),
+            why: e.to_string(),
+        })?;
+        let mut images = BTreeMap::new();
+        for (i, v) in meta.spec.volumes.iter().enumerate() {
+            let p = dir.join(format!("{}.img", v.name));
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(io_err("cannot open replica image", &p))?;
+            if f.metadata().map_err(io_err("cannot stat", &p))?.len() != v.size_bytes {
+                f.set_len(v.size_bytes)
+                    .map_err(io_err("cannot size replica image", &p))?;
+            }
+            images.insert(i as u32 + 1, (v.name.clone(), Arc::new(f)));
+        }
+        let r = Replica {
+            dir: dir.to_path_buf(),
+            meta: Mutex::new(meta.clone()),
+            images,
+            hist: RwLock::new(History::default()),
+            writer: Mutex::new(Writer::default()),
+            durable_seq: Mutex::new(0),
+            pins: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            last_received_ms: Mutex::new(0),
+        };
+        r.load_history(meta.applied_seq)?;
+        let r = Arc::new(r);
+        if meta.applying_until > meta.applied_seq {
+            info!(replica = %dir.display(), until = meta.applying_until, "finishing an interrupted apply");
+            r.apply_below(meta.applying_until)?;
+        }
+        Ok(r)
+    }
+
+    fn load_history(&self, applied_seq: u64) -> Result<(), AgentError> {
+        let hd = self.history_dir();
+        std::fs::create_dir_all(&hd).map_err(io_err("cannot create", &hd))?;
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&hd)
+            .map_err(io_err("cannot list", &hd))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        names.sort();
+        let mut h = History {
+            next_seq: applied_seq,
+            ..History::default()
+        };
+        let mut broken = false;
+        for path in names {
+            if broken {
+                let aside = path.with_extension("seg.after-damage");
+                warn!(segment = %path.display(), "segment after a damaged one is set aside");
+                let _ = std::fs::rename(&path, &aside);
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io_err("cannot read", &path))?;
+            let s = match history::scan(&bytes) {
+                Ok(s) => s,
+                Err(why) => {
+                    self.push_event(format!(
+                        "history segment {} is unreadable ({why}); it and later ones are set aside",
+                        path.display()
+                    ));
+                    let _ = std::fs::rename(&path, path.with_extension("seg.damaged"));
+                    broken = true;
+                    continue;
+                }
+            };
+            if let Some(why) = &s.cut {
+                self.push_event(format!(
+                    "history segment {}: {why}; cut at byte {} (records from seq {} on are asked for again)",
+                    path.display(),
+                    s.valid_bytes,
+                    s.next_seq
+                ));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("cannot open", &path))?;
+                f.set_len(s.valid_bytes).map_err(io_err("cannot cut", &path))?;
+                f.sync_all().map_err(io_err("cannot sync", &path))?;
+                broken = true;
+            }
+            let file = Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err("cannot open", &path))?,
+            );
+            let first = s.header.first_seq;
+            for f in &s.records {
+                let r = f.record;
+                let Some(kind) = RecordKind::from_u8(r.kind) else {
+                    continue;
+                };
+                if r.seq < applied_seq {
+                    continue;
+                }
+                if kind == RecordKind::Checkpoint {
+                    let tag = String::from_utf8_lossy(&bytes[f.data_pos as usize..][..r.data_bytes as usize]);
+                    h.checkpoints.insert(
+                        r.seq,
+                        CheckpointInfo {
+                            seq: r.seq,
+                            unix_ms: r.offset / 1_000_000,
+                            tag: tag.into_owned(),
+                        },
+                    );
+                    continue;
+                }
+                h.insert(Rec {
+                    seq: r.seq,
+                    kind,
+                    volume: r.volume,
+                    offset: r.offset,
+                    length: r.length,
+                    segment: first,
+                    data_pos: f.data_pos,
+                    received_ms: r.received_ms,
+                });
+            }
+            h.next_seq = h.next_seq.max(s.next_seq);
+            h.bytes += s.valid_bytes;
+            h.segments.insert(
+                first,
+                Segment {
+                    path,
+                    file,
+                    bytes: s.valid_bytes,
+                },
+            );
+        }
+        *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner()) = h.next_seq;
+        *self.hist.write().unwrap_or_else(|e| e.into_inner()) = h;
+        Ok(())
+    }
+
+    pub fn spec(&self) -> VpgSpec {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).spec.clone()
+    }
+
+    /// Where the next batch must start.
+    pub fn next_seq(&self) -> u64 {
+        self.hist.read().unwrap_or_else(|e| e.into_inner()).next_seq
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one batch covering `first_seq .. end_seq` to history (not yet durable: see
+    /// [`Replica::sync`]). The caller checked `first_seq == next_seq()`.
+    pub fn append(&self, first_seq: u64, end_seq: u64, recs: &[RecordRef<'_>]) -> io::Result<()> {
+        let now = now_ms();
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let seg_first = match w.current {
+            Some(s)
+                if self
+                    .hist
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .segments
+                    .get(&s)
+                    .is_some_and(|g| g.bytes < SEGMENT_BYTES) =>
+            {
+                s
+            }
+            _ => self.new_segment(&mut w, first_seq, now)?,
+        };
+        let (file, base) = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let g = &h.segments[&seg_first];
+            (g.file.clone(), g.bytes)
+        };
+        let mut buf = Vec::with_capacity(recs.iter().map(|r| r.data.len() + 48).sum::<usize>() + 48);
+        let mut placed = Vec::with_capacity(recs.len());
+        for r in recs {
+            let hr = HistRecord {
+                kind: r.kind as u8,
+                seq: r.seq,
+                offset: r.offset,
+                length: r.length,
+                volume: r.volume,
+                data_bytes: r.data.len() as u32,
+                received_ms: now,
+            };
+            hr.push(r.data, &mut buf);
+            placed.push((r, base + (buf.len() - r.data.len()) as u64));
+        }
+        HistRecord {
+            kind: KIND_END,
+            seq: end_seq,
+            offset: 0,
+            length: 0,
+            volume: 0,
+            data_bytes: 0,
+            received_ms: now,
+        }
+        .push(&[], &mut buf);
+        file.write_all_at(&buf, base)?;
+        if !w.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            w.unsynced.push(file);
+        }
+        let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+        for (r, data_pos) in placed {
+            if r.kind == RecordKind::Checkpoint {
+                h.checkpoints.insert(
+                    r.seq,
+                    CheckpointInfo {
+                        seq: r.seq,
+                        unix_ms: r.offset / 1_000_000,
+                        tag: String::from_utf8_lossy(r.data).into_owned(),
+                    },
+                );
+                continue;
+            }
+            h.insert(Rec {
+                seq: r.seq,
+                kind: r.kind,
+                volume: r.volume,
+                offset: r.offset,
+                length: r.length,
+                segment: seg_first,
+                data_pos,
+                received_ms: now,
+            });
+        }
+        h.segments.get_mut(&seg_first).expect("current segment").bytes += buf.len() as u64;
+        h.bytes += buf.len() as u64;
+        h.next_seq = end_seq;
+        drop(h);
+        *self.last_received_ms.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(())
+    }
+
+    fn new_segment(&self, w: &mut Writer, first_seq: u64, now: u64) -> io::Result<u64> {
+        let path = self.history_dir().join(segment_name(first_seq));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let vpg = self.meta.lock().unwrap_or_else(|e| e.into_inner()).spec.id;
+        let header = SegmentHeader {
+            vpg,
+            first_seq,
+            created_ms: now,
+        }
+        .encode();
+        f.write_all_at(&header, 0)?;
+        let file = Arc::new(f);
+        w.unsynced.push(file.clone());
+        w.dir_unsynced = true;
+        w.current = Some(first_seq);
+        let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+        h.bytes += header.len() as u64;
+        h.segments.insert(
+            first_seq,
+            Segment {
+                path,
+                file,
+                bytes: header.len() as u64,
+            },
+        );
+        Ok(first_seq)
+    }
+
+    /// Makes every batch appended so far durable; returns the sequence number below which
+    /// all is durable (what may be acknowledged).
+    pub fn sync(&self) -> io::Result<u64> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let upto = self.next_seq();
+        for f in w.unsynced.drain(..) {
+            f.sync_data()?;
+        }
+        if std::mem::take(&mut w.dir_unsynced) {
+            File::open(self.history_dir())?.sync_all()?;
+        }
+        *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner()) = upto;
+        Ok(upto)
+    }
+
+    /// Applies to the replica images every history record below `until` (in order), syncs
+    /// them, stores the new applied point and deletes the segments wholly below it.
+    fn apply_below(&self, until: u64) -> Result<u64, AgentError> {
+        let applied = {
+            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            if m.applying_until < until {
+                m.applying_until = until;
+                let copy = m.clone();
+                drop(m);
+                self.save_meta(&copy)?;
+            }
+            self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq
+        };
+        let mut count = 0u64;
+        loop {
+            let front = {
+                let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+                h.records.front().copied()
+            };
+            let Some(r) = front.filter(|r| r.seq < until) else {
+                break;
+            };
+            self.apply_one(&r)
+                .map_err(|e| AgentError::io("cannot apply a history record to replica", &self.dir, e))?;
+            self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
+            count += 1;
+        }
+        for (_, f) in self.images.values() {
+            f.sync_data()
+                .map_err(|e| AgentError::io("cannot sync replica image", &self.dir, e))?;
+        }
+        let new_applied = applied.max(until);
+        {
+            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            m.applied_seq = new_applied;
+            m.applying_until = new_applied;
+            let copy = m.clone();
+            drop(m);
+            self.save_meta(&copy)?;
+        }
+        // Segments whose records are all applied: every segment before the one holding the
+        // oldest record still in history (and never the one being written).
+        // The writer's lock first (the order `append` takes them in): no segment is
+        // begun while this looks.
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = w.current;
+        let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+        h.checkpoints.retain(|&seq, _| seq >= new_applied);
+        let keep_from = h.records.front().map(|r| r.segment);
+        let doomed: Vec<u64> = h
+            .segments
+            .keys()
+            .copied()
+            .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
+            .collect();
+        for s in doomed {
+            if let Some(seg) = h.segments.remove(&s) {
+                h.bytes -= seg.bytes;
+                if let Err(e) = std::fs::remove_file(&seg.path) {
+                    error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn apply_one(&self, r: &Rec) -> io::Result<()> {
+        let Some((_, img)) = self.images.get(&r.volume) else {
+            return Ok(());
+        };
+        match r.kind {
+            RecordKind::Write => {
+                let seg = {
+                    let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+                    h.segments.get(&r.segment).map(|s| s.file.clone())
+                };
+                let Some(seg) = seg else {
+                    return Err(io::Error::other(format!(
+                        "segment {} of seq {} is gone",
+                        r.segment, r.seq
+                    )));
+                };
+                let mut buf = vec![0u8; r.length as usize];
+                seg.read_exact_at(&mut buf, r.data_pos)?;
+                img.write_all_at(&buf, r.offset)
+            }
+            RecordKind::Trim | RecordKind::WriteZeroes => rustix::fs::fallocate(
+                &**img,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                r.offset,
+                r.length,
+            )
+            .map_err(io::Error::from)
+            .or_else(|_| {
+                let zeros = vec![0u8; r.length.min(1 << 20) as usize];
+                let mut pos = r.offset;
+                while pos < r.offset + r.length {
+                    let n = (r.offset + r.length - pos).min(zeros.len() as u64) as usize;
+                    img.write_all_at(&zeros[..n], pos)?;
+                    pos += n as u64;
+                }
+                Ok(())
+            }),
+            RecordKind::Checkpoint => Ok(()),
+        }
+    }
+
+    /// One aging pass (see the module docs); returns the records applied.
+    fn age(&self, now: u64) -> Result<u64, AgentError> {
+        let spec = self.spec();
+        let window_ms = spec.history_secs.saturating_mul(1000);
+        let pin = self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .next()
+            .copied();
+        let (target, over) = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let over = spec.history_bytes_max > 0 && h.bytes > spec.history_bytes_max;
+            // Too old: below the first record young enough to stay.
+            let mut target = h
+                .records
+                .iter()
+                .find(|r| r.received_ms + window_ms > now)
+                .map_or(h.next_seq, |r| r.seq);
+            if over {
+                // Over the hard limit: free at least the oldest segment.
+                let second = h.segments.keys().nth(1).copied();
+                if let Some(s) = second {
+                    target = target.max(s);
+                }
+            }
+            (target, over)
+        };
+        let target = match pin {
+            Some(p) if p < target => {
+                if over {
+                    self.push_event(format!(
+                        "history is over its hard limit ({} bytes) but a checkpoint export holds seq {p}: stop the export to let the replica catch up",
+                        spec.history_bytes_max
+                    ));
+                }
+                p
+            }
+            _ => target,
+        };
+        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        if target <= applied {
+            return Ok(0);
+        }
+        let n = self.apply_below(target)?;
+        if over {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let span = h
+                .records
+                .front()
+                .map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
+            drop(h);
+            self.push_event(format!(
+                "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
+                spec.history_bytes_max
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Checkpoints still in history (not older than the replica).
+    pub fn checkpoints(&self) -> Vec<CheckpointInfo> {
+        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        let durable = self.durable_seq();
+        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+        h.checkpoints.range(applied..durable).map(|(_, c)| c.clone()).collect()
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let m = self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (records, bytes, oldest) = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            (
+                h.records.len() as u64,
+                h.bytes,
+                h.records.front().map(|r| r.received_ms),
+            )
+        };
+        ReplicaStatus {
+            name: m.spec.name.clone(),
+            id: m.spec.id,
+            dir: self.dir.clone(),
+            volumes: m.spec.volumes.iter().map(|v| v.name.clone()).collect(),
+            applied_seq: m.applied_seq,
+            durable_seq: self.durable_seq(),
+            history_records: records,
+            history_bytes: bytes,
+            history_bytes_max: m.spec.history_bytes_max,
+            history_secs: m.spec.history_secs,
+            oldest_point_ms: oldest,
+            last_received_ms: *self.last_received_ms.lock().unwrap_or_else(|e| e.into_inner()),
+            checkpoints: self.checkpoints(),
+            pinned: self
+                .pins
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect(),
+            events: self
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of volume `volume` at `offset` as they were just before
+    /// sequence `below` (a checkpoint's point).
+    pub fn read_at(&self, volume: u32, offset: u64, buf: &mut [u8], below: u64) -> io::Result<()> {
+        let Some((_, img)) = self.images.get(&volume) else {
+            return Err(io::Error::other(format!("no volume {volume} in this replica")));
+        };
+        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+        read_full(img, buf, offset)?;
+        let len = buf.len() as u64;
+        for r in h.overlapping(volume, offset, len, below) {
+            let from = r.offset.max(offset);
+            let to = (r.offset + r.length).min(offset + len);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match r.kind {
+                RecordKind::Write => {
+                    let seg = h
+                        .segments
+                        .get(&r.segment)
+                        .ok_or_else(|| io::Error::other("history segment missing"))?;
+                    seg.file.read_exact_at(dst, r.data_pos + (from - r.offset))?;
+                }
+                RecordKind::Trim | RecordKind::WriteZeroes => dst.fill(0),
+                RecordKind::Checkpoint => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds `seq`: nothing at or past it is applied until the pin is dropped.
+    pub fn pin(self: &Arc<Self>, seq: u64) -> Result<Pin, AgentError> {
+        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if seq < applied {
+            return Err(AgentError::Refused(format!(
+                "seq {seq} is older than the oldest point still in history ({applied}); `ferry checkpoint list` shows what remains"
+            )));
+        }
+        *pins.entry(seq).or_default() += 1;
+        Ok(Pin {
+            replica: self.clone(),
+            seq,
+        })
+    }
+
+    pub fn volumes(&self) -> Vec<(u32, String, u64)> {
+        let spec = self.spec();
+        spec.volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32 + 1, v.name.clone(), v.size_bytes))
+            .collect()
+    }
+}
+
+/// pread of the whole buffer; bytes past the end of the file read as zero.
+fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A point held in history (see [`Replica::pin`]).
+#[derive(Debug)]
+pub struct Pin {
+    replica: Arc<Replica>,
+    pub seq: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.replica.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = pins.get_mut(&self.seq) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.seq);
+            }
+        }
+    }
+}
+
+/// The replicas this agent holds for its peers.
+#[derive(Debug)]
+pub struct Replicas {
+    datastores: Vec<DatastoreConfig>,
+    map: RwLock<BTreeMap<String, Arc<Replica>>>,
+}
+
+fn replicas_dir(ds: &DatastoreConfig) -> PathBuf {
+    ds.path.join("replicas")
+}
+
+impl Replicas {
+    /// Opens every replica found on the datastores.
+    pub fn load(datastores: Vec<DatastoreConfig>) -> Result<Arc<Replicas>, AgentError> {
+        let mut map = BTreeMap::new();
+        for ds in &datastores {
+            let root = replicas_dir(ds);
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let dir = e.path();
+                if !Replica::meta_path(&dir).exists() {
+                    continue;
+                }
+                match Replica::open(&dir) {
+                    Ok(r) => {
+                        let name = r.spec().name;
+                        info!(replica = %name, dir = %dir.display(), next_seq = r.next_seq(), "replica loaded");
+                        map.insert(name, r);
+                    }
+                    Err(e) => error!(dir = %dir.display(), error = %e, "cannot open replica; it is not served"),
+                }
+            }
+        }
+        Ok(Arc::new(Replicas {
+            datastores,
+            map: RwLock::new(map),
+        }))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Replica>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Replica>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The replica for `spec`: the one already here (same id), or a new one. Refuses a
+    /// name held by another VPG, or a spec that changed its volumes.
+    pub fn open(&self, spec: &VpgSpec) -> Result<Arc<Replica>, String> {
+        if let Some(why) = name_problem("VPG", &spec.name) {
+            return Err(why);
+        }
+        for v in &spec.volumes {
+            if let Some(why) = name_problem("volume", &v.name) {
+                return Err(why);
+            }
+        }
+        if spec.volumes.is_empty() {
+            return Err("a VPG needs at least one volume".into());
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(&spec.name) {
+            let have = r.spec();
+            if have.id != spec.id {
+                return Err(format!(
+                    "the recovery site already holds a replica of another VPG named {:?} (id {:#x}); remove it there with `ferry replica delete {}` first",
+                    spec.name, have.id, spec.name
+                ));
+            }
+            if have.volumes != spec.volumes {
+                return Err(format!(
+                    "VPG {:?} changed its volumes since its replica was made; delete and re-create the VPG",
+                    spec.name
+                ));
+            }
+            return Ok(r.clone());
+        }
+        let ds = if spec.datastore.is_empty() {
+            self.datastores.first()
+        } else {
+            self.datastores.iter().find(|d| d.name == spec.datastore)
+        }
+        .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
+        let dir = replicas_dir(ds).join(&spec.name);
+        let r = Replica::create(&dir, spec).map_err(|e| e.to_string())?;
+        info!(replica = %spec.name, dir = %dir.display(), "replica created");
+        map.insert(spec.name.clone(), r.clone());
+        Ok(r)
+    }
+
+    /// Deletes a replica (its history, images and views' pins must be gone).
+    pub fn remove(&self, name: &str) -> Result<(), AgentError> {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = map.get(name) else {
+            return Err(AgentError::Refused(format!("no replica named {name:?} here")));
+        };
+        if !r.pins.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Err(AgentError::Refused(format!(
+                "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"
+            )));
+        }
+        let dir = r.dir.clone();
+        map.remove(name);
+        std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io("cannot delete replica", &dir, e))?;
+        info!(replica = %name, "replica deleted");
+        Ok(())
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|r| r.spec().id == id)
+            .cloned()
+    }
+
+    /// Ages every replica's history once a second until `stop`.
+    pub async fn run_aging(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            for r in self.all() {
+                let res = tokio::task::spawn_blocking(move || r.age(now_ms())).await;
+                match res {
+                    Ok(Err(e)) => error!(error = %e, "history aging failed"),
+                    Err(e) => error!(error = %e, "history aging task failed"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! The protected site's side of the link: one link per peer address, carrying every VPG
+//! protected to that peer.
+//!
+//! A link connects (exponential backoff with jitter, 0.5 s to 30 s), runs the handshake,
+//! announces each VPG (`Open`), and learns where the recovery site's history ends. It then
+//! reads each VPG's journal from there and sends batches, while the bytes sent and not yet
+//! acknowledged stay under `replication.window_bytes`. Acknowledgements are cumulative and
+//! carry the recovery site's durable sequence; only then is journal space released. A link
+//! that breaks starts over: the journal is read again from its first unacknowledged record.
+//!
+//! Which VPG sends next: weighted fair queueing over the bytes sent. Each VPG has a virtual
+//! time that grows by `bytes / weight` with each batch (weights by priority, 4:2:1 by
+//! default); the VPG with data and the smallest virtual time goes next. A VPG that was idle
+//! starts at the smallest virtual time of the busy ones, so it neither starves the others
+//! nor is starved.
+//!
+//! Where a write's bytes are copied here: from the mapped journal into the batch's
+//! plaintext (once), compressed (if it saves bytes) and sealed into the frame.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_journal::{Consumer, Kind, MmapStorage};
+use ferry_proto::batch::{BatchHeader, FLAG_ZSTD, FrameKind};
+use ferry_proto::message::{Message, VolumeSpec, VpgSpec};
+use ferry_proto::records::{self, RecordKind, RecordRef};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Replication;
+use crate::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
+use crate::volume::Volumes;
+use crate::vpg::{Vpg, Vpgs};
+
+/// Between pings on an idle link.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A peer that answers nothing for this long is dropped.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A link's state, for `ferry status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LinkStatus {
+    pub peer: String,
+    pub state: String,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub connects: u64,
+    pub vpgs: Vec<String>,
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    state: Mutex<LinkStatus>,
+    stats: Arc<LinkStats>,
+}
+
+/// All the links of this agent.
+#[derive(Debug)]
+pub struct Shipping {
+    vpgs: Arc<Vpgs>,
+    volumes: Arc<Volumes>,
+    cfg: Replication,
+    pace: Arc<Pace>,
+    links: Mutex<BTreeMap<(String, PathBuf), Arc<LinkEntry>>>,
+    stop: CancellationToken,
+}
+
+impl Shipping {
+    pub fn new(vpgs: Arc<Vpgs>, volumes: Arc<Volumes>, cfg: Replication, stop: CancellationToken) -> Arc<Shipping> {
+        Arc::new(Shipping {
+            vpgs,
+            volumes,
+            pace: Pace::new(cfg.bandwidth),
+            cfg,
+            links: Mutex::new(BTreeMap::new()),
+            stop,
+        })
+    }
+
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|l| {
+                let mut s = l.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                s.sent_bytes = l.stats.sent_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                s.received_bytes = l.stats.received_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                s
+            })
+            .collect()
+    }
+
+    /// Starts a link for every peer a protected VPG names, once a second, until stopped.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let mut wanted: BTreeMap<(String, PathBuf), Vec<String>> = BTreeMap::new();
+            for v in self.vpgs.protected() {
+                let p = v.record.protection.clone().expect("protected");
+                wanted
+                    .entry((p.peer, p.pairing_key))
+                    .or_default()
+                    .push(v.record.name.clone());
+            }
+            {
+                let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+                links.retain(|k, _| wanted.contains_key(k));
+                for (key, names) in wanted {
+                    if let Some(l) = links.get(&key) {
+                        l.state.lock().unwrap_or_else(|e| e.into_inner()).vpgs = names;
+                        continue;
+                    }
+                    let entry = Arc::new(LinkEntry {
+                        state: Mutex::new(LinkStatus {
+                            peer: key.0.clone(),
+                            state: "connecting".into(),
+                            sent_bytes: 0,
+                            received_bytes: 0,
+                            connects: 0,
+                            vpgs: names,
+                        }),
+                        stats: Arc::new(LinkStats::default()),
+                    });
+                    links.insert(key.clone(), entry.clone());
+                    tokio::spawn(self.clone().run_link(key, entry));
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn wanted(&self, key: &(String, PathBuf)) -> bool {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
+    }
+
+    /// The VPGs protected to this peer.
+    fn vpgs_for(&self, key: &(String, PathBuf)) -> Vec<Arc<Vpg>> {
+        self.vpgs
+            .protected()
+            .into_iter()
+            .filter(|v| {
+                let p = v.record.protection.as_ref().expect("protected");
+                p.peer == key.0 && p.pairing_key == key.1
+            })
+            .collect()
+    }
+
+    fn spec_of(&self, v: &Vpg) -> VpgSpec {
+        let p = v.record.protection.as_ref().expect("protected");
+        VpgSpec {
+            id: v.record.ring_id,
+            name: v.record.name.clone(),
+            epoch: 1,
+            volumes: v
+                .record
+                .volumes
+                .iter()
+                .map(|name| VolumeSpec {
+                    name: name.clone(),
+                    size_bytes: self.volumes.size_of(name).unwrap_or(0),
+                })
+                .collect(),
+            datastore: p.recovery_datastore.clone(),
+            history_secs: p.history_s,
+            history_bytes_max: p.history_bytes_max,
+        }
+    }
+
+    async fn run_link(self: Arc<Self>, key: (String, PathBuf), entry: Arc<LinkEntry>) {
+        let set = |s: String| {
+            entry.state.lock().unwrap_or_else(|e| e.into_inner()).state = s;
+        };
+        let mut backoff = BACKOFF_MIN;
+        let mut last_logged = String::new();
+        while !self.stop.is_cancelled() && self.wanted(&key) {
+            let attempt = async {
+                let psk = ferry_proto::pairing::read_key(&key.1).map_err(|e| LinkError::Content(e.to_string()))?;
+                link::connect(&key.0, &psk, self.pace.clone(), entry.stats.clone()).await
+            };
+            let started = Instant::now();
+            let why = match attempt.await {
+                Ok((rd, wr)) => {
+                    info!(peer = %key.0, "replication link up");
+                    set("connected".into());
+                    entry.state.lock().unwrap_or_else(|e| e.into_inner()).connects += 1;
+                    last_logged.clear();
+                    let r = self.session(&key, rd, wr).await;
+                    for v in self.vpgs_for(&key) {
+                        v.ship_update(|s| s.link = "down".into());
+                    }
+                    match r {
+                        Ok(()) => return,
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = BACKOFF_MIN;
+            }
+            let state = format!("down: {why}");
+            if state != last_logged {
+                warn!(peer = %key.0, error = %why, retry_in = ?backoff, "replication link down");
+                last_logged = state.clone();
+            }
+            for v in self.vpgs_for(&key) {
+                v.ship_update(|s| s.link = state.clone());
+            }
+            set(state);
+            let jitter = backoff.mul_f64(0.5 + rand_unit() * 0.5);
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(jitter) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connected session, until the link breaks (an error) or the agent stops (Ok).
+    async fn session(
+        &self,
+        key: &(String, PathBuf),
+        mut rd: link::LinkReader,
+        mut wr: LinkWriter,
+    ) -> Result<(), LinkError> {
+        let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(64);
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = rd.recv().await;
+                let end = f.is_err();
+                if tx.send(f).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        let mut s = Session {
+            shipping: self,
+            vpgs: HashMap::new(),
+            inflight_bytes: 0,
+            last_heard: Instant::now(),
+            last_sent: Instant::now(),
+        };
+        let r = s.run(key, &mut wr, &mut rx).await;
+        reader.abort();
+        for (_, sv) in s.vpgs.drain() {
+            if let Some(c) = sv.consumer {
+                sv.vpg.put_consumer(c).await;
+            }
+        }
+        r
+    }
+}
+
+/// A little randomness for jitter, without a dependency.
+fn rand_unit() -> f64 {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(n % 1000) / 1000.0
+}
+
+/// One VPG within a session.
+struct Shipped {
+    vpg: Arc<Vpg>,
+    /// None until `Opened` (and while a batch is being built).
+    consumer: Option<Consumer<MmapStorage>>,
+    opened: bool,
+    /// The next sequence number to send.
+    next_seq: u64,
+    /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
+    inflight: VecDeque<(u64, usize, usize)>,
+    vtime: f64,
+    /// Had records ready at the last choice.
+    was_ready: bool,
+    weight: f64,
+    batch_seq: u64,
+    rate_mark: (Instant, u64),
+}
+
+struct Session<'a> {
+    shipping: &'a Shipping,
+    vpgs: HashMap<u64, Shipped>,
+    inflight_bytes: usize,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        key: &(String, PathBuf),
+        wr: &mut LinkWriter,
+        rx: &mut mpsc::Receiver<Result<Frame, LinkError>>,
+    ) -> Result<(), LinkError> {
+        let cfg = self.shipping.cfg.clone();
+        loop {
+            if self.shipping.stop.is_cancelled() || !self.shipping.wanted(key) {
+                return Ok(());
+            }
+            self.announce(key, wr).await?;
+            while let Ok(f) = rx.try_recv() {
+                self.on_frame(f?).await?;
+            }
+            let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= cfg.window_bytes {
+                self.send_next(wr, &cfg).await?
+            } else {
+                false
+            };
+            if self.last_heard.elapsed() > PEER_TIMEOUT {
+                return Err(LinkError::Content(format!(
+                    "the peer answered nothing for {PEER_TIMEOUT:?}"
+                )));
+            }
+            if self.last_sent.elapsed() > PING_EVERY {
+                wr.send(0, &Message::Ping).await?;
+                self.last_sent = Instant::now();
+            }
+            if !sent {
+                tokio::select! {
+                    _ = self.shipping.stop.cancelled() => return Ok(()),
+                    f = rx.recv() => match f {
+                        Some(f) => self.on_frame(f?).await?,
+                        None => return Err(LinkError::Content("the link's reader ended".into())),
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+        }
+    }
+
+    /// Sends `Open` for each VPG of this peer not yet announced; forgets deleted ones.
+    async fn announce(&mut self, key: &(String, PathBuf), wr: &mut LinkWriter) -> Result<(), LinkError> {
+        let now = self.shipping.vpgs_for(key);
+        let live: Vec<u64> = now.iter().map(|v| v.record.ring_id).collect();
+        let gone: Vec<u64> = self.vpgs.keys().copied().filter(|id| !live.contains(id)).collect();
+        for id in gone {
+            if let Some(sv) = self.vpgs.remove(&id) {
+                self.inflight_bytes -= sv.inflight.iter().map(|x| x.1).sum::<usize>();
+            }
+        }
+        for v in now {
+            let id = v.record.ring_id;
+            if self.vpgs.contains_key(&id) {
+                continue;
+            }
+            let weight =
+                f64::from(self.shipping.cfg.weights[v.record.protection.as_ref().expect("protected").priority.index()]);
+            wr.send(id, &Message::Open(self.shipping.spec_of(&v))).await?;
+            self.last_sent = Instant::now();
+            v.ship_update(|s| s.link = "connected: opening".into());
+            self.vpgs.insert(
+                id,
+                Shipped {
+                    vpg: v,
+                    consumer: None,
+                    opened: false,
+                    next_seq: 0,
+                    inflight: VecDeque::new(),
+                    vtime: 0.0,
+                    was_ready: false,
+                    weight,
+                    batch_seq: 0,
+                    rate_mark: (Instant::now(), 0),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, f: Frame) -> Result<(), LinkError> {
+        self.last_heard = Instant::now();
+        match f {
+            Frame::Control(Message::Opened { vpg, next_seq }) => {
+                let Some(sv) = self.vpgs.get_mut(&vpg) else {
+                    return Ok(());
+                };
+                let Some(mut cons) = sv.vpg.take_consumer().await else {
+                    sv.vpg.ship_update(|s| {
+                        s.error = Some("the journal's consumer is held by `ferry journal tail`".into())
+                    });
+                    return Ok(());
+                };
+                let st = sv.vpg.journal_stats();
+                if next_seq < st.acked_seq || next_seq > st.next_seq {
+                    let why = if next_seq < st.acked_seq {
+                        format!(
+                            "the recovery site's history ends at seq {next_seq}, but the journal already released records up to {}: the replica lost acknowledged history; delete and re-create the VPG to sync it again",
+                            st.acked_seq
+                        )
+                    } else {
+                        format!(
+                            "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG",
+                            st.next_seq
+                        )
+                    };
+                    sv.vpg.event(why.clone());
+                    sv.vpg.ship_update(|s| s.error = Some(why));
+                    sv.vpg.put_consumer(cons).await;
+                    return Ok(());
+                }
+                cons.rewind();
+                let cons = tokio::task::spawn_blocking(move || {
+                    let r = cons_ack(&mut cons, next_seq);
+                    (cons, r)
+                })
+                .await
+                .map_err(|e| LinkError::Content(e.to_string()))?;
+                let (cons, r) = cons;
+                if let Err(e) = r {
+                    warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
+                }
+                sv.consumer = Some(cons);
+                sv.opened = true;
+                sv.next_seq = next_seq;
+                info!(vpg = %sv.vpg.record.name, next_seq, "shipping resumes");
+                sv.vpg.ship_update(|s| {
+                    s.link = "connected".into();
+                    s.error = None;
+                    s.acked_seq = s.acked_seq.max(next_seq);
+                });
+            }
+            Frame::Control(Message::Ack { vpg, next_seq }) => {
+                let Some(sv) = self.vpgs.get_mut(&vpg) else {
+                    return Ok(());
+                };
+                let mut plain = 0;
+                while sv.inflight.front().is_some_and(|x| x.0 <= next_seq) {
+                    let (_, wire, p) = sv.inflight.pop_front().expect("front");
+                    self.inflight_bytes -= wire;
+                    plain += p;
+                }
+                if let Some(mut cons) = sv.consumer.take() {
+                    let (cons, r) = tokio::task::spawn_blocking(move || {
+                        let r = cons_ack(&mut cons, next_seq);
+                        (cons, r)
+                    })
+                    .await
+                    .map_err(|e| LinkError::Content(e.to_string()))?;
+                    sv.consumer = Some(cons);
+                    if let Err(e) = r {
+                        warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
+                    }
+                }
+                let caught_up = next_seq >= sv.vpg.journal_stats().next_seq;
+                let (t0, b0) = sv.rate_mark;
+                let el = t0.elapsed().as_secs_f64();
+                sv.vpg.ship_update(|s| {
+                    s.acked_seq = s.acked_seq.max(next_seq);
+                    s.acked_bytes += plain as u64;
+                    if caught_up {
+                        s.caught_up_ms = now_ms();
+                    }
+                    if el >= 2.0 {
+                        s.rate_bytes_per_s = (s.acked_bytes - b0) as f64 / el;
+                    }
+                });
+                if el >= 2.0 {
+                    sv.rate_mark = (Instant::now(), sv.vpg.ship_update(|s| s.acked_bytes));
+                }
+            }
+            Frame::Control(Message::Refused { vpg, reason }) => {
+                if let Some(sv) = self.vpgs.get(&vpg) {
+                    let why = format!("the recovery site refused it: {reason}");
+                    sv.vpg.event(why.clone());
+                    sv.vpg.ship_update(|s| s.error = Some(why));
+                }
+            }
+            Frame::Control(Message::Pong | Message::Removed { .. }) => {}
+            Frame::Control(m) => return Err(LinkError::Content(format!("a recovery site does not send {m:?}"))),
+            Frame::Batch(..) => return Err(LinkError::Content("a recovery site does not send batches".into())),
+        }
+        Ok(())
+    }
+
+    /// Sends one batch of the VPG whose turn it is; false when none has records ready.
+    async fn send_next(&mut self, wr: &mut LinkWriter, cfg: &Replication) -> Result<bool, LinkError> {
+        let ready = |s: &Shipped| {
+            s.opened && s.consumer.is_some() && !s.vpg.is_paused() && s.vpg.journal_stats().settled_seq > s.next_seq
+        };
+        let ready: Vec<u64> = self.vpgs.iter().filter(|(_, s)| ready(s)).map(|(id, _)| *id).collect();
+        // A VPG that just became ready starts level with those already busy.
+        let floor = ready
+            .iter()
+            .map(|id| &self.vpgs[id])
+            .filter(|s| s.was_ready)
+            .map(|s| s.vtime)
+            .fold(f64::INFINITY, f64::min);
+        for (id, s) in self.vpgs.iter_mut() {
+            let now_ready = ready.contains(id);
+            if now_ready && !s.was_ready && floor.is_finite() {
+                s.vtime = s.vtime.max(floor);
+            }
+            s.was_ready = now_ready;
+        }
+        let Some(id) = ready
+            .iter()
+            .copied()
+            .min_by(|a, b| self.vpgs[a].vtime.total_cmp(&self.vpgs[b].vtime))
+        else {
+            return Ok(false);
+        };
+        let sv = self.vpgs.get_mut(&id).expect("chosen");
+        let mut cons = sv.consumer.take().expect("ready");
+        let (batch_bytes, level, from) = (cfg.batch_bytes, cfg.compression_level, sv.next_seq);
+        let (cons, built) = tokio::task::spawn_blocking(move || {
+            let b = build_batch(&mut cons, from, batch_bytes, level);
+            (cons, b)
+        })
+        .await
+        .map_err(|e| LinkError::Content(e.to_string()))?;
+        sv.consumer = Some(cons);
+        let Some(b) = built else { return Ok(false) };
+        let header = BatchHeader {
+            kind: FrameKind::Batch,
+            flags: if b.compressed { FLAG_ZSTD } else { 0 },
+            vpg: id,
+            epoch: 1,
+            batch_seq: sv.batch_seq,
+            first_seq: b.first_seq,
+            record_count: (b.end_seq - b.first_seq) as u32,
+        };
+        wr.send_batch(&header, &b.body).await?;
+        let wire = b.body.len() + 64;
+        debug!(vpg = %sv.vpg.record.name, first = b.first_seq, end = b.end_seq, plain = b.plain_bytes, wire, "batch sent");
+        sv.batch_seq += 1;
+        sv.next_seq = b.end_seq;
+        sv.inflight.push_back((b.end_seq, wire, b.plain_bytes));
+        sv.vtime += wire as f64 / sv.weight;
+        sv.vpg.ship_update(|s| s.sent_bytes += wire as u64);
+        self.inflight_bytes += wire;
+        self.last_sent = Instant::now();
+        Ok(true)
+    }
+}
+
+fn cons_ack(cons: &mut Consumer<MmapStorage>, next_seq: u64) -> Result<(), String> {
+    let acked = cons.journal().stats().acked_seq;
+    if next_seq <= acked {
+        return Ok(());
+    }
+    cons.ack(next_seq).map_err(|e| e.to_string())
+}
+
+struct Built {
+    first_seq: u64,
+    end_seq: u64,
+    body: Vec<u8>,
+    plain_bytes: usize,
+    compressed: bool,
+}
+
+/// Reads settled records from `from` on into one batch of about `max_bytes`.
+fn build_batch(cons: &mut Consumer<MmapStorage>, from: u64, max_bytes: usize, level: i32) -> Option<Built> {
+    let mut plain = Vec::with_capacity(max_bytes + (1 << 20));
+    let mut end = from;
+    while plain.len() < max_bytes {
+        let Some(r) = cons.next_record() else { break };
+        let e = r.entry;
+        if e.seq < from {
+            continue;
+        }
+        end = e.seq + 1;
+        fn rec<'a>(e: &ferry_journal::format::Entry, kind: RecordKind, data: &'a [u8]) -> RecordRef<'a> {
+            RecordRef {
+                seq: e.seq,
+                kind,
+                volume: e.volume,
+                offset: e.offset,
+                length: e.length,
+                data,
+            }
+        }
+        match e.kind {
+            Kind::Write => {
+                let data = &r.payload[..e.length as usize];
+                // Zeroes are not sent: a write of zeroes travels as write-zeroes.
+                if data.iter().all(|&b| b == 0) {
+                    records::push(&mut plain, &rec(&e, RecordKind::WriteZeroes, &[]));
+                } else {
+                    records::push(&mut plain, &rec(&e, RecordKind::Write, data));
+                }
+            }
+            Kind::Trim => records::push(&mut plain, &rec(&e, RecordKind::Trim, &[])),
+            Kind::WriteZeroes => records::push(&mut plain, &rec(&e, RecordKind::WriteZeroes, &[])),
+            Kind::Checkpoint => records::push(
+                &mut plain,
+                &RecordRef {
+                    seq: e.seq,
+                    kind: RecordKind::Checkpoint,
+                    volume: 0,
+                    offset: e.offset,
+                    length: 0,
+                    data: r.payload,
+                },
+            ),
+            Kind::Void => {}
+        }
+    }
+    if end == from {
+        return None;
+    }
+    // The batch covers from..end, voids included (they carry no record).
+    let first_seq = from;
+    let plain_bytes = plain.len();
+    if level > 0 && plain_bytes > 0 {
+        let c = records::compress(&plain, level);
+        if c.len() < plain_bytes {
+            return Some(Built {
+                first_seq,
+                end_seq: end,
+                body: c,
+                plain_bytes,
+                compressed: true,
+            });
+        }
+    }
+    Some(Built {
+        first_seq,
+        end_seq: end,
+        body: plain,
+        plain_bytes,
+        compressed: false,
+    })
+}
