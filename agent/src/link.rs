@@ -12,7 +12,6 @@
 //! record, and nothing of the bad frame was used.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -315,8 +314,4 @@ impl RateLimitedLog {
             }
         }
     }
-}
-
-pub fn peer_name(addr: Option<SocketAddr>) -> String {
-    addr.map_or_else(|| "?".into(), |a| a.to_string())
 }

@@ -9,7 +9,6 @@
 //! protected site reconnects and resends from the last acknowledged record.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,6 +118,29 @@ async fn serve(
                 };
                 wr.send(vpg, &m).await?;
             }
+            Frame::Control(Message::Resync { vpg, from_seq }) => {
+                let Some(r) = opened.get(&vpg).cloned() else {
+                    return Err(LinkError::Content(format!(
+                        "a resync for VPG {vpg:#x}, which was not opened"
+                    )));
+                };
+                let next = r.next_seq();
+                if from_seq < next {
+                    return Err(LinkError::Content(format!(
+                        "a resync of {} from seq {from_seq}, behind its history's end {next}",
+                        r.spec().name
+                    )));
+                }
+                let r2 = r.clone();
+                let durable = tokio::task::spawn_blocking(move || {
+                    r2.note_gap(next, from_seq);
+                    r2.append(next, from_seq, &[])?;
+                    r2.sync()
+                })
+                .await
+                .map_err(|e| LinkError::Content(e.to_string()))??;
+                wr.send(vpg, &Message::Ack { vpg, next_seq: durable }).await?;
+            }
             Frame::Control(other) => {
                 return Err(LinkError::Content(format!("a protected site does not send {other:?}")));
             }
@@ -161,8 +183,4 @@ async fn serve(
             }
         }
     }
-}
-
-pub fn describe(addr: Option<SocketAddr>) -> String {
-    link::peer_name(addr)
 }

@@ -530,6 +530,14 @@ impl Replica {
         Ok(first_seq)
     }
 
+    /// Records that the records `from .. to` are lost (the protected site re-sends every
+    /// block after them).
+    pub fn note_gap(&self, from: u64, to: u64) {
+        self.push_event(format!(
+            "records {from}..{to} were lost here after they were acknowledged; the protected site re-sends every block, and the next checkpoint is whole again"
+        ));
+    }
+
     /// Makes every batch appended so far durable; returns the sequence number below which
     /// all is durable (what may be acknowledged).
     pub fn sync(&self) -> io::Result<u64> {

@@ -284,6 +284,8 @@ struct Shipped {
     /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
     inflight: VecDeque<(u64, usize, usize)>,
     vtime: f64,
+    /// Checkpoints below this are not sent (they were taken before a resync).
+    skip_checkpoints_below: u64,
     /// Had records ready at the last choice.
     was_ready: bool,
     weight: f64,
@@ -313,7 +315,7 @@ impl Session<'_> {
             }
             self.announce(key, wr).await?;
             while let Ok(f) = rx.try_recv() {
-                self.on_frame(f?).await?;
+                self.on_frame(f?, wr).await?;
             }
             let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= cfg.window_bytes {
                 self.send_next(wr, &cfg).await?
@@ -333,7 +335,7 @@ impl Session<'_> {
                 tokio::select! {
                     _ = self.shipping.stop.cancelled() => return Ok(()),
                     f = rx.recv() => match f {
-                        Some(f) => self.on_frame(f?).await?,
+                        Some(f) => self.on_frame(f?, wr).await?,
                         None => return Err(LinkError::Content("the link's reader ended".into())),
                     },
                     _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -371,6 +373,7 @@ impl Session<'_> {
                     next_seq: 0,
                     inflight: VecDeque::new(),
                     vtime: 0.0,
+                    skip_checkpoints_below: 0,
                     was_ready: false,
                     weight,
                     batch_seq: 0,
@@ -381,7 +384,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn on_frame(&mut self, f: Frame) -> Result<(), LinkError> {
+    async fn on_frame(&mut self, f: Frame, wr: &mut LinkWriter) -> Result<(), LinkError> {
         self.last_heard = Instant::now();
         match f {
             Frame::Control(Message::Opened { vpg, next_seq }) => {
@@ -395,22 +398,38 @@ impl Session<'_> {
                     return Ok(());
                 };
                 let st = sv.vpg.journal_stats();
-                if next_seq < st.acked_seq || next_seq > st.next_seq {
-                    let why = if next_seq < st.acked_seq {
-                        format!(
-                            "the recovery site's history ends at seq {next_seq}, but the journal already released records up to {}: the replica lost acknowledged history; delete and re-create the VPG to sync it again",
-                            st.acked_seq
-                        )
-                    } else {
-                        format!(
-                            "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG",
-                            st.next_seq
-                        )
-                    };
+                if next_seq > st.next_seq {
+                    let why = format!(
+                        "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG; delete that replica there (`ferry replica delete {}`)",
+                        st.next_seq, sv.vpg.record.name
+                    );
                     sv.vpg.event(why.clone());
                     sv.vpg.ship_update(|s| s.error = Some(why));
                     sv.vpg.put_consumer(cons).await;
                     return Ok(());
+                }
+                let mut next_seq = next_seq;
+                if next_seq < st.acked_seq {
+                    // Damage at the recovery site took records this journal released: send
+                    // every block again, and no checkpoint from before the resync.
+                    let why = format!(
+                        "the recovery site lost acknowledged history (it holds records below seq {next_seq}, the journal had released those below {}): resynchronising every block",
+                        st.acked_seq
+                    );
+                    if let Err(e) = sv.vpg.resync_all(why).await {
+                        sv.vpg.put_consumer(cons).await;
+                        return Err(LinkError::Io(e));
+                    }
+                    sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
+                    wr.send(
+                        vpg,
+                        &Message::Resync {
+                            vpg,
+                            from_seq: st.acked_seq,
+                        },
+                    )
+                    .await?;
+                    next_seq = st.acked_seq;
                 }
                 cons.rewind();
                 let cons = tokio::task::spawn_blocking(move || {
@@ -515,15 +534,23 @@ impl Session<'_> {
         };
         let sv = self.vpgs.get_mut(&id).expect("chosen");
         let mut cons = sv.consumer.take().expect("ready");
-        let (batch_bytes, level, from) = (cfg.batch_bytes, cfg.compression_level, sv.next_seq);
+        let (batch_bytes, level, from, skip) = (
+            cfg.batch_bytes,
+            cfg.compression_level,
+            sv.next_seq,
+            sv.skip_checkpoints_below,
+        );
         let (cons, built) = tokio::task::spawn_blocking(move || {
-            let b = build_batch(&mut cons, from, batch_bytes, level);
+            let b = build_batch(&mut cons, from, batch_bytes, level, skip);
             (cons, b)
         })
         .await
         .map_err(|e| LinkError::Content(e.to_string()))?;
         sv.consumer = Some(cons);
         let Some(b) = built else { return Ok(false) };
+        for why in &b.skipped {
+            sv.vpg.event(why.clone());
+        }
         let header = BatchHeader {
             kind: FrameKind::Batch,
             flags: if b.compressed { FLAG_ZSTD } else { 0 },
@@ -561,12 +588,21 @@ struct Built {
     body: Vec<u8>,
     plain_bytes: usize,
     compressed: bool,
+    /// Events: tagged checkpoints left out.
+    skipped: Vec<String>,
 }
 
 /// Reads settled records from `from` on into one batch of about `max_bytes`.
-fn build_batch(cons: &mut Consumer<MmapStorage>, from: u64, max_bytes: usize, level: i32) -> Option<Built> {
+fn build_batch(
+    cons: &mut Consumer<MmapStorage>,
+    from: u64,
+    max_bytes: usize,
+    level: i32,
+    skip_checkpoints_below: u64,
+) -> Option<Built> {
     let mut plain = Vec::with_capacity(max_bytes + (1 << 20));
     let mut end = from;
+    let mut skipped = Vec::new();
     while plain.len() < max_bytes {
         let Some(r) = cons.next_record() else { break };
         let e = r.entry;
@@ -596,6 +632,15 @@ fn build_batch(cons: &mut Consumer<MmapStorage>, from: u64, max_bytes: usize, le
             }
             Kind::Trim => records::push(&mut plain, &rec(&e, RecordKind::Trim, &[])),
             Kind::WriteZeroes => records::push(&mut plain, &rec(&e, RecordKind::WriteZeroes, &[])),
+            Kind::Checkpoint if e.seq < skip_checkpoints_below => {
+                if !r.payload.is_empty() {
+                    skipped.push(format!(
+                        "checkpoint {:?} (seq {}) was taken before the resync and is not kept at the recovery site",
+                        String::from_utf8_lossy(r.payload),
+                        e.seq
+                    ));
+                }
+            }
             Kind::Checkpoint => records::push(
                 &mut plain,
                 &RecordRef {
@@ -625,6 +670,7 @@ fn build_batch(cons: &mut Consumer<MmapStorage>, from: u64, max_bytes: usize, le
                 body: c,
                 plain_bytes,
                 compressed: true,
+                skipped,
             });
         }
     }
@@ -634,5 +680,6 @@ fn build_batch(cons: &mut Consumer<MmapStorage>, from: u64, max_bytes: usize, le
         body: plain,
         plain_bytes,
         compressed: false,
+        skipped,
     })
 }

@@ -653,6 +653,14 @@ impl Vpg {
         f(&mut self.ship.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Starts a full sync (every block read into the journal again) and makes the dirty
+    /// bits durable before returning, so a crash cannot forget it.
+    pub async fn resync_all(self: &Arc<Self>, why: String) -> io::Result<()> {
+        self.capture.resync_all(why);
+        self.collect_events();
+        self.sync_once().await
+    }
+
     /// Logs and records an event about this VPG.
     pub fn event(&self, message: String) {
         if self.push_event(message.clone()) {
@@ -902,7 +910,8 @@ impl Vpg {
         let protection = self.record.protection.as_ref().map(|p| {
             let rpo_s = self.rpo_s(now);
             let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();
-            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
+            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed)
+                && self.capture.mode() != Mode::Journaling;
             ProtectionStatus {
                 settings: Protection {
                     paused: self.is_paused(),

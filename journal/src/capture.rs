@@ -332,6 +332,17 @@ impl<S: RingStorage> Capture<S> {
         Ok(slot.seq())
     }
 
+    /// Marks every block of every volume dirty and drains them all into the journal (a
+    /// full sync, when the recovery site lost what the journal had already released).
+    pub fn resync_all(&self, why: String) {
+        for m in self.maps.values() {
+            m.mark_all();
+        }
+        self.drain_from.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.drain_announced.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.switch(Mode::Draining, why);
+    }
+
     /// The next dirty range to drain (volume, offset, length), switching a tracking VPG to
     /// draining once the journal has room, and a draining VPG back to journaling when
     /// nothing is left.

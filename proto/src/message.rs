@@ -11,6 +11,7 @@
 //!                            ◄──            Ack { vpg, next_seq }      cumulative
 //!   Remove { vpg }           ──►            Removed { vpg }  (history and replica deleted)
 //!   Ping                     ──►            Pong   (either side, to keep the link alive)
+//!   Resync { vpg, from_seq } ──►            Ack { vpg, from_seq }  (history lost acked records)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,13 @@ pub enum Message {
     },
     Ping,
     Pong,
+    /// The recovery site's history ended before records the protected site had already
+    /// released (damage there): the stream continues at `from_seq`, and the protected site
+    /// re-sends every block of the VPG (a full sync) before its next checkpoint.
+    Resync {
+        vpg: u64,
+        from_seq: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,6 +133,7 @@ mod tests {
             "02ac028101"
         );
         assert_eq!(hex(&encode(&Message::Pong)), "07");
+        assert_eq!(hex(&encode(&Message::Resync { vpg: 1, from_seq: 2 })), "080102");
         for m in [open, Message::Pong] {
             assert_eq!(decode(&encode(&m)), Ok(m));
         }

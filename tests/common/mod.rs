@@ -77,6 +77,11 @@ impl Agent {
         a
     }
 
+    /// Replaces what is appended to the generated config (from the next `spawn` on).
+    pub fn set_extra_config(&mut self, extra: &str) {
+        self.extra_config = extra.to_string();
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("agent.toml")
     }

@@ -1,0 +1,536 @@
+//! Two sites: two real agents on loopback, a paired link, real NBD clients on both ends.
+//! What the recovery site serves at a checkpoint must equal, byte for byte, what the
+//! protected volumes held at that moment.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Agent, ok, qemu_io, require, run};
+
+/// Polls `cond` every 100 ms for up to `secs`; true once it holds.
+fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A recovery-site agent accepting holders of `key`; returns it with its replication
+/// address.
+fn recovery_agent(tag: &str, key: &Path, extra: &str) -> (Agent, String) {
+    let cfg = format!(
+        "[replication]\nlisten = \"127.0.0.1:0\"\npairing_keys = [{:?}]\n{extra}",
+        key.display().to_string()
+    );
+    let b = Agent::start_with(tag, &cfg);
+    let addr = replication_addr(&b);
+    (b, addr)
+}
+
+fn replication_addr(b: &Agent) -> String {
+    let st = b.ferry(&["status"]);
+    st.lines()
+        .find_map(|l| l.strip_prefix("replication: accepting peers on "))
+        .expect("status names the replication address")
+        .trim()
+        .to_string()
+}
+
+fn new_key(dir: &Path) -> PathBuf {
+    let k = dir.join("pairing.key");
+    ok(Command::new(common::FERRY).arg("pair").arg(&k));
+    k
+}
+
+/// The checkpoints the recovery agent holds for `vpg`: (seq, tag).
+fn checkpoints(b: &Agent, vpg: &str) -> Vec<(u64, String)> {
+    let out = run(b.cli().args(["checkpoint", "list", vpg, "--json"]));
+    if !out.status.success() {
+        return vec![];
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["seq"].as_u64().unwrap(), c["tag"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Tags a checkpoint on the protected agent and waits (up to 60 s) until the recovery
+/// agent holds it; returns its sequence number.
+fn tag_and_wait(a: &Agent, b: &Agent, vpg: &str, tag: &str) -> u64 {
+    // A tag is refused while the VPG drains dirty regions (the initial sync): retry.
+    let mut tagged = false;
+    assert!(
+        wait_for(120, || {
+            tagged = tagged || run(a.cli().args(["checkpoint", "tag", vpg, tag])).status.success();
+            tagged && checkpoints(b, vpg).iter().any(|(_, t)| t == tag)
+        }),
+        "checkpoint {tag} never reached the recovery site (tagged: {tagged});\nprotected:\n{}\nrecovery:\n{}\nprotected log:\n{}",
+        a.ferry(&["status"]),
+        b.ferry(&["status"]),
+        a.log()
+    );
+    checkpoints(b, vpg).iter().find(|(_, t)| t == tag).unwrap().0
+}
+
+/// Exports a checkpoint on the recovery agent; returns (volume, NBD URI) pairs.
+fn export(b: &Agent, vpg: &str, checkpoint: &str) -> Vec<(String, String)> {
+    let out = b.ferry(&["checkpoint", "export", vpg, "--checkpoint", checkpoint]);
+    out.lines()
+        .filter_map(|l| {
+            let (vol, uri) = l.trim().split_once(": nbd://")?;
+            Some((vol.to_string(), format!("nbd://{uri}")))
+        })
+        .collect()
+}
+
+fn compare(a: impl AsRef<std::ffi::OsStr>, b: impl AsRef<std::ffi::OsStr>) -> String {
+    require("qemu-img");
+    let out = run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn fio_verify(dir: &Path, uri: &str, size: &str, seed: &str) {
+    require("fio");
+    let out = ok(Command::new("fio").current_dir(dir).args([
+        "--name=repl",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--iodepth=16",
+        &format!("--size={size}"),
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--do_verify=1",
+        &format!("--randseed={seed}"),
+    ]));
+    assert!(out.contains("err= 0"), "{out}");
+}
+
+struct Sites {
+    a: Agent,
+    b: Agent,
+    key: PathBuf,
+    peer: String,
+}
+
+/// A protected agent with volumes d0 (64M) and d1 (32M), d0 holding data before the VPG
+/// exists, and a recovery agent; the VPG `app` protects both.
+fn sites(tag: &str, vpg_args: &str, b_extra: &str) -> Sites {
+    let a = Agent::start(&format!("{tag}-a"));
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent(&format!("{tag}-b"), &key, b_extra);
+    a.create("d0", "64M");
+    a.create("d1", "32M");
+    // Data from before protection: the initial sync must carry it.
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x5a 0 3M", "write -P 0xa5 40M 1M"]);
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --volume d1 --journal-size 64M --peer {peer} --peer-key {} {vpg_args}",
+        key.display()
+    ));
+    Sites { a, b, key, peer }
+}
+
+#[test]
+fn two_sites_replicate_and_every_checkpoint_export_equals_its_moment() {
+    let s = sites("repl", "", "");
+    let (a, b) = (&s.a, &s.b);
+    // Writes during and after the initial sync, on both volumes of the VPG.
+    fio_verify(&a.dir, &a.unix_uri("d0"), "24M", "1");
+    qemu_io(
+        a.tcp_uri("d1"),
+        &["write -P 0x11 0 1M", "write -P 0x12 8M 64k", "discard 0 64k"],
+    );
+    let first = tag_and_wait(a, b, "app", "first");
+    // The moment of `first`, kept: the source files now (nothing writes between).
+    let snap = a.dir.join("snap");
+    std::fs::create_dir_all(&snap).unwrap();
+    for v in ["d0", "d1"] {
+        std::fs::copy(a.volume_path(v), snap.join(v)).unwrap();
+    }
+    // More writes, then a second point.
+    fio_verify(&a.dir, &a.unix_uri("d0"), "16M", "2");
+    qemu_io(
+        a.tcp_uri("d1"),
+        &["write -P 0x21 1M 2M", "write -z 8M 64k", "write -P 0x22 31M 1M"],
+    );
+    let second = tag_and_wait(a, b, "app", "second");
+    assert!(second > first);
+
+    // The newest point equals the volumes now; the older one equals the copies.
+    for (vol, uri) in export(b, "app", "second") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol} at second: {out}");
+    }
+    for (vol, uri) in export(b, "app", &first.to_string()) {
+        let out = compare(&uri, snap.join(&vol));
+        assert!(out.contains("Images are identical"), "{vol} at first: {out}");
+    }
+    // Writes go on while the exports are served: they stay at their points.
+    qemu_io(a.tcp_uri("d1"), &["write -P 0x33 0 4M"]);
+    tag_and_wait(a, b, "app", "third");
+    let older = export(b, "app", "first");
+    let out = compare(&older[1].1, snap.join("d1"));
+    assert!(out.contains("Images are identical"), "d1 at first, later: {out}");
+    // Read-only.
+    let out = run(Command::new("qemu-io").args(["-f", "raw", "-c", "write 0 4k", &older[0].1]));
+    assert!(!out.status.success(), "a checkpoint export took a write");
+
+    // Status on both sides says what it should.
+    let st = a.ferry(&["status"]);
+    assert!(st.contains("app: protecting (meeting SLA)"), "{st}");
+    assert!(st.contains(&format!("link to {}: connected", s.peer)), "{st}");
+    let st = b.ferry(&["status"]);
+    assert!(st.contains("replicas held here: 1"), "{st}");
+}
+
+#[test]
+fn history_ages_into_the_replica_and_exports_stay_exact() {
+    // A one-second history window: records move into the replica images within seconds.
+    let s = sites("aging", "--history 1s", "");
+    let (a, b) = (&s.a, &s.b);
+    qemu_io(a.tcp_uri("d1"), &["write -P 0x44 0 2M", "write -P 0x45 30M 2M"]);
+    tag_and_wait(a, b, "app", "one");
+    let applied = |b: &Agent| {
+        let v: serde_json::Value = serde_json::from_str(&b.ferry(&["replica", "show", "app", "--json"])).unwrap();
+        (
+            v["applied_seq"].as_u64().unwrap(),
+            v["history_records"].as_u64().unwrap(),
+        )
+    };
+    assert!(
+        wait_for(30, || applied(b).0 > 0),
+        "nothing was applied to the replica: {:?}",
+        applied(b)
+    );
+    qemu_io(a.tcp_uri("d1"), &["write -P 0x46 1M 2M"]);
+    let two = tag_and_wait(a, b, "app", "two");
+    for (vol, uri) in export(b, "app", &two.to_string()) {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+    // The replica images themselves catch up once the export is gone.
+    b.ferry(&["checkpoint", "unexport", "app"]);
+    assert!(
+        wait_for(30, || applied(b).1 == 0),
+        "history did not drain: {:?}",
+        applied(b)
+    );
+    let img = b.dir.join("datastore/replicas/app/d1.img");
+    let out = compare(&img, a.tcp_uri("d1"));
+    assert!(out.contains("Images are identical"), "replica image: {out}");
+}
+
+#[test]
+fn a_peer_with_another_key_is_refused_and_nothing_is_replicated() {
+    let a = Agent::start("wrongkey-a");
+    let good = new_key(&a.dir);
+    let other = a.dir.join("other.key");
+    ok(Command::new(common::FERRY).arg("pair").arg(&other));
+    let (b, peer) = recovery_agent("wrongkey-b", &good, "");
+    a.create("d0", "8M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 8M --peer {peer} --peer-key {}",
+        other.display()
+    ));
+    assert!(
+        wait_for(20, || a.ferry(&["status"]).contains("another pairing key")),
+        "the protected side does not say why: {}",
+        a.ferry(&["status"])
+    );
+    assert!(b.wait_log("replication peer refused"), "{}", b.log());
+    assert!(b.ferry(&["replica", "list"]).contains("no replicas"));
+}
+
+/// A TCP proxy between the sites that can damage the stream: flip one byte of the Nth
+/// frame it forwards, or drop one frame. Frames are cut by their header (48 bytes, the
+/// body length at 44..48) after the handshake (two length-prefixed messages).
+struct Proxy {
+    addr: String,
+    flip_frame: Arc<AtomicUsize>,
+    drop_frame: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(to: String) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let flip_frame = Arc::new(AtomicUsize::new(usize::MAX));
+        let drop_frame = Arc::new(AtomicUsize::new(usize::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, d, st) = (flip_frame.clone(), drop_frame.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(c) = c else { continue };
+                let Ok(up) = TcpStream::connect(&to) else { continue };
+                let (c2, up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+                let (f, d) = (f.clone(), d.clone());
+                std::thread::spawn(move || forward_frames(c, up, &f, &d));
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &up2, &mut &c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            flip_frame,
+            drop_frame,
+            stop,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+/// Counts a frame down; true for the one that reaches zero (once: then it is off).
+fn countdown(n: &AtomicUsize) -> bool {
+    match n.load(Ordering::Relaxed) {
+        usize::MAX => false,
+        0 => {
+            n.store(usize::MAX, Ordering::Relaxed);
+            true
+        }
+        k => {
+            n.store(k - 1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Protected → recovery: the handshake message as is, then frame by frame.
+fn forward_frames(mut from: TcpStream, mut to: TcpStream, flip: &AtomicUsize, drop_n: &AtomicUsize) {
+    let mut go = || -> std::io::Result<()> {
+        let mut len = [0u8; 2];
+        from.read_exact(&mut len)?;
+        let mut hello = vec![0u8; u16::from_be_bytes(len) as usize];
+        from.read_exact(&mut hello)?;
+        to.write_all(&len)?;
+        to.write_all(&hello)?;
+        loop {
+            let mut head = [0u8; 48];
+            from.read_exact(&mut head)?;
+            let body = u32::from_le_bytes(head[44..48].try_into().unwrap()) as usize;
+            let mut frame = head.to_vec();
+            frame.resize(48 + body, 0);
+            from.read_exact(&mut frame[48..])?;
+            // Only batch frames (kind 1) count.
+            if head[5] == 1 {
+                if countdown(flip) {
+                    frame[48 + body / 2] ^= 0x40;
+                }
+                if countdown(drop_n) {
+                    continue;
+                }
+            }
+            to.write_all(&frame)?;
+        }
+    };
+    let _ = go();
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn altered_or_dropped_batches_are_rejected_and_the_stream_resumes_exact() {
+    let a = Agent::start("tamper-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("tamper-b", &key, "");
+    let proxy = Proxy::start(peer);
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --peer {} --peer-key {}",
+        proxy.addr,
+        key.display()
+    ));
+    let first = tag_and_wait(&a, &b, "app", "clean");
+    assert!(first > 0);
+
+    // One flipped byte: the frame fails authentication, the session ends, nothing of it
+    // is applied; the protected site reconnects and resends.
+    proxy.flip_frame.store(0, Ordering::Relaxed);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x61 0 1M"]);
+    tag_and_wait(&a, &b, "app", "after-flip");
+    assert!(b.wait_log("failed authentication"), "{}", b.log());
+    // A dropped frame: the next one opens under the wrong nonce: rejected the same way.
+    proxy.drop_frame.store(0, Ordering::Relaxed);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x62 2M 1M"]);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x63 4M 1M"]);
+    tag_and_wait(&a, &b, "app", "after-drop");
+    for (vol, uri) in export(&b, "app", "after-drop") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+    let st = a.ferry(&["status"]);
+    assert!(st.contains("connection(s)"), "{st}");
+}
+
+#[test]
+fn kill_9_of_either_agent_mid_stream_converges_with_nothing_lost() {
+    let mut s = sites("kill", "", "");
+    // Recovery site killed while batches arrive.
+    let uri = s.a.unix_uri("d0");
+    let dir = s.a.dir.clone();
+    let fio = std::thread::spawn(move || fio_verify(&dir, &uri, "32M", "7"));
+    std::thread::sleep(Duration::from_millis(1500));
+    s.b.kill9();
+    fio.join().unwrap();
+    s.b.spawn();
+    let peer_now = replication_addr(&s.b);
+    if peer_now != s.peer {
+        // Port 0 gave another port: restart on the one the VPG names.
+        s.b.kill9();
+        let cfg = std::fs::read_to_string(s.b.config_path()).unwrap();
+        let port = s.peer.rsplit_once(':').unwrap().1;
+        let cfg = cfg.replace("127.0.0.1:0\"\npairing", &format!("127.0.0.1:{port}\"\npairing"));
+        std::fs::write(s.b.config_path(), &cfg).unwrap();
+        respawn_with_config(&mut s.b);
+    }
+    tag_and_wait(&s.a, &s.b, "app", "after-b-crash");
+    for (vol, uri) in export(&s.b, "app", "after-b-crash") {
+        let out = compare(&uri, s.a.tcp_uri(&vol));
+        assert!(
+            out.contains("Images are identical"),
+            "{vol} after the recovery site's crash: {out}"
+        );
+    }
+    s.b.ferry(&["checkpoint", "unexport", "app"]);
+
+    // Protected site killed under load: on restart its journal recovers and the stream
+    // goes on from the last acknowledged record.
+    let uri = s.a.unix_uri("d1");
+    let dir = s.a.dir.clone();
+    let mut fio = Command::new("fio")
+        .current_dir(&dir)
+        .args([
+            "--name=crash",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=16",
+            "--size=16M",
+            "--time_based",
+            "--runtime=30",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.a.kill9();
+    let _ = fio.wait();
+    s.a.spawn();
+    tag_and_wait(&s.a, &s.b, "app", "after-a-crash");
+    for (vol, uri) in export(&s.b, "app", "after-a-crash") {
+        let out = compare(&uri, s.a.tcp_uri(&vol));
+        assert!(
+            out.contains("Images are identical"),
+            "{vol} after the protected site's crash: {out}"
+        );
+    }
+    let _ = &s.key;
+}
+
+/// Restarts an agent on its (edited) config file.
+fn respawn_with_config(b: &mut Agent) {
+    let cfg = std::fs::read_to_string(b.config_path()).unwrap();
+    // `spawn` rewrites the config from its parts: keep the edited replication section.
+    let extra = cfg
+        .split_once("[replication]")
+        .map(|(_, r)| format!("[replication]{r}"))
+        .unwrap();
+    b.set_extra_config(&extra);
+    b.spawn();
+}
+
+/// Stops the recovery agent, lets `damage` change its newest history segment, and
+/// starts it again on the same replication port.
+fn damage_newest_segment(s: &mut Sites, damage: impl FnOnce(&mut Vec<u8>)) {
+    let port = s.peer.rsplit_once(':').unwrap().1.to_string();
+    s.b.stop();
+    let hist = s.b.dir.join("datastore/replicas/app/history");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&hist).unwrap().map(|e| e.unwrap().path()).collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    damage(&mut bytes);
+    std::fs::write(last, &bytes).unwrap();
+    let cfg = std::fs::read_to_string(s.b.config_path()).unwrap();
+    std::fs::write(
+        s.b.config_path(),
+        cfg.replace("127.0.0.1:0\"\npairing", &format!("127.0.0.1:{port}\"\npairing")),
+    )
+    .unwrap();
+    respawn_with_config(&mut s.b);
+}
+
+fn assert_identical_at(s: &Sites, tag: &str) {
+    for (vol, uri) in export(&s.b, "app", tag) {
+        let out = compare(&uri, s.a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol} at {tag}: {out}");
+    }
+    s.b.ferry(&["checkpoint", "unexport", "app"]);
+}
+
+#[test]
+fn a_damaged_history_tail_is_cut_and_the_replica_converges() {
+    let mut s = sites("torn", "", "");
+    qemu_io(s.a.tcp_uri("d1"), &["write -P 0x71 0 2M"]);
+    tag_and_wait(&s.a, &s.b, "app", "before");
+
+    // A batch torn by a crash (bytes after the last end mark): cut; it was never
+    // acknowledged, so the stream simply goes on.
+    damage_newest_segment(&mut s, |b| b.extend_from_slice(&[0xee; 300]));
+    let ev = s.b.ferry(&["replica", "show", "app"]);
+    assert!(ev.contains("cut at byte"), "{ev}");
+    qemu_io(s.a.tcp_uri("d1"), &["write -P 0x72 4M 1M"]);
+    tag_and_wait(&s.a, &s.b, "app", "after-torn");
+    assert_identical_at(&s, "after-torn");
+    assert!(!s.a.ferry(&["vpg", "show", "app"]).contains("lost acknowledged"));
+
+    // Damage inside acknowledged history: those records cannot be sent again, so the
+    // protected site re-sends every block (a full sync); the replica converges.
+    damage_newest_segment(&mut s, |b| {
+        let n = b.len();
+        b[n - 60] ^= 0xff;
+    });
+    assert!(
+        wait_for(60, || s
+            .a
+            .ferry(&["vpg", "show", "app", "--json"])
+            .contains("lost acknowledged history")),
+        "{}",
+        s.a.ferry(&["vpg", "show", "app"])
+    );
+    qemu_io(s.a.tcp_uri("d0"), &["write -P 0x73 8M 1M"]);
+    tag_and_wait(&s.a, &s.b, "app", "after-damage");
+    assert_identical_at(&s, "after-damage");
+    let ev = s.b.ferry(&["replica", "show", "app"]);
+    assert!(ev.contains("were lost here after they were acknowledged"), "{ev}");
+}
