@@ -265,6 +265,7 @@ struct Proxy {
     addr: String,
     flip_frame: Arc<AtomicUsize>,
     drop_frame: Arc<AtomicUsize>,
+    replay_frame: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -274,8 +275,14 @@ impl Proxy {
         let addr = l.local_addr().unwrap().to_string();
         let flip_frame = Arc::new(AtomicUsize::new(usize::MAX));
         let drop_frame = Arc::new(AtomicUsize::new(usize::MAX));
+        let replay_frame = Arc::new(AtomicUsize::new(usize::MAX));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, d, st) = (flip_frame.clone(), drop_frame.clone(), stop.clone());
+        let (f, d, r, st) = (
+            flip_frame.clone(),
+            drop_frame.clone(),
+            replay_frame.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             for c in l.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -284,8 +291,8 @@ impl Proxy {
                 let Ok(c) = c else { continue };
                 let Ok(up) = TcpStream::connect(&to) else { continue };
                 let (c2, up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
-                let (f, d) = (f.clone(), d.clone());
-                std::thread::spawn(move || forward_frames(c, up, &f, &d));
+                let (f, d, r) = (f.clone(), d.clone(), r.clone());
+                std::thread::spawn(move || forward_frames(c, up, &f, &d, &r));
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut &up2, &mut &c2);
                     let _ = c2.shutdown(std::net::Shutdown::Both);
@@ -296,6 +303,7 @@ impl Proxy {
             addr,
             flip_frame,
             drop_frame,
+            replay_frame,
             stop,
         }
     }
@@ -324,7 +332,13 @@ fn countdown(n: &AtomicUsize) -> bool {
 }
 
 /// Protected → recovery: the handshake message as is, then frame by frame.
-fn forward_frames(mut from: TcpStream, mut to: TcpStream, flip: &AtomicUsize, drop_n: &AtomicUsize) {
+fn forward_frames(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    flip: &AtomicUsize,
+    drop_n: &AtomicUsize,
+    replay: &AtomicUsize,
+) {
     let mut go = || -> std::io::Result<()> {
         let mut len = [0u8; 2];
         from.read_exact(&mut len)?;
@@ -347,6 +361,9 @@ fn forward_frames(mut from: TcpStream, mut to: TcpStream, flip: &AtomicUsize, dr
                 if countdown(drop_n) {
                     continue;
                 }
+                if countdown(replay) {
+                    to.write_all(&frame)?;
+                }
             }
             to.write_all(&frame)?;
         }
@@ -357,7 +374,7 @@ fn forward_frames(mut from: TcpStream, mut to: TcpStream, flip: &AtomicUsize, dr
 }
 
 #[test]
-fn altered_or_dropped_batches_are_rejected_and_the_stream_resumes_exact() {
+fn altered_replayed_or_dropped_batches_are_rejected_and_the_stream_resumes_exact() {
     let a = Agent::start("tamper-a");
     let key = new_key(&a.dir);
     let (b, peer) = recovery_agent("tamper-b", &key, "");
@@ -382,12 +399,25 @@ fn altered_or_dropped_batches_are_rejected_and_the_stream_resumes_exact() {
     qemu_io(a.tcp_uri("d0"), &["write -P 0x62 2M 1M"]);
     qemu_io(a.tcp_uri("d0"), &["write -P 0x63 4M 1M"]);
     tag_and_wait(&a, &b, "app", "after-drop");
-    for (vol, uri) in export(&b, "app", "after-drop") {
+    // A replayed frame: sent twice, the second copy fails (its nonce is spent).
+    proxy.replay_frame.store(0, Ordering::Relaxed);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x64 6M 1M"]);
+    tag_and_wait(&a, &b, "app", "after-replay");
+    let rejected = b.log().matches("failed authentication").count();
+    assert!(rejected >= 3, "{rejected} rejections logged:\n{}", b.log());
+    for (vol, uri) in export(&b, "app", "after-replay") {
         let out = compare(&uri, a.tcp_uri(&vol));
         assert!(out.contains("Images are identical"), "{vol}: {out}");
     }
-    let st = a.ferry(&["status"]);
-    assert!(st.contains("connection(s)"), "{st}");
+    b.ferry(&["checkpoint", "unexport", "app"]);
+
+    // Deleting the VPG deletes its replica too.
+    a.ferry(&["vpg", "delete", "app"]);
+    assert!(
+        b.ferry(&["replica", "list"]).contains("no replicas"),
+        "{}",
+        b.ferry(&["replica", "list"])
+    );
 }
 
 #[test]

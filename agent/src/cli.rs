@@ -808,6 +808,43 @@ fn print_vpg(v: &VpgStatus) {
         j.next_seq,
         j.settled_seq
     );
+    if let Some(p) = &v.protection {
+        let st = &p.settings;
+        println!(
+            "replicated to {} (priority {}{}): {}",
+            st.peer,
+            st.priority.name(),
+            if st.paused { ", paused" } else { "" },
+            p.ship.error.as_deref().unwrap_or(&p.ship.link)
+        );
+        println!(
+            "RPO {:.1} s (target {} s, {}); recovery site durable below sequence {}; {} acknowledged, {}",
+            p.rpo_s,
+            st.rpo_s,
+            if p.meeting_sla { "met" } else { "NOT met" },
+            p.ship.acked_seq,
+            human(p.ship.acked_bytes),
+            rate(p.ship.rate_bytes_per_s)
+        );
+        println!(
+            "history at the recovery site: {} s window, {} hard limit{}",
+            st.history_s,
+            human(st.history_bytes_max),
+            if st.recovery_datastore.is_empty() {
+                String::new()
+            } else {
+                format!(", datastore {}", st.recovery_datastore)
+            }
+        );
+        if let Some(done) = p.initial_done_bytes {
+            println!(
+                "initial sync: {} of {} read ({:.0}%)",
+                human(done),
+                human(p.initial_total_bytes),
+                done as f64 * 100.0 / p.initial_total_bytes.max(1) as f64
+            );
+        }
+    }
     println!("volumes:");
     for m in &v.volumes {
         println!(

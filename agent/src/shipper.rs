@@ -265,6 +265,30 @@ impl Shipping {
     }
 }
 
+/// Asks the recovery site to delete a VPG's replica (when the VPG is deleted here), on a
+/// connection of its own; waits up to 10 s for the answer.
+pub async fn remove_remote(p: &crate::vpg::Protection, id: u64) -> Result<(), String> {
+    let psk = ferry_proto::pairing::read_key(&p.pairing_key).map_err(|e| e.to_string())?;
+    let work = async {
+        let (mut rd, mut wr) = link::connect(&p.peer, &psk, Pace::new(0), Arc::new(LinkStats::default()))
+            .await
+            .map_err(|e| e.to_string())?;
+        wr.send(id, &Message::Remove { vpg: id })
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match rd.recv().await.map_err(|e| e.to_string())? {
+                Frame::Control(Message::Removed { vpg }) if vpg == id => return Ok(()),
+                Frame::Control(Message::Refused { vpg, reason }) if vpg == id => return Err(reason),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "the recovery site did not answer within 10 s".to_string())?
+}
+
 /// A little randomness for jitter, without a dependency.
 fn rand_unit() -> f64 {
     let n = SystemTime::now()

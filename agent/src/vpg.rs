@@ -480,6 +480,8 @@ pub struct Vpg {
     pub ship: Mutex<ShipState>,
     /// The initial sync (every block of the volumes read into the journal) has finished.
     initial_done: std::sync::atomic::AtomicBool,
+    /// The RPO was within its target at the last look.
+    sla_met: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vpg {
@@ -820,6 +822,7 @@ impl Vpg {
                 last.is_some_and(|seq| seq + 1 == self.capture.journal().stats().next_seq)
             };
             self.note_initial_sync();
+            self.note_sla();
             if self.capture.mode() == Mode::Journaling
                 && !idle
                 && let Err(e) = self.checkpoint("")
@@ -827,6 +830,28 @@ impl Vpg {
                 warn!(vpg = %self.record.name, error = %e, "automatic checkpoint skipped");
             }
             self.collect_events();
+        }
+    }
+
+    /// Raises an event when the actual RPO crosses the VPG's target, either way.
+    fn note_sla(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(p) = &self.record.protection else { return };
+        if self.is_paused() {
+            return;
+        }
+        let rpo = self.rpo_s(now_ms());
+        let met = rpo <= p.rpo_s as f64;
+        if self.sla_met.swap(met, Relaxed) != met {
+            self.event(if met {
+                format!("RPO back within its target: {rpo:.1} s (target {} s)", p.rpo_s)
+            } else {
+                format!(
+                    "not meeting SLA: RPO {rpo:.1} s exceeds the target {} s (link: {})",
+                    p.rpo_s,
+                    self.ship.lock().unwrap_or_else(|e| e.into_inner()).link
+                )
+            });
         }
     }
 
@@ -1277,6 +1302,7 @@ impl Vpgs {
             paused: std::sync::atomic::AtomicBool::new(false),
             ship: Mutex::new(ShipState::default()),
             initial_done: std::sync::atomic::AtomicBool::new(false),
+            sla_met: std::sync::atomic::AtomicBool::new(true),
         });
         let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
         vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
@@ -1487,6 +1513,7 @@ impl Vpgs {
     pub async fn delete(&self, name: &str) -> Result<(), AgentError> {
         let _g = self.change.lock().await;
         let vpg = self.get(name)?;
+        let record = vpg.record.clone();
         let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();
         self.save(&list)?;
         self.vpgs.write().unwrap_or_else(|e| e.into_inner()).remove(name);
@@ -1501,6 +1528,16 @@ impl Vpgs {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| AgentError::io("VPG removed, but cannot delete its directory", &dir, e))?;
         info!(vpg = %name, "VPG deleted");
+        if let Some(p) = &record.protection {
+            // The recovery site's replica goes too, if it can be reached.
+            crate::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {
+                AgentError::Refused(format!(
+                    "VPG {name:?} is deleted here, but its replica at {} was not: {why}. Delete it there with `ferry replica delete {name}`",
+                    p.peer
+                ))
+            })?;
+            info!(vpg = %name, peer = %p.peer, "replica at the recovery site deleted");
+        }
         Ok(())
     }
 
