@@ -861,10 +861,12 @@ impl Vpg {
         if self.initial_done.load(Relaxed) || self.capture.mode() != Mode::Journaling {
             return;
         }
+        if self.initial_done.swap(true, Relaxed) {
+            return;
+        }
         if let Err(e) = std::fs::write(initial_marker(&self.dir), b"") {
             warn!(vpg = %self.record.name, error = %e, "cannot record the initial sync's end");
         }
-        self.initial_done.store(true, Relaxed);
         self.event("initial sync read every block; from now on only writes are shipped".into());
     }
 
@@ -932,6 +934,7 @@ impl Vpg {
             .cloned()
             .collect();
         let now = now_ms();
+        self.note_initial_sync();
         let protection = self.record.protection.as_ref().map(|p| {
             let rpo_s = self.rpo_s(now);
             let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();

@@ -92,6 +92,9 @@ pub struct Capture<S: RingStorage> {
     /// Where the drain goes on in each volume (so a large map is scanned once per pass,
     /// not once per range).
     drain_from: Mutex<BTreeMap<u32, u64>>,
+    /// Tracked writes begun whose dirty bits are not marked yet: the drain does not call a
+    /// bitmap-sync episode over while there are any.
+    marking: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<S: RingStorage> std::fmt::Debug for Capture<S> {
@@ -127,6 +130,7 @@ impl<S: RingStorage> Capture<S> {
             events: Mutex::new(VecDeque::new()),
             drain_announced: std::sync::atomic::AtomicBool::new(false),
             drain_from: Mutex::new(BTreeMap::new()),
+            marking: Arc::default(),
         }
     }
 
@@ -270,6 +274,7 @@ impl<S: RingStorage> Capture<S> {
             offset: 0,
             length,
             started: false,
+            marking: None,
         })
     }
 
@@ -302,17 +307,29 @@ impl<S: RingStorage> Capture<S> {
                 }
                 Err(e) => {
                     // Worded without the write's details, so a stream of them is one event.
-                    self.event(format!("a write cannot be journaled ({e}): tracked as a dirty region"));
+                    // The region is read back into the journal in pieces by the drain;
+                    // until then no checkpoint is consistent, so the VPG drains.
+                    self.event(format!(
+                        "a write cannot be journaled whole ({e}): tracked as a dirty region and read back in pieces"
+                    ));
+                    if self.mode() == Mode::Journaling {
+                        self.switch_quietly(Mode::Draining, None);
+                    }
                     None
                 }
             }
         };
+        let marking = slot.is_none().then(|| {
+            self.marking.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.marking.clone()
+        });
         Pending {
             slot,
             map,
             offset,
             length,
             started: false,
+            marking,
         }
     }
 
@@ -381,6 +398,10 @@ impl<S: RingStorage> Capture<S> {
                 from.insert(v, off + len);
                 return Some((v, off, len));
             }
+        }
+        if self.marking.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            // A tracked write is about to mark its range: not over yet.
+            return None;
         }
         self.drain_announced.store(false, std::sync::atomic::Ordering::Relaxed);
         self.switch(
@@ -470,6 +491,16 @@ pub struct Pending<S: RingStorage> {
     offset: u64,
     length: u64,
     started: bool,
+    /// A tracked write's share of [`Capture`]'s count of unmarked writes.
+    marking: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl<S: RingStorage> Drop for Pending<S> {
+    fn drop(&mut self) {
+        if let Some(m) = self.marking.take() {
+            m.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 impl<S: RingStorage> std::fmt::Debug for Pending<S> {
@@ -519,6 +550,9 @@ impl<S: RingStorage> Pending<S> {
         match &mut self.slot {
             Some(s) => s.commit(),
             None => self.map.mark(self.offset, self.length),
+        }
+        if let Some(m) = self.marking.take() {
+            m.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
         al
     }

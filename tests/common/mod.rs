@@ -40,6 +40,9 @@ pub struct Agent {
     pub child: Option<Child>,
     pub tcp: String,
     extra_config: String,
+    /// A network namespace to run in (`ip netns exec`); its sockets on loopback are its
+    /// own, the unix sockets are reachable from everywhere.
+    netns: Option<String>,
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -72,6 +75,20 @@ impl Agent {
             child: None,
             tcp: String::new(),
             extra_config: extra_config.to_string(),
+            netns: None,
+        };
+        a.spawn();
+        a
+    }
+
+    /// Starts an agent inside network namespace `ns`.
+    pub fn start_in_netns(tag: &str, ns: &str, extra_config: &str) -> Agent {
+        let mut a = Agent {
+            dir: scratch_dir(tag),
+            child: None,
+            tcp: String::new(),
+            extra_config: extra_config.to_string(),
+            netns: Some(ns.to_string()),
         };
         a.spawn();
         a
@@ -98,7 +115,16 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let child = Command::new(FERRY)
+        let mut cmd = match &self.netns {
+            // `ip netns exec` enters the namespace and execs: the child is the agent.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, FERRY]);
+                c
+            }
+            None => Command::new(FERRY),
+        };
+        let child = cmd
             .args(["agent", "--config"])
             .arg(self.config_path())
             .args(["--log-level", "debug"])

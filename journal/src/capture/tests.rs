@@ -325,7 +325,13 @@ impl World {
     /// Drains every dirty region into the journal and ships it: the replica must then equal
     /// the datastores.
     fn converge(&mut self) {
-        for _ in 0..10_000 {
+        self.converge_rounds(10_000);
+    }
+
+    /// Up to `rounds` rounds of consuming, draining and syncing; stops once journaling
+    /// with nothing left to drain.
+    fn converge_rounds(&mut self, rounds: usize) {
+        for _ in 0..rounds {
             self.consume(usize::MAX);
             if !self.drain() && self.cap.mode() == Mode::Journaling {
                 break;
@@ -498,6 +504,53 @@ fn a_full_journal_tracks_then_drains_back_to_journaling() {
         w.cap.checkpoint(1, "after").is_ok(),
         "checkpoints are taken again once journaling"
     );
+}
+
+#[test]
+fn a_write_larger_than_the_journal_is_drained_in_pieces_before_the_next_checkpoint() {
+    let mut w = World::new();
+    // 96 KiB into a 64 KiB data ring: it cannot be one record.
+    let id = w.begin(Kind::Write, 1, 0, 24, 7);
+    assert_eq!(
+        w.cap.mode(),
+        Mode::Draining,
+        "no checkpoint may claim this write is in the stream"
+    );
+    assert!(w.cap.checkpoint(1, "too-early").is_err());
+    assert!(w.start(id));
+    w.issue(id);
+    w.finish(id, true);
+    w.converge();
+    w.assert_converged();
+    assert_eq!(w.cap.mode(), Mode::Journaling);
+    assert!(w.cap.checkpoint(2, "after").is_ok());
+}
+
+#[test]
+fn a_tracked_write_not_yet_marked_keeps_the_episode_open() {
+    let mut w = World::new();
+    for i in 0..40u64 {
+        let id = w.begin(Kind::Write, 1, i * 2, 2, i as u8);
+        assert!(w.start(id));
+        w.issue(id);
+        w.finish(id, true);
+    }
+    assert_eq!(w.cap.mode(), Mode::Tracking);
+    // A write begun while tracking, its bits not marked yet (its payload is still coming).
+    let late = w.begin(Kind::Write, 2, 40, 1, 0x77);
+    assert!(!w.writes[late].pending.as_ref().unwrap().is_journaled());
+    w.converge_rounds(200);
+    assert_ne!(
+        w.cap.mode(),
+        Mode::Journaling,
+        "the episode must not end before the tracked write marks its range"
+    );
+    assert!(w.start(late));
+    w.issue(late);
+    w.finish(late, true);
+    w.converge();
+    w.assert_converged();
+    assert_eq!(w.cap.mode(), Mode::Journaling);
 }
 
 #[derive(Debug, Clone)]
