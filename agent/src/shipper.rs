@@ -15,7 +15,8 @@
 //! nor is starved.
 //!
 //! Where a write's bytes are copied here: from the mapped journal into the batch's
-//! plaintext (once), compressed (if it saves bytes) and sealed into the frame.
+//! plaintext (once), compressed (zstd, adaptive: a batch it barely shrinks turns it off for
+//! the next 15) and sealed into the frame.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A batch that compression shrank by less than 10% makes the next ones go uncompressed;
+/// one in this many tries again.
+const COMPRESS_PROBE_EVERY: u32 = 16;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -308,6 +312,8 @@ struct Shipped {
     /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
     inflight: VecDeque<(u64, usize, usize)>,
     vtime: f64,
+    /// Batches still to send uncompressed (adaptive compression).
+    uncompressed_left: u32,
     /// Checkpoints below this are not sent (they were taken before a resync).
     skip_checkpoints_below: u64,
     /// Had records ready at the last choice.
@@ -398,6 +404,7 @@ impl Session<'_> {
                     inflight: VecDeque::new(),
                     vtime: 0.0,
                     skip_checkpoints_below: 0,
+                    uncompressed_left: 0,
                     was_ready: false,
                     weight,
                     batch_seq: 0,
@@ -558,12 +565,15 @@ impl Session<'_> {
         };
         let sv = self.vpgs.get_mut(&id).expect("chosen");
         let mut cons = sv.consumer.take().expect("ready");
-        let (batch_bytes, level, from, skip) = (
-            cfg.batch_bytes,
-            cfg.compression_level,
-            sv.next_seq,
-            sv.skip_checkpoints_below,
-        );
+        // Adaptive: after a batch that compression barely shrank, the next ones go as they
+        // are, and every COMPRESS_PROBE_EVERY-th tries again.
+        let level = if sv.uncompressed_left > 0 {
+            sv.uncompressed_left -= 1;
+            0
+        } else {
+            cfg.compression_level
+        };
+        let (batch_bytes, from, skip) = (cfg.batch_bytes, sv.next_seq, sv.skip_checkpoints_below);
         let (cons, built) = tokio::task::spawn_blocking(move || {
             let b = build_batch(&mut cons, from, batch_bytes, level, skip);
             (cons, b)
@@ -572,6 +582,9 @@ impl Session<'_> {
         .map_err(|e| LinkError::Content(e.to_string()))?;
         sv.consumer = Some(cons);
         let Some(b) = built else { return Ok(false) };
+        if level > 0 && b.body.len() * 10 > b.plain_bytes * 9 {
+            sv.uncompressed_left = COMPRESS_PROBE_EVERY - 1;
+        }
         for why in &b.skipped {
             sv.vpg.event(why.clone());
         }

@@ -907,6 +907,17 @@ impl Vpg {
             self.inflight.wait_earlier(&ticket).await;
             let read = tokio::task::spawn_blocking(move || {
                 let r = std::os::unix::fs::FileExt::read_exact_at(&*file, slot.payload_mut(), offset);
+                // The drain reads each region once: keep it out of the page cache. (Pages
+                // read in large folios by readahead also make later small writes to them
+                // slow on ext4: every 4 KiB write walks the whole folio.) Readahead puts
+                // them in folios of up to 2 MiB, which are dropped only whole: drop the
+                // aligned span behind this read, where the folios are complete.
+                const FOLIO_MAX: u64 = 2 << 20;
+                let to = (offset + len) & !(FOLIO_MAX - 1);
+                let from = (offset & !(FOLIO_MAX - 1)).saturating_sub(FOLIO_MAX);
+                if let Some(span) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+                    let _ = rustix::fs::fadvise(&*file, from, Some(span), rustix::fs::Advice::DontNeed);
+                }
                 (r, slot)
             })
             .await;

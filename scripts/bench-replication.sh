@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Replication benchmark: fio's nbd engine (4k random writes at QD32, 1M sequential writes at
+# QD32) against, in the same run, each on a fresh file of the same size:
+#   off        ferry serving the volume, no replication
+#   repl       ferry with the volume in a VPG replicated to a second, local ferry agent
+#              (loopback TCP, sealed and compressed); the actual RPO is sampled every
+#              second during the run, and the time to catch up after it is measured
+#   mirror-wb  qemu-storage-daemon exporting the disk over NBD with a QMP blockdev-mirror
+#              job in copy-mode write-blocking to a qemu-nbd target (what a Linux user
+#              would set up today for synchronous replication)
+#   mirror-bg  the same mirror in copy-mode background
+# The configurations take turns, round after round (REPEAT rounds), medians in the table.
+# Then, as root (network namespaces and tc), the shaped case: the two ferry agents in
+# namespaces of their own joined by veth, A's side shaped to SHAPED_RATE with tbf, and
+# fio writing incompressible 64k blocks at 90% of that rate for SHAPED_SECONDS: the RPO
+# must stay steady. A benchmark, not a test: it asserts nothing.
+#
+#   RUNTIME=10  SIZE=1G  REPEAT=3  BENCH_DIR=/var/tmp/ferry-bench-repl
+#   SHAPED_RATE=100mbit  SHAPED_SECONDS=30  (SHAPED_RATE=0 skips the shaped case)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-1G}
+REPEAT=${REPEAT:-3}
+BENCH_DIR=${BENCH_DIR:-/var/tmp/ferry-bench-repl}
+SHAPED_RATE=${SHAPED_RATE:-100mbit}
+SHAPED_SECONDS=${SHAPED_SECONDS:-30}
+for t in fio qemu-storage-daemon qemu-nbd python3; do
+  command -v "$t" >/dev/null || { echo "bench-replication.sh: $t is missing; scripts/test.sh installs it" >&2; exit 1; }
+done
+cargo build --release --quiet
+FERRY=$PWD/target/release/ferry
+rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR"
+pids=()
+NS_A="" NS_B=""
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "$NS_A" ] && ip netns del "$NS_A" 2>/dev/null || true
+  [ -n "$NS_B" ] && ip netns del "$NS_B" 2>/dev/null || true
+  rm -rf "$BENCH_DIR"
+}
+trap cleanup EXIT
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+A() { FERRY_CONTROL=$BENCH_DIR/a/control.sock "$FERRY" "$@"; }
+B() { FERRY_CONTROL=$BENCH_DIR/b/control.sock "$FERRY" "$@"; }
+rpo() { A status | sed -n 's/.*RPO \([0-9.]*\) s.*/\1/p' | head -1; }
+
+# QMP: sends each JSON command (one per argument) to the socket $QMP and prints the replies.
+qmp() {
+  python3 - "$QMP" "$@" <<'PY'
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+json.loads(f.readline())
+def call(cmd):
+    f.write(json.dumps(cmd) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            return r
+call({"execute": "qmp_capabilities"})
+for a in sys.argv[2:]:
+    cmd = json.loads(a)
+    if cmd.get("execute") == "wait-ready":
+        for _ in range(6000):
+            jobs = call({"execute": "query-block-jobs"})["return"]
+            if jobs and all(j["ready"] for j in jobs):
+                break
+            time.sleep(0.05)
+        print("ready"); continue
+    r = call(cmd)
+    if "error" in r:
+        sys.exit("QMP %s: %s" % (cmd["execute"], r["error"]["desc"]))
+PY
+}
+
+# Starts configuration $1 on fresh files; sets URI.
+start() {
+  rm -rf "$BENCH_DIR/a" "$BENCH_DIR/b" "$BENCH_DIR"/*.img "$BENCH_DIR"/*.sock
+  mkdir -p "$BENCH_DIR/a" "$BENCH_DIR/b"
+  local f=$BENCH_DIR/src.img
+  truncate -s "$SIZE" "$f"
+  case $1 in
+    off|repl)
+      printf 'state_dir = "%s"\n[nbd]\nlisten = []\n' "$BENCH_DIR/a" > "$BENCH_DIR/a.toml"
+      "$FERRY" agent --config "$BENCH_DIR/a.toml" --log-level warn 2>>"$BENCH_DIR/a.log" & pids+=($!)
+      wait_sock "$BENCH_DIR/a/control.sock"
+      A volume adopt bench "$f" >/dev/null
+      URI="nbd+unix:///bench?socket=$BENCH_DIR/a/nbd.sock"
+      if [ "$1" = repl ]; then
+        "$FERRY" pair "$BENCH_DIR/key" --force >/dev/null
+        printf 'state_dir = "%s"\n[nbd]\nlisten = []\n[replication]\nlisten = "127.0.0.1:10898"\npairing_keys = ["%s"]\n' \
+          "$BENCH_DIR/b" "$BENCH_DIR/key" > "$BENCH_DIR/b.toml"
+        "$FERRY" agent --config "$BENCH_DIR/b.toml" --log-level warn 2>>"$BENCH_DIR/b.log" & pids+=($!)
+        wait_sock "$BENCH_DIR/b/control.sock"
+        A vpg create bench --volume bench --journal-size 1G --peer 127.0.0.1:10898 --peer-key "$BENCH_DIR/key" >/dev/null
+        for _ in $(seq 1200); do A status | grep -q 'bench: protecting' && break; sleep 0.1; done
+      fi ;;
+    mirror-wb|mirror-bg)
+      local mode=write-blocking; [ "$1" = mirror-bg ] && mode=background
+      truncate -s "$SIZE" "$BENCH_DIR/tgt.img"
+      qemu-nbd -f raw -k "$BENCH_DIR/tgt.sock" -t "$BENCH_DIR/tgt.img" & pids+=($!)
+      wait_sock "$BENCH_DIR/tgt.sock"
+      QMP=$BENCH_DIR/qmp.sock
+      qemu-storage-daemon \
+        --blockdev "driver=file,filename=$f,node-name=file0,aio=io_uring,cache.direct=off" \
+        --blockdev driver=raw,file=file0,node-name=src \
+        --nbd-server "addr.type=unix,addr.path=$BENCH_DIR/src.sock" \
+        --export type=nbd,id=e0,node-name=src,name=src,writable=on \
+        --chardev "socket,path=$QMP,server=on,wait=off,id=qmp0" --monitor chardev=qmp0 & pids+=($!)
+      wait_sock "$QMP"; wait_sock "$BENCH_DIR/src.sock"
+      qmp '{"execute":"blockdev-add","arguments":{"driver":"nbd","node-name":"tgt","server":{"type":"unix","path":"'"$BENCH_DIR"'/tgt.sock"}}}' \
+          '{"execute":"blockdev-mirror","arguments":{"job-id":"m0","device":"src","target":"tgt","sync":"full","copy-mode":"'"$mode"'"}}' \
+          '{"execute":"wait-ready"}' >/dev/null
+      URI="nbd+unix:///src?socket=$BENCH_DIR/src.sock" ;;
+  esac
+}
+
+# fio JSON -> "iops MB/s"
+fio_run() { # $1 rw, $2 bs, rest: extra args
+  local rw=$1 bs=$2; shift 2
+  fio --name=bench --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth=32 --size="$SIZE" --time_based \
+      --runtime="$RUNTIME" --ramp_time=2 --refill_buffers --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p' |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.0f" % (j["iops"], j["bw_bytes"]/1e6))'
+}
+
+configs=(off repl mirror-wb mirror-bg)
+workloads=("randwrite 4k" "write 1M")
+results=$BENCH_DIR/results.txt
+: > "$results"
+echo "qemu-storage-daemon $(qemu-storage-daemon --version | head -1 | awk '{print $3}'), fio $(fio --version), $(nproc) cores"
+for round in $(seq "$REPEAT"); do
+  for c in "${configs[@]}"; do
+    for w in "${workloads[@]}"; do
+      set -- $w
+      start "$c"
+      extra=""
+      if [ "$c" = repl ]; then
+        # Sample the RPO each second while fio runs.
+        ( while sleep 1; do rpo; done ) > "$BENCH_DIR/rpo.txt" 2>/dev/null & sampler=$!
+      fi
+      r=$(fio_run "$1" "$2")
+      if [ "$c" = repl ]; then
+        kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+        t0=$(date +%s.%N)
+        for _ in $(seq 1200); do [ "$(rpo)" = "0.0" ] && break; sleep 0.1; done
+        catchup=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
+        extra=" rpo_max=$(sort -g "$BENCH_DIR/rpo.txt" | tail -1) rpo_last=$(tail -1 "$BENCH_DIR/rpo.txt") catchup_s=$catchup"
+      fi
+      stop_all
+      echo "round $round  $c  $1 $2: $r$extra"
+      echo "$c $1 $r$extra" >> "$results"
+    done
+  done
+done
+
+echo
+echo "fio nbd engine, unix socket, QD32, ${RUNTIME}s per run, median of $REPEAT rounds, $(nproc) cores"
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+def med(c, wl, col):
+    v = [float(r[col]) for r in rows if r[0] == c and r[1] == wl]
+    return statistics.median(v)
+print("%-20s %10s %10s %10s %10s %8s %10s %10s" % ("workload", "off", "repl", "mirror-wb", "mirror-bg", "/off", "/mirror-wb", "/mirror-bg"))
+for wl, label, col in (("randwrite", "randwrite 4k (IOPS)", 2), ("write", "write 1M (MB/s)", 3)):
+    m = {c: med(c, wl, col) for c in ("off", "repl", "mirror-wb", "mirror-bg")}
+    print("%-20s %10.0f %10.0f %10.0f %10.0f %7.2fx %9.2fx %9.2fx" % (label, m["off"], m["repl"], m["mirror-wb"],
+          m["mirror-bg"], m["repl"] / m["off"], m["repl"] / m["mirror-wb"], m["repl"] / m["mirror-bg"]))
+print()
+for wl in ("randwrite", "write"):
+    for r in rows:
+        if r[0] == "repl" and r[1] == wl:
+            print("repl %-9s RPO during the run: %s" % (wl, " ".join(r[4:])))
+PY
+
+[ "$SHAPED_RATE" = 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then echo "(shaped case skipped: needs root for network namespaces and tc)"; exit 0; fi
+echo
+echo "== shaped link: $SHAPED_RATE, fio writing incompressible 64k blocks at 90% of it for ${SHAPED_SECONDS}s"
+NS_A=fyb-a-$$ NS_B=fyb-b-$$
+ip netns add "$NS_A"; ip netns add "$NS_B"
+ip -n "$NS_A" link set lo up; ip -n "$NS_B" link set lo up
+ip link add fyba$$ netns "$NS_A" type veth peer name fybb$$ netns "$NS_B"
+ip -n "$NS_A" addr add 10.79.0.1/24 dev fyba$$; ip -n "$NS_B" addr add 10.79.0.2/24 dev fybb$$
+ip -n "$NS_A" link set fyba$$ up; ip -n "$NS_B" link set fybb$$ up
+ip netns exec "$NS_A" tc qdisc add dev fyba$$ root tbf rate "$SHAPED_RATE" burst 64kb latency 100ms
+rm -rf "$BENCH_DIR/a" "$BENCH_DIR/b"; mkdir -p "$BENCH_DIR/a" "$BENCH_DIR/b"
+truncate -s "$SIZE" "$BENCH_DIR/src.img"
+"$FERRY" pair "$BENCH_DIR/key" --force >/dev/null
+printf 'state_dir = "%s"\n[nbd]\nlisten = []\n' "$BENCH_DIR/a" > "$BENCH_DIR/a.toml"
+printf 'state_dir = "%s"\n[nbd]\nlisten = []\n[replication]\nlisten = "10.79.0.2:10898"\npairing_keys = ["%s"]\n' \
+  "$BENCH_DIR/b" "$BENCH_DIR/key" > "$BENCH_DIR/b.toml"
+ip netns exec "$NS_A" "$FERRY" agent --config "$BENCH_DIR/a.toml" --log-level warn 2>>"$BENCH_DIR/a.log" & pids+=($!)
+ip netns exec "$NS_B" "$FERRY" agent --config "$BENCH_DIR/b.toml" --log-level warn 2>>"$BENCH_DIR/b.log" & pids+=($!)
+wait_sock "$BENCH_DIR/a/control.sock"; wait_sock "$BENCH_DIR/b/control.sock"
+A volume adopt bench "$BENCH_DIR/src.img" >/dev/null
+A vpg create bench --volume bench --journal-size 1G --peer 10.79.0.2:10898 --peer-key "$BENCH_DIR/key" >/dev/null
+for _ in $(seq 1200); do A status | grep -q 'bench: protecting' && break; sleep 0.1; done
+rate_bytes=$(python3 -c "
+r='$SHAPED_RATE'.lower(); m={'kbit':1e3,'mbit':1e6,'gbit':1e9}
+n=next(float(r[:-len(k)])*v for k,v in m.items() if r.endswith(k)); print(int(n/8*0.9))")
+URI="nbd+unix:///bench?socket=$BENCH_DIR/a/nbd.sock"
+( while sleep 1; do rpo; done ) > "$BENCH_DIR/rpo.txt" 2>/dev/null & sampler=$!
+fio --name=shaped --ioengine=nbd --uri="$URI" --rw=randwrite --bs=64k --iodepth=8 --size="$SIZE" --time_based \
+    --runtime="$SHAPED_SECONDS" --rate="$rate_bytes" --refill_buffers --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
+  python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("fio wrote %.1f MB/s" % (j["bw_bytes"]/1e6))'
+kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+python3 - "$BENCH_DIR/rpo.txt" <<'PY'
+import sys
+v = [float(x) for x in open(sys.argv[1]).read().split()]
+n = len(v); h = n // 2
+print("RPO each second: " + " ".join("%.1f" % x for x in v))
+if n >= 4:
+    print("RPO mean, first half %.2f s, second half %.2f s; max %.1f s" % (sum(v[:h]) / h, sum(v[h:]) / (n - h), max(v)))
+PY
+A status | grep -E 'bench:|link to'
