@@ -3,18 +3,19 @@
 //! what is durable.
 //!
 //! Batches are written as they come; before an acknowledgement the segments written are
-//! synced, once for all the batches at hand (when the socket has nothing more buffered, or
-//! every [`ACK_BYTES`]). A batch that does not start where the replica's history ends, or
+//! synced, once for all the batches at hand: when the stream pauses ([`ACK_DELAY`]), and
+//! under a steady stream every [`ACK_EVERY`] or [`ACK_BYTES`]. A batch that does not start where the replica's history ends, or
 //! whose records do not decode, ends the connection without a byte of it written: the
 //! protected site reconnects and resends from the last acknowledged record.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_proto::message::Message;
 use ferry_proto::records;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -23,6 +24,10 @@ use crate::replica::{Replica, Replicas};
 
 /// Plaintext bytes taken in before an acknowledgement at the latest.
 pub const ACK_BYTES: usize = 16 << 20;
+/// A pause this long in the stream syncs and acknowledges what came.
+pub const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Under a steady stream, an acknowledgement at least this often.
+pub const ACK_EVERY: Duration = Duration::from_millis(50);
 /// A peer silent this long is dropped (it pings every few seconds).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,14 +77,38 @@ async fn serve(
     // Replicas written to since their last acknowledgement.
     let mut unacked: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
     let mut taken = 0usize;
+    let mut last_ack = Instant::now();
+    // Frames are read by a task of their own, so that waiting for one can time out.
+    let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let f = rd.recv().await;
+            let end = f.is_err();
+            if tx.send(f).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _abort = AbortOnDrop(reader);
     loop {
-        let frame = tokio::select! {
+        // With writes not yet acknowledged, wait for more only briefly: a pause in the
+        // stream is the moment to sync them all and acknowledge.
+        let wait = if unacked.is_empty() { IDLE_TIMEOUT } else { ACK_DELAY };
+        let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            r = tokio::time::timeout(IDLE_TIMEOUT, rd.recv()) => match r {
-                Err(_) => return Err(LinkError::Content(format!("the peer was silent for {IDLE_TIMEOUT:?}"))),
-                Ok(Err(LinkError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Ok(r) => r?,
-            },
+            r = tokio::time::timeout(wait, rx.recv()) => r,
+        };
+        let frame = match next {
+            Err(_) if !unacked.is_empty() => {
+                ack_all(&mut unacked, &mut wr).await?;
+                taken = 0;
+                last_ack = Instant::now();
+                continue;
+            }
+            Err(_) => return Err(LinkError::Content(format!("the peer was silent for {IDLE_TIMEOUT:?}"))),
+            Ok(None) => return Err(LinkError::Content("the link's reader ended".into())),
+            Ok(Some(Err(LinkError::Io(e)))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Some(r)) => r?,
         };
         match frame {
             Frame::Control(Message::Open(spec)) => {
@@ -173,14 +202,30 @@ async fn serve(
                 unacked.insert(h.vpg, r);
             }
         }
-        if !unacked.is_empty() && (!rd.buffered() || taken >= ACK_BYTES) {
+        if !unacked.is_empty() && (taken >= ACK_BYTES || last_ack.elapsed() >= ACK_EVERY) {
+            ack_all(&mut unacked, &mut wr).await?;
             taken = 0;
-            for (vpg, r) in std::mem::take(&mut unacked) {
-                let next_seq = tokio::task::spawn_blocking(move || r.sync())
-                    .await
-                    .map_err(|e| LinkError::Content(e.to_string()))??;
-                wr.send(vpg, &Message::Ack { vpg, next_seq }).await?;
-            }
+            last_ack = Instant::now();
         }
+    }
+}
+
+/// Syncs the history of every replica written since the last acknowledgement, then
+/// acknowledges each: never an ack before the sync.
+async fn ack_all(unacked: &mut BTreeMap<u64, Arc<Replica>>, wr: &mut link::LinkWriter) -> Result<(), LinkError> {
+    for (vpg, r) in std::mem::take(unacked) {
+        let next_seq = tokio::task::spawn_blocking(move || r.sync())
+            .await
+            .map_err(|e| LinkError::Content(e.to_string()))??;
+        wr.send(vpg, &Message::Ack { vpg, next_seq }).await?;
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

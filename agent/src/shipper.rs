@@ -45,6 +45,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A batch that compression shrank by less than 10% makes the next ones go uncompressed;
 /// one in this many tries again.
 const COMPRESS_PROBE_EVERY: u32 = 16;
+/// Acknowledged bytes after which journal space is released at once.
+const RELEASE_BYTES: usize = 32 << 20;
+/// Acknowledged journal space is released at least this often.
+const RELEASE_EVERY: Duration = Duration::from_millis(100);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -312,6 +316,10 @@ struct Shipped {
     /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
     inflight: VecDeque<(u64, usize, usize)>,
     vtime: f64,
+    /// Acknowledged by the recovery site, journal space not yet released.
+    release_to: u64,
+    unreleased_bytes: usize,
+    released_at: Instant,
     /// Batches still to send uncompressed (adaptive compression).
     uncompressed_left: u32,
     /// Checkpoints below this are not sent (they were taken before a resync).
@@ -347,6 +355,7 @@ impl Session<'_> {
             while let Ok(f) = rx.try_recv() {
                 self.on_frame(f?, wr).await?;
             }
+            self.release_due().await?;
             let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= cfg.window_bytes {
                 self.send_next(wr, &cfg).await?
             } else {
@@ -405,6 +414,9 @@ impl Session<'_> {
                     vtime: 0.0,
                     skip_checkpoints_below: 0,
                     uncompressed_left: 0,
+                    release_to: 0,
+                    unreleased_bytes: 0,
+                    released_at: Instant::now(),
                     was_ready: false,
                     weight,
                     batch_seq: 0,
@@ -493,18 +505,8 @@ impl Session<'_> {
                     self.inflight_bytes -= wire;
                     plain += p;
                 }
-                if let Some(mut cons) = sv.consumer.take() {
-                    let (cons, r) = tokio::task::spawn_blocking(move || {
-                        let r = cons_ack(&mut cons, next_seq);
-                        (cons, r)
-                    })
-                    .await
-                    .map_err(|e| LinkError::Content(e.to_string()))?;
-                    sv.consumer = Some(cons);
-                    if let Err(e) = r {
-                        warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
-                    }
-                }
+                sv.release_to = sv.release_to.max(next_seq);
+                sv.unreleased_bytes += plain;
                 let caught_up = next_seq >= sv.vpg.journal_stats().next_seq;
                 let (t0, b0) = sv.rate_mark;
                 let el = t0.elapsed().as_secs_f64();
@@ -532,6 +534,34 @@ impl Session<'_> {
             Frame::Control(Message::Pong | Message::Removed { .. }) => {}
             Frame::Control(m) => return Err(LinkError::Content(format!("a recovery site does not send {m:?}"))),
             Frame::Batch(..) => return Err(LinkError::Content("a recovery site does not send batches".into())),
+        }
+        Ok(())
+    }
+
+    /// Releases the journal space of acknowledged records, a few times a second or every
+    /// [`RELEASE_BYTES`] (each release syncs the journal's superblock and drops pages).
+    async fn release_due(&mut self) -> Result<(), LinkError> {
+        for sv in self.vpgs.values_mut() {
+            let due = sv.unreleased_bytes >= RELEASE_BYTES
+                || (sv.unreleased_bytes > 0 && sv.released_at.elapsed() >= RELEASE_EVERY)
+                || (sv.release_to > 0 && sv.vpg.journal_stats().fill() > 0.5);
+            if !due || sv.release_to <= sv.vpg.journal_stats().acked_seq {
+                continue;
+            }
+            let Some(mut cons) = sv.consumer.take() else { continue };
+            let to = sv.release_to;
+            let (cons, r) = tokio::task::spawn_blocking(move || {
+                let r = cons_ack(&mut cons, to);
+                (cons, r)
+            })
+            .await
+            .map_err(|e| LinkError::Content(e.to_string()))?;
+            sv.consumer = Some(cons);
+            sv.unreleased_bytes = 0;
+            sv.released_at = Instant::now();
+            if let Err(e) = r {
+                warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
+            }
         }
         Ok(())
     }
