@@ -94,6 +94,10 @@ enum VpgCmd {
         /// History hard limit at the recovery site, e.g. 100G (default 16G).
         #[arg(long, requires = "peer")]
         history_max_bytes: Option<String>,
+        /// The recovery site already holds a copy of the volumes (DATASTORE/replicas/VPG/
+        /// VOLUME.img there): compare checksums of regions and send only differences.
+        #[arg(long, requires = "peer")]
+        preseeded: bool,
     },
     /// Stop shipping a protected VPG (capture goes on; a full journal turns to dirty tracking).
     Pause { name: String },
@@ -466,6 +470,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             rpo,
             history,
             history_max_bytes,
+            preseeded,
         }) => {
             let protect = match (peer, peer_key) {
                 (Some(peer), Some(key)) => Some(ProtectArgs {
@@ -476,6 +481,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                     rpo_s: rpo.as_deref().map(parse_duration_s).transpose()?,
                     history_s: history.as_deref().map(parse_duration_s).transpose()?,
                     history_bytes_max: history_max_bytes.as_deref().map(parse_size).transpose()?,
+                    preseeded,
                 }),
                 (None, None) => None,
                 _ => return Err("--peer and --peer-key go together".into()),
@@ -500,9 +506,14 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             );
             if let Some(p) = &v.protection {
                 println!(
-                    "replicating to {} (priority {}); initial sync of {} under way: `ferry vpg show {}` shows its progress",
+                    "replicating to {} (priority {}); {} of {} under way: `ferry vpg show {}` shows its progress",
                     p.settings.peer,
                     p.settings.priority.name(),
+                    if p.settings.preseeded {
+                        "delta sync"
+                    } else {
+                        "initial sync"
+                    },
                     human(p.initial_total_bytes),
                     v.name
                 );
@@ -836,6 +847,14 @@ fn print_vpg(v: &VpgStatus) {
                 format!(", datastore {}", st.recovery_datastore)
             }
         );
+        if let Some(d) = &p.delta {
+            println!(
+                "delta sync: {} of {} compared with the pre-seeded replica, {} differ",
+                human(d.compared_bytes),
+                human(d.total_bytes),
+                human(d.differing_bytes)
+            );
+        }
         if let Some(done) = p.initial_done_bytes {
             println!(
                 "initial sync: {} of {} read ({:.0}%)",

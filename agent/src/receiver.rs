@@ -170,6 +170,34 @@ async fn serve(
                 .map_err(|e| LinkError::Content(e.to_string()))??;
                 wr.send(vpg, &Message::Ack { vpg, next_seq: durable }).await?;
             }
+            Frame::Control(Message::SumsRequest {
+                vpg,
+                volume,
+                offset,
+                region_bytes,
+                count,
+                at_seq,
+            }) => {
+                let Some(r) = opened.get(&vpg).cloned() else {
+                    return Err(LinkError::Content(format!(
+                        "sums for VPG {vpg:#x}, which was not opened"
+                    )));
+                };
+                let sums = tokio::task::spawn_blocking(move || r.sums(volume, offset, region_bytes, count, at_seq))
+                    .await
+                    .map_err(|e| LinkError::Content(e.to_string()))?
+                    .unwrap_or_default();
+                wr.send(
+                    vpg,
+                    &Message::Sums {
+                        vpg,
+                        volume,
+                        offset,
+                        sums,
+                    },
+                )
+                .await?;
+            }
             Frame::Control(other) => {
                 return Err(LinkError::Content(format!("a protected site does not send {other:?}")));
             }

@@ -798,6 +798,30 @@ impl Replica {
         Ok(())
     }
 
+    /// Delta sync: SHA-256 (first 16 bytes) of each of `count` regions of `region_bytes`
+    /// from `offset` of `volume`, as they were just before `at_seq`; `None` when the
+    /// replica no longer holds that point. The last region may be short (volume end).
+    pub fn sums(&self, volume: u32, offset: u64, region_bytes: u32, count: u32, at_seq: u64) -> Option<Vec<[u8; 16]>> {
+        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        let size = self.volumes().iter().find(|v| v.0 == volume)?.2;
+        if at_seq < applied || region_bytes == 0 || count > 4096 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        let mut buf = vec![0u8; region_bytes as usize];
+        for i in 0..u64::from(count) {
+            let off = offset + i * u64::from(region_bytes);
+            if off >= size {
+                break;
+            }
+            let n = (size - off).min(u64::from(region_bytes)) as usize;
+            self.read_at(volume, off, &mut buf[..n], at_seq).ok()?;
+            out.push(region_sum(&buf[..n]));
+        }
+        // The point must still have been held while reading.
+        (self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq <= at_seq).then_some(out)
+    }
+
     /// Holds `seq`: nothing at or past it is applied until the pin is dropped.
     pub fn pin(self: &Arc<Self>, seq: u64) -> Result<Pin, AgentError> {
         let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
@@ -822,6 +846,12 @@ impl Replica {
             .map(|(i, v)| (i as u32 + 1, v.name.clone(), v.size_bytes))
             .collect()
     }
+}
+
+/// A delta-sync region's checksum: SHA-256, first 16 bytes.
+pub fn region_sum(bytes: &[u8]) -> [u8; 16] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
 /// pread of the whole buffer; bytes past the end of the file read as zero.

@@ -316,6 +316,8 @@ struct Shipped {
     /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
     inflight: VecDeque<(u64, usize, usize)>,
     vtime: f64,
+    /// A delta sync's comparison, while it runs.
+    delta: Option<Delta>,
     /// Acknowledged by the recovery site, journal space not yet released.
     release_to: u64,
     unreleased_bytes: usize,
@@ -330,6 +332,19 @@ struct Shipped {
     batch_seq: u64,
     rate_mark: (Instant, u64),
 }
+
+/// Where a delta sync's comparison stands: the next region to ask for, requests in flight.
+struct Delta {
+    volumes: Vec<(u32, Option<Arc<std::fs::File>>, u64)>,
+    index: usize,
+    offset: u64,
+    outstanding: usize,
+}
+
+/// Bytes per compared region, regions per request, requests in flight.
+const DELTA_REGION: u32 = 1 << 20;
+const DELTA_REGIONS_PER_REQUEST: u32 = 64;
+const DELTA_REQUESTS_MAX: usize = 4;
 
 struct Session<'a> {
     shipping: &'a Shipping,
@@ -356,6 +371,7 @@ impl Session<'_> {
                 self.on_frame(f?, wr).await?;
             }
             self.release_due().await?;
+            self.delta_step(wr).await?;
             let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= cfg.window_bytes {
                 self.send_next(wr, &cfg).await?
             } else {
@@ -414,6 +430,7 @@ impl Session<'_> {
                     vtime: 0.0,
                     skip_checkpoints_below: 0,
                     uncompressed_left: 0,
+                    delta: None,
                     release_to: 0,
                     unreleased_bytes: 0,
                     released_at: Instant::now(),
@@ -488,6 +505,22 @@ impl Session<'_> {
                 sv.consumer = Some(cons);
                 sv.opened = true;
                 sv.next_seq = next_seq;
+                if sv.vpg.delta_pending() {
+                    let volumes = sv.vpg.member_files();
+                    let total = volumes.iter().map(|v| v.2).sum();
+                    *sv.vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner()) = crate::vpg::DeltaProgress {
+                        total_bytes: total,
+                        ..Default::default()
+                    };
+                    sv.delta = Some(Delta {
+                        volumes,
+                        index: 0,
+                        offset: 0,
+                        outstanding: 0,
+                    });
+                    // Checkpoints from before the comparison ends are not whole.
+                    sv.skip_checkpoints_below = u64::MAX;
+                }
                 info!(vpg = %sv.vpg.record.name, next_seq, "shipping resumes");
                 sv.vpg.ship_update(|s| {
                     s.link = "connected".into();
@@ -531,9 +564,65 @@ impl Session<'_> {
                     sv.vpg.ship_update(|s| s.error = Some(why));
                 }
             }
+            Frame::Control(Message::Sums {
+                vpg,
+                volume,
+                offset,
+                sums,
+            }) => {
+                let Some(sv) = self.vpgs.get_mut(&vpg) else {
+                    return Ok(());
+                };
+                let Some(d) = sv.delta.as_mut() else { return Ok(()) };
+                d.outstanding = d.outstanding.saturating_sub(1);
+                let Some((_, file, size)) = d.volumes.iter().find(|v| v.0 == volume).cloned() else {
+                    return Ok(());
+                };
+                let vpg2 = sv.vpg.clone();
+                tokio::task::spawn_blocking(move || compare_regions(&vpg2, volume, file, size, offset, &sums))
+                    .await
+                    .map_err(|e| LinkError::Content(e.to_string()))?;
+            }
             Frame::Control(Message::Pong | Message::Removed { .. }) => {}
             Frame::Control(m) => return Err(LinkError::Content(format!("a recovery site does not send {m:?}"))),
             Frame::Batch(..) => return Err(LinkError::Content("a recovery site does not send batches".into())),
+        }
+        Ok(())
+    }
+
+    /// Asks for the next regions' checksums of each VPG in a delta sync, and ends the
+    /// comparison once every answer came.
+    async fn delta_step(&mut self, wr: &mut LinkWriter) -> Result<(), LinkError> {
+        for (&id, sv) in self.vpgs.iter_mut() {
+            let Some(d) = sv.delta.as_mut() else { continue };
+            while d.outstanding < DELTA_REQUESTS_MAX && d.index < d.volumes.len() {
+                let (volume, _, size) = d.volumes[d.index];
+                if d.offset >= size {
+                    d.index += 1;
+                    d.offset = 0;
+                    continue;
+                }
+                wr.send(
+                    id,
+                    &Message::SumsRequest {
+                        vpg: id,
+                        volume,
+                        offset: d.offset,
+                        region_bytes: DELTA_REGION,
+                        count: DELTA_REGIONS_PER_REQUEST,
+                        at_seq: 0,
+                    },
+                )
+                .await?;
+                d.offset += u64::from(DELTA_REGION) * u64::from(DELTA_REGIONS_PER_REQUEST);
+                d.outstanding += 1;
+            }
+            if d.index >= d.volumes.len() && d.outstanding == 0 {
+                sv.delta = None;
+                sv.vpg.finish_delta().await.map_err(LinkError::Io)?;
+                sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
+                info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
+            }
         }
         Ok(())
     }
@@ -639,6 +728,41 @@ impl Session<'_> {
         self.last_sent = Instant::now();
         Ok(true)
     }
+}
+
+/// Compares one answer's regions with the local volume; marks those that differ (all of
+/// them when the replica could not answer, or the volume is offline).
+fn compare_regions(
+    vpg: &Vpg,
+    volume: u32,
+    file: Option<Arc<std::fs::File>>,
+    size: u64,
+    offset: u64,
+    sums: &[[u8; 16]],
+) {
+    let region = u64::from(DELTA_REGION);
+    let mut buf = vec![0u8; DELTA_REGION as usize];
+    let (mut compared, mut differing) = (0u64, 0u64);
+    for i in 0..u64::from(DELTA_REGIONS_PER_REQUEST) {
+        let off = offset + i * region;
+        if off >= size {
+            break;
+        }
+        let n = (size - off).min(region);
+        let same = match (&file, sums.get(i as usize)) {
+            (Some(f), Some(theirs)) => crate::vpg::read_once(f, &mut buf[..n as usize], off)
+                .is_ok_and(|()| crate::replica::region_sum(&buf[..n as usize]) == *theirs),
+            _ => false,
+        };
+        if !same {
+            vpg.mark_differing(volume, off, n);
+            differing += n;
+        }
+        compared += n;
+    }
+    let mut p = vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner());
+    p.compared_bytes += compared;
+    p.differing_bytes += differing;
 }
 
 fn cons_ack(cons: &mut Consumer<MmapStorage>, next_seq: u64) -> Result<(), String> {

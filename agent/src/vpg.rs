@@ -80,6 +80,10 @@ pub struct Protection {
     pub history_bytes_max: u64,
     #[serde(default)]
     pub paused: bool,
+    /// The recovery site was seeded with a copy of the volumes: a delta sync (checksums
+    /// of regions compared, only differences sent) replaces the full initial sync.
+    #[serde(default)]
+    pub preseeded: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +134,8 @@ pub struct ProtectArgs {
     pub history_s: Option<u64>,
     #[serde(default)]
     pub history_bytes_max: Option<u64>,
+    #[serde(default)]
+    pub preseeded: bool,
 }
 
 /// Default RPO alert threshold.
@@ -179,6 +185,7 @@ impl ProtectArgs {
             history_s,
             history_bytes_max,
             paused: false,
+            preseeded: self.preseeded,
         })
     }
 }
@@ -482,6 +489,17 @@ pub struct Vpg {
     initial_done: std::sync::atomic::AtomicBool,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
+    /// A pre-seeded VPG whose regions are still being compared with the replica's.
+    delta_pending: std::sync::atomic::AtomicBool,
+    pub delta_progress: Mutex<DeltaProgress>,
+}
+
+/// How far a delta sync's comparison got.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeltaProgress {
+    pub compared_bytes: u64,
+    pub differing_bytes: u64,
+    pub total_bytes: u64,
 }
 
 impl std::fmt::Debug for Vpg {
@@ -497,6 +515,11 @@ fn journal_path(dir: &Path) -> PathBuf {
 /// Present once a protected VPG's initial sync has finished.
 fn initial_marker(dir: &Path) -> PathBuf {
     dir.join("initial-sync-done")
+}
+
+/// Present once a pre-seeded VPG's delta comparison has finished.
+fn delta_marker(dir: &Path) -> PathBuf {
+    dir.join("delta-compared")
 }
 
 fn map_path(dir: &Path, volume: &str) -> PathBuf {
@@ -546,6 +569,9 @@ pub struct ProtectionStatus {
     /// While initializing: bytes read of the volumes' total.
     pub initial_done_bytes: Option<u64>,
     pub initial_total_bytes: u64,
+    /// While a delta sync compares regions.
+    #[serde(default)]
+    pub delta: Option<DeltaProgress>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -655,6 +681,49 @@ impl Vpg {
         f(&mut self.ship.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    pub fn delta_pending(&self) -> bool {
+        self.delta_pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The member volumes: (id, its file if online, its size).
+    pub fn member_files(&self) -> Vec<(u32, Option<Arc<File>>, u64)> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        self.capture
+            .maps()
+            .iter()
+            .map(|(&id, m)| {
+                (
+                    id,
+                    members.get(&id).and_then(|x| x.file.clone()),
+                    m.header().volume_bytes,
+                )
+            })
+            .collect()
+    }
+
+    /// Delta sync: a region that differs from the replica's is marked dirty (sent later).
+    pub fn mark_differing(&self, volume: u32, offset: u64, len: u64) {
+        if let Some(m) = self.capture.map(volume) {
+            m.mark(offset, len);
+        }
+    }
+
+    /// Delta sync: the comparison is over; the differing regions are drained and
+    /// checkpoints resume after them.
+    pub async fn finish_delta(self: &Arc<Self>) -> io::Result<()> {
+        let p = self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.capture.drain_marked(format!(
+            "delta sync compared {}: {} differ from the pre-seeded replica and are being sent",
+            human(p.compared_bytes),
+            human(p.differing_bytes)
+        ));
+        self.collect_events();
+        self.sync_once().await?;
+        std::fs::write(delta_marker(&self.dir), b"")?;
+        self.delta_pending.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Starts a full sync (every block read into the journal again) and makes the dirty
     /// bits durable before returning, so a crash cannot forget it.
     pub async fn resync_all(self: &Arc<Self>, why: String) -> io::Result<()> {
@@ -748,6 +817,12 @@ impl Vpg {
     }
 
     pub fn checkpoint(&self, tag: &str) -> Result<CheckpointInfo, AgentError> {
+        if self.delta_pending() {
+            return Err(AgentError::Refused(format!(
+                "VPG {:?} is comparing its volumes with the pre-seeded replica (delta sync); checkpoints resume when it is done",
+                self.record.name
+            )));
+        }
         let seq = self
             .capture
             .checkpoint(now_ns(), tag)
@@ -825,6 +900,7 @@ impl Vpg {
             self.note_sla();
             if self.capture.mode() == Mode::Journaling
                 && !idle
+                && !self.delta_pending()
                 && let Err(e) = self.checkpoint("")
             {
                 warn!(vpg = %self.record.name, error = %e, "automatic checkpoint skipped");
@@ -906,18 +982,7 @@ impl Vpg {
             };
             self.inflight.wait_earlier(&ticket).await;
             let read = tokio::task::spawn_blocking(move || {
-                let r = std::os::unix::fs::FileExt::read_exact_at(&*file, slot.payload_mut(), offset);
-                // The drain reads each region once: keep it out of the page cache. (Pages
-                // read in large folios by readahead also make later small writes to them
-                // slow on ext4: every 4 KiB write walks the whole folio.) Readahead puts
-                // them in folios of up to 2 MiB, which are dropped only whole: drop the
-                // aligned span behind this read, where the folios are complete.
-                const FOLIO_MAX: u64 = 2 << 20;
-                let to = (offset + len) & !(FOLIO_MAX - 1);
-                let from = (offset & !(FOLIO_MAX - 1)).saturating_sub(FOLIO_MAX);
-                if let Some(span) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
-                    let _ = rustix::fs::fadvise(&*file, from, Some(span), rustix::fs::Advice::DontNeed);
-                }
+                let r = read_once(&file, slot.payload_mut(), offset);
                 (r, slot)
             })
             .await;
@@ -961,12 +1026,16 @@ impl Vpg {
                 meeting_sla: rpo_s <= p.rpo_s as f64,
                 initial_done_bytes: initializing.then(|| total.saturating_sub(self.capture.dirty_bytes())),
                 initial_total_bytes: total,
+                delta: self
+                    .delta_pending()
+                    .then(|| self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             }
         });
         let state = match &protection {
             None => self.capture.mode().name().to_string(),
             Some(_) if self.is_paused() => "paused".into(),
             Some(p) if p.ship.error.is_some() => "error".into(),
+            Some(_) if self.delta_pending() => "delta-sync".into(),
             Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
             Some(_) if self.capture.mode() != Mode::Journaling => self.capture.mode().name().into(),
             Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
@@ -1055,6 +1124,22 @@ impl Vpg {
             error!(vpg = %self.record.name, error = %e, "cannot mark the journal cleanly closed");
         }
     }
+}
+
+/// Reads a region that is read once (the drain, a delta sync's comparison) and keeps it out
+/// of the page cache. (Pages read in large folios by readahead also make later small writes
+/// to them slow on ext4: every 4 KiB write walks the whole folio.) Readahead puts them in
+/// folios of up to 2 MiB, which are dropped only whole: the aligned span behind the read is
+/// dropped, where the folios are complete.
+pub fn read_once(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    const FOLIO_MAX: u64 = 2 << 20;
+    let r = std::os::unix::fs::FileExt::read_exact_at(file, buf, offset);
+    let to = (offset + buf.len() as u64) & !(FOLIO_MAX - 1);
+    let from = (offset & !(FOLIO_MAX - 1)).saturating_sub(FOLIO_MAX);
+    if let Some(span) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+        let _ = rustix::fs::fadvise(file, from, Some(span), rustix::fs::Advice::DontNeed);
+    }
+    r
 }
 
 /// Keeps the journal's next pages mapped ahead of the writers ([`Journal::prefault`]) on a
@@ -1317,7 +1402,11 @@ impl Vpgs {
             ship: Mutex::new(ShipState::default()),
             initial_done: std::sync::atomic::AtomicBool::new(false),
             sla_met: std::sync::atomic::AtomicBool::new(true),
+            delta_pending: std::sync::atomic::AtomicBool::new(false),
+            delta_progress: Mutex::new(DeltaProgress::default()),
         });
+        let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
+        vpg.delta_pending.store(delta, std::sync::atomic::Ordering::Relaxed);
         let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
         vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
         vpg.initial_done.store(
@@ -1482,7 +1571,7 @@ impl Vpgs {
                 let m = create_map(
                     &map_path(&dir, &v.record.name),
                     self.map_header(v.record.size_bytes, id),
-                    record.protection.is_some(),
+                    record.protection.as_ref().is_some_and(|p| !p.preseeded),
                 )?;
                 maps.insert(id, Arc::new(m));
             }

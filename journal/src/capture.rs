@@ -355,6 +355,12 @@ impl<S: RingStorage> Capture<S> {
         for m in self.maps.values() {
             m.mark_all();
         }
+        self.drain_marked(why);
+    }
+
+    /// Drains the dirty regions marked so far (e.g. by a delta sync's comparison) into the
+    /// journal before the next checkpoint.
+    pub fn drain_marked(&self, why: String) {
         self.drain_from.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.drain_announced.store(true, std::sync::atomic::Ordering::Relaxed);
         self.switch(Mode::Draining, why);

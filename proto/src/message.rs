@@ -12,6 +12,7 @@
 //!   Remove { vpg }           ──►            Removed { vpg }  (history and replica deleted)
 //!   Ping                     ──►            Pong   (either side, to keep the link alive)
 //!   Resync { vpg, from_seq } ──►            Ack { vpg, from_seq }  (history lost acked records)
+//!   SumsRequest { … }        ──►            Sums { … }  (delta sync of a pre-seeded replica)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,24 @@ pub enum Message {
     Resync {
         vpg: u64,
         from_seq: u64,
+    },
+    /// Delta sync: the checksums of `count` regions of `region_bytes` from `offset` of a
+    /// volume, as the replica held them just before sequence `at_seq`.
+    SumsRequest {
+        vpg: u64,
+        volume: u32,
+        offset: u64,
+        region_bytes: u32,
+        count: u32,
+        at_seq: u64,
+    },
+    /// The answer: SHA-256 of each region, first 16 bytes; empty when the replica no
+    /// longer holds that point (the protected site then sends those regions whole).
+    Sums {
+        vpg: u64,
+        volume: u32,
+        offset: u64,
+        sums: Vec<[u8; 16]>,
     },
 }
 
@@ -134,6 +153,14 @@ mod tests {
         );
         assert_eq!(hex(&encode(&Message::Pong)), "07");
         assert_eq!(hex(&encode(&Message::Resync { vpg: 1, from_seq: 2 })), "080102");
+        let sums = Message::Sums {
+            vpg: 1,
+            volume: 2,
+            offset: 3,
+            sums: vec![[0xab; 16]],
+        };
+        assert_eq!(hex(&encode(&sums)), format!("0a01020301{}", "ab".repeat(16)));
+        assert_eq!(decode(&encode(&sums)), Ok(sums));
         for m in [open, Message::Pong] {
             assert_eq!(decode(&encode(&m)), Ok(m));
         }
