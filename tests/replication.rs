@@ -608,3 +608,38 @@ fn a_preseeded_replica_is_delta_synced_and_only_differences_travel() {
     let history = v["history_bytes"].as_u64().unwrap();
     assert!(history < 5 << 20, "{history} bytes of history for 3 MiB of differences");
 }
+
+#[test]
+fn create_waits_for_the_initial_sync_and_pause_holds_shipping_until_resume() {
+    let a = Agent::start("pause-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("pause-b", &key, "");
+    a.create("d0", "256M");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x51 0 64M"]);
+    // --wait shows the initial sync's progress and returns once the VPG protects.
+    let out = a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 32M --peer {peer} --peer-key {} --wait",
+        key.display()
+    ));
+    assert!(out.contains("VPG app: protecting"), "{out}");
+    let first = tag_and_wait(&a, &b, "app", "before-pause");
+
+    let out = a.ferry(&["vpg", "pause", "app"]);
+    assert!(out.contains("paused"), "{out}");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x52 100M 4M"]);
+    a.ferry(&["checkpoint", "tag", "app", "while-paused"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.ferry(&["status"]).contains("app: paused"));
+    assert!(
+        !checkpoints(&b, "app").iter().any(|(_, t)| t == "while-paused"),
+        "a paused VPG shipped"
+    );
+    a.ferry(&["vpg", "resume", "app"]);
+    let later = tag_and_wait(&a, &b, "app", "after-resume");
+    assert!(later > first);
+    assert!(checkpoints(&b, "app").iter().any(|(_, t)| t == "while-paused"));
+    for (vol, uri) in export(&b, "app", "after-resume") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+}

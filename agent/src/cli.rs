@@ -98,7 +98,12 @@ enum VpgCmd {
         /// VOLUME.img there): compare checksums of regions and send only differences.
         #[arg(long, requires = "peer")]
         preseeded: bool,
+        /// Stay and show the initial (or delta) sync's progress until it is done.
+        #[arg(long, requires = "peer")]
+        wait: bool,
     },
+    /// Show a protected VPG's initial or delta sync as a progress bar until it is done.
+    Wait { name: String },
     /// Stop shipping a protected VPG (capture goes on; a full journal turns to dirty tracking).
     Pause { name: String },
     /// Ship a paused VPG again.
@@ -312,6 +317,44 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
     })
 }
 
+/// A progress bar over a VPG's initial or delta sync, until the VPG protects (or fails).
+async fn wait_sync(c: &Client, name: &str) -> Result<(), String> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    loop {
+        let v: VpgStatus = c
+            .call(Method::GET, &format!("/v1/vpgs/{name}"), None::<&()>)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("empty answer")?;
+        let Some(p) = &v.protection else {
+            return Err(format!("VPG {name} is not replicated"));
+        };
+        if let Some(d) = &p.delta {
+            bar.set_message("delta sync");
+            bar.set_length(d.total_bytes);
+            bar.set_position(d.compared_bytes);
+        } else if let Some(done) = p.initial_done_bytes {
+            bar.set_message("initial sync");
+            bar.set_length(p.initial_total_bytes);
+            bar.set_position(done);
+        } else if let Some(e) = &p.ship.error {
+            bar.abandon();
+            return Err(format!("VPG {name}: {e}"));
+        } else {
+            bar.finish_and_clear();
+            println!("VPG {name}: {}", v.state);
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn pause(c: &Client, name: &str, paused: bool) -> Result<(), String> {
     let verb = if paused { "pause" } else { "resume" };
     let v: VpgStatus = c
@@ -471,6 +514,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             history,
             history_max_bytes,
             preseeded,
+            wait,
         }) => {
             let protect = match (peer, peer_key) {
                 (Some(peer), Some(key)) => Some(ProtectArgs {
@@ -517,8 +561,12 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                     human(p.initial_total_bytes),
                     v.name
                 );
+                if wait {
+                    wait_sync(&c, &v.name).await?;
+                }
             }
         }
+        Command::Vpg(VpgCmd::Wait { name }) => wait_sync(&c, &name).await?,
         Command::Vpg(VpgCmd::Pause { name }) => pause(&c, &name, true).await?,
         Command::Vpg(VpgCmd::Resume { name }) => pause(&c, &name, false).await?,
         Command::Checkpoint(CheckpointCmd::List { vpg, json }) => {
@@ -857,10 +905,14 @@ fn print_vpg(v: &VpgStatus) {
         }
         if let Some(done) = p.initial_done_bytes {
             println!(
-                "initial sync: {} of {} read ({:.0}%)",
+                "initial sync: {} of {} read ({:.0}%){}",
                 human(done),
                 human(p.initial_total_bytes),
-                done as f64 * 100.0 / p.initial_total_bytes.max(1) as f64
+                done as f64 * 100.0 / p.initial_total_bytes.max(1) as f64,
+                match (p.initial_rate_bytes_per_s, p.initial_eta_s) {
+                    (Some(r), Some(eta)) => format!(", {}, about {eta:.0} s left", rate(r)),
+                    _ => String::new(),
+                }
             );
         }
     }

@@ -569,6 +569,12 @@ pub struct ProtectionStatus {
     /// While initializing: bytes read of the volumes' total.
     pub initial_done_bytes: Option<u64>,
     pub initial_total_bytes: u64,
+    /// While initializing: bytes read per second since the VPG was created, and the
+    /// seconds left at that rate.
+    #[serde(default)]
+    pub initial_rate_bytes_per_s: Option<f64>,
+    #[serde(default)]
+    pub initial_eta_s: Option<f64>,
     /// While a delta sync compares regions.
     #[serde(default)]
     pub delta: Option<DeltaProgress>,
@@ -1016,6 +1022,9 @@ impl Vpg {
             let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();
             let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed)
                 && self.capture.mode() != Mode::Journaling;
+            let initial_done = initializing.then(|| total.saturating_sub(self.capture.dirty_bytes()));
+            let elapsed_s = now.saturating_sub(self.record.created_unix_ms) as f64 / 1000.0;
+            let initial_rate = initial_done.filter(|_| elapsed_s > 0.5).map(|d| d as f64 / elapsed_s);
             ProtectionStatus {
                 settings: Protection {
                     paused: self.is_paused(),
@@ -1024,8 +1033,13 @@ impl Vpg {
                 ship: self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone(),
                 rpo_s,
                 meeting_sla: rpo_s <= p.rpo_s as f64,
-                initial_done_bytes: initializing.then(|| total.saturating_sub(self.capture.dirty_bytes())),
+                initial_done_bytes: initial_done,
                 initial_total_bytes: total,
+                initial_rate_bytes_per_s: initial_rate,
+                initial_eta_s: initial_rate
+                    .filter(|&r| r > 0.0)
+                    .zip(initial_done)
+                    .map(|(r, d)| total.saturating_sub(d) as f64 / r),
                 delta: self
                     .delta_pending()
                     .then(|| self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
