@@ -192,6 +192,9 @@ fn two_sites_replicate_and_every_checkpoint_export_equals_its_moment() {
     let out = run(Command::new("qemu-io").args(["-f", "raw", "-c", "write 0 4k", &older[0].1]));
     assert!(!out.status.success(), "a checkpoint export took a write");
 
+    // The event log shows both sides' story.
+    let ev = a.ferry(&["events"]);
+    assert!(ev.contains("vpg app") && ev.contains("initial sync read every block"), "{ev}");
     // Status on both sides says what it should.
     let st = a.ferry(&["status"]);
     assert!(st.contains("app: protecting (meeting SLA)"), "{st}");

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
-use crate::control::{AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ExportCheckpoint, ReadJournal, TagCheckpoint};
+use crate::control::{
+    AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ExportCheckpoint, ReadJournal, SourcedEvent, TagCheckpoint,
+};
 use crate::exports::CheckpointExport;
 use crate::replica::ReplicaStatus;
 use crate::size::{human, parse_size};
@@ -50,6 +52,12 @@ enum Command {
     /// Replicas held for peers (on the recovery site).
     #[command(subcommand)]
     Replica(ReplicaCmd),
+    /// The event log: state changes and alerts of every VPG and replica, oldest first.
+    Events {
+        /// Keep printing new events (stop with Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Make a pairing key for two agents (copy the file to the peer; no agent needed).
     Pair {
         /// Where to write the key (mode 0600).
@@ -567,6 +575,27 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             }
         }
         Command::Vpg(VpgCmd::Wait { name }) => wait_sync(&c, &name).await?,
+        Command::Events { follow } => {
+            let mut seen = 0u64;
+            loop {
+                let evs: Vec<SourcedEvent> = c
+                    .call(Method::GET, "/v1/events", None::<&()>)
+                    .await
+                    .map_err(e)?
+                    .unwrap_or_default();
+                for ev in evs.iter().filter(|ev| ev.unix_ms > seen) {
+                    println!("{}  {:<20} {}", utc(ev.unix_ms), ev.source, ev.message);
+                }
+                seen = evs.iter().map(|ev| ev.unix_ms).max().unwrap_or(seen).max(seen);
+                if !follow {
+                    if evs.is_empty() {
+                        println!("no events yet");
+                    }
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
         Command::Vpg(VpgCmd::Pause { name }) => pause(&c, &name, true).await?,
         Command::Vpg(VpgCmd::Resume { name }) => pause(&c, &name, false).await?,
         Command::Checkpoint(CheckpointCmd::List { vpg, json }) => {

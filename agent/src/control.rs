@@ -207,6 +207,7 @@ pub fn router(
         .route("/v1/replicas/{name}", get(replica_show_h).delete(replica_delete_h))
         .route("/v1/replicas/{name}/exports", post(export_h).delete(unexport_h))
         .route("/v1/exports", get(export_list_h))
+        .route("/v1/events", get(events_h))
         .with_state(Api {
             volumes,
             vpgs,
@@ -367,4 +368,39 @@ async fn unexport_h(State(api): State<Api>, Path(name): Path<String>) -> Result<
 
 async fn export_list_h(State(api): State<Api>) -> Json<Vec<CheckpointExport>> {
     Json(api.exports.list())
+}
+
+/// An event of a VPG or a replica, for `ferry events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourcedEvent {
+    /// "vpg NAME" or "replica NAME".
+    pub source: String,
+    pub unix_ms: u64,
+    pub message: String,
+}
+
+/// Every VPG's and replica's recent events, oldest first.
+async fn events_h(State(api): State<Api>) -> Json<Vec<SourcedEvent>> {
+    let mut out = Vec::new();
+    for v in api.vpgs.list() {
+        for e in v.events {
+            out.push(SourcedEvent {
+                source: format!("vpg {}", v.name),
+                unix_ms: e.unix_ms,
+                message: e.message,
+            });
+        }
+    }
+    for r in api.exports.replicas().all() {
+        let st = r.status();
+        for e in st.events {
+            out.push(SourcedEvent {
+                source: format!("replica {}", st.name),
+                unix_ms: e.unix_ms,
+                message: e.message,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.unix_ms);
+    Json(out)
 }
