@@ -1060,6 +1060,13 @@ fn pair(path: &std::path::Path, force: bool) -> Result<(), String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        // A command whose output is cut short (`ferry journal dump F | head`) ends quietly,
+        // as other command-line tools do, instead of failing on the closed pipe. (The agent
+        // keeps SIGPIPE ignored: its sockets report EPIPE as an error.)
+        // SAFETY: restoring a signal's default action before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Journal(cmd @ (JournalCmd::Dump { .. } | JournalCmd::Check { .. })) => run_journal(cmd),
