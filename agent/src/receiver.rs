@@ -121,7 +121,13 @@ async fn serve(
                 };
                 match r {
                     Ok(r) => {
-                        let next_seq = r.durable_seq();
+                        // Whole batches an earlier session wrote but had not acknowledged
+                        // yet (its link broke) are made durable: the stream resumes after
+                        // them, never in the middle of history.
+                        let r2 = r.clone();
+                        let next_seq = tokio::task::spawn_blocking(move || r2.sync())
+                            .await
+                            .map_err(|e| LinkError::Content(e.to_string()))??;
                         info!(vpg = %r.spec().name, next_seq, "replication of VPG resumes");
                         opened.insert(id, r);
                         wr.send(id, &Message::Opened { vpg: id, next_seq }).await?;
