@@ -277,9 +277,32 @@ impl LinkReader {
         }
     }
 
-    /// Whether more bytes are already buffered (to group work before an fsync).
-    pub fn buffered(&self) -> bool {
-        !self.rd.buffer().is_empty()
+    /// Reads frames on a task of its own into a channel (so that waiting for the next one
+    /// can time out without losing a partly read frame); the task ends after the first
+    /// error, which it passes on, or when the receiver is dropped. Abort it on drop of the
+    /// returned guard.
+    pub fn into_channel(mut self) -> (tokio::sync::mpsc::Receiver<Result<Frame, LinkError>>, ReaderTask) {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let task = tokio::spawn(async move {
+            loop {
+                let f = self.recv().await;
+                let end = f.is_err();
+                if tx.send(f).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        (rx, ReaderTask(task))
+    }
+}
+
+/// The task of [`LinkReader::into_channel`]; aborted when dropped.
+#[derive(Debug)]
+pub struct ReaderTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ReaderTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use ferry_proto::message::Message;
 use ferry_proto::records;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -68,7 +67,7 @@ pub async fn run(listener: TcpListener, keys: Arc<Vec<[u8; 32]>>, replicas: Arc<
 }
 
 async fn serve(
-    mut rd: link::LinkReader,
+    rd: link::LinkReader,
     mut wr: link::LinkWriter,
     replicas: &Arc<Replicas>,
     stop: CancellationToken,
@@ -79,17 +78,7 @@ async fn serve(
     let mut taken = 0usize;
     let mut last_ack = Instant::now();
     // Frames are read by a task of their own, so that waiting for one can time out.
-    let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let f = rd.recv().await;
-            let end = f.is_err();
-            if tx.send(f).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    let _abort = AbortOnDrop(reader);
+    let (mut rx, _reader) = rd.into_channel();
     loop {
         // With writes not yet acknowledged, wait for more only briefly: a pause in the
         // stream is the moment to sync them all and acknowledge.
@@ -254,12 +243,4 @@ async fn ack_all(unacked: &mut BTreeMap<u64, Arc<Replica>>, wr: &mut link::LinkW
         wr.send(vpg, &Message::Ack { vpg, next_seq }).await?;
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -38,13 +38,12 @@ use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::state::write_atomic;
 use crate::volume::name_problem;
-use crate::vpg::{CheckpointInfo, Event};
+use crate::vpg::{CheckpointInfo, Event, EventLog};
 
 /// A segment is closed and a new one begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Records longer than this are indexed apart (few: large writes, trims, zeroing).
 const SMALL_BYTES_MAX: u64 = 1 << 20;
-const EVENTS_KEPT: usize = 200;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -167,7 +166,7 @@ pub struct Replica {
     /// The sequence number below which everything is durable.
     durable_seq: Mutex<u64>,
     pins: Mutex<BTreeMap<u64, usize>>,
-    events: Mutex<VecDeque<Event>>,
+    events: EventLog,
     last_received_ms: Mutex<u64>,
 }
 
@@ -217,18 +216,9 @@ impl Replica {
     }
 
     fn push_event(&self, message: String) {
-        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if ev.back().is_some_and(|e| e.message == message) {
-            return;
+        if self.events.push(message.clone()) {
+            warn!(replica = %self.dir.display(), "{message}");
         }
-        if ev.len() == EVENTS_KEPT {
-            ev.pop_front();
-        }
-        warn!(replica = %self.dir.display(), "{message}");
-        ev.push_back(Event {
-            unix_ms: now_ms(),
-            message,
-        });
     }
 
     fn save_meta(&self, meta: &ReplicaMeta) -> Result<(), AgentError> {
@@ -283,7 +273,7 @@ impl Replica {
             writer: Mutex::new(Writer::default()),
             durable_seq: Mutex::new(0),
             pins: Mutex::new(BTreeMap::new()),
-            events: Mutex::new(VecDeque::new()),
+            events: EventLog::default(),
             last_received_ms: Mutex::new(0),
         };
         r.load_history(meta.applied_seq)?;
@@ -760,13 +750,7 @@ impl Replica {
                 .keys()
                 .copied()
                 .collect(),
-            events: self
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
+            events: self.events.list(),
         }
     }
 

@@ -242,19 +242,10 @@ impl Shipping {
     async fn session(
         &self,
         key: &(String, PathBuf),
-        mut rd: link::LinkReader,
+        rd: link::LinkReader,
         mut wr: LinkWriter,
     ) -> Result<(), LinkError> {
-        let (tx, mut rx) = mpsc::channel::<Result<Frame, LinkError>>(64);
-        let reader = tokio::spawn(async move {
-            loop {
-                let f = rd.recv().await;
-                let end = f.is_err();
-                if tx.send(f).await.is_err() || end {
-                    return;
-                }
-            }
-        });
+        let (mut rx, reader) = rd.into_channel();
         let mut s = Session {
             shipping: self,
             vpgs: HashMap::new(),
@@ -263,7 +254,7 @@ impl Shipping {
             last_sent: Instant::now(),
         };
         let r = s.run(key, &mut wr, &mut rx).await;
-        reader.abort();
+        drop(reader);
         for (_, sv) in s.vpgs.drain() {
             if let Some(c) = sv.consumer {
                 sv.vpg.put_consumer(c).await;

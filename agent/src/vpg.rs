@@ -463,6 +463,38 @@ pub struct Event {
     pub message: String,
 }
 
+/// The recent events of a VPG or a replica: at most [`EVENTS_KEPT`], a repeat of the last
+/// one is not added.
+#[derive(Debug, Default)]
+pub struct EventLog(Mutex<VecDeque<Event>>);
+
+impl EventLog {
+    /// Adds an event unless it repeats the last one; says whether it was added.
+    pub fn push(&self, message: String) -> bool {
+        let mut ev = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.back().is_some_and(|last| last.message == message) {
+            return false;
+        }
+        if ev.len() == EVENTS_KEPT {
+            ev.pop_front();
+        }
+        ev.push_back(Event {
+            unix_ms: now_ms(),
+            message,
+        });
+        true
+    }
+
+    pub fn list(&self) -> Vec<Event> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointInfo {
     pub seq: u64,
@@ -479,7 +511,7 @@ pub struct Vpg {
     engine: Arc<Engine>,
     pool: Arc<BufPool>,
     consumer: tokio::sync::Mutex<Option<Consumer<MmapStorage>>>,
-    events: Mutex<VecDeque<Event>>,
+    events: EventLog,
     checkpoints: Mutex<VecDeque<CheckpointInfo>>,
     stop: CancellationToken,
     cfg: CaptureConfig,
@@ -616,18 +648,7 @@ pub struct TailRecord {
 impl Vpg {
     /// Adds an event unless it repeats the last one; says whether it was added.
     fn push_event(&self, message: String) -> bool {
-        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if ev.back().is_some_and(|last| last.message == message) {
-            return false;
-        }
-        if ev.len() == EVENTS_KEPT {
-            ev.pop_front();
-        }
-        ev.push_back(Event {
-            unix_ms: now_ms(),
-            message,
-        });
-        true
+        self.events.push(message)
     }
 
     /// The checkpoints still in the journal (after a restart).
@@ -1085,13 +1106,7 @@ impl Vpg {
             },
             last_checkpoint: checkpoints.last().cloned(),
             checkpoints,
-            events: self
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
+            events: self.events.list(),
             protection,
         }
     }
@@ -1408,7 +1423,7 @@ impl Vpgs {
             engine: self.engine.clone(),
             pool: self.pool.clone(),
             consumer: tokio::sync::Mutex::new(None),
-            events: Mutex::new(VecDeque::new()),
+            events: EventLog::default(),
             checkpoints: Mutex::new(VecDeque::new()),
             stop: CancellationToken::new(),
             cfg: self.cfg.clone(),
