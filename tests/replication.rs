@@ -649,3 +649,28 @@ fn create_waits_for_the_initial_sync_and_pause_holds_shipping_until_resume() {
         assert!(out.contains("Images are identical"), "{vol}: {out}");
     }
 }
+
+#[test]
+fn history_over_its_hard_limit_is_applied_to_the_replica_and_says_what_remains() {
+    let s = sites("limit", "--history-max-bytes 64M", "");
+    let (a, b) = (&s.a, &s.b);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x81 0 48M"]);
+    qemu_io(a.tcp_uri("d1"), &["write -P 0x82 0 32M"]);
+    let tag = tag_and_wait(a, b, "app", "full");
+    assert!(
+        wait_for(30, || b.ferry(&["replica", "show", "app"]).contains("hard limit")),
+        "{}",
+        b.ferry(&["replica", "show", "app"])
+    );
+    let v: serde_json::Value = serde_json::from_str(&b.ferry(&["replica", "show", "app", "--json"])).unwrap();
+    assert!(v["applied_seq"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["history_bytes"].as_u64().unwrap() <= 128 << 20, "{v}");
+    let ev = b.ferry(&["replica", "show", "app"]);
+    assert!(ev.contains("s of history remain"), "{ev}");
+    // The newest point is still in history, and exact.
+    assert!(checkpoints(b, "app").iter().any(|(seq, _)| *seq == tag));
+    for (vol, uri) in export(b, "app", "full") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+}
