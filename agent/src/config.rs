@@ -134,7 +134,7 @@ fn default_journal_size() -> String {
     "1G".into()
 }
 fn default_checkpoint_interval() -> f64 {
-    5.0
+    1.0
 }
 fn default_sync_interval() -> f64 {
     30.0

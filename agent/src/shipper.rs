@@ -4,7 +4,9 @@
 //! A link connects (exponential backoff with jitter, 0.5 s to 30 s), runs the handshake,
 //! announces each VPG (`Open`), and learns where the recovery site's history ends. It then
 //! reads each VPG's journal from there and sends batches, while the bytes sent and not yet
-//! acknowledged stay under `replication.window_bytes`. Acknowledgements are cumulative and
+//! acknowledged stay under about half a second of what the link was measured to carry (at
+//! least two batches, at most `replication.window_bytes`): a slow link then holds no
+//! seconds of queued batches, which would all add to the RPO. Acknowledgements are cumulative and
 //! carry the recovery site's durable sequence; only then is journal space released. A link
 //! that breaks starts over: the journal is read again from its first unacknowledged record.
 //!
@@ -49,6 +51,8 @@ const COMPRESS_PROBE_EVERY: u32 = 16;
 const RELEASE_BYTES: usize = 32 << 20;
 /// Acknowledged journal space is released at least this often.
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
+/// The link's in-flight bytes are bounded to about this much of its measured rate.
+const WINDOW_TIME: Duration = Duration::from_millis(500);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -250,6 +254,8 @@ impl Shipping {
             shipping: self,
             vpgs: HashMap::new(),
             inflight_bytes: 0,
+            ack_rate: None,
+            rate_window: (Instant::now(), 0),
             last_heard: Instant::now(),
             last_sent: Instant::now(),
         };
@@ -341,6 +347,9 @@ struct Session<'a> {
     shipping: &'a Shipping,
     vpgs: HashMap<u64, Shipped>,
     inflight_bytes: usize,
+    /// Wire bytes acknowledged per second (smoothed), and since when it was measured.
+    ack_rate: Option<f64>,
+    rate_window: (Instant, usize),
     last_heard: Instant,
     last_sent: Instant,
 }
@@ -363,7 +372,7 @@ impl Session<'_> {
             }
             self.release_due().await?;
             self.delta_step(wr).await?;
-            let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= cfg.window_bytes {
+            let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= self.window(&cfg) {
                 self.send_next(wr, &cfg).await?
             } else {
                 false
@@ -523,10 +532,11 @@ impl Session<'_> {
                 let Some(sv) = self.vpgs.get_mut(&vpg) else {
                     return Ok(());
                 };
-                let mut plain = 0;
+                let (mut plain, mut acked_wire) = (0, 0);
                 while sv.inflight.front().is_some_and(|x| x.0 <= next_seq) {
                     let (_, wire, p) = sv.inflight.pop_front().expect("front");
                     self.inflight_bytes -= wire;
+                    acked_wire += wire;
                     plain += p;
                 }
                 sv.release_to = sv.release_to.max(next_seq);
@@ -547,6 +557,7 @@ impl Session<'_> {
                 if el >= 2.0 {
                     sv.rate_mark = (Instant::now(), sv.vpg.ship_update(|s| s.acked_bytes));
                 }
+                self.note_acked(acked_wire);
             }
             Frame::Control(Message::Refused { vpg, reason }) => {
                 if let Some(sv) = self.vpgs.get(&vpg) {
@@ -616,6 +627,29 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Bytes that may be in flight: about [`WINDOW_TIME`] of what the link carries (so a
+    /// slow link does not queue seconds of batches, which would all be RPO), at least two
+    /// batches, at most `replication.window_bytes`.
+    fn window(&self, cfg: &Replication) -> usize {
+        let floor = 2 * cfg.batch_bytes;
+        match self.ack_rate {
+            None => (4 * cfg.batch_bytes).min(cfg.window_bytes),
+            Some(r) => ((r * WINDOW_TIME.as_secs_f64()) as usize).clamp(floor, cfg.window_bytes.max(floor)),
+        }
+    }
+
+    /// Counts acknowledged wire bytes into the link's rate.
+    fn note_acked(&mut self, wire: usize) {
+        let (since, bytes) = &mut self.rate_window;
+        *bytes += wire;
+        let el = since.elapsed().as_secs_f64();
+        if el >= 0.25 {
+            let now = *bytes as f64 / el;
+            self.ack_rate = Some(self.ack_rate.map_or(now, |r| 0.7 * r + 0.3 * now));
+            self.rate_window = (Instant::now(), 0);
+        }
     }
 
     /// Releases the journal space of acknowledged records, a few times a second or every
