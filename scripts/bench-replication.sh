@@ -192,7 +192,7 @@ ip -n "$NS_A" addr add 10.79.0.1/24 dev fyba$$; ip -n "$NS_B" addr add 10.79.0.2
 ip -n "$NS_A" link set fyba$$ up; ip -n "$NS_B" link set fybb$$ up
 ip netns exec "$NS_A" tc qdisc add dev fyba$$ root tbf rate "$SHAPED_RATE" burst 64kb latency 100ms
 rm -rf "$BENCH_DIR/a" "$BENCH_DIR/b"; mkdir -p "$BENCH_DIR/a" "$BENCH_DIR/b"
-truncate -s "$SIZE" "$BENCH_DIR/src.img"
+rm -f "$BENCH_DIR/src.img"; truncate -s "$SIZE" "$BENCH_DIR/src.img"   # a fresh, empty volume
 "$FERRY" pair "$BENCH_DIR/key" --force >/dev/null
 printf 'state_dir = "%s"\n[nbd]\nlisten = []\n' "$BENCH_DIR/a" > "$BENCH_DIR/a.toml"
 printf 'state_dir = "%s"\n[nbd]\nlisten = []\n[replication]\nlisten = "10.79.0.2:10898"\npairing_keys = ["%s"]\n' \

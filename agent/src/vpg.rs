@@ -519,6 +519,8 @@ pub struct Vpg {
     pub ship: Mutex<ShipState>,
     /// The initial sync (every block of the volumes read into the journal) has finished.
     initial_done: std::sync::atomic::AtomicBool,
+    /// The journal's sequence when the initial sync had read every block (0: not yet).
+    initial_end_seq: std::sync::atomic::AtomicU64,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
     /// A pre-seeded VPG whose regions are still being compared with the replica's.
@@ -961,16 +963,28 @@ impl Vpg {
     /// A protected VPG whose first drain finished has all its blocks in the journal.
     fn note_initial_sync(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.initial_done.load(Relaxed) || self.capture.mode() != Mode::Journaling {
+        if self.initial_done.load(Relaxed) {
             return;
         }
-        if self.initial_done.swap(true, Relaxed) {
+        // First every block is read into the journal; then the recovery site must hold
+        // every record up to that point.
+        if self.initial_end_seq.load(Relaxed) == 0 {
+            if self.capture.mode() != Mode::Journaling {
+                return;
+            }
+            self.initial_end_seq
+                .store(self.journal_stats().next_seq.max(1), Relaxed);
+        }
+        let acked = self.ship.lock().unwrap_or_else(|e| e.into_inner()).acked_seq;
+        if acked < self.initial_end_seq.load(Relaxed) || self.initial_done.swap(true, Relaxed) {
             return;
         }
         if let Err(e) = std::fs::write(initial_marker(&self.dir), b"") {
             warn!(vpg = %self.record.name, error = %e, "cannot record the initial sync's end");
         }
-        self.event("initial sync read every block; from now on only writes are shipped".into());
+        self.event(
+            "initial sync done: the recovery site holds every block; from now on only writes are shipped".into(),
+        );
     }
 
     /// Reads dirty regions back into the journal whenever there are some and room.
@@ -1041,9 +1055,17 @@ impl Vpg {
         let protection = self.record.protection.as_ref().map(|p| {
             let rpo_s = self.rpo_s(now);
             let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();
-            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed)
-                && self.capture.mode() != Mode::Journaling;
-            let initial_done = initializing.then(|| total.saturating_sub(self.capture.dirty_bytes()));
+            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
+            // Progress: the share read into the journal, times the share of the journal's
+            // records the recovery site holds.
+            let (acked, next) = (
+                self.ship.lock().unwrap_or_else(|e| e.into_inner()).acked_seq,
+                self.journal_stats().next_seq.max(1),
+            );
+            let initial_done = initializing.then(|| {
+                let read = total.saturating_sub(self.capture.dirty_bytes());
+                (read as f64 * (acked.min(next) as f64 / next as f64)) as u64
+            });
             let elapsed_s = now.saturating_sub(self.record.created_unix_ms) as f64 / 1000.0;
             let initial_rate = initial_done.filter(|_| elapsed_s > 0.5).map(|d| d as f64 / elapsed_s);
             ProtectionStatus {
@@ -1430,6 +1452,7 @@ impl Vpgs {
             paused: std::sync::atomic::AtomicBool::new(false),
             ship: Mutex::new(ShipState::default()),
             initial_done: std::sync::atomic::AtomicBool::new(false),
+            initial_end_seq: std::sync::atomic::AtomicU64::new(0),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             delta_pending: std::sync::atomic::AtomicBool::new(false),
             delta_progress: Mutex::new(DeltaProgress::default()),
