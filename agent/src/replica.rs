@@ -696,7 +696,7 @@ impl Replica {
             return Ok(0);
         }
         let n = self.apply_below(target)?;
-        if over {
+        if over && n > 0 {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
             let span = h
                 .records
