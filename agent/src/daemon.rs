@@ -261,7 +261,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         }
     };
     tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
-    let shipping = Shipping::new(vpgs.clone(), volumes.clone(), replication, shutdown.clone());
+    let shipping = Shipping::new(vpgs.clone(), replication, shutdown.clone());
     tokio::spawn(shipping.clone().run());
     let (nbd, names, bound_socket) = listeners(&cfg)?;
     let control_path = cfg.control_socket();

@@ -35,7 +35,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::Replication;
 use crate::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
-use crate::volume::Volumes;
 use crate::vpg::{Vpg, Vpgs};
 
 /// Between pings on an idle link.
@@ -81,7 +80,6 @@ struct LinkEntry {
 #[derive(Debug)]
 pub struct Shipping {
     vpgs: Arc<Vpgs>,
-    volumes: Arc<Volumes>,
     cfg: Replication,
     pace: Arc<Pace>,
     links: Mutex<BTreeMap<(String, PathBuf), Arc<LinkEntry>>>,
@@ -89,10 +87,9 @@ pub struct Shipping {
 }
 
 impl Shipping {
-    pub fn new(vpgs: Arc<Vpgs>, volumes: Arc<Volumes>, cfg: Replication, stop: CancellationToken) -> Arc<Shipping> {
+    pub fn new(vpgs: Arc<Vpgs>, cfg: Replication, stop: CancellationToken) -> Arc<Shipping> {
         Arc::new(Shipping {
             vpgs,
-            volumes,
             pace: Pace::new(cfg.bandwidth),
             cfg,
             links: Mutex::new(BTreeMap::new()),
@@ -177,13 +174,15 @@ impl Shipping {
             id: v.record.ring_id,
             name: v.record.name.clone(),
             epoch: 1,
+            // Sizes as the VPG's dirty maps know them: right even while a volume is offline.
             volumes: v
                 .record
                 .volumes
                 .iter()
-                .map(|name| VolumeSpec {
+                .zip(v.member_files())
+                .map(|(name, (_, _, size_bytes))| VolumeSpec {
                     name: name.clone(),
-                    size_bytes: self.volumes.size_of(name).unwrap_or(0),
+                    size_bytes,
                 })
                 .collect(),
             datastore: p.recovery_datastore.clone(),

@@ -698,11 +698,6 @@ impl Volumes {
         Ok(())
     }
 
-    /// The size of the volume called `name`, online or not.
-    pub fn size_of(&self, name: &str) -> Option<u64> {
-        self.get(name).map(|v| v.info.size_bytes)
-    }
-
     /// The online volume called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Volume>> {
         self.online.read().expect("lock").get(name).cloned()
