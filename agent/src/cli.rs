@@ -449,7 +449,7 @@ fn print_status_vpgs(s: &AgentStatus) {
 }
 
 fn print_replica_line(r: &ReplicaStatus) {
-    let now = crate::replica::now_ms_pub();
+    let now = crate::vpg::now_ms();
     let span = r.oldest_point_ms.map_or(0, |o| now.saturating_sub(o) / 1000);
     let last = match r.last_received_ms {
         0 => "nothing received yet".to_string(),

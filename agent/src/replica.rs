@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferry_journal::history::{self, HistRecord, KIND_END, SegmentHeader};
 use ferry_proto::message::VpgSpec;
@@ -38,23 +38,12 @@ use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::state::write_atomic;
 use crate::volume::name_problem;
-use crate::vpg::{CheckpointInfo, Event, EventLog};
+use crate::vpg::{CheckpointInfo, Event, EventLog, now_ms};
 
 /// A segment is closed and a new one begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Records longer than this are indexed apart (few: large writes, trims, zeroing).
 const SMALL_BYTES_MAX: u64 = 1 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Milliseconds since the epoch (for displays).
-pub fn now_ms_pub() -> u64 {
-    now_ms()
-}
 
 /// What `replica.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -761,7 +750,7 @@ impl Replica {
             return Err(io::Error::other(format!("no volume {volume} in this replica")));
         };
         let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-        read_full(img, buf, offset)?;
+        crate::io::read_full(img, buf, offset)?;
         let len = buf.len() as u64;
         for r in h.overlapping(volume, offset, len, below) {
             let from = r.offset.max(offset);
@@ -836,23 +825,6 @@ impl Replica {
 pub fn region_sum(bytes: &[u8]) -> [u8; 16] {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     d.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes")
-}
-
-/// pread of the whole buffer; bytes past the end of the file read as zero.
-fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => {
-                buf[done..].fill(0);
-                break;
-            }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// A point held in history (see [`Replica::pin`]).

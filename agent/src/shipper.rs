@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Replication;
 use crate::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
-use crate::vpg::{Vpg, Vpgs};
+use crate::vpg::{Vpg, Vpgs, now_ms};
 
 /// Between pings on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -52,12 +52,6 @@ const RELEASE_BYTES: usize = 32 << 20;
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
 /// The link's in-flight bytes are bounded to about this much of its measured rate.
 const WINDOW_TIME: Duration = Duration::from_millis(500);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A link's state, for `ferry status`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -172,19 +172,7 @@ impl Engine {
                 let file = file.clone();
                 Self::blocking(move || {
                     let mut buf = buf;
-                    let mut done = 0;
-                    let b = buf.as_mut();
-                    while done < b.len() {
-                        match file.read_at(&mut b[done..], offset + done as u64) {
-                            Ok(0) => {
-                                b[done..].fill(0);
-                                break;
-                            }
-                            Ok(n) => done += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    read_full(&file, buf.as_mut(), offset)?;
                     Ok(buf)
                 })
                 .await
@@ -263,6 +251,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// pread of the whole buffer from `offset`; bytes past the end of the file read as zeroes.
+pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
