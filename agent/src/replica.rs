@@ -40,6 +40,9 @@ use crate::state::write_atomic;
 use crate::volume::name_problem;
 use crate::vpg::{CheckpointInfo, Event, EventLog, now_ms};
 
+mod index;
+use index::VolumeIndex;
+
 /// A segment is closed and a new one begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 /// Records longer than this are indexed apart (few: large writes, trims, zeroing).
@@ -74,12 +77,6 @@ struct Segment {
     bytes: u64,
 }
 
-#[derive(Debug, Default)]
-struct VolumeIndex {
-    small: BTreeMap<(u64, u64), Rec>,
-    big: Vec<Rec>,
-}
-
 /// The in-memory picture of history: every record not yet applied, by sequence and by
 /// volume range; checkpoints; segments.
 #[derive(Debug, Default)]
@@ -96,43 +93,23 @@ struct History {
 
 impl History {
     fn insert(&mut self, r: Rec) {
-        let v = self.volumes.entry(r.volume).or_default();
-        if r.length > SMALL_BYTES_MAX {
-            v.big.push(r);
-        } else {
-            v.small.insert((r.offset, r.seq), r);
-        }
+        self.volumes.entry(r.volume).or_default().insert(r);
         self.records.push_back(r);
     }
 
     fn remove_front(&mut self) -> Option<Rec> {
         let r = self.records.pop_front()?;
         if let Some(v) = self.volumes.get_mut(&r.volume) {
-            if r.length > SMALL_BYTES_MAX {
-                v.big.retain(|x| x.seq != r.seq);
-            } else {
-                v.small.remove(&(r.offset, r.seq));
-            }
+            v.remove_oldest(&r);
         }
         Some(r)
     }
 
     /// Records of `volume` overlapping `off .. off+len` below `below`, in sequence order.
     fn overlapping(&self, volume: u32, off: u64, len: u64, below: u64) -> Vec<Rec> {
-        let Some(v) = self.volumes.get(&volume) else {
-            return vec![];
-        };
-        let end = off + len;
-        let hit = |r: &Rec| r.seq < below && r.offset < end && r.offset + r.length > off;
-        let mut out: Vec<Rec> = v
-            .small
-            .range((off.saturating_sub(SMALL_BYTES_MAX), 0)..(end, 0))
-            .map(|(_, r)| *r)
-            .filter(hit)
-            .chain(v.big.iter().copied().filter(hit))
-            .collect();
-        out.sort_by_key(|r| r.seq);
-        out
+        self.volumes
+            .get(&volume)
+            .map_or_else(Vec::new, |v| v.overlapping(off, len, below))
     }
 }
 
