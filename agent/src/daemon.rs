@@ -262,7 +262,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     };
     tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
     let shipping = Shipping::new(vpgs.clone(), replication, shutdown.clone());
-    tokio::spawn(shipping.clone().run());
+    // Shipping (building, sealing and sending batches) runs on a thread of its own, so the
+    // connection threads serving NBD requests never wait behind a batch being sealed.
+    let ship = shipping.clone();
+    std::thread::Builder::new()
+        .name("ferry-ship".into())
+        .spawn(
+            move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(ship.run()),
+                Err(e) => error!(error = %e, "cannot start the shipping thread: nothing will be replicated"),
+            },
+        )
+        .map_err(|e| AgentError::io("cannot start the shipping thread for", &cfg.state_dir, e))?;
     let (nbd, names, bound_socket) = listeners(&cfg)?;
     let control_path = cfg.control_socket();
     let control = bind_unix(&control_path, 0o600)?;

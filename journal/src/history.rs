@@ -88,6 +88,12 @@ pub struct HistRecord {
 impl HistRecord {
     /// Appends the record with its data to `out`.
     pub fn push(&self, data: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.header(data));
+        out.extend_from_slice(data);
+    }
+
+    /// The record's header, checksum included, for `data` to follow it.
+    pub fn header(&self, data: &[u8]) -> [u8; RECORD_HEADER_BYTES] {
         debug_assert_eq!(data.len(), self.data_bytes as usize);
         let mut h = [0u8; RECORD_HEADER_BYTES];
         h[4] = self.kind;
@@ -99,8 +105,7 @@ impl HistRecord {
         h[40..48].copy_from_slice(&self.received_ms.to_le_bytes());
         let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..]), data);
         h[0..4].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
+        h
     }
 }
 

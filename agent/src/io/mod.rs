@@ -49,6 +49,33 @@ pub fn write_inline(file: &File, offset: u64, buf: &[u8], dsync: bool) -> io::Re
     Ok(())
 }
 
+/// Writes `parts`, one after the other, at `offset`: `pwritev` of up to 1024 slices at a
+/// time, short writes continued.
+pub fn pwritev_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let (mut i, mut skip, mut at) = (0, 0, offset);
+    while i < parts.len() {
+        let mut iov = Vec::with_capacity(IOV_MAX.min(parts.len() - i));
+        iov.push(io::IoSlice::new(&parts[i][skip..]));
+        iov.extend(parts[i + 1..].iter().take(IOV_MAX - 1).map(|p| io::IoSlice::new(p)));
+        let mut n = match rustix::io::pwritev(file, &iov, at) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress")),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        at += n as u64;
+        // Step past what was written: whole parts, then into the next one.
+        while i < parts.len() && n >= parts[i].len() - skip {
+            n -= parts[i].len() - skip;
+            i += 1;
+            skip = 0;
+        }
+        skip += n;
+    }
+    Ok(())
+}
+
 /// Which I/O engine the operator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -273,6 +300,26 @@ pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pwritev_all_writes_more_parts_than_one_call_takes_in_order() {
+        let path = std::env::temp_dir().join(format!("ferry-pwritev-{}", std::process::id()));
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // 3000 parts of 0..=7 bytes each (empty ones too), after 100 bytes left alone.
+        let owned: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; (i % 8) as usize]).collect();
+        let parts: Vec<&[u8]> = owned.iter().map(|p| p.as_slice()).collect();
+        pwritev_all(&file, &parts, 100).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(&got[..100], &[0u8; 100][..]);
+        assert_eq!(&got[100..], owned.concat().as_slice());
+    }
 
     async fn exercise(engine: Engine) {
         let pool = BufPool::new(1 << 20);
