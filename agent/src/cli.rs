@@ -106,6 +106,12 @@ enum VpgCmd {
         /// VOLUME.img there): compare checksums of regions and send only differences.
         #[arg(long, requires = "peer")]
         preseeded: bool,
+        /// Slow writers down (hold their replies) while the actual RPO is above this and
+        /// the link is up, e.g. 2s or 1.5s, so the recovery site never falls further behind
+        /// (default: never; writes go at full speed and the RPO grows if the link cannot
+        /// keep up).
+        #[arg(long, requires = "peer")]
+        throttle_rpo: Option<String>,
         /// Stay and show the initial (or delta) sync's progress until it is done.
         #[arg(long, requires = "peer")]
         wait: bool,
@@ -391,6 +397,20 @@ fn parse_duration_s(text: &str) -> Result<u64, String> {
     n.checked_mul(mul).ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// "1.5s", "2", "500ms" -> milliseconds.
+fn parse_seconds_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else {
+        (t.strip_suffix('s').unwrap_or(t), 1000.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * mul < 1e12 => Ok((n * mul).round() as u64),
+        _ => Err(format!("{text:?} is not a positive time like 2s, 1.5s or 500ms")),
+    }
+}
+
 fn rate(bps: f64) -> String {
     format!("{}/s", human(bps as u64))
 }
@@ -522,6 +542,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             history,
             history_max_bytes,
             preseeded,
+            throttle_rpo,
             wait,
         }) => {
             let protect = match (peer, peer_key) {
@@ -534,6 +555,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                     history_s: history.as_deref().map(parse_duration_s).transpose()?,
                     history_bytes_max: history_max_bytes.as_deref().map(parse_size).transpose()?,
                     preseeded,
+                    throttle_rpo_ms: throttle_rpo.as_deref().map(parse_seconds_ms).transpose()?,
                 }),
                 (None, None) => None,
                 _ => return Err("--peer and --peer-key go together".into()),
@@ -914,6 +936,13 @@ fn print_vpg(v: &VpgStatus) {
             human(p.ship.acked_bytes),
             rate(p.ship.rate_bytes_per_s)
         );
+        if st.throttle_rpo_ms > 0 {
+            println!(
+                "writes throttled while the RPO is above {:.1} s: held {:.1} s in all (summed over writes) since the agent started",
+                st.throttle_rpo_ms as f64 / 1000.0,
+                p.throttle_held_ms as f64 / 1000.0
+            );
+        }
         println!(
             "history at the recovery site: {} s window, {} hard limit{}",
             st.history_s,

@@ -306,6 +306,9 @@ impl Export for Volume {
         };
         if let Some(IoBuf::Captured(c)) = back {
             c.finish(r.is_ok());
+            if let Some((vpg, _)) = self.member() {
+                vpg.hold_while_behind().await;
+            }
         }
         r.map_err(|e| err("write", e))
     }

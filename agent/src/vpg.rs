@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_journal::dirty::{EXTENT_DEFAULT, MapHeader};
 use ferry_journal::{
@@ -84,6 +84,10 @@ pub struct Protection {
     /// of regions compared, only differences sent) replaces the full initial sync.
     #[serde(default)]
     pub preseeded: bool,
+    /// Writes are slowed (their replies held) while the actual RPO is above this and the
+    /// link is up; 0: never (the RPO grows instead when writes outpace the link).
+    #[serde(default)]
+    pub throttle_rpo_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +140,8 @@ pub struct ProtectArgs {
     pub history_bytes_max: Option<u64>,
     #[serde(default)]
     pub preseeded: bool,
+    #[serde(default)]
+    pub throttle_rpo_ms: Option<u64>,
 }
 
 /// Default RPO alert threshold.
@@ -186,6 +192,7 @@ impl ProtectArgs {
             history_bytes_max,
             paused: false,
             preseeded: self.preseeded,
+            throttle_rpo_ms: self.throttle_rpo_ms.unwrap_or(0),
         })
     }
 }
@@ -527,7 +534,21 @@ pub struct Vpg {
     /// A pre-seeded VPG whose regions are still being compared with the replica's.
     delta_pending: std::sync::atomic::AtomicBool,
     pub delta_progress: Mutex<DeltaProgress>,
+    /// The throttle (see [`Protection::throttle_rpo_ms`]) holds writes now.
+    behind: std::sync::atomic::AtomicBool,
+    /// When `behind` was last worked out (ms since the epoch).
+    behind_checked_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds writes spent held by the throttle, summed over writes.
+    pub held_ms: std::sync::atomic::AtomicU64,
+    /// When the throttle last raised an event.
+    throttle_event_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How often the throttle works out again whether the recovery site is too far behind.
+const BEHIND_CHECK_MS: u64 = 5;
+/// Longest a write is held by the throttle: past it, it goes on (a stalled recovery site
+/// must not stall the application for longer).
+const HOLD_MAX: Duration = Duration::from_secs(10);
 
 /// How far a delta sync's comparison got.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -613,6 +634,10 @@ pub struct ProtectionStatus {
     /// While a delta sync compares regions.
     #[serde(default)]
     pub delta: Option<DeltaProgress>,
+    /// Milliseconds writes were held by the throttle, summed over writes, since the agent
+    /// started.
+    #[serde(default)]
+    pub throttle_held_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -766,6 +791,73 @@ impl Vpg {
     pub fn event(&self, message: String) {
         if self.push_event(message.clone()) {
             warn!(vpg = %self.record.name, "{message}");
+        }
+    }
+
+    /// Works out whether the throttle holds writes now: it is set, the link is up, the VPG
+    /// is journaling (not paused, syncing or tracking dirty regions) and the actual RPO is
+    /// above it.
+    fn note_behind(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let Some(p) = &self.record.protection else { return false };
+        if p.throttle_rpo_ms == 0 {
+            return false;
+        }
+        let behind = !self.is_paused()
+            && self.initial_done.load(Relaxed)
+            && !self.delta_pending()
+            && self.capture.mode() == Mode::Journaling
+            && self.ship.lock().unwrap_or_else(|e| e.into_inner()).link == "connected"
+            && self.rpo_s(now) * 1000.0 > p.throttle_rpo_ms as f64;
+        if self.behind.swap(behind, Relaxed) != behind
+            && behind
+            && now.saturating_sub(self.throttle_event_ms.swap(now, Relaxed)) >= 60_000
+        {
+            self.event(format!(
+                "writes throttled: the RPO is above the throttle of {:.1} s, so writes wait for the recovery site (`ferry vpg show` counts the time held; at most one such event a minute)",
+                p.throttle_rpo_ms as f64 / 1000.0
+            ));
+        }
+        behind
+    }
+
+    /// Holds a write's reply while the throttle says the recovery site is too far behind
+    /// (the write itself is done and captured, so shipping goes on meanwhile); at most
+    /// [`HOLD_MAX`]. Without a throttle set, returns at once.
+    pub async fn hold_while_behind(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.record.protection.as_ref().is_none_or(|p| p.throttle_rpo_ms == 0) {
+            return;
+        }
+        let mut held: Option<Instant> = None;
+        while self.behind_now() {
+            let t0 = *held.get_or_insert_with(Instant::now);
+            if t0.elapsed() >= HOLD_MAX {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Some(t0) = held {
+            self.held_ms.fetch_add(t0.elapsed().as_millis() as u64, Relaxed);
+        }
+    }
+
+    /// Whether the throttle holds writes: worked out again by one caller every
+    /// [`BEHIND_CHECK_MS`], the last answer for the others.
+    fn behind_now(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let checked = self.behind_checked_ms.load(Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(checked) >= BEHIND_CHECK_MS
+            && self
+                .behind_checked_ms
+                .compare_exchange(checked, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.note_behind()
+        } else {
+            self.behind.load(Relaxed)
         }
     }
 
@@ -1087,6 +1179,7 @@ impl Vpg {
                 delta: self
                     .delta_pending()
                     .then(|| self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                throttle_held_ms: self.held_ms.load(std::sync::atomic::Ordering::Relaxed),
             }
         });
         let state = match &protection {
@@ -1456,6 +1549,10 @@ impl Vpgs {
             initial_end_seq: std::sync::atomic::AtomicU64::new(0),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             delta_pending: std::sync::atomic::AtomicBool::new(false),
+            behind: std::sync::atomic::AtomicBool::new(false),
+            behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
+            held_ms: std::sync::atomic::AtomicU64::new(0),
+            throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
             delta_progress: Mutex::new(DeltaProgress::default()),
         });
         let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
