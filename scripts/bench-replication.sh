@@ -2,9 +2,14 @@
 # Replication benchmark: fio's nbd engine (4k random writes at QD32, 1M sequential writes at
 # QD32) against, in the same run, each on a fresh file of the same size:
 #   off        ferry serving the volume, no replication
+#   capture    the volume in a VPG, not replicated, its journal read and acknowledged by a
+#              local consumer (`ferry journal tail --follow --ack`): capture's own cost, the
+#              ceiling for replication on this machine
 #   repl       ferry with the volume in a VPG replicated to a second, local ferry agent
 #              (loopback TCP, sealed and compressed); the actual RPO is sampled every
 #              second during the run, and the time to catch up after it is measured
+#   repl-thr   the same with `--throttle-rpo 1s` (writes slowed to what the pipeline
+#              carries, so the RPO stays bounded)
 #   mirror-wb  qemu-storage-daemon exporting the disk over NBD with a QMP blockdev-mirror
 #              job in copy-mode write-blocking to a qemu-nbd target (what a Linux user
 #              would set up today for synchronous replication)
@@ -87,19 +92,24 @@ start() {
   local f=$BENCH_DIR/src.img
   truncate -s "$SIZE" "$f"
   case $1 in
-    off|repl)
+    off|capture|repl|repl-thr)
       printf 'state_dir = "%s"\n[nbd]\nlisten = []\n' "$BENCH_DIR/a" > "$BENCH_DIR/a.toml"
       "$FERRY" agent --config "$BENCH_DIR/a.toml" --log-level warn 2>>"$BENCH_DIR/a.log" & pids+=($!)
       wait_sock "$BENCH_DIR/a/control.sock"
       A volume adopt bench "$f" >/dev/null
       URI="nbd+unix:///bench?socket=$BENCH_DIR/a/nbd.sock"
-      if [ "$1" = repl ]; then
+      if [ "$1" = capture ]; then
+        A vpg create bench --volume bench --journal-size 1G >/dev/null
+        A journal tail bench --follow --ack --quiet >/dev/null 2>&1 & pids+=($!)
+      fi
+      if [ "$1" = repl ] || [ "$1" = repl-thr ]; then
+        local throttle=""; [ "$1" = repl-thr ] && throttle="--throttle-rpo 1s"
         "$FERRY" pair "$BENCH_DIR/key" --force >/dev/null
         printf 'state_dir = "%s"\n[nbd]\nlisten = []\n[replication]\nlisten = "127.0.0.1:10898"\npairing_keys = ["%s"]\n' \
           "$BENCH_DIR/b" "$BENCH_DIR/key" > "$BENCH_DIR/b.toml"
         "$FERRY" agent --config "$BENCH_DIR/b.toml" --log-level warn 2>>"$BENCH_DIR/b.log" & pids+=($!)
         wait_sock "$BENCH_DIR/b/control.sock"
-        A vpg create bench --volume bench --journal-size 1G --peer 127.0.0.1:10898 --peer-key "$BENCH_DIR/key" >/dev/null
+        A vpg create bench --volume bench --journal-size 1G --peer 127.0.0.1:10898 --peer-key "$BENCH_DIR/key" $throttle >/dev/null
         for _ in $(seq 1200); do A status | grep -q 'bench: protecting' && break; sleep 0.1; done
       fi ;;
     mirror-wb|mirror-bg)
@@ -130,7 +140,7 @@ fio_run() { # $1 rw, $2 bs, rest: extra args
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.0f" % (j["iops"], j["bw_bytes"]/1e6))'
 }
 
-configs=(off repl mirror-wb mirror-bg)
+configs=(off capture repl repl-thr mirror-wb mirror-bg)
 workloads=("randwrite 4k" "write 1M")
 results=$BENCH_DIR/results.txt
 : > "$results"
@@ -141,17 +151,17 @@ for round in $(seq "$REPEAT"); do
       set -- $w
       start "$c"
       extra=""
-      if [ "$c" = repl ]; then
+      if [ "${c%-thr}" = repl ]; then
         # Sample the RPO each second while fio runs.
         ( while sleep 1; do rpo; done ) > "$BENCH_DIR/rpo.txt" 2>/dev/null & sampler=$!
       fi
       r=$(fio_run "$1" "$2")
-      if [ "$c" = repl ]; then
+      if [ "${c%-thr}" = repl ]; then
         kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
         t0=$(date +%s.%N)
         for _ in $(seq 1200); do [ "$(rpo)" = "0.0" ] && break; sleep 0.1; done
         catchup=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
-        extra=" rpo_max=$(sort -g "$BENCH_DIR/rpo.txt" | tail -1) rpo_last=$(tail -1 "$BENCH_DIR/rpo.txt") catchup_s=$catchup"
+        extra=" rpo_max=$(sort -g "$BENCH_DIR/rpo.txt" | tail -1) rpo_last=$(tail -1 "$BENCH_DIR/rpo.txt") $(awk '{v[NR]=$1} END {h=int(NR/2); a=0; b=0; for(i=1;i<=h;i++) a+=v[i]; for(i=h+1;i<=NR;i++) b+=v[i]; if (h>0) printf "rpo_mean_1st_half=%.2f rpo_mean_2nd_half=%.2f", a/h, b/(NR-h)}' "$BENCH_DIR/rpo.txt") catchup_s=$catchup"
       fi
       stop_all
       echo "round $round  $c  $1 $2: $r$extra"
@@ -168,16 +178,19 @@ rows = [l.split() for l in open(sys.argv[1])]
 def med(c, wl, col):
     v = [float(r[col]) for r in rows if r[0] == c and r[1] == wl]
     return statistics.median(v)
-print("%-20s %10s %10s %10s %10s %8s %10s %10s" % ("workload", "off", "repl", "mirror-wb", "mirror-bg", "/off", "/mirror-wb", "/mirror-bg"))
+cs = ("off", "capture", "repl", "repl-thr", "mirror-wb", "mirror-bg")
+print("%-20s" % "workload" + "".join("%10s" % c for c in cs))
 for wl, label, col in (("randwrite", "randwrite 4k (IOPS)", 2), ("write", "write 1M (MB/s)", 3)):
-    m = {c: med(c, wl, col) for c in ("off", "repl", "mirror-wb", "mirror-bg")}
-    print("%-20s %10.0f %10.0f %10.0f %10.0f %7.2fx %9.2fx %9.2fx" % (label, m["off"], m["repl"], m["mirror-wb"],
-          m["mirror-bg"], m["repl"] / m["off"], m["repl"] / m["mirror-wb"], m["repl"] / m["mirror-bg"]))
+    m = {c: med(c, wl, col) for c in cs}
+    print("%-20s" % label + "".join("%10.0f" % m[c] for c in cs))
+    print("%-20s repl/off %.2fx  repl/capture %.2fx  repl/mirror-wb %.2fx  repl/mirror-bg %.2fx  repl-thr/mirror-wb %.2fx" % (
+        "", m["repl"] / m["off"], m["repl"] / m["capture"], m["repl"] / m["mirror-wb"], m["repl"] / m["mirror-bg"],
+        m["repl-thr"] / m["mirror-wb"]))
 print()
 for wl in ("randwrite", "write"):
     for r in rows:
-        if r[0] == "repl" and r[1] == wl:
-            print("repl %-9s RPO during the run: %s" % (wl, " ".join(r[4:])))
+        if r[0] in ("repl", "repl-thr") and r[1] == wl:
+            print("%-8s %-9s RPO during the run: %s" % (r[0], wl, " ".join(r[4:])))
 PY
 
 [ "$SHAPED_RATE" = 0 ] && exit 0
