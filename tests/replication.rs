@@ -690,6 +690,20 @@ fn fio_fill(dir: &Path, uri: &str, size: &str, rate: &str) {
     assert!(out.contains("err= 0"), "{out}");
 }
 
+/// A protected agent whose link is capped at 2 MB/s, with volume d0 (64M) in VPG `app`,
+/// whose writes wait while its RPO is above 1 s; and its recovery agent.
+fn throttled_sites(tag: &str) -> (Agent, Agent) {
+    let a = Agent::start_with(&format!("{tag}-a"), "[replication]\nbandwidth = \"2M\"\n");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent(&format!("{tag}-b"), &key, "");
+    a.create("d0", "64M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 64M --peer {peer} --peer-key {} --throttle-rpo 1s --wait",
+        key.display()
+    ));
+    (a, b)
+}
+
 fn held_ms(a: &Agent) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&a.ferry(&["vpg", "show", "app", "--json"])).unwrap();
     v["protection"]["throttle_held_ms"]
@@ -699,15 +713,7 @@ fn held_ms(a: &Agent) -> u64 {
 
 #[test]
 fn the_throttle_holds_writes_while_the_link_falls_behind_and_never_while_paused() {
-    // A link capped at 2 MB/s, and a VPG whose writes wait while its RPO is above 1 s.
-    let a = Agent::start_with("throttle-a", "[replication]\nbandwidth = \"2M\"\n");
-    let key = new_key(&a.dir);
-    let (b, peer) = recovery_agent("throttle-b", &key, "");
-    a.create("d0", "64M");
-    a.ferry_line(&format!(
-        "vpg create app --volume d0 --journal-size 64M --peer {peer} --peer-key {} --throttle-rpo 1s --wait",
-        key.display()
-    ));
+    let (a, b) = throttled_sites("throttle");
     assert_eq!(held_ms(&a), 0);
     // 16 MiB of incompressible writes at twice what the link carries: unthrottled, the
     // recovery site would end about 4 s behind. (A burst shorter than the throttle is the
@@ -733,6 +739,23 @@ fn the_throttle_holds_writes_while_the_link_falls_behind_and_never_while_paused(
     a.ferry(&["vpg", "resume", "app"]);
     tag_and_wait(&a, &b, "app", "after");
     for (vol, uri) in export(&b, "app", "after") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+}
+
+#[test]
+fn a_recovery_site_that_stops_answering_does_not_stall_throttled_writes() {
+    let (a, b) = throttled_sites("stall");
+    // Frozen: its connection stays up, and nothing is acknowledged any more.
+    b.signal(libc::SIGSTOP);
+    fio_fill(&a.dir, &a.unix_uri("d0"), "8M", "4m");
+    let ev = a.ferry(&["events"]);
+    b.signal(libc::SIGCONT);
+    assert!(ev.contains("writes throttled"), "{ev}");
+    assert!(ev.contains("throttle let go"), "{ev}");
+    tag_and_wait(&a, &b, "app", "thawed");
+    for (vol, uri) in export(&b, "app", "thawed") {
         let out = compare(&uri, a.tcp_uri(&vol));
         assert!(out.contains("Images are identical"), "{vol}: {out}");
     }

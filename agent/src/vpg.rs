@@ -542,6 +542,9 @@ pub struct Vpg {
     pub held_ms: std::sync::atomic::AtomicU64,
     /// When the throttle last raised an event.
     throttle_event_ms: std::sync::atomic::AtomicU64,
+    /// The recovery site's acknowledged sequence at the throttle's last look, and when it
+    /// last moved (or nothing was waiting for it).
+    ack_progress: Mutex<(u64, u64)>,
 }
 
 /// How often the throttle works out again whether the recovery site is too far behind.
@@ -795,8 +798,9 @@ impl Vpg {
     }
 
     /// Works out whether the throttle holds writes now: it is set, the link is up, the VPG
-    /// is journaling (not paused, syncing or tracking dirty regions) and the actual RPO is
-    /// above it.
+    /// is journaling (not paused, syncing or tracking dirty regions), the actual RPO is
+    /// above it, and the recovery site is making progress (one that acknowledged nothing
+    /// for [`HOLD_MAX`] while writes waited must not stall the application: writes go on).
     fn note_behind(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let now = now_ms();
@@ -804,19 +808,36 @@ impl Vpg {
         if p.throttle_rpo_ms == 0 {
             return false;
         }
-        let behind = !self.is_paused()
+        let (link_up, acked) = {
+            let ship = self.ship.lock().unwrap_or_else(|e| e.into_inner());
+            (ship.link == "connected", ship.acked_seq)
+        };
+        let stalled = {
+            let mut g = self.ack_progress.lock().unwrap_or_else(|e| e.into_inner());
+            if acked != g.0 || acked >= self.journal_stats().next_seq {
+                *g = (acked, now);
+            }
+            now.saturating_sub(g.1) >= HOLD_MAX.as_millis() as u64
+        };
+        let over = link_up
+            && !self.is_paused()
             && self.initial_done.load(Relaxed)
             && !self.delta_pending()
             && self.capture.mode() == Mode::Journaling
-            && self.ship.lock().unwrap_or_else(|e| e.into_inner()).link == "connected"
             && self.rpo_s(now) * 1000.0 > p.throttle_rpo_ms as f64;
-        if self.behind.swap(behind, Relaxed) != behind
-            && behind
-            && now.saturating_sub(self.throttle_event_ms.swap(now, Relaxed)) >= 60_000
-        {
+        let behind = over && !stalled;
+        let was = self.behind.swap(behind, Relaxed);
+        if behind && !was && now.saturating_sub(self.throttle_event_ms.load(Relaxed)) >= 60_000 {
+            self.throttle_event_ms.store(now, Relaxed);
             self.event(format!(
-                "writes throttled: the RPO is above the throttle of {:.1} s, so writes wait for the recovery site (`ferry vpg show` counts the time held; at most one such event a minute)",
+                "writes throttled: the RPO passed the throttle of {:.1} s, so writes wait for the recovery site to catch up (`ferry vpg show` sums the time held)",
                 p.throttle_rpo_ms as f64 / 1000.0
+            ));
+        }
+        if over && stalled && was {
+            self.event(format!(
+                "throttle let go: the recovery site acknowledged nothing for {} s while writes waited; they go on at full speed until it moves again",
+                HOLD_MAX.as_secs()
             ));
         }
         behind
@@ -1553,6 +1574,7 @@ impl Vpgs {
             behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
             held_ms: std::sync::atomic::AtomicU64::new(0),
             throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
+            ack_progress: Mutex::new((0, 0)),
             delta_progress: Mutex::new(DeltaProgress::default()),
         });
         let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();

@@ -233,6 +233,11 @@ impl Agent {
         let _ = child.wait();
     }
 
+    /// Sends `sig` to the running agent (SIGSTOP freezes it with its connections up).
+    pub fn signal(&self, sig: i32) {
+        rustix_kill(self.child.as_ref().expect("agent running").id(), sig);
+    }
+
     pub fn vpg_dir(&self, vpg: &str) -> PathBuf {
         self.dir.join("vpgs").join(vpg)
     }
