@@ -128,10 +128,10 @@ fn sites(net: &Net, tag: &str, b_extra: &str) -> (Agent, Agent, String, std::pat
     );
     let a = Agent::start_in_netns(&format!("{tag}-a"), &net.a, "[journal]\ncheckpoint_interval_s = 1\n");
     let k = key(&a.dir);
-    // The recovery agent's key: a copy, as an operator would make it.
+    // The recovery agent's key: a copy, as an operator would make it (in A's directory,
+    // which goes with A).
     let bdir_key = {
-        let b_dir = common::scratch_dir(&format!("{tag}-bkey"));
-        let p = b_dir.join("pairing.key");
+        let p = a.dir.join("recovery-site.key");
         std::fs::copy(&k, &p).unwrap();
         p
     };
