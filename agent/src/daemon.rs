@@ -265,7 +265,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     // Shipping (building, sealing and sending batches) runs on a thread of its own, so the
     // connection threads serving NBD requests never wait behind a batch being sealed.
     let ship = shipping.clone();
-    std::thread::Builder::new()
+    let ship_thread = std::thread::Builder::new()
         .name("ferry-ship".into())
         .spawn(
             move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -326,6 +326,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let bound = server.shutdown_grace + Duration::from_secs(5);
     if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
         warn!("connections still open after the shutdown bound; closing them");
+    }
+    // Shipping ends before the journals close, so no acknowledgement lands after.
+    let joined = tokio::task::spawn_blocking(move || ship_thread.join());
+    if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+        warn!("the shipping thread did not end within 10 s; closing the journals anyway");
     }
     volumes.flush_all().await;
     vpgs.close_all().await;
