@@ -17,17 +17,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
-  echo "== installing ${missing[*]}"
+  echo "== $(date -u +%T) installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 
-echo "== cargo fmt --check"
+echo "== $(date -u +%T) cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== $(date -u +%T) cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== cargo test"
+echo "== $(date -u +%T) cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
@@ -44,11 +44,11 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
   fi
   for target in nbd_options nbd_requests nbd_stream journal_format journal_recovery dirty_map proto_batch proto_handshake proto_payload history_segment; do
-    echo "== fuzz $target for ${fuzz_seconds}s"
+    echo "== $(date -u +%T) fuzz $target for ${fuzz_seconds}s"
     mkdir -p "fuzz/corpus/$target"
     (cd fuzz && "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- \
       -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 3)
   done
 fi
-echo "== all tests passed"
+echo "== $(date -u +%T) all tests passed"
 echo "tests: $passed passed, $failed failed"
