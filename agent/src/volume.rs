@@ -145,7 +145,7 @@ impl Volume {
         let mut c = vpg.begin(kind, id, offset, len);
         c.start().await;
         let r = op().await;
-        c.finish(r.is_ok());
+        c.finish(r.as_ref().err().map(|e| e.message.as_str()));
         r
     }
 
@@ -305,7 +305,7 @@ impl Export for Volume {
             self.engine.write(&self.file, offset, buf, fua, self.punt_writes).await
         };
         if let Some(IoBuf::Captured(c)) = back {
-            c.finish(r.is_ok());
+            c.finish(r.as_ref().err().map(|e| e.to_string()).as_deref());
             if let Some((vpg, _)) = self.member() {
                 vpg.hold_while_behind().await;
             }

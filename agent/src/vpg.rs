@@ -450,10 +450,17 @@ impl Captured {
         }
     }
 
-    /// The datastore I/O is done: a failure marks its range dirty.
-    pub fn finish(self, ok: bool) {
-        let Captured { pending, ticket, .. } = self;
-        pending.finish(ok);
+    /// The datastore I/O is done, or failed with `failure`: then its record is revoked
+    /// (never shipped), its range drained from the datastore before the next checkpoint,
+    /// and the VPG shows the error (see `ferry_journal::capture`'s write outcomes).
+    pub fn finish(self, failure: Option<&str>) {
+        let Captured {
+            pending, ticket, vpg, ..
+        } = self;
+        vpg.capture.finish(pending, failure);
+        if let Some(why) = failure {
+            vpg.note_datastore_error(why);
+        }
         drop(ticket);
     }
 }
@@ -545,6 +552,21 @@ pub struct Vpg {
     /// The recovery site's acknowledged sequence at the throttle's last look, and when it
     /// last moved (or nothing was waiting for it).
     ack_progress: Mutex<(u64, u64)>,
+    /// The last failure of a member's datastore I/O, shown in the state until
+    /// [`DATASTORE_ERROR_SHOWN`] passed without another and the drain is over.
+    datastore_error: Mutex<Option<DatastoreError>>,
+}
+
+/// How long a datastore failure stays in a VPG's state after the last one.
+const DATASTORE_ERROR_SHOWN: Duration = Duration::from_secs(60);
+
+/// A member's datastore I/O failed (the client got the error; nothing of it was shipped).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DatastoreError {
+    pub message: String,
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+    pub failures: u64,
 }
 
 /// How often the throttle works out again whether the recovery site is too far behind.
@@ -617,6 +639,9 @@ pub struct VpgStatus {
     /// Replication, for a protected VPG.
     #[serde(default)]
     pub protection: Option<ProtectionStatus>,
+    /// A member's datastore I/O failed lately.
+    #[serde(default)]
+    pub datastore_error: Option<DatastoreError>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -788,6 +813,51 @@ impl Vpg {
         self.capture.resync_all(why);
         self.collect_events();
         self.sync_once().await
+    }
+
+    /// A member's datastore I/O failed: the state shows it, the capture's event is logged.
+    fn note_datastore_error(&self, why: &str) {
+        let now = now_ms();
+        {
+            let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
+            match &mut *g {
+                Some(d) => {
+                    d.failures += 1;
+                    d.last_unix_ms = now;
+                    d.message = why.to_string();
+                }
+                None => {
+                    *g = Some(DatastoreError {
+                        message: why.to_string(),
+                        first_unix_ms: now,
+                        last_unix_ms: now,
+                        failures: 1,
+                    })
+                }
+            }
+        }
+        self.collect_events();
+    }
+
+    /// The datastore failure to show, if any; one that is over (none for a while and the
+    /// drain done) is cleared with an event.
+    fn datastore_error(&self) -> Option<DatastoreError> {
+        let drained = self.capture.mode() == Mode::Journaling;
+        let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
+        let d = g.as_ref()?;
+        let quiet = now_ms().saturating_sub(d.last_unix_ms) >= DATASTORE_ERROR_SHOWN.as_millis() as u64;
+        if quiet && drained {
+            let d = g.take().expect("checked");
+            drop(g);
+            self.event(format!(
+                "datastore error over: no failure for {} s after {} failed I/O(s) (last: {}), and every failed region was read back",
+                DATASTORE_ERROR_SHOWN.as_secs(),
+                d.failures,
+                d.message
+            ));
+            return None;
+        }
+        Some(d.clone())
     }
 
     /// Logs and records an event about this VPG.
@@ -1041,6 +1111,7 @@ impl Vpg {
             };
             self.note_initial_sync();
             self.note_sla();
+            let _ = self.datastore_error();
             if self.capture.mode() == Mode::Journaling
                 && !idle
                 && !self.delta_pending()
@@ -1203,7 +1274,16 @@ impl Vpg {
                 throttle_held_ms: self.held_ms.load(std::sync::atomic::Ordering::Relaxed),
             }
         });
+        let datastore_error = self.datastore_error();
         let state = match &protection {
+            _ if datastore_error.is_some() => format!(
+                "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
+                datastore_error.as_ref().map_or("", |d| d.message.as_str()),
+                datastore_error.as_ref().map_or(0, |d| d.failures),
+                datastore_error
+                    .as_ref()
+                    .map_or(0, |d| now.saturating_sub(d.last_unix_ms) / 1000)
+            ),
             None => self.capture.mode().name().to_string(),
             Some(_) if self.is_paused() => "paused".into(),
             Some(p) if p.ship.error.is_some() => "error".into(),
@@ -1245,6 +1325,7 @@ impl Vpg {
             checkpoints,
             events: self.events.list(),
             protection,
+            datastore_error,
         }
     }
 
@@ -1575,6 +1656,7 @@ impl Vpgs {
             held_ms: std::sync::atomic::AtomicU64::new(0),
             throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
             ack_progress: Mutex::new((0, 0)),
+            datastore_error: Mutex::new(None),
             delta_progress: Mutex::new(DeltaProgress::default()),
         });
         let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();

@@ -35,6 +35,17 @@
 //! | 7 | a dirty map missing or unreadable | the agent makes a new one with the whole volume dirty, and says so |
 //! | 8 | the journal unreadable (no valid superblock) | the agent moves it aside, makes a new one and marks every volume wholly dirty, and says so |
 //!
+//! ## Write outcomes
+//!
+//! | # | the datastore I/O | rule |
+//! |---|---|---|
+//! | 1 | succeeded | the record settles as committed and is shipped |
+//! | 2 | failed (ENOSPC, EIO, a failed trim or zero) after the record was committed | [`Capture::finish`] revokes the record (a void, before it settles, so no consumer reads it) and marks its range dirty; a journaling VPG drains, so the range travels as the datastore holds it and no checkpoint is taken until it has: no checkpoint claims bytes the datastore does not hold |
+//! | 3 | never issued (the request was abandoned before step 3) | the slot is dropped uncommitted: a void |
+//!
+//! A crash between a failed I/O and rule 2 is a crash with the write in flight: recovery
+//! rule 2 below marks its range dirty and the drain sends what the datastore holds.
+//!
 //! After recovery a VPG with dirty regions starts in `Draining`: the drain reads the current
 //! data of each dirty range from the datastore into a journal record, so the stream carries
 //! it, then clears the bits once that record is synced.
@@ -333,6 +344,34 @@ impl<S: RingStorage> Capture<S> {
         }
     }
 
+    /// Step 5 of the write path: the datastore I/O finished, or failed with `failure`
+    /// (ENOSPC, EIO, a failed trim or zero). A failed write's record is revoked before it
+    /// settles, so it is never shipped; its range is marked dirty and the VPG drains, so
+    /// the region travels as the datastore holds it, before the next checkpoint (outcome
+    /// row 2 in the module docs).
+    pub fn finish(&self, p: Pending<S>, failure: Option<&str>) {
+        let Some(why) = failure else { return };
+        if !p.started {
+            return; // never committed: dropping the slot voids it
+        }
+        let mut p = p;
+        let kind = p.slot.as_ref().map(|s| s.entry().kind);
+        if let Some(s) = &mut p.slot {
+            s.revoke();
+        }
+        p.map.mark(p.offset, p.length);
+        let volume = p.map.header().volume;
+        drop(p);
+        self.event(format!(
+            "{} to volume {volume} failed at the datastore ({why}): not shipped; the region is read back from the datastore before the next checkpoint",
+            kind.map_or("a tracked write", |k| k.name())
+        ));
+        if self.mode() == Mode::Journaling {
+            self.drain_announced.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.switch_quietly(Mode::Draining, None);
+        }
+    }
+
     /// Appends a checkpoint marker: a point in the VPG's one sequence. Refused while dirty
     /// regions are pending, when the stream alone would not be consistent at that point.
     pub fn checkpoint(&self, time_ns: u64, tag: &str) -> Result<u64, CheckpointError> {
@@ -561,14 +600,6 @@ impl<S: RingStorage> Pending<S> {
             m.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
         al
-    }
-
-    /// Step 5: the datastore I/O finished (`ok`) or failed (its range is marked dirty, so
-    /// the replica gets whatever the datastore holds).
-    pub fn finish(self, ok: bool) {
-        if self.started && !ok {
-            self.map.mark(self.offset, self.length);
-        }
     }
 }
 

@@ -454,6 +454,24 @@ impl<S: RingStorage> Slot<S> {
     pub fn is_committed(&self) -> bool {
         self.committed
     }
+
+    /// Takes a committed record back before it settles: its entry becomes a void, so no
+    /// consumer ever reads it (a record settles, and becomes readable, only when its slot
+    /// is dropped). For a write whose datastore I/O failed: the journal must not claim
+    /// bytes the datastore does not hold.
+    pub fn revoke(&mut self) {
+        let void = Entry {
+            kind: Kind::Void,
+            length: padded(self.entry.kind.payload_bytes(self.entry.length)),
+            offset: 0,
+            volume: 0,
+            payload_crc: 0,
+            ..self.entry
+        };
+        self.journal.write_entry(&void);
+        self.entry = void;
+        self.committed = true;
+    }
 }
 
 impl<S: RingStorage> Drop for Slot<S> {

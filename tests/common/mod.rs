@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sites;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -300,4 +302,63 @@ pub fn qemu_io(target: impl AsRef<std::ffi::OsStr>, cmds: &[&str]) -> String {
     let out = ok(&mut c);
     assert!(!out.contains("verification failed"), "qemu-io {cmds:?}: {out}");
     out
+}
+
+/// A small ext4 filesystem of its own, loop-mounted for one test (to fill a datastore);
+/// unmounted, its loop device freed and its image removed when dropped.
+pub struct SmallFs {
+    pub mount: PathBuf,
+    image: PathBuf,
+}
+
+impl SmallFs {
+    pub fn new(dir: &Path, name: &str, mib: u64) -> SmallFs {
+        require("mkfs.ext4");
+        let image = dir.join(format!("{name}.ext4"));
+        let mount = dir.join(name);
+        std::fs::create_dir_all(&mount).unwrap();
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(mib << 20).unwrap();
+        drop(f);
+        ok(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&image));
+        // `-o loop` takes a free loop device and frees it again at unmount (autoclear).
+        ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount));
+        SmallFs { mount, image }
+    }
+
+    /// Bytes free on it.
+    pub fn free_bytes(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.mount).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fills it with a ballast file until at most `leave` bytes are free; returns its path.
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        let p = self.mount.join("ballast");
+        let n = self.free_bytes().saturating_sub(leave);
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&p).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            if std::io::Write::write_all(&mut &f, &chunk[..k]).is_err() {
+                break;
+            }
+            left -= k as u64;
+        }
+        f.sync_all().unwrap();
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let out = run(Command::new("umount").arg(&self.mount));
+        if !out.status.success() {
+            // Something still holds it (a failed test's agent): detach it now, freed when let go.
+            let _ = run(Command::new("umount").arg("-l").arg(&self.mount));
+        }
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
 }

@@ -184,7 +184,7 @@ impl World {
     fn finish(&mut self, id: usize, ok: bool) {
         let w = &mut self.writes[id];
         if w.state == State::Issued || (w.state == State::Started && !ok) {
-            w.pending.take().unwrap().finish(ok);
+            self.cap.finish(w.pending.take().unwrap(), (!ok).then_some("EIO"));
             w.state = State::Done;
         }
     }
@@ -553,6 +553,58 @@ fn a_tracked_write_not_yet_marked_keeps_the_episode_open() {
     assert_eq!(w.cap.mode(), Mode::Journaling);
 }
 
+/// Outcome row 2: a write whose datastore I/O failed is never shipped, and no checkpoint
+/// is taken until its region was read back from the datastore; the checkpoint after that
+/// holds exactly what the datastore holds.
+#[test]
+fn outcome2_a_failed_write_is_revoked_and_its_region_drained_before_the_next_checkpoint() {
+    let mut w = World::new();
+    let ok = w.begin(Kind::Write, 1, 0, 1, 0x11);
+    settle_all(&mut w);
+    let _ = ok;
+    // ENOSPC before any byte landed, and an EIO reported after the bytes did.
+    let lost = w.begin(Kind::Write, 1, 4, 2, 0x22);
+    let landed = w.begin(Kind::Write, 2, 8, 1, 0x33);
+    let trim = w.begin(Kind::Trim, 1, 0, 1, 0);
+    for id in [lost, landed, trim] {
+        assert!(w.start(id));
+    }
+    w.issue(landed);
+    w.finish(lost, false);
+    w.finish(landed, false);
+    w.finish(trim, false);
+    assert_eq!(
+        w.cap.mode(),
+        Mode::Draining,
+        "the failed regions must travel before a checkpoint"
+    );
+    assert!(w.cap.checkpoint(1, "too-early").is_err());
+    let ev: Vec<String> = w.cap.take_events().into_iter().map(|e| e.message).collect();
+    assert!(
+        ev.iter()
+            .any(|m| m.contains("failed at the datastore (EIO): not shipped")),
+        "{ev:?}"
+    );
+    // The consumer sees the failed records as voids: none of their bytes reach the replica.
+    let mut kinds = Vec::new();
+    let c = w.consumer.as_mut().unwrap();
+    while let Some(r) = c.next_record() {
+        kinds.push(r.entry.kind);
+    }
+    assert_eq!(kinds, vec![Kind::Write, Kind::Void, Kind::Void, Kind::Void]);
+    c.rewind();
+    w.converge();
+    w.assert_converged();
+    assert_eq!(w.cap.mode(), Mode::Journaling);
+    assert!(w.cap.checkpoint(2, "after").is_ok());
+    // What the replica holds at that checkpoint is the datastore: the landed bytes, the
+    // lost write's old zeroes, the block the failed trim left.
+    let rep1 = &w.replica[&1];
+    assert!(rep1[4 * BLOCK as usize..6 * BLOCK as usize].iter().all(|&b| b == 0));
+    assert_eq!(rep1[0], 0x11);
+    assert_eq!(w.replica[&2][8 * BLOCK as usize], 0x33);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Begin {
@@ -616,7 +668,12 @@ proptest! {
                 }
                 Op::Start(i) => if let Some(id) = pick(&w, i, State::Begun) { w.start(id); },
                 Op::Issue(i) => if let Some(id) = pick(&w, i, State::Started) { w.issue(id); },
-                Op::Finish(i, ok) => if let Some(id) = pick(&w, i, if ok { State::Issued } else { State::Started }) { w.finish(id, ok); },
+                Op::Finish(i, ok) => {
+                    // A failure comes before the I/O was issued, or after it wrote (an EIO
+                    // reported after the bytes landed).
+                    let from = if ok || i % 2 == 0 { State::Issued } else { State::Started };
+                    if let Some(id) = pick(&w, i / 2, from) { w.finish(id, ok); }
+                }
                 Op::Abandon(i) => if let Some(id) = pick(&w, i, State::Begun) { w.abandon(id); },
                 Op::Consume(n) => w.consume(n),
                 Op::Drain => { w.drain(); }
