@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{compare, export, new_key, recovery_agent, tag_and_wait};
+use common::sites::{compare, export, new_key, recovery_agent, tag_and_wait, wait_for};
 use common::{Agent, SmallFs, qemu_io, run};
 
 fn vpg_json(a: &Agent, vpg: &str) -> serde_json::Value {
@@ -69,4 +69,147 @@ fn a_write_the_datastore_refused_is_never_shipped() {
     }
     b.ferry(&["checkpoint", "unexport", "app"]);
     a.stop();
+}
+
+/// `ferry ARGS` with a bound on how long it may take: a hung agent fails the test instead
+/// of hanging it. Returns (success, stdout + stderr).
+fn ferry_within(a: &Agent, secs: u64, args: &[&str]) -> (bool, String) {
+    let out = run(Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(common::FERRY)
+        .args(args)
+        .env("FERRY_CONTROL", a.dir.join("control.sock")));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn replica_json(b: &Agent, vpg: &str) -> serde_json::Value {
+    let (ok, out) = ferry_within(b, 20, &["replica", "show", vpg, "--json"]);
+    assert!(ok, "replica show must answer: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The recovery datastore runs full while history is applied to the replica: the agent
+/// stays responsive, raises an event, retries; a kill -9 and restart come up; once space
+/// is freed the replica converges to the protected volume.
+#[test]
+fn a_full_recovery_datastore_during_apply_is_retried_and_never_hangs() {
+    let a = Agent::start("applyfull-a");
+    let key = new_key(&a.dir);
+    let bdir = common::scratch_dir("applyfull-fs");
+    let small = SmallFs::new(&bdir, "small", 64);
+    let (mut b, peer) = recovery_agent(
+        "applyfull-b",
+        &key,
+        &format!(
+            "[[datastore]]\nname = \"small\"\npath = {:?}\n[[datastore]]\nname = \"local\"\npath = {:?}\n",
+            small.mount.display().to_string(),
+            bdir.join("local").display().to_string()
+        ),
+    );
+    a.create("d0", "32M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 64M --history 1s --peer {peer} --peer-key {}",
+        key.display()
+    ));
+    tag_and_wait(&a, &b, "app", "start");
+    // Hold history with an export while 12 MiB are written, then fill the datastore and let go.
+    export(&b, "app", "start");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x41 0 12M"]);
+    tag_and_wait(&a, &b, "app", "written");
+    small.fill(256 << 10);
+    b.ferry(&["checkpoint", "unexport", "app"]);
+    assert!(
+        wait_for(30, || replica_json(&b, "app")["events"]
+            .to_string()
+            .contains("applying history to the replica failed")),
+        "no apply-failure event: {}",
+        replica_json(&b, "app")
+    );
+    // Responsive throughout: status, the replica, and NBD on the recovery agent.
+    for _ in 0..3 {
+        let (ok, out) = ferry_within(&b, 10, &["status"]);
+        assert!(ok, "status must answer while the apply fails: {out}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    b.ferry(&["volume", "create", "probe", "--size", "1M", "--datastore", "local"]);
+    qemu_io(b.tcp_uri("probe"), &["write -P 0x7 0 4k", "read -P 0x7 0 4k"]);
+    // A crash mid-failure: the restart comes up and answers.
+    b.kill9();
+    b.spawn();
+    let (ok, out) = ferry_within(&b, 10, &["replica", "show", "app"]);
+    assert!(ok, "replica show after the restart: {out}");
+    assert!(
+        wait_for(30, || replica_json(&b, "app")["events"]
+            .to_string()
+            .contains("applying history to the replica failed")),
+        "the restart must go on trying: {}",
+        replica_json(&b, "app")
+    );
+    // Space again: it converges, and the replica image equals the volume.
+    std::fs::remove_file(small.mount.join("ballast")).unwrap();
+    assert!(
+        wait_for(90, || replica_json(&b, "app")["history_records"].as_u64() == Some(0)),
+        "history did not drain into the replica: {}",
+        replica_json(&b, "app")
+    );
+    let img = small.mount.join("replicas/app/d0.img");
+    let out = compare(&img, a.tcp_uri("d0"));
+    assert!(out.contains("Images are identical"), "replica image: {out}");
+    let ev = replica_json(&b, "app")["events"].to_string();
+    assert!(ev.contains("history applies to the replica again"), "{ev}");
+    b.stop();
+    drop(b);
+    drop(small);
+    let _ = std::fs::remove_dir_all(&bdir);
+}
+
+/// `ferry replica delete` while the protected site replicates: refused without --force;
+/// with it, the stream ends, the files are let go, the protected site shows an error
+/// that says what to do, and a reconnect does not make the replica anew.
+#[test]
+fn a_replica_deleted_under_a_live_link_ends_its_stream() {
+    let mut a = Agent::start("repldel-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("repldel-b", &key, "");
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 32M --peer {peer} --peer-key {}",
+        key.display()
+    ));
+    tag_and_wait(&a, &b, "app", "one");
+    let err = b.ferry_fails(&["replica", "delete", "app"]);
+    assert!(err.contains("--force") && err.contains("ferry vpg delete app"), "{err}");
+    b.ferry(&["replica", "delete", "app", "--force"]);
+    let state = || vpg_json(&a, "app")["state"].as_str().unwrap_or("").to_string();
+    assert!(wait_for(20, || state() == "error"), "protected state: {}", state());
+    let shown = vpg_json(&a, "app")["protection"]["ship"]["error"].to_string();
+    assert!(
+        shown.contains("deleted at the recovery site") && shown.contains("ferry vpg delete app"),
+        "{shown}"
+    );
+    // No file of the deleted replica is held open.
+    let pid = b.child.as_ref().unwrap().id();
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .filter(|p| p.contains("replicas/app"))
+        .collect();
+    assert!(held.is_empty(), "files of the deleted replica still open: {held:?}");
+    // Writes go on at the protected site; a reconnect is refused too.
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x9 0 1M"]);
+    a.stop();
+    a.spawn();
+    assert!(
+        wait_for(20, || vpg_json(&a, "app")["protection"]["ship"]["error"]
+            .to_string()
+            .contains("deleted at the recovery site")),
+        "after a reconnect: {}",
+        vpg_json(&a, "app")
+    );
+    let list = b.ferry(&["replica", "list"]);
+    assert!(list.contains("no replicas here"), "{list}");
 }

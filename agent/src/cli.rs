@@ -15,6 +15,7 @@ use crate::control::{
 };
 use crate::exports::CheckpointExport;
 use crate::replica::ReplicaStatus;
+use crate::size::utc;
 use crate::size::{human, parse_size};
 use crate::volume::VolumeStatus;
 use crate::vpg::{CheckpointInfo, ProtectArgs, TailRecord, VpgStatus};
@@ -174,8 +175,15 @@ enum ReplicaCmd {
         json: bool,
     },
     /// Delete a replica, its history and images (deleting the VPG on the protected site
-    /// does this when the sites are connected).
-    Delete { name: String },
+    /// does this when the sites are connected). The protected site is refused this VPG
+    /// from then on: to protect it again, delete and re-create it there.
+    Delete {
+        name: String,
+        /// Delete even while the protected site is replicating to it: its stream ends and
+        /// it shows the VPG in error.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -719,8 +727,9 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 }
             }
         }
-        Command::Replica(ReplicaCmd::Delete { name }) => {
-            c.call::<serde_json::Value>(Method::DELETE, &format!("/v1/replicas/{name}"), None::<&()>)
+        Command::Replica(ReplicaCmd::Delete { name, force }) => {
+            let path = format!("/v1/replicas/{name}{}", if force { "?force=true" } else { "" });
+            c.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
                 .await
                 .map_err(e)?;
             println!("deleted replica {name}, its history and images");
@@ -855,29 +864,6 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `2026-11-27 14:03:07.123 UTC` from milliseconds since the epoch.
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 fn print_vpgs(vpgs: &[VpgStatus]) {
@@ -1113,15 +1099,5 @@ pub fn main() -> ExitCode {
             eprintln!("ferry: {msg}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_renders_calendar_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
-        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
-        assert_eq!(super::utc(1_795_789_662_865), "2026-11-27 14:27:42.865 UTC");
     }
 }

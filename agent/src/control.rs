@@ -345,10 +345,23 @@ async fn replica_show_h(State(api): State<Api>, Path(name): Path<String>) -> Res
     Ok(Json(r.status()))
 }
 
-async fn replica_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    api.exports.unexport(&name, None);
+async fn replica_delete_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
     let replicas = api.exports.replicas().clone();
-    tokio::task::spawn_blocking(move || replicas.remove(&name))
+    if let Some(r) = replicas.get(&name)
+        && r.in_session()
+        && !q.force
+    {
+        return Err(AgentError::Refused(format!(
+            "the protected site is replicating VPG {name:?} here right now; delete the VPG there (`ferry vpg delete {name}`, which deletes this replica too), or pass --force: its stream ends and it shows the VPG in error"
+        ))
+        .into());
+    }
+    api.exports.unexport(&name, None);
+    tokio::task::spawn_blocking(move || replicas.remove(&name, true))
         .await
         .map_err(|e| AgentError::Refused(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)

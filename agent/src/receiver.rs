@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::link::{self, Frame, LinkError, LinkStats, Pace, RateLimitedLog};
-use crate::replica::{Replica, Replicas};
+use crate::replica::{Replica, Replicas, SessionHold};
 
 /// Plaintext bytes taken in before an acknowledgement at the latest.
 pub const ACK_BYTES: usize = 16 << 20;
@@ -29,6 +29,8 @@ pub const ACK_DELAY: Duration = Duration::from_millis(2);
 pub const ACK_EVERY: Duration = Duration::from_millis(50);
 /// A peer silent this long is dropped (it pings every few seconds).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an idle session looks for replicas deleted under it.
+const REMOVED_CHECK: Duration = Duration::from_millis(500);
 
 /// Accepts peers until `stop`.
 pub async fn run(listener: TcpListener, keys: Arc<Vec<[u8; 32]>>, replicas: Arc<Replicas>, stop: CancellationToken) {
@@ -72,17 +74,20 @@ async fn serve(
     replicas: &Arc<Replicas>,
     stop: CancellationToken,
 ) -> Result<(), LinkError> {
-    let mut opened: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
+    // Each held while open here, so that `ferry replica delete` knows the peer is connected.
+    let mut opened: BTreeMap<u64, SessionHold> = BTreeMap::new();
     // Replicas written to since their last acknowledgement.
     let mut unacked: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
     let mut taken = 0usize;
     let mut last_ack = Instant::now();
+    let mut last_heard = Instant::now();
     // Frames are read by a task of their own, so that waiting for one can time out.
     let (mut rx, _reader) = rd.into_channel();
     loop {
+        end_removed(&mut opened, &mut unacked, &mut wr).await?;
         // With writes not yet acknowledged, wait for more only briefly: a pause in the
         // stream is the moment to sync them all and acknowledge.
-        let wait = if unacked.is_empty() { IDLE_TIMEOUT } else { ACK_DELAY };
+        let wait = if unacked.is_empty() { REMOVED_CHECK } else { ACK_DELAY };
         let next = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             r = tokio::time::timeout(wait, rx.recv()) => r,
@@ -94,11 +99,13 @@ async fn serve(
                 last_ack = Instant::now();
                 continue;
             }
+            Err(_) if last_heard.elapsed() < IDLE_TIMEOUT => continue,
             Err(_) => return Err(LinkError::Content(format!("the peer was silent for {IDLE_TIMEOUT:?}"))),
             Ok(None) => return Err(LinkError::Content("the link's reader ended".into())),
             Ok(Some(Err(LinkError::Io(e)))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Some(r)) => r?,
         };
+        last_heard = Instant::now();
         match frame {
             Frame::Control(Message::Open(spec)) => {
                 let id = spec.id;
@@ -118,7 +125,7 @@ async fn serve(
                             .await
                             .map_err(|e| LinkError::Content(e.to_string()))??;
                         info!(vpg = %r.spec().name, next_seq, "replication of VPG resumes");
-                        opened.insert(id, r);
+                        opened.insert(id, r.hold());
                         wr.send(id, &Message::Opened { vpg: id, next_seq }).await?;
                     }
                     Err(reason) => {
@@ -133,7 +140,7 @@ async fn serve(
                 opened.remove(&vpg);
                 unacked.remove(&vpg);
                 let gone = match replicas.by_id(vpg) {
-                    Some(r) => replicas.remove(&r.spec().name).map_err(|e| e.to_string()),
+                    Some(r) => replicas.remove(&r.spec().name, false).map_err(|e| e.to_string()),
                     None => Ok(()),
                 };
                 let m = match gone {
@@ -143,7 +150,7 @@ async fn serve(
                 wr.send(vpg, &m).await?;
             }
             Frame::Control(Message::Resync { vpg, from_seq }) => {
-                let Some(r) = opened.get(&vpg).cloned() else {
+                let Some(r) = opened.get(&vpg).map(|h| h.replica().clone()) else {
                     return Err(LinkError::Content(format!(
                         "a resync for VPG {vpg:#x}, which was not opened"
                     )));
@@ -173,7 +180,7 @@ async fn serve(
                 count,
                 at_seq,
             }) => {
-                let Some(r) = opened.get(&vpg).cloned() else {
+                let Some(r) = opened.get(&vpg).map(|h| h.replica().clone()) else {
                     return Err(LinkError::Content(format!(
                         "sums for VPG {vpg:#x}, which was not opened"
                     )));
@@ -197,12 +204,16 @@ async fn serve(
                 return Err(LinkError::Content(format!("a protected site does not send {other:?}")));
             }
             Frame::Batch(h, plain) => {
-                let Some(r) = opened.get(&h.vpg).cloned() else {
+                let Some(r) = opened.get(&h.vpg).map(|h| h.replica().clone()) else {
                     return Err(LinkError::Content(format!(
                         "a batch for VPG {:#x}, which was not opened",
                         h.vpg
                     )));
                 };
+                if r.is_removed() {
+                    // Deleted since the last look: nothing more is written to it.
+                    continue;
+                }
                 let next = r.next_seq();
                 if h.first_seq != next {
                     return Err(LinkError::Content(format!(
@@ -231,6 +242,30 @@ async fn serve(
             last_ack = Instant::now();
         }
     }
+}
+
+/// Ends the stream of every replica deleted while open here: the peer is told why and
+/// what to do, and the replica's files are let go.
+async fn end_removed(
+    opened: &mut BTreeMap<u64, SessionHold>,
+    unacked: &mut BTreeMap<u64, Arc<Replica>>,
+    wr: &mut link::LinkWriter,
+) -> Result<(), LinkError> {
+    let gone: Vec<u64> = opened
+        .iter()
+        .filter(|(_, h)| h.replica().is_removed())
+        .map(|(&id, _)| id)
+        .collect();
+    for vpg in gone {
+        let name = opened.remove(&vpg).map(|h| h.replica().spec().name).unwrap_or_default();
+        unacked.remove(&vpg);
+        warn!(vpg = %name, "replica deleted here while replicating: its stream ends");
+        let reason = format!(
+            "its replica was deleted at the recovery site while it was replicating (`ferry replica delete --force`); to protect the VPG again, delete it here (`ferry vpg delete {name}`) and create it anew"
+        );
+        wr.send(vpg, &Message::Refused { vpg, reason }).await?;
+    }
+    Ok(())
 }
 
 /// Syncs the history of every replica written since the last acknowledgement, then

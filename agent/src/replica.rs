@@ -131,10 +131,51 @@ pub struct Replica {
     writer: Mutex<Writer>,
     /// The sequence number below which everything is durable.
     durable_seq: Mutex<u64>,
-    pins: Mutex<BTreeMap<u64, usize>>,
+    pins: Mutex<Pins>,
     events: EventLog,
     last_received_ms: Mutex<u64>,
+    /// Applying history to the images failed: when to try again, and the backoff.
+    apply_retry: Mutex<Option<Retry>>,
+    /// Deleted: a session that has it open ends its stream.
+    removed: std::sync::atomic::AtomicBool,
+    /// Replication sessions that have it open.
+    sessions: std::sync::atomic::AtomicUsize,
 }
+
+/// A replication session's hold on a replica (see [`Replica::in_session`]).
+#[derive(Debug)]
+pub struct SessionHold(Arc<Replica>);
+
+impl SessionHold {
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.0
+    }
+}
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Checkpoint views' holds on history, and the apply's floor: the highest sequence an
+/// apply may have reached. A pin below the floor is refused, and an apply never passes
+/// the lowest pin; both are decided under this one lock, so neither can overtake the other.
+#[derive(Debug, Default)]
+struct Pins {
+    held: BTreeMap<u64, usize>,
+    floor: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at_ms: u64,
+    backoff_ms: u64,
+}
+
+/// Backoff between tries of a failed apply.
+const APPLY_BACKOFF_MIN_MS: u64 = 1000;
+const APPLY_BACKOFF_MAX_MS: u64 = 60_000;
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,17 +279,23 @@ impl Replica {
             hist: RwLock::new(History::default()),
             writer: Mutex::new(Writer::default()),
             durable_seq: Mutex::new(0),
-            pins: Mutex::new(BTreeMap::new()),
+            pins: Mutex::new(Pins {
+                held: BTreeMap::new(),
+                floor: meta.applying_until.max(meta.applied_seq),
+            }),
             events: EventLog::default(),
             last_received_ms: Mutex::new(0),
+            apply_retry: Mutex::new(None),
+            removed: std::sync::atomic::AtomicBool::new(false),
+            sessions: std::sync::atomic::AtomicUsize::new(0),
         };
         r.load_history(meta.applied_seq)?;
-        let r = Arc::new(r);
         if meta.applying_until > meta.applied_seq {
-            info!(replica = %dir.display(), until = meta.applying_until, "finishing an interrupted apply");
-            r.apply_below(meta.applying_until)?;
+            // Finished by the first aging pass (the floor keeps views off the span; reads
+            // lay the history still indexed over the images, so they are right meanwhile).
+            info!(replica = %dir.display(), until = meta.applying_until, "an interrupted apply is finished by the first aging pass");
         }
-        Ok(r)
+        Ok(Arc::new(r))
     }
 
     fn load_history(&self, applied_seq: u64) -> Result<(), AgentError> {
@@ -353,6 +400,22 @@ impl Replica {
         *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner()) = h.next_seq;
         *self.hist.write().unwrap_or_else(|e| e.into_inner()) = h;
         Ok(())
+    }
+
+    /// A replication session has it open (the protected site is connected).
+    pub fn in_session(&self) -> bool {
+        self.sessions.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
+    /// Counts a session holding it until the hold is dropped.
+    pub fn hold(self: &Arc<Self>) -> SessionHold {
+        self.sessions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        SessionHold(self.clone())
+    }
+
+    /// It was deleted: a session must stop writing to it and let it go.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn spec(&self) -> VpgSpec {
@@ -524,30 +587,46 @@ impl Replica {
         Ok(upto)
     }
 
-    /// Applies to the replica images every history record below `until` (in order), syncs
-    /// them, stores the new applied point and deletes the segments wholly below it.
+    /// Applies to the replica images every history record below `until` (raised to an
+    /// interrupted apply's end; never past a pin), syncs them, stores the new applied point
+    /// and deletes the segments wholly below it. No lock is held across I/O or across
+    /// another lock's acquisition: an error leaves the replica consistent (the record that
+    /// failed stays in the index, laid over the images by every read) and is retried.
     fn apply_below(&self, until: u64) -> Result<u64, AgentError> {
-        let applied = {
-            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-            if m.applying_until < until {
-                m.applying_until = until;
-                let copy = m.clone();
-                drop(m);
-                self.save_meta(&copy)?;
-            }
-            self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq
+        let until = {
+            let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+            let lowest_pin = pins.held.keys().next().copied().unwrap_or(u64::MAX);
+            let until = until.max(pins.floor).min(lowest_pin.max(pins.floor));
+            pins.floor = until;
+            until
         };
+        let (applied, intent) = {
+            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            let intent = (m.applying_until < until).then(|| {
+                m.applying_until = until;
+                m.clone()
+            });
+            (m.applied_seq, intent)
+        };
+        if let Some(copy) = intent {
+            // The intent is durable before the images change: a crash mid-apply is
+            // finished after the restart.
+            self.save_meta(&copy)?;
+        }
         let mut count = 0u64;
         loop {
-            let front = {
-                let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-                h.records.front().copied()
-            };
+            let front = self
+                .hist
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .records
+                .front()
+                .copied();
             let Some(r) = front.filter(|r| r.seq < until) else {
                 break;
             };
             self.apply_one(&r)
-                .map_err(|e| AgentError::io("cannot apply a history record to replica", &self.dir, e))?;
+                .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
             self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
             count += 1;
         }
@@ -556,35 +635,36 @@ impl Replica {
                 .map_err(|e| AgentError::io("cannot sync replica image", &self.dir, e))?;
         }
         let new_applied = applied.max(until);
-        {
+        let copy = {
             let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
             m.applied_seq = new_applied;
-            m.applying_until = new_applied;
-            let copy = m.clone();
-            drop(m);
-            self.save_meta(&copy)?;
-        }
+            m.applying_until = m.applying_until.max(new_applied);
+            m.clone()
+        };
+        self.save_meta(&copy)?;
         // Segments whose records are all applied: every segment before the one holding the
-        // oldest record still in history (and never the one being written).
-        // The writer's lock first (the order `append` takes them in): no segment is
-        // begun while this looks.
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let current = w.current;
-        let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
-        h.checkpoints.retain(|&seq, _| seq >= new_applied);
-        let keep_from = h.records.front().map(|r| r.segment);
-        let doomed: Vec<u64> = h
-            .segments
-            .keys()
-            .copied()
-            .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
-            .collect();
-        for s in doomed {
-            if let Some(seg) = h.segments.remove(&s) {
-                h.bytes -= seg.bytes;
-                if let Err(e) = std::fs::remove_file(&seg.path) {
-                    error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
-                }
+        // oldest record still in history, never the one being written. They leave the
+        // index under its lock (the writer's first, the order `append` takes them in, so
+        // no segment is begun meanwhile); their files are deleted after both are let go.
+        let doomed: Vec<Segment> = {
+            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let current = w.current;
+            let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+            h.checkpoints.retain(|&seq, _| seq >= new_applied);
+            let keep_from = h.records.front().map(|r| r.segment);
+            let ids: Vec<u64> = h
+                .segments
+                .keys()
+                .copied()
+                .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
+                .collect();
+            let gone: Vec<Segment> = ids.iter().filter_map(|s| h.segments.remove(s)).collect();
+            h.bytes -= gone.iter().map(|g| g.bytes).sum::<u64>();
+            gone
+        };
+        for seg in doomed {
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
             }
         }
         Ok(count)
@@ -631,26 +711,28 @@ impl Replica {
         }
     }
 
-    /// One aging pass (see the module docs); returns the records applied.
+    /// One aging pass (see the module docs); returns the records applied. The replica is
+    /// moved from checkpoint to checkpoint, so it is itself always a consistent point
+    /// (exportable once its history has all aged), except when over the hard limit with no
+    /// checkpoint to stop at.
     fn age(&self, now: u64) -> Result<u64, AgentError> {
         let spec = self.spec();
         let window_ms = spec.history_secs.saturating_mul(1000);
-        let pin = self
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .next()
-            .copied();
+        let (pin, floor) = {
+            let p = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+            (p.held.keys().next().copied(), p.floor)
+        };
         let (target, over) = {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
             let over = spec.history_bytes_max > 0 && h.bytes > spec.history_bytes_max;
-            // Too old: below the first record young enough to stay.
-            let mut target = h
+            // Too old: below the first record young enough to stay, back to the newest
+            // checkpoint at or below that.
+            let young = h
                 .records
                 .iter()
                 .find(|r| r.received_ms + window_ms > now)
                 .map_or(h.next_seq, |r| r.seq);
+            let mut target = h.checkpoints.range(..=young).next_back().map_or(0, |(&seq, _)| seq);
             if over {
                 // Over the hard limit: free at least the oldest segment.
                 let second = h.segments.keys().nth(1).copied();
@@ -671,19 +753,21 @@ impl Replica {
                 p
             }
             _ => target,
-        };
+        }
+        .max(floor);
         let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
         if target <= applied {
             return Ok(0);
         }
         let n = self.apply_below(target)?;
         if over && n > 0 {
-            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-            let span = h
+            let span = self
+                .hist
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .records
                 .front()
                 .map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
-            drop(h);
             self.push_event(format!(
                 "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
                 spec.history_bytes_max
@@ -692,9 +776,46 @@ impl Replica {
         Ok(n)
     }
 
+    /// One aging pass unless a failed one waits for its retry: a failure raises an event
+    /// (once per episode) and doubles the wait, a success after failures raises one too.
+    fn age_or_wait(&self, now: u64) {
+        let retry = *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner());
+        if retry.is_some_and(|r| now < r.at_ms) {
+            return;
+        }
+        match self.age(now) {
+            Ok(_) => {
+                if self
+                    .apply_retry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    self.push_event("history applies to the replica again".into());
+                }
+            }
+            Err(e) => {
+                let backoff_ms = retry.map_or(APPLY_BACKOFF_MIN_MS, |r| (r.backoff_ms * 2).min(APPLY_BACKOFF_MAX_MS));
+                *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner()) = Some(Retry {
+                    at_ms: now + backoff_ms,
+                    backoff_ms,
+                });
+                error!(replica = %self.dir.display(), error = %e, retry_in_ms = backoff_ms, "history apply failed");
+                if retry.is_none() {
+                    self.push_event(format!(
+                        "applying history to the replica failed ({e}); every checkpoint is still served from history, and the apply is retried with backoff (up to {} s): free space on the recovery datastore at {}",
+                        APPLY_BACKOFF_MAX_MS / 1000,
+                        self.dir.display()
+                    ));
+                }
+            }
+        }
+    }
+
     /// Checkpoints still in history (not older than the replica).
     pub fn checkpoints(&self) -> Vec<CheckpointInfo> {
-        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        let applied = self.pins.lock().unwrap_or_else(|e| e.into_inner()).floor;
         let durable = self.durable_seq();
         let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
         h.checkpoints.range(applied..durable).map(|(_, c)| c.clone()).collect()
@@ -728,6 +849,7 @@ impl Replica {
                 .pins
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .held
                 .keys()
                 .copied()
                 .collect(),
@@ -736,25 +858,39 @@ impl Replica {
     }
 
     /// Reads `buf.len()` bytes of volume `volume` at `offset` as they were just before
-    /// sequence `below` (a checkpoint's point).
+    /// sequence `below` (a checkpoint's point, held by a pin or checked after).
+    ///
+    /// The records to lay over the image, and their segments' files, are taken under the
+    /// index's lock; the reads happen after it is let go. That is exact: an image read
+    /// after the snapshot holds at most records that are in it too (records are applied in
+    /// order and never at or past a pinned point), and laying them all over again, in order,
+    /// gives the same bytes; a segment deleted meanwhile stays readable through its file.
     pub fn read_at(&self, volume: u32, offset: u64, buf: &mut [u8], below: u64) -> io::Result<()> {
         let Some((_, img)) = self.images.get(&volume) else {
             return Err(io::Error::other(format!("no volume {volume} in this replica")));
         };
-        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-        crate::io::read_full(img, buf, offset)?;
         let len = buf.len() as u64;
-        for r in h.overlapping(volume, offset, len, below) {
+        let over: Vec<(Rec, Option<Arc<File>>)> = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            h.overlapping(volume, offset, len, below)
+                .into_iter()
+                .map(|r| {
+                    let f = (r.kind == RecordKind::Write)
+                        .then(|| h.segments.get(&r.segment).map(|s| s.file.clone()))
+                        .flatten();
+                    (r, f)
+                })
+                .collect()
+        };
+        crate::io::read_full(img, buf, offset)?;
+        for (r, seg) in over {
             let from = r.offset.max(offset);
             let to = (r.offset + r.length).min(offset + len);
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
             match r.kind {
                 RecordKind::Write => {
-                    let seg = h
-                        .segments
-                        .get(&r.segment)
-                        .ok_or_else(|| io::Error::other("history segment missing"))?;
-                    seg.file.read_exact_at(dst, r.data_pos + (from - r.offset))?;
+                    let seg = seg.ok_or_else(|| io::Error::other("history segment missing"))?;
+                    seg.read_exact_at(dst, r.data_pos + (from - r.offset))?;
                 }
                 RecordKind::Trim | RecordKind::WriteZeroes => dst.fill(0),
                 RecordKind::Checkpoint => {}
@@ -767,9 +903,9 @@ impl Replica {
     /// from `offset` of `volume`, as they were just before `at_seq`; `None` when the
     /// replica no longer holds that point. The last region may be short (volume end).
     pub fn sums(&self, volume: u32, offset: u64, region_bytes: u32, count: u32, at_seq: u64) -> Option<Vec<[u8; 16]>> {
-        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        let floor = || self.pins.lock().unwrap_or_else(|e| e.into_inner()).floor;
         let size = self.volumes().iter().find(|v| v.0 == volume)?.2;
-        if at_seq < applied || region_bytes == 0 || count > 4096 {
+        if at_seq < floor() || region_bytes == 0 || count > 4096 {
             return None;
         }
         let mut out = Vec::with_capacity(count as usize);
@@ -783,20 +919,20 @@ impl Replica {
             self.read_at(volume, off, &mut buf[..n], at_seq).ok()?;
             out.push(region_sum(&buf[..n]));
         }
-        // The point must still have been held while reading.
-        (self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq <= at_seq).then_some(out)
+        // The point must still have been held while reading (no apply began past it).
+        (floor() <= at_seq).then_some(out)
     }
 
     /// Holds `seq`: nothing at or past it is applied until the pin is dropped.
     pub fn pin(self: &Arc<Self>, seq: u64) -> Result<Pin, AgentError> {
-        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if seq < applied {
+        if seq < pins.floor {
             return Err(AgentError::Refused(format!(
-                "seq {seq} is older than the oldest point still in history ({applied}); `ferry checkpoint list` shows what remains"
+                "seq {seq} is older than the oldest point still in history ({}); `ferry checkpoint list` shows what remains",
+                pins.floor
             )));
         }
-        *pins.entry(seq).or_default() += 1;
+        *pins.held.entry(seq).or_default() += 1;
         Ok(Pin {
             replica: self.clone(),
             seq,
@@ -829,10 +965,10 @@ pub struct Pin {
 impl Drop for Pin {
     fn drop(&mut self) {
         let mut pins = self.replica.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = pins.get_mut(&self.seq) {
+        if let Some(n) = pins.held.get_mut(&self.seq) {
             *n -= 1;
             if *n == 0 {
-                pins.remove(&self.seq);
+                pins.held.remove(&self.seq);
             }
         }
     }
@@ -843,10 +979,27 @@ impl Drop for Pin {
 pub struct Replicas {
     datastores: Vec<DatastoreConfig>,
     map: RwLock<BTreeMap<String, Arc<Replica>>>,
+    /// VPGs whose replica the operator deleted here (by id): their streams are refused,
+    /// so a reconnect cannot quietly make a new one. Kept in `deleted.json` beside the
+    /// first datastore's replicas, the newest [`TOMBSTONES_MAX`].
+    deleted: Mutex<Vec<Tombstone>>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    id: u64,
+    name: String,
+    unix_ms: u64,
+}
+
+const TOMBSTONES_MAX: usize = 1024;
 
 fn replicas_dir(ds: &DatastoreConfig) -> PathBuf {
     ds.path.join("replicas")
+}
+
+fn tombstones_path(ds: &DatastoreConfig) -> PathBuf {
+    replicas_dir(ds).join("deleted.json")
 }
 
 impl Replicas {
@@ -873,9 +1026,15 @@ impl Replicas {
                 }
             }
         }
+        let deleted = datastores
+            .first()
+            .and_then(|ds| std::fs::read(tombstones_path(ds)).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Ok(Arc::new(Replicas {
             datastores,
             map: RwLock::new(map),
+            deleted: Mutex::new(deleted),
         }))
     }
 
@@ -905,6 +1064,20 @@ impl Replicas {
         }
         if spec.volumes.is_empty() {
             return Err("a VPG needs at least one volume".into());
+        }
+        if let Some(t) = self
+            .deleted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|t| t.id == spec.id)
+        {
+            return Err(format!(
+                "its replica was deleted at the recovery site ({}, `ferry replica delete {}`); to protect the VPG again, delete it here (`ferry vpg delete {}`) and create it anew",
+                crate::size::utc(t.unix_ms),
+                t.name,
+                t.name
+            ));
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = map.get(&spec.name) {
@@ -936,22 +1109,54 @@ impl Replicas {
         Ok(r)
     }
 
-    /// Deletes a replica (its history, images and views' pins must be gone).
-    pub fn remove(&self, name: &str) -> Result<(), AgentError> {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = map.get(name) else {
-            return Err(AgentError::Refused(format!("no replica named {name:?} here")));
+    /// Deletes a replica (its views' pins must be gone). A session writing to it ends its
+    /// stream and lets its files go. `by_operator`: the protected site is refused this VPG
+    /// from now on (a tombstone), rather than its replica being made anew at reconnect.
+    pub fn remove(&self, name: &str, by_operator: bool) -> Result<(), AgentError> {
+        let r = {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let Some(r) = map.get(name) else {
+                return Err(AgentError::Refused(format!("no replica named {name:?} here")));
+            };
+            if !r.pins.lock().unwrap_or_else(|e| e.into_inner()).held.is_empty() {
+                return Err(AgentError::Refused(format!(
+                    "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"
+                )));
+            }
+            let r = r.clone();
+            r.removed.store(true, std::sync::atomic::Ordering::Release);
+            map.remove(name);
+            r
         };
-        if !r.pins.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            return Err(AgentError::Refused(format!(
-                "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"
-            )));
+        if by_operator {
+            self.bury(r.spec().id, name)?;
         }
-        let dir = r.dir.clone();
-        map.remove(name);
-        std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io("cannot delete replica", &dir, e))?;
-        info!(replica = %name, "replica deleted");
+        std::fs::remove_dir_all(&r.dir).map_err(|e| AgentError::io("cannot delete replica", &r.dir, e))?;
+        info!(replica = %name, by_operator, "replica deleted");
         Ok(())
+    }
+
+    /// Records a tombstone for VPG `id` (durably, before its replica goes).
+    fn bury(&self, id: u64, name: &str) -> Result<(), AgentError> {
+        let Some(ds) = self.datastores.first() else {
+            return Ok(());
+        };
+        let list = {
+            let mut d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+            d.retain(|t| t.id != id);
+            d.push(Tombstone {
+                id,
+                name: name.into(),
+                unix_ms: now_ms(),
+            });
+            let excess = d.len().saturating_sub(TOMBSTONES_MAX);
+            d.drain(..excess);
+            d.clone()
+        };
+        let dir = replicas_dir(ds);
+        std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        let bytes = serde_json::to_vec_pretty(&list).expect("tombstones serialise");
+        write_atomic(&dir, &tombstones_path(ds), &bytes)
     }
 
     pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {
@@ -971,11 +1176,8 @@ impl Replicas {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             for r in self.all() {
-                let res = tokio::task::spawn_blocking(move || r.age(now_ms())).await;
-                match res {
-                    Ok(Err(e)) => error!(error = %e, "history aging failed"),
-                    Err(e) => error!(error = %e, "history aging task failed"),
-                    Ok(Ok(_)) => {}
+                if let Err(e) = tokio::task::spawn_blocking(move || r.age_or_wait(now_ms())).await {
+                    error!(error = %e, "history aging task failed");
                 }
             }
         }

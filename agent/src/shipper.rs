@@ -553,10 +553,18 @@ impl Session<'_> {
                 self.note_acked(acked_wire);
             }
             Frame::Control(Message::Refused { vpg, reason }) => {
-                if let Some(sv) = self.vpgs.get(&vpg) {
+                if let Some(sv) = self.vpgs.get_mut(&vpg) {
                     let why = format!("the recovery site refused it: {reason}");
                     sv.vpg.event(why.clone());
                     sv.vpg.ship_update(|s| s.error = Some(why));
+                    // Nothing more is sent for it in this session; what was in flight is
+                    // read again from the journal if it is ever accepted.
+                    sv.opened = false;
+                    sv.delta = None;
+                    self.inflight_bytes -= sv.inflight.drain(..).map(|x| x.1).sum::<usize>();
+                    if let Some(c) = sv.consumer.take() {
+                        sv.vpg.put_consumer(c).await;
+                    }
                 }
             }
             Frame::Control(Message::Sums {

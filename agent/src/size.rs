@@ -1,4 +1,5 @@
-//! Byte sizes as operators write them: `10G`, `512M`, `1.5T`, `4096` (binary units).
+//! Byte sizes as operators write them: `10G`, `512M`, `1.5T`, `4096` (binary units); and
+//! moments as they read them (`utc`).
 
 /// Parses a size; `K`, `M`, `G`, `T`, `P` (optionally followed by `iB` or `B`) are powers of 1024.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -37,6 +38,29 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// `10.0 GiB`-style rendering for humans (the journal crate's, so messages agree).
 pub use ferry_journal::dirty::human_bytes as human;
 
+/// `2026-11-27 14:03:07.123 UTC` from milliseconds since the epoch.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +76,12 @@ mod tests {
         assert!(parse_size("99999999P").is_err());
         assert_eq!(human(10 << 30), "10.0 GiB");
         assert_eq!(human(12), "12 B");
+    }
+
+    #[test]
+    fn utc_renders_calendar_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(951_782_400_123), "2000-02-29 00:00:00.123 UTC");
+        assert_eq!(super::utc(1_795_789_662_865), "2026-11-27 14:27:42.865 UTC");
     }
 }
