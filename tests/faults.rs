@@ -213,3 +213,139 @@ fn a_replica_deleted_under_a_live_link_ends_its_stream() {
     let list = b.ferry(&["replica", "list"]);
     assert!(list.contains("no replicas here"), "{list}");
 }
+
+/// `curl` on the control socket: (HTTP status, body).
+fn api(a: &Agent, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = common::ok(
+        Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+            .arg("--unix-socket")
+            .arg(a.dir.join("control.sock"))
+            .args(["-H", "content-type: application/json", "-d", body])
+            .arg(format!("http://agent{path}")),
+    );
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// Sizes no datastore can hold get a 4xx that names the largest size, and leave nothing
+/// behind: the name stays free.
+#[test]
+fn oversized_volumes_are_refused_and_leave_nothing_behind() {
+    let mut a = Agent::start("oversize");
+    let small = SmallFs::new(&a.dir, "small", 16);
+    a.stop();
+    a.set_extra_config(&format!(
+        "[[datastore]]\nname = \"small\"\npath = {:?}\n",
+        small.mount.display().to_string()
+    ));
+    a.spawn();
+    for size in [1u64 << 62, 1 << 63, 16 << 40] {
+        let (code, body) = api(
+            &a,
+            "POST",
+            "/v1/volumes",
+            &format!("{{\"name\":\"big\",\"size_bytes\":{size}}}"),
+        );
+        assert!((400..500).contains(&code), "{size}: HTTP {code} {body}");
+        assert!(body.contains("largest"), "{size}: {body}");
+        assert!(!small.mount.join("big.img").exists(), "{size} left a file behind");
+    }
+    let err = a.ferry_fails(&["volume", "create", "big", "--size", "16T"]);
+    assert!(err.contains("the largest is"), "{err}");
+    a.create("big", "8M");
+    qemu_io(a.tcp_uri("big"), &["write -P 0x3 0 64k", "read -P 0x3 0 64k"]);
+}
+
+/// The agent's own files (a VPG's journal and dirty map, a replica's image and history,
+/// the registries) cannot be adopted as volumes.
+#[test]
+fn the_agents_own_files_cannot_be_adopted() {
+    let a = Agent::start("adoptown-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("adoptown-b", &key, "");
+    a.create("d0", "8M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --peer {peer} --peer-key {}",
+        key.display()
+    ));
+    tag_and_wait(&a, &b, "app", "one");
+    let ring = a.vpg_dir("app").join("journal.ring");
+    let map = a.vpg_dir("app").join("d0.dirty");
+    for (agent, path) in [
+        (&a, ring.clone()),
+        (&a, map),
+        (&a, a.dir.join("volumes.json")),
+        (&b, b.dir.join("datastore/replicas/app/d0.img")),
+    ] {
+        assert!(path.exists(), "{}", path.display());
+        let (code, body) = api(
+            agent,
+            "POST",
+            "/v1/volumes/adopt",
+            &format!("{{\"name\":\"x\",\"path\":{:?}}}", path.display().to_string()),
+        );
+        assert!(
+            (400..500).contains(&code) && body.contains("the agent itself owns"),
+            "{}: HTTP {code} {body}",
+            path.display()
+        );
+    }
+    // The journal is intact: the VPG goes on replicating.
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x4 0 64k"]);
+    tag_and_wait(&a, &b, "app", "two");
+    let out = a.ferry(&["journal", "check", &ring.display().to_string()]);
+    assert!(!out.contains("damage"), "{out}");
+    // A file the operator put in a datastore can still be adopted.
+    let mine = a.dir.join("datastore/mine.img");
+    std::fs::write(&mine, vec![0u8; 1 << 20]).unwrap();
+    a.ferry(&["volume", "adopt", "mine", &mine.display().to_string()]);
+}
+
+/// `volume delete --force` under a connected writer: its later writes and flushes fail.
+#[test]
+fn a_volume_deleted_under_a_writer_fails_its_writes() {
+    let a = Agent::start("delwriter");
+    a.create("d0", "8M");
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/writer_after_delete.py"))
+        .arg(a.unix_uri("d0"))
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let err = a.ferry_fails(&["volume", "delete", "d0"]);
+    assert!(err.contains("--force"), "{err}");
+    a.ferry(&["volume", "delete", "d0", "--force"]);
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    assert!(
+        rest.contains("write: ") && !rest.contains("write: ok") && !rest.contains("flush: ok"),
+        "{rest}"
+    );
+    assert!(!a.volume_path("d0").exists());
+}
+
+/// Checkpoint tags that read as selectors, or hold control characters, are refused.
+#[test]
+fn checkpoint_tags_that_clash_with_selectors_are_refused() {
+    let a = Agent::start("tags");
+    a.create("d0", "8M");
+    a.ferry(&["vpg", "create", "app", "--volume", "d0", "--journal-size", "8M"]);
+    for bad in ["latest", "5", "a\nb", "\u{1b}[31mred"] {
+        let err = a.ferry_fails(&["checkpoint", "tag", "app", bad]);
+        assert!(
+            err.contains("selector") || err.contains("control characters"),
+            "{bad:?}: {err}"
+        );
+    }
+    a.ferry(&["checkpoint", "tag", "app", "before-upgrade"]);
+}

@@ -246,8 +246,8 @@ async fn checkpoint_h(
     Path(name): Path<String>,
     Json(req): Json<TagCheckpoint>,
 ) -> Result<(StatusCode, Json<CheckpointInfo>), ApiError> {
-    if req.tag.is_empty() {
-        return Err(AgentError::Refused("a tagged checkpoint needs a non-empty tag".into()).into());
+    if let Some(why) = crate::vpg::tag_problem(&req.tag) {
+        return Err(AgentError::BadRequest(why).into());
     }
     Ok((StatusCode::CREATED, Json(api.vpgs.get(&name)?.checkpoint(&req.tag)?)))
 }

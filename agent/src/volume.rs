@@ -29,6 +29,9 @@ use crate::state::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
 
 /// Longest volume name (it is also a file name and an NBD export name).
 pub const VOLUME_NAME_BYTES_MAX: usize = 64;
+/// Largest volume: 1 PiB (file offsets are signed 64-bit; a VPG's dirty map and a replica's
+/// image grow with the volume, so the bound is set well inside that).
+pub const VOLUME_BYTES_MAX: u64 = 1 << 50;
 /// Zeroes written per step when a datastore cannot zero a range by itself.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
@@ -45,6 +48,8 @@ pub struct Volume {
     inline_write_bytes_max: usize,
     /// The VPG capturing this volume's writes, and the volume's id in it.
     member: RwLock<Option<(Arc<crate::vpg::Vpg>, u32)>>,
+    /// Deleted (with `--force`, clients connected): every request of theirs fails.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -55,6 +60,22 @@ impl std::fmt::Debug for Volume {
 
 fn err(what: &str, e: io::Error) -> ExportError {
     ExportError::from_io(what, &e)
+}
+
+/// The largest size `file`'s filesystem lets a file have (found by trying sizes on it,
+/// sparse, then putting it back to empty), in 4 KiB steps.
+fn largest_file_bytes(file: &File) -> u64 {
+    let (mut lo, mut hi) = (0u64, (i64::MAX as u64) >> 12);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if file.set_len(mid << 12).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let _ = file.set_len(0);
+    lo << 12
 }
 
 /// Size of an open file or block device.
@@ -117,7 +138,19 @@ impl Volume {
             punt_writes,
             inline_write_bytes_max: if punt_writes { inline_max as usize } else { 0 },
             member: RwLock::new(None),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Fails requests of connections that outlived the volume's deletion.
+    fn live(&self) -> ExportResult<()> {
+        if self.deleted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ExportError::new(
+                Errno::EIO,
+                format!("volume {:?} was deleted", self.record.name),
+            ));
+        }
+        Ok(())
     }
 
     pub fn file(&self) -> Arc<File> {
@@ -273,6 +306,7 @@ impl Export for Volume {
     }
 
     async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
+        self.live()?;
         let buf = match buf {
             IoBuf::Plain(b) => b,
             IoBuf::Captured(c) => {
@@ -289,6 +323,7 @@ impl Export for Volume {
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
+        self.live()?;
         let buf = match buf {
             IoBuf::Captured(mut c) => {
                 c.start().await;
@@ -314,6 +349,7 @@ impl Export for Volume {
     }
 
     async fn flush(&self) -> ExportResult<()> {
+        self.live()?;
         if let Some((vpg, _)) = self.member() {
             vpg.flush_journal().await.map_err(|e| err("journal sync", e))?;
         }
@@ -321,6 +357,7 @@ impl Export for Volume {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
+        self.live()?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         self.captured_op(ferry_journal::Kind::Trim, offset, len, || async {
             match self.engine.fallocate(&self.file, mode, offset, len).await {
@@ -334,6 +371,7 @@ impl Export for Volume {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
+        self.live()?;
         self.captured_op(ferry_journal::Kind::WriteZeroes, offset, len, || {
             self.zero_range(offset, len, mode)
         })
@@ -342,11 +380,13 @@ impl Export for Volume {
     }
 
     async fn cache(&self, offset: u64, len: u64) -> ExportResult<()> {
+        self.live()?;
         rustix::fs::fadvise(&*self.file, offset, NonZeroU64::new(len), Advice::WillNeed)
             .map_err(|e| err("cache", e.into()))
     }
 
     async fn block_status(&self, offset: u64, len: u64, extents_max: usize) -> ExportResult<Vec<Extent>> {
+        self.live()?;
         self.extents(offset, len, extents_max)
             .map_err(|e| err("block status", e))
     }
@@ -518,6 +558,13 @@ impl Volumes {
                 "size {size} must be a non-zero multiple of {align} bytes"
             )));
         }
+        if size > VOLUME_BYTES_MAX {
+            return Err(AgentError::BadRequest(format!(
+                "size {} is over the largest volume ferry serves, {} ({VOLUME_BYTES_MAX} bytes)",
+                crate::size::human(size),
+                crate::size::human(VOLUME_BYTES_MAX)
+            )));
+        }
         Ok(())
     }
 
@@ -599,10 +646,33 @@ impl Volumes {
                         AgentError::io("cannot create volume file", &path, e)
                     }
                 })?;
-            f.set_len(size)
-                .map_err(|e| AgentError::io("cannot size volume file", &path, e))?;
-            f.sync_all()
-                .map_err(|e| AgentError::io("cannot sync volume file", &path, e))?;
+            // Nothing is left behind when the file cannot take the size.
+            let sized = f
+                .set_len(size)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::EFBIG) | Some(libc::EINVAL) => AgentError::BadRequest(format!(
+                        "size {} is more than datastore {:?} can hold in one file; the largest is {} ({} bytes)",
+                        crate::size::human(size),
+                        ds.name,
+                        crate::size::human(largest_file_bytes(&f)),
+                        largest_file_bytes(&f)
+                    )),
+                    Some(libc::ENOSPC) => AgentError::BadRequest(format!(
+                        "datastore {:?} has no room for a volume of {}: {e}",
+                        ds.name,
+                        crate::size::human(size)
+                    )),
+                    _ => AgentError::io("cannot size volume file", &path, e),
+                })
+                .and_then(|()| {
+                    f.sync_all()
+                        .map_err(|e| AgentError::io("cannot sync volume file", &path, e))
+                });
+            if let Err(e) = sized {
+                drop(f);
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
             (path, size)
         };
         Self::check_size(size_bytes, direct)?;
@@ -637,6 +707,12 @@ impl Volumes {
             return Err(AgentError::VolumeExists(name.into()));
         }
         let path = std::fs::canonicalize(path).map_err(|e| AgentError::io("cannot find", path, e))?;
+        if let Some(what) = self.agent_owned(&path) {
+            return Err(AgentError::BadRequest(format!(
+                "{} is {what}, which the agent itself owns: serving it as a volume would let writes destroy it",
+                path.display()
+            )));
+        }
         if let Some(other) = self.records().into_iter().find(|r| r.path == path) {
             return Err(AgentError::BadRequest(format!(
                 "{} is already volume {:?}",
@@ -660,6 +736,30 @@ impl Volumes {
         self.register(record)
     }
 
+    /// What of the agent's own `path` is (its state directory's files: journals, dirty maps,
+    /// registries, sockets; a datastore's replicas: history and images), if it is.
+    fn agent_owned(&self, path: &Path) -> Option<&'static str> {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        for ds in &self.datastores {
+            if path.starts_with(canon(&ds.path).join("replicas")) {
+                return Some("part of a replica held for a peer (history or image)");
+            }
+        }
+        let state = canon(&self.state_dir);
+        let in_datastore = self.datastores.iter().any(|ds| {
+            let d = canon(&ds.path);
+            d != state && path.starts_with(&d)
+        });
+        if path.starts_with(&state) && !in_datastore {
+            return Some(if path.starts_with(state.join("vpgs")) {
+                "a VPG's journal or dirty map"
+            } else {
+                "in the agent's state directory"
+            });
+        }
+        None
+    }
+
     /// Removes a volume (and its file, unless adopted or a block device).
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), AgentError> {
         let _g = self.change.lock().await;
@@ -681,8 +781,10 @@ impl Volumes {
         {
             return Err(AgentError::VolumeInUse(name.into()));
         }
-        drop(online);
         self.save(None, Some(name))?;
+        if let Some(v) = online {
+            v.deleted.store(true, std::sync::atomic::Ordering::Release);
+        }
         self.online.write().expect("lock").remove(name);
         self.offline.write().expect("lock").remove(name);
         let is_device = std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());

@@ -222,6 +222,33 @@ struct VpgRegistry {
     vpgs: Vec<VpgRecord>,
 }
 
+/// Why `tag` cannot name a checkpoint, if it cannot: it must not be empty, hold control
+/// characters (they would rewrite an operator's terminal), or read as a checkpoint
+/// selector (`latest`, a sequence number).
+pub fn tag_problem(tag: &str) -> Option<String> {
+    if tag.is_empty() {
+        return Some("a tagged checkpoint needs a non-empty tag".into());
+    }
+    if tag.chars().any(char::is_control) {
+        return Some(format!(
+            "checkpoint tag {tag:?} holds control characters; use printable text"
+        ));
+    }
+    if tag == "latest" || tag.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(format!(
+            "checkpoint tag {tag:?} would read as a checkpoint selector (`latest` or a sequence number); choose another"
+        ));
+    }
+    if tag.len() > ferry_journal::format::TAG_BYTES_MAX {
+        return Some(format!(
+            "checkpoint tag is {} bytes; at most {}",
+            tag.len(),
+            ferry_journal::format::TAG_BYTES_MAX
+        ));
+    }
+    None
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -1992,6 +2019,17 @@ fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_tags_that_read_as_selectors_or_hold_control_characters_are_refused() {
+        for bad in ["", "latest", "5", "0042", "a\nb", "\u{1b}[31mred", "tab\there"] {
+            assert!(tag_problem(bad).is_some(), "{bad:?} must be refused");
+        }
+        assert!(tag_problem(&"x".repeat(257)).is_some());
+        for good in ["before-upgrade", "v2.1", "5a", "latest-good", "tested at 12:00", &"x".repeat(256)] {
+            assert_eq!(tag_problem(good), None, "{good:?}");
+        }
+    }
 
     /// A guessed write keeps the place in the order it took early only if no later write
     /// overlaps it in flight or has finished before the guess was placed.
