@@ -309,7 +309,10 @@ fn a_volume_deleted_under_a_writer_fails_its_writes() {
     a.create("d0", "8M");
     let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
     let mut child = Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/writer_after_delete.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/scripts/writer_after_delete.py"
+        ))
         .arg(a.unix_uri("d0"))
         .env("PATH", path)
         .stdin(std::process::Stdio::piped())
@@ -348,4 +351,40 @@ fn checkpoint_tags_that_clash_with_selectors_are_refused() {
         );
     }
     a.ferry(&["checkpoint", "tag", "app", "before-upgrade"]);
+}
+
+/// A protected agent's restart raises no false "not meeting SLA" (its RPO was never
+/// known to be past the target); an idle VPG whose history all aged into the replica
+/// still has a checkpoint to export: the replica itself.
+#[test]
+fn a_restart_raises_no_false_sla_alert_and_an_aged_replica_stays_exportable() {
+    let mut a = Agent::start("sla-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("sla-b", &key, "");
+    a.create("d0", "8M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --rpo 5s --history 1s --peer {peer} --peer-key {}",
+        key.display()
+    ));
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x61 0 1M"]);
+    tag_and_wait(&a, &b, "app", "one");
+    // Everything ages into the replica.
+    assert!(
+        wait_for(30, || replica_json(&b, "app")["history_records"].as_u64() == Some(0)),
+        "{}",
+        replica_json(&b, "app")
+    );
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    for (vol, uri) in export(&b, "app", "latest") {
+        let out = compare(&uri, a.tcp_uri(&vol));
+        assert!(out.contains("Images are identical"), "{vol}: {out}");
+    }
+    b.ferry(&["checkpoint", "unexport", "app"]);
+    a.stop();
+    a.spawn();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let ev = a.ferry(&["events"]);
+    assert!(!ev.contains("not meeting SLA"), "{ev}");
+    let state = vpg_json(&a, "app")["state"].as_str().unwrap().to_string();
+    assert_eq!(state, "protecting (meeting SLA)");
 }

@@ -565,6 +565,10 @@ pub struct Vpg {
     initial_end_seq: std::sync::atomic::AtomicU64,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
+    /// When this agent opened the VPG; its RPO is only judged once the link was up, or
+    /// [`SLA_GRACE`] after this (before, the recovery site's state is not known yet).
+    opened_ms: u64,
+    link_seen: std::sync::atomic::AtomicBool,
     /// A pre-seeded VPG whose regions are still being compared with the replica's.
     delta_pending: std::sync::atomic::AtomicBool,
     pub delta_progress: Mutex<DeltaProgress>,
@@ -584,6 +588,8 @@ pub struct Vpg {
     datastore_error: Mutex<Option<DatastoreError>>,
 }
 
+/// After a start, how long the RPO waits for the link before it is judged anyway.
+const SLA_GRACE: Duration = Duration::from_secs(60);
 /// How long a datastore failure stays in a VPG's state after the last one.
 const DATASTORE_ERROR_SHOWN: Duration = Duration::from_secs(60);
 
@@ -1157,7 +1163,14 @@ impl Vpg {
         if self.is_paused() {
             return;
         }
-        let rpo = self.rpo_s(now_ms());
+        let now = now_ms();
+        if self.ship.lock().unwrap_or_else(|e| e.into_inner()).link == "connected" {
+            self.link_seen.store(true, Relaxed);
+        }
+        if !self.link_seen.load(Relaxed) && now.saturating_sub(self.opened_ms) < SLA_GRACE.as_millis() as u64 {
+            return; // just started: what the recovery site holds is not known yet
+        }
+        let rpo = self.rpo_s(now);
         let met = rpo <= p.rpo_s as f64;
         if self.sla_met.swap(met, Relaxed) != met {
             self.event(if met {
@@ -1677,6 +1690,8 @@ impl Vpgs {
             initial_done: std::sync::atomic::AtomicBool::new(false),
             initial_end_seq: std::sync::atomic::AtomicU64::new(0),
             sla_met: std::sync::atomic::AtomicBool::new(true),
+            opened_ms: now_ms(),
+            link_seen: std::sync::atomic::AtomicBool::new(false),
             delta_pending: std::sync::atomic::AtomicBool::new(false),
             behind: std::sync::atomic::AtomicBool::new(false),
             behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
@@ -1686,6 +1701,12 @@ impl Vpgs {
             datastore_error: Mutex::new(None),
             delta_progress: Mutex::new(DeltaProgress::default()),
         });
+        // A journal with nothing unacknowledged: the recovery site held every captured
+        // write when it was opened, so the RPO starts from now, not from creation.
+        let st = vpg.journal_stats();
+        if st.acked_seq >= st.next_seq && vpg.capture.mode() == Mode::Journaling {
+            vpg.ship_update(|s| s.caught_up_ms = now_ms());
+        }
         let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
         vpg.delta_pending.store(delta, std::sync::atomic::Ordering::Relaxed);
         let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
@@ -2026,7 +2047,14 @@ mod tests {
             assert!(tag_problem(bad).is_some(), "{bad:?} must be refused");
         }
         assert!(tag_problem(&"x".repeat(257)).is_some());
-        for good in ["before-upgrade", "v2.1", "5a", "latest-good", "tested at 12:00", &"x".repeat(256)] {
+        for good in [
+            "before-upgrade",
+            "v2.1",
+            "5a",
+            "latest-good",
+            "tested at 12:00",
+            &"x".repeat(256),
+        ] {
             assert_eq!(tag_problem(good), None, "{good:?}");
         }
     }
