@@ -139,8 +139,13 @@ fn a_full_recovery_datastore_during_apply_is_retried_and_never_hangs() {
     // A crash mid-failure: the restart comes up and answers.
     b.kill9();
     b.spawn();
-    let (ok, out) = ferry_within(&b, 10, &["replica", "show", "app"]);
-    assert!(ok, "replica show after the restart: {out}");
+    let (ok, out) = ferry_within(&b, 10, &["status"]);
+    assert!(ok, "status after the restart: {out}");
+    assert!(
+        wait_for(20, || ferry_within(&b, 10, &["replica", "show", "app"]).0),
+        "replica show after the restart: {}",
+        ferry_within(&b, 10, &["replica", "show", "app"]).1
+    );
     assert!(
         wait_for(30, || replica_json(&b, "app")["events"]
             .to_string()
@@ -387,4 +392,174 @@ fn a_restart_raises_no_false_sla_alert_and_an_aged_replica_stays_exportable() {
     assert!(!ev.contains("not meeting SLA"), "{ev}");
     let state = vpg_json(&a, "app")["state"].as_str().unwrap().to_string();
     assert_eq!(state, "protecting (meeting SLA)");
+}
+
+/// Runs tests/scripts/hostile.py with these arguments, its stdin a pipe (closing it ends
+/// an `idle` run).
+fn hostile(args: &[&str]) -> std::process::Child {
+    Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/hostile.py"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// qemu-io, bounded: a client locked out fails the test instead of hanging it.
+fn qemu_io_within(secs: u64, uri: &str, cmds: &[&str]) -> (bool, String) {
+    let mut c = Command::new("timeout");
+    c.arg(secs.to_string()).args(["qemu-io", "-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = run(c.arg(uri));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("failed"), text)
+}
+
+fn log_lines(a: &Agent, needle: &str) -> usize {
+    a.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// 300 TCP connections from one address and 64 on the unix socket that never negotiate:
+/// a client from elsewhere, on TCP and on the unix socket, is still served at once, and
+/// the refusals are a few log lines, not one per attempt.
+#[test]
+fn idle_connections_that_never_negotiate_lock_nobody_out() {
+    let a = Agent::start("idleconns");
+    a.create("d0", "8M");
+    let sock = a.socket().display().to_string();
+    let mut h = hostile(&["idle", &a.tcp, "127.0.0.2", "300", &sock, "64"]);
+    let held = first_line(&mut h);
+    assert!(held.starts_with("holding"), "{held}");
+    for uri in [a.tcp_uri("d0"), a.unix_uri("d0")] {
+        let (ok, out) = qemu_io_within(20, &uri, &["write -P 0x5 0 64k", "read -P 0x5 0 64k"]);
+        assert!(ok, "{uri} while idle connections wait: {out}");
+    }
+    let refusals = log_lines(&a, "connection refused");
+    assert!(
+        (1..=4).contains(&refusals),
+        "refusals must be logged, at a bounded rate: {refusals} lines"
+    );
+    drop(h.stdin.take());
+    let _ = h.wait();
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// 16 clients that each pipeline up to 2000 writes of 64 KiB without reading a reply, then
+/// reset: the agent's memory stays within its in-flight bound (and its buffer pool), and
+/// returns near its baseline once they are gone. Not a timing test: it measures memory.
+#[test]
+fn pipelining_clients_that_reset_cannot_grow_memory_without_bound() {
+    const MIB: u64 = 1 << 20;
+    let a = Agent::start_with(
+        "memflood",
+        "inflight_total_bytes_max = 134217728\nbuffer_pool_bytes_max = 67108864\n",
+    );
+    a.create("d0", "64M");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x1 0 1M"]);
+    let pid = a.child.as_ref().unwrap().id();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let baseline = rss_bytes(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let mut f = hostile(&["flood", &a.tcp, "d0", "16", "2000", "8"]);
+    let sent = first_line(&mut f);
+    let _ = f.wait();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let mut after = rss_bytes(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while after > baseline + 48 * MIB && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        after = rss_bytes(pid);
+    }
+    eprintln!(
+        "memory: baseline {} MiB, peak {} MiB, after {} MiB ({sent})",
+        baseline / MIB,
+        peak / MIB,
+        after / MIB
+    );
+    // In flight at most 128 MiB, pooled at most 64 MiB, and the connections' own buffers.
+    assert!(
+        peak <= baseline + 320 * MIB,
+        "peak {} MiB over a baseline of {} MiB",
+        peak / MIB,
+        baseline / MIB
+    );
+    assert!(
+        after <= baseline + 48 * MIB,
+        "after the clients left: {} MiB, baseline {} MiB",
+        after / MIB,
+        baseline / MIB
+    );
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x9 8M 64k", "read -P 0x9 8M 64k"]);
+}
+
+/// A recovery agent under a low descriptor limit, 250 stalled replication handshakes from
+/// one address: the control socket answers, its paired peer's checkpoints still arrive,
+/// and accept failures are not logged in a flood.
+#[test]
+fn stalled_replication_handshakes_cannot_use_up_descriptors() {
+    let a = Agent::start("fds-a");
+    let key = new_key(&a.dir);
+    let cfg = format!(
+        "[replication]\nlisten = \"127.0.0.1:0\"\npairing_keys = [{:?}]\n",
+        key.display().to_string()
+    );
+    let mut b = Agent::start_with("fds-b", &cfg);
+    b.stop();
+    b.set_nofile(256);
+    b.spawn();
+    let peer = common::sites::replication_addr(&b);
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 32M --peer {peer} --peer-key {}",
+        key.display()
+    ));
+    tag_and_wait(&a, &b, "app", "one");
+    let mut h = hostile(&["idle", &peer, "127.0.0.2", "250"]);
+    let held = first_line(&mut h);
+    assert!(held.starts_with("holding"), "{held}");
+    let (ok, out) = ferry_within(&b, 10, &["status"]);
+    assert!(ok, "control socket under stalled handshakes: {out}");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x2 0 1M"]);
+    let t0 = std::time::Instant::now();
+    tag_and_wait(&a, &b, "app", "two");
+    eprintln!(
+        "checkpoint two reached the recovery site {} ms after tagging",
+        t0.elapsed().as_millis()
+    );
+    let accept_errors = log_lines(&b, "accept failed");
+    assert!(accept_errors <= 3, "{accept_errors} accept-failure lines");
+    b.create("probe", "1M");
+    qemu_io(b.tcp_uri("probe"), &["write -P 0x8 0 4k", "read -P 0x8 0 4k"]);
+    drop(h.stdin.take());
+    let _ = h.wait();
 }

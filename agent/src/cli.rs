@@ -468,6 +468,9 @@ fn print_status_vpgs(s: &AgentStatus) {
             l.vpgs.join(", ")
         );
     }
+    if s.replicas_loading {
+        println!("replicas: loading their history after the start (exports and peers wait)");
+    }
     if !s.replicas.is_empty() {
         println!("replicas held here: {}", s.replicas.len());
         for r in &s.replicas {

@@ -218,6 +218,21 @@ pub struct LimitsConfig {
     pub shutdown_grace_ms: u64,
     #[serde(default = "default_pool")]
     pub buffer_pool_bytes_max: usize,
+    /// Payload and reply bytes all NBD connections together may have in flight; a
+    /// connection's reader waits above it (each also has `inflight_bytes_max`).
+    #[serde(default = "default_inflight_total")]
+    pub inflight_total_bytes_max: u64,
+    /// NBD clients still negotiating, in all and per source (IP address, or a unix
+    /// peer's process): idle connections that never negotiate cannot lock others out.
+    #[serde(default = "default_negotiating")]
+    pub negotiating_max: usize,
+    #[serde(default = "default_negotiating_per_source")]
+    pub negotiating_per_source_max: usize,
+    /// Replication peers still in their handshake, in all and per source address.
+    #[serde(default = "default_peer_handshakes")]
+    pub peer_handshakes_max: usize,
+    #[serde(default = "default_peer_handshakes_per_source")]
+    pub peer_handshakes_per_source_max: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -275,6 +290,21 @@ fn default_grace() -> u64 {
 fn default_pool() -> usize {
     256 << 20
 }
+fn default_inflight_total() -> u64 {
+    512 << 20
+}
+fn default_negotiating() -> usize {
+    64
+}
+fn default_negotiating_per_source() -> usize {
+    16
+}
+fn default_peer_handshakes() -> usize {
+    32
+}
+fn default_peer_handshakes_per_source() -> usize {
+    4
+}
 fn default_entries() -> u32 {
     256
 }
@@ -329,6 +359,16 @@ impl AgentConfig {
         }
         if l.connections_max == 0 {
             return Err("limits.connections_max must be at least 1".into());
+        }
+        if l.inflight_total_bytes_max < u64::from(l.inflight_bytes_max) {
+            return Err("limits.inflight_total_bytes_max must be at least limits.inflight_bytes_max".into());
+        }
+        if l.negotiating_max == 0
+            || l.negotiating_per_source_max == 0
+            || l.peer_handshakes_max == 0
+            || l.peer_handshakes_per_source_max == 0
+        {
+            return Err("limits.negotiating_max, negotiating_per_source_max, peer_handshakes_max and peer_handshakes_per_source_max must each be at least 1".into());
         }
         if !(4..=4096).contains(&self.io.uring_entries) {
             return Err("io.uring_entries must be from 4 to 4096".into());
@@ -391,6 +431,11 @@ impl AgentConfig {
             inflight_bytes_max: self.limits.inflight_bytes_max,
             handshake_timeout: Duration::from_millis(self.limits.handshake_timeout_ms),
             shutdown_grace: Duration::from_millis(self.limits.shutdown_grace_ms),
+            inflight_total: Some(std::sync::Arc::new(tokio::sync::Semaphore::new(
+                self.limits
+                    .inflight_total_bytes_max
+                    .min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize,
+            ))),
         }
     }
 }

@@ -135,6 +135,9 @@ pub struct AgentStatus {
     /// Replicas held here for peers.
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// The replicas' history is still being loaded after the start.
+    #[serde(default)]
+    pub replicas_loading: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -272,6 +275,7 @@ async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     s.vpgs = api.vpgs.list().iter().map(VpgSummary::of).collect();
     s.links = api.shipping.links();
     s.replicas = api.exports.replicas().all().iter().map(|r| r.status()).collect();
+    s.replicas_loading = api.exports.replicas().check_loaded().is_err();
     Json(s)
 }
 
@@ -327,6 +331,9 @@ async fn checkpoint_list_h(
     if let Some(r) = api.exports.replicas().get(&name) {
         return Ok(Json(r.checkpoints()));
     }
+    if api.vpgs.get(&name).is_err() {
+        api.exports.replicas().check_loaded()?;
+    }
     Ok(Json(api.vpgs.get(&name)?.status().checkpoints))
 }
 
@@ -341,6 +348,7 @@ fn no_replica(name: &str) -> AgentError {
 }
 
 async fn replica_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<ReplicaStatus>, ApiError> {
+    api.exports.replicas().check_loaded()?;
     let r = api.exports.replicas().get(&name).ok_or_else(|| no_replica(&name))?;
     Ok(Json(r.status()))
 }
@@ -351,6 +359,7 @@ async fn replica_delete_h(
     Query(q): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let replicas = api.exports.replicas().clone();
+    replicas.check_loaded()?;
     if let Some(r) = replicas.get(&name)
         && r.in_session()
         && !q.force

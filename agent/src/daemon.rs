@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::activation::{self, Inherited};
+use crate::admission::{self, AcceptBackoff, FD_RESERVE, Gate, GateLimits};
 use crate::config::AgentConfig;
 use crate::control::{self, AgentStatus};
 use crate::error::AgentError;
@@ -145,14 +146,25 @@ fn listeners(cfg: &AgentConfig) -> Result<(Vec<Listener>, Vec<String>, bool), Ag
     Ok((out, names, bound_socket))
 }
 
+/// What every NBD accept loop shares: where connections wait to be trusted, and the
+/// places of established ones.
+#[derive(Clone)]
+struct Admission {
+    negotiating: Arc<Gate>,
+    established: Arc<Semaphore>,
+    connections_max: usize,
+    refused: Arc<crate::link::RateLimitedLog>,
+}
+
 async fn accept_loop(
     listener: Listener,
     volumes: Arc<Exports>,
     server: Arc<ServerConfig>,
-    slots: Arc<Semaphore>,
+    admission: Admission,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -160,36 +172,80 @@ async fn accept_loop(
                 match &listener {
                     Listener::Tcp(t) => t.accept().await.map(|(s, peer)| {
                         let _ = s.set_nodelay(true);
-                        (Conn::Tcp(s), peer.to_string())
+                        (Conn::Tcp(s), peer.to_string(), peer.ip().to_string())
                     }),
-                    Listener::Unix(u) => u.accept().await.map(|(s, _)| (Conn::Unix(s), "unix".to_string())),
+                    Listener::Unix(u) => u.accept().await.map(|(s, _)| {
+                        let source = admission::unix_source(&s);
+                        (Conn::Unix(s), "unix".to_string(), source)
+                    }),
                 }
             } => a,
         };
-        let (conn, peer) = match accepted {
-            Ok(c) => c,
+        let (conn, peer, source) = match accepted {
+            Ok(c) => {
+                backoff.succeeded();
+                c
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // EMFILE and friends: back off instead of spinning, log at a bounded rate.
+                let wait = backoff.failed("NBD", &e);
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "connection refused: limits.connections_max reached");
+        // Dropping the connection refuses it; the gate logged why.
+        let Some(pass) = admission.negotiating.enter(&source) else {
             continue;
         };
-        let (volumes, server, shutdown) = (volumes.clone(), server.clone(), shutdown.clone());
+        let (volumes, server, shutdown, admission) =
+            (volumes.clone(), server.clone(), shutdown.clone(), admission.clone());
         tracker.spawn(async move {
+            let peer2 = peer.clone();
+            // Negotiation over: the connection leaves the gate for an established place.
+            let admit = move || {
+                drop(pass);
+                admission.established.clone().try_acquire_owned().map_err(|_| {
+                    if let Some(suppressed) = admission.refused.admit() {
+                        warn!(peer = %peer2, suppressed, "connection refused: limits.connections_max ({}) reached", admission.connections_max);
+                    }
+                    format!(
+                        "this agent serves its limit of {} connections (limits.connections_max); try again later",
+                        admission.connections_max
+                    )
+                })
+            };
             let r = match conn {
-                Conn::Tcp(s) => ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await,
-                Conn::Unix(s) => ferry_nbd::serve_connection(s, &peer, volumes, server, shutdown).await,
+                Conn::Tcp(s) => ferry_nbd::serve_admitted(s, &peer, volumes, server, shutdown, admit).await,
+                Conn::Unix(s) => ferry_nbd::serve_admitted(s, &peer, volumes, server, shutdown, admit).await,
             };
             if let Err(e) = r {
                 warn!(%peer, error = %e, "connection dropped");
             }
-            drop(permit);
         });
+    }
+}
+
+/// Every few seconds, frees the pooled buffers if none was taken meanwhile, and hands the
+/// allocator's free memory back to the system: memory returns near its baseline after a
+/// burst of clients.
+async fn trim_idle_memory(pool: Arc<BufPool>, shutdown: CancellationToken) {
+    let mut seen = u64::MAX;
+    let mut trimmed = true;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let (now, freed) = pool.trim_if_idle(seen);
+        let idle = now == seen;
+        seen = now;
+        if idle && (freed > 0 || !trimmed) {
+            // SAFETY: malloc_trim only returns free heap memory to the kernel.
+            unsafe { libc::malloc_trim(0) };
+            trimmed = true;
+        } else if !idle {
+            trimmed = false;
+        }
     }
 }
 
@@ -198,9 +254,25 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
+/// Raises the descriptor limit and warns when the connection limits could use up what
+/// the agent keeps for its own files, the control socket and its peers.
+fn check_fd_budget(cfg: &AgentConfig) {
+    let nofile = admission::raise_fd_limit();
+    let l = &cfg.limits;
+    let wanted = (l.connections_max + l.negotiating_max + l.peer_handshakes_max) as u64 + FD_RESERVE;
+    if wanted > nofile {
+        warn!(
+            nofile,
+            wanted,
+            "the descriptor limit (ulimit -n) is below limits.connections_max + negotiating_max + peer_handshakes_max + a reserve of {FD_RESERVE}: raise it, or lower those limits, or a flood of connections can starve the agent's own files"
+        );
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
+    check_fd_budget(&cfg);
     let engine = Arc::new(Engine::start(cfg.io.engine, cfg.io.uring_entries).map_err(AgentError::Engine)?);
     let pool = BufPool::new(cfg.limits.buffer_pool_bytes_max);
     let volumes = Arc::new(Volumes::load(
@@ -229,8 +301,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         pool.clone(),
         capture_cfg,
     )?;
-    let replicas = Replicas::load(cfg.datastores())?;
-    let exports = Exports::new(volumes.clone(), replicas.clone(), pool);
+    let replicas = Replicas::new(cfg.datastores());
+    let exports = Exports::new(volumes.clone(), replicas.clone(), pool.clone());
     let receiver = match cfg.replication.listen.as_str() {
         "" => None,
         addr => {
@@ -255,12 +327,44 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                     source,
                 })?;
             let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.into());
-            info!(listen = %bound, peers = keys.len(), "replication receiver ready");
-            tokio::spawn(receiver::run(l, Arc::new(keys), replicas.clone(), shutdown.clone()));
-            Some(bound)
+            Some((l, bound, keys))
         }
     };
-    tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
+    // Replicas are loaded (their history indexed) off the start-up path; peers are
+    // accepted and history aged once they are. Until then connections wait in the backlog.
+    let handshakes = (
+        cfg.limits.peer_handshakes_max,
+        cfg.limits.peer_handshakes_per_source_max,
+    );
+    let receiver = receiver.map(|(l, bound, keys)| {
+        let (replicas, shutdown, bound2) = (replicas.clone(), shutdown.clone(), bound.clone());
+        tokio::spawn(async move {
+            let r = replicas.clone();
+            if tokio::task::spawn_blocking(move || r.load_all()).await.is_err() {
+                error!("loading the replicas failed");
+            }
+            info!(listen = %bound2, peers = keys.len(), "replication receiver ready");
+            tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
+            let gate = Gate::new(
+                "replication handshakes",
+                GateLimits {
+                    total_max: handshakes.0,
+                    per_source_max: handshakes.1,
+                },
+            );
+            receiver::run(l, Arc::new(keys), replicas, gate, shutdown).await;
+        });
+        bound
+    });
+    if receiver.is_none() {
+        let r = replicas.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let r2 = r.clone();
+            let _ = tokio::task::spawn_blocking(move || r2.load_all()).await;
+            r.run_aging(shutdown).await;
+        });
+    }
     let shipping = Shipping::new(vpgs.clone(), replication, shutdown.clone());
     // Shipping (building, sealing and sending batches) runs on a thread of its own, so the
     // connection threads serving NBD requests never wait behind a batch being sealed.
@@ -287,6 +391,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         vpgs: vec![],
         links: vec![],
         replicas: vec![],
+        replicas_loading: true,
     };
     let api = tokio::spawn(
         axum::serve(
@@ -298,7 +403,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     );
 
     let server = Arc::new(cfg.server_config());
-    let slots = Arc::new(Semaphore::new(cfg.limits.connections_max));
+    let admission = Admission {
+        negotiating: Gate::new(
+            "NBD negotiations",
+            GateLimits {
+                total_max: cfg.limits.negotiating_max,
+                per_source_max: cfg.limits.negotiating_per_source_max,
+            },
+        ),
+        established: Arc::new(Semaphore::new(cfg.limits.connections_max)),
+        connections_max: cfg.limits.connections_max,
+        refused: Arc::new(crate::link::RateLimitedLog::new(Duration::from_secs(10))),
+    };
+    tokio::spawn(trim_idle_memory(pool.clone(), shutdown.clone()));
     let tracker = TaskTracker::new();
     let loops: Vec<_> = nbd
         .into_iter()
@@ -307,7 +424,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                 l,
                 exports.clone(),
                 server.clone(),
-                slots.clone(),
+                admission.clone(),
                 tracker.clone(),
                 shutdown.clone(),
             ))

@@ -195,6 +195,7 @@ impl Exports {
     /// Exports every volume of replica `vpg` at `checkpoint` (a sequence number, a tag,
     /// or "latest"). Ready at once: nothing is copied.
     pub fn export(&self, vpg: &str, checkpoint: &str) -> Result<CheckpointExport, AgentError> {
+        self.replicas.check_loaded()?;
         let r = self.replicas.get(vpg).ok_or_else(|| {
             AgentError::Refused(format!(
                 "no replica of a VPG named {vpg:?} here; checkpoints are exported on the recovery site's agent (`ferry replica list` there)"

@@ -2,6 +2,7 @@
 //! `ferry` command line that drives them.
 
 pub mod activation;
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;

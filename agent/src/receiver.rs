@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{AcceptBackoff, Gate};
 use crate::link::{self, Frame, LinkError, LinkStats, Pace, RateLimitedLog};
 use crate::replica::{Replica, Replicas, SessionHold};
 
@@ -33,24 +34,41 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const REMOVED_CHECK: Duration = Duration::from_millis(500);
 
 /// Accepts peers until `stop`.
-pub async fn run(listener: TcpListener, keys: Arc<Vec<[u8; 32]>>, replicas: Arc<Replicas>, stop: CancellationToken) {
+/// Peers still in their handshake wait at `gate` (bounded in all and per address), so
+/// stalled handshakes cannot use up the descriptors; accept failures back off.
+pub async fn run(
+    listener: TcpListener,
+    keys: Arc<Vec<[u8; 32]>>,
+    replicas: Arc<Replicas>,
+    gate: Arc<Gate>,
+    stop: CancellationToken,
+) {
     let refused = Arc::new(RateLimitedLog::new(Duration::from_secs(10)));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.succeeded();
+                    x
+                }
                 Err(e) => {
-                    warn!(error = %e, "replication accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let wait = backoff.failed("replication", &e);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },
         };
+        let Some(pass) = gate.enter(&peer.ip().to_string()) else {
+            continue;
+        };
         let (keys, replicas, stop, refused) = (keys.clone(), replicas.clone(), stop.clone(), refused.clone());
         tokio::spawn(async move {
             let stats = Arc::new(LinkStats::default());
-            let (rd, wr, _) = match link::accept(stream, &keys, Pace::new(0), stats).await {
+            let accepted = link::accept(stream, &keys, Pace::new(0), stats).await;
+            drop(pass);
+            let (rd, wr, _) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     if let Some(suppressed) = refused.admit() {

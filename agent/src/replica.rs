@@ -983,6 +983,8 @@ pub struct Replicas {
     /// so a reconnect cannot quietly make a new one. Kept in `deleted.json` beside the
     /// first datastore's replicas, the newest [`TOMBSTONES_MAX`].
     deleted: Mutex<Vec<Tombstone>>,
+    /// Every replica on the datastores was opened.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1003,10 +1005,27 @@ fn tombstones_path(ds: &DatastoreConfig) -> PathBuf {
 }
 
 impl Replicas {
-    /// Opens every replica found on the datastores.
-    pub fn load(datastores: Vec<DatastoreConfig>) -> Result<Arc<Replicas>, AgentError> {
-        let mut map = BTreeMap::new();
-        for ds in &datastores {
+    /// The replicas of these datastores, none loaded yet: [`Replicas::load_all`] opens
+    /// them (off the start-up path: NBD serves volumes meanwhile).
+    pub fn new(datastores: Vec<DatastoreConfig>) -> Arc<Replicas> {
+        let deleted = datastores
+            .first()
+            .and_then(|ds| std::fs::read(tombstones_path(ds)).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Arc::new(Replicas {
+            datastores,
+            map: RwLock::new(BTreeMap::new()),
+            deleted: Mutex::new(deleted),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Opens every replica found on the datastores (reading each one's history to index
+    /// it), then marks them loaded.
+    pub fn load_all(&self) {
+        let t0 = std::time::Instant::now();
+        for ds in &self.datastores {
             let root = replicas_dir(ds);
             let Ok(entries) = std::fs::read_dir(&root) else {
                 continue;
@@ -1020,22 +1039,28 @@ impl Replicas {
                     Ok(r) => {
                         let name = r.spec().name;
                         info!(replica = %name, dir = %dir.display(), next_seq = r.next_seq(), "replica loaded");
-                        map.insert(name, r);
+                        self.map.write().unwrap_or_else(|e| e.into_inner()).insert(name, r);
                     }
                     Err(e) => error!(dir = %dir.display(), error = %e, "cannot open replica; it is not served"),
                 }
             }
         }
-        let deleted = datastores
-            .first()
-            .and_then(|ds| std::fs::read(tombstones_path(ds)).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Ok(Arc::new(Replicas {
-            datastores,
-            map: RwLock::new(map),
-            deleted: Mutex::new(deleted),
-        }))
+        self.loaded.store(true, std::sync::atomic::Ordering::Release);
+        info!(
+            replicas = self.all().len(),
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "replicas loaded"
+        );
+    }
+
+    /// Refused while the replicas are still being loaded after a start.
+    pub fn check_loaded(&self) -> Result<(), AgentError> {
+        if self.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(AgentError::Refused(
+            "this agent is still loading the history of the replicas it holds (after its start); retry in a few seconds".into(),
+        ))
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Replica>> {

@@ -736,8 +736,8 @@ impl Volumes {
         self.register(record)
     }
 
-    /// What of the agent's own `path` is (its state directory's files: journals, dirty maps,
-    /// registries, sockets; a datastore's replicas: history and images), if it is.
+    /// What of the agent's own `path` is (in its state directory: VPGs' journals and dirty
+    /// maps, the registries; a datastore's replicas: history and images), if it is.
     fn agent_owned(&self, path: &Path) -> Option<&'static str> {
         let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         for ds in &self.datastores {
@@ -746,16 +746,17 @@ impl Volumes {
             }
         }
         let state = canon(&self.state_dir);
-        let in_datastore = self.datastores.iter().any(|ds| {
-            let d = canon(&ds.path);
-            d != state && path.starts_with(&d)
-        });
-        if path.starts_with(&state) && !in_datastore {
-            return Some(if path.starts_with(state.join("vpgs")) {
-                "a VPG's journal or dirty map"
-            } else {
-                "in the agent's state directory"
-            });
+        if path.starts_with(state.join("vpgs")) {
+            return Some("a VPG's journal or dirty map");
+        }
+        let own = ["volumes.json", "vpgs.json", "agent.lock"];
+        if path.parent() == Some(state.as_path())
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| own.contains(&n) || n.ends_with(".tmp"))
+        {
+            return Some("one of the agent's registries");
         }
         None
     }

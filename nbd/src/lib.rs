@@ -13,4 +13,4 @@ pub mod server;
 pub mod wire;
 
 pub use export::{Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, IoBuffer, ZeroMode};
-pub use server::{Connection, ConnectionError, ReadNow, ServerConfig, serve_connection};
+pub use server::{Connection, ConnectionError, ReadNow, ServerConfig, serve_admitted, serve_connection};

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish at shutdown before they fail with ESHUTDOWN.
     pub shutdown_grace: Duration,
+    /// A budget shared by every connection of the server: payload and reply bytes in
+    /// flight across all of them (a request takes from it as from its connection's).
+    pub inflight_total: Option<Arc<Semaphore>>,
 }
 
 impl Default for ServerConfig {
@@ -62,7 +65,41 @@ impl Default for ServerConfig {
             inflight_bytes_max: 128 << 20,
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            inflight_total: None,
         }
+    }
+}
+
+/// A request's share of the in-flight budgets (its connection's and the server's); both
+/// return when it is dropped, after its reply was sent.
+#[derive(Debug)]
+struct Budget {
+    _connection: OwnedSemaphorePermit,
+    _total: Option<OwnedSemaphorePermit>,
+}
+
+/// `cost` bytes of both budgets, if both have them now.
+fn take_budget(connection: &Arc<Semaphore>, total: Option<&Arc<Semaphore>>, cost: u32) -> Option<Budget> {
+    let c = connection.clone().try_acquire_many_owned(cost).ok()?;
+    let t = match total {
+        Some(t) => Some(t.clone().try_acquire_many_owned(cost).ok()?),
+        None => None,
+    };
+    Some(Budget {
+        _connection: c,
+        _total: t,
+    })
+}
+
+/// Waits until both budgets have had `cost` bytes free (then the caller tries again).
+async fn budget_free(connection: &Arc<Semaphore>, total: Option<&Arc<Semaphore>>, cost: u32) {
+    if let Ok(p) = connection.acquire_many(cost).await {
+        drop(p);
+    }
+    if let Some(t) = total
+        && let Ok(p) = t.acquire_many(cost).await
+    {
+        drop(p);
     }
 }
 
@@ -161,7 +198,7 @@ impl ReadNow for tokio::io::ReadHalf<tokio::io::DuplexStream> {
 /// Serves one client until it disconnects, breaks the protocol, or `shutdown` fires.
 /// `peer` names the client in logs.
 pub async fn serve_connection<C, S>(
-    mut stream: S,
+    stream: S,
     peer: &str,
     catalog: Arc<C>,
     cfg: Arc<ServerConfig>,
@@ -171,8 +208,31 @@ where
     C: Catalog,
     S: Connection,
 {
+    serve_admitted(stream, peer, catalog, cfg, shutdown, || Ok(())).await
+}
+
+/// [`serve_connection`], with the host's say between negotiation and transmission: when
+/// the client picks its export, `admit` gives it a place among the established
+/// connections (held until the connection ends) or says why not; then the client gets
+/// `NBD_REP_ERR_POLICY` with that reason (or, after `NBD_OPT_EXPORT_NAME`, which has no
+/// error reply, the connection is closed).
+pub async fn serve_admitted<C, S, P>(
+    mut stream: S,
+    peer: &str,
+    catalog: Arc<C>,
+    cfg: Arc<ServerConfig>,
+    shutdown: CancellationToken,
+    admit: impl FnOnce() -> Result<P, String> + Send,
+) -> Result<(), ConnectionError>
+where
+    C: Catalog,
+    S: Connection,
+    P: Send,
+{
+    let mut admit = Some(admit);
+    let mut place = None;
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(cfg.handshake_timeout, negotiate(&mut stream, &*catalog, &cfg)) => {
+        r = tokio::time::timeout(cfg.handshake_timeout, negotiate(&mut stream, &*catalog, &cfg, &mut admit, &mut place)) => {
             r.map_err(|_| ConnectionError::HandshakeTimeout(cfg.handshake_timeout))?
         }
         _ = shutdown.cancelled() => return Ok(()),
@@ -194,13 +254,17 @@ where
         Err(e) => return Err(e),
     };
     info!(peer, export = %session.name, mode = ?session.mode, "client connected");
-    transmit(stream, session, &cfg, shutdown, peer).await
+    let r = transmit(stream, session, &cfg, shutdown, peer).await;
+    drop(place);
+    r
 }
 
-async fn negotiate<C: Catalog, S: AsyncRead + AsyncWrite + Unpin>(
+async fn negotiate<C: Catalog, S: AsyncRead + AsyncWrite + Unpin, P, A: FnOnce() -> Result<P, String>>(
     s: &mut S,
     catalog: &C,
     cfg: &ServerConfig,
+    admit: &mut Option<A>,
+    place: &mut Option<P>,
 ) -> Result<Option<Session<C::Export>>, ConnectionError> {
     s.write_all(&greeting()).await?;
     let mut flags = [0u8; 4];
@@ -223,6 +287,22 @@ async fn negotiate<C: Catalog, S: AsyncRead + AsyncWrite + Unpin>(
         data.resize(header.length as usize, 0);
         s.read_exact(&mut data).await?;
         let step = neg.on_option(header.code, &data, catalog, &mut out);
+        if matches!(step, Step::Transmission(_))
+            && let Some(admit) = admit.take()
+        {
+            match admit() {
+                Ok(p) => *place = Some(p),
+                Err(why) => {
+                    out.clear();
+                    if header.code != wire::OptionCode::EXPORT_NAME {
+                        option_reply(&mut out, header.code, OptionReply::ERR_POLICY, why.as_bytes());
+                        s.write_all(&out).await?;
+                    }
+                    s.flush().await?;
+                    return Ok(None);
+                }
+            }
+        }
         s.write_all(&out).await?;
         match step {
             Step::Continue => {}
@@ -250,7 +330,7 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, mut n: u64) -> io::Result<()> 
 struct Outgoing<B> {
     head: Vec<u8>,
     data: Option<B>,
-    _budget: OwnedSemaphorePermit,
+    _budget: Budget,
 }
 
 async fn write_replies<W: AsyncWrite + Unpin, B: AsRef<[u8]>>(
@@ -349,7 +429,7 @@ struct InFlight<B> {
     offset: u64,
     op: Op,
     payload: Option<B>,
-    budget: OwnedSemaphorePermit,
+    budget: Budget,
 }
 
 async fn run_op<E: Export>(ctx: Arc<Ctx<E>>, req: InFlight<E::Buf>, abandon: CancellationToken) -> Outgoing<E::Buf> {
@@ -398,11 +478,7 @@ enum Reading<B> {
     /// Reading a WRITE payload into the export's buffer.
     Payload { req: InFlight<B>, filled: usize },
     /// Skipping the payload of a refused request; its error reply goes out after.
-    Discard {
-        reply: Vec<u8>,
-        left: u64,
-        budget: OwnedSemaphorePermit,
-    },
+    Discard { reply: Vec<u8>, left: u64, budget: Budget },
 }
 
 /// Replies handed to the writer task after which the reader yields once, so that the writer
@@ -688,7 +764,7 @@ async fn transmit<E: Export, S: Connection>(
                         Checked::Op(Op::Read { len, .. } | Op::Write { len, .. }) => (*len).max(REQUEST_COST_MIN_BYTES),
                         _ => REQUEST_COST_MIN_BYTES,
                     };
-                    let Ok(permit) = budget.clone().try_acquire_many_owned(cost) else {
+                    let Some(permit) = take_budget(&budget, cfg.inflight_total.as_ref(), cost) else {
                         wait_budget = Some(cost);
                         break;
                     };
@@ -841,8 +917,8 @@ async fn transmit<E: Export, S: Connection>(
                     tokio::task::yield_now().await;
                 }
             }
-            p = budget.clone().acquire_many_owned(wait_budget.unwrap_or(0)), if wait_budget.is_some() => {
-                drop(p); // Budget is free again: the header is retried above.
+            () = budget_free(&budget, cfg.inflight_total.as_ref(), wait_budget.unwrap_or(0)), if wait_budget.is_some() => {
+                // Budget is free again: the header is retried above.
             }
             r = read_more(
                 &mut rd,

@@ -45,6 +45,8 @@ pub struct Agent {
     /// A network namespace to run in (`ip netns exec`); its sockets on loopback are its
     /// own, the unix sockets are reachable from everywhere.
     netns: Option<String>,
+    /// A descriptor limit (soft and hard) to run under (`prlimit`).
+    nofile: Option<u64>,
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -78,6 +80,7 @@ impl Agent {
             tcp: String::new(),
             extra_config: extra_config.to_string(),
             netns: None,
+            nofile: None,
         };
         a.spawn();
         a
@@ -91,9 +94,15 @@ impl Agent {
             tcp: String::new(),
             extra_config: extra_config.to_string(),
             netns: Some(ns.to_string()),
+            nofile: None,
         };
         a.spawn();
         a
+    }
+
+    /// Runs the agent under a descriptor limit of `n` (from the next `spawn` on).
+    pub fn set_nofile(&mut self, n: u64) {
+        self.nofile = Some(n);
     }
 
     /// Replaces what is appended to the generated config (from the next `spawn` on).
@@ -117,14 +126,20 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let mut cmd = match &self.netns {
+        let mut cmd = match (&self.netns, self.nofile) {
             // `ip netns exec` enters the namespace and execs: the child is the agent.
-            Some(ns) => {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, FERRY]);
                 c
             }
-            None => Command::new(FERRY),
+            // `prlimit` sets the limit and execs too.
+            (None, Some(n)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(FERRY);
+                c
+            }
+            (None, None) => Command::new(FERRY),
         };
         let child = cmd
             .args(["agent", "--config"])
@@ -146,6 +161,11 @@ impl Agent {
                     .find(|l| l.starts_with("NBD: nbd://"))
                     .expect("status names the TCP listener");
                 self.tcp = line.trim_start_matches("NBD: nbd://").to_string();
+                if text.contains("replicas: loading") {
+                    // Up, and still indexing the history of the replicas it holds.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 return;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {

@@ -16,6 +16,8 @@ pub struct BufPool {
     free: Vec<Mutex<Vec<Raw>>>,
     pool_bytes_max: usize,
     pooled_bytes: Mutex<usize>,
+    /// Buffers handed out, ever (an idle pool is one where this stands still).
+    taken: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -57,7 +59,26 @@ impl BufPool {
             free: (0..CLASSES).map(|_| Mutex::new(Vec::new())).collect(),
             pool_bytes_max,
             pooled_bytes: Mutex::new(0),
+            taken: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Frees every pooled buffer if none was taken since `seen` (the count this returned
+    /// last time); returns (the count now, bytes freed). A burst of clients leaves no
+    /// memory held once it is over.
+    pub fn trim_if_idle(&self, seen: u64) -> (u64, usize) {
+        let now = self.taken.load(std::sync::atomic::Ordering::Relaxed);
+        if now != seen {
+            return (now, 0);
+        }
+        let mut freed = 0;
+        for class in &self.free {
+            let bufs = std::mem::take(&mut *class.lock().expect("pool lock"));
+            let bytes: usize = bufs.iter().map(|r| r.cap).sum();
+            *self.pooled_bytes.lock().expect("pool lock") -= bytes;
+            freed += bytes;
+        }
+        (now, freed)
     }
 
     /// A buffer of `len` bytes. Its contents are unspecified (old data or zeroes), never
@@ -70,6 +91,7 @@ impl BufPool {
                 pool: None,
             };
         }
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let raw = match class_of(len) {
             Some(class) => {
                 let reused = self.free[class].lock().expect("pool lock").pop();
