@@ -4,10 +4,11 @@
 # a bounded fuzzing run of every decoder of outside bytes.
 #
 #   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 60; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount systemd)
+packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount util-linux curl systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -33,6 +34,18 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+
+# A short soak of both sites under faults (kill -9, link cuts, full datastores); it needs
+# root for its loop mounts. FERRY_CHAOS_SECONDS=0 skips it.
+chaos_seconds=${FERRY_CHAOS_SECONDS:-60}
+if [ "$chaos_seconds" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "== $(date -u +%T) chaos for ${chaos_seconds}s"
+    FERRY_BIN=$PWD/target/debug/ferry FERRY_CHAOS_SECONDS=$chaos_seconds scripts/chaos.sh
+  else
+    echo "== chaos skipped: scripts/chaos.sh needs root for its loop mounts"
+  fi
+fi
 
 fuzz_seconds=${FERRY_FUZZ_SECONDS:-30}
 if [ "$fuzz_seconds" -gt 0 ]; then
