@@ -13,18 +13,24 @@ fn vpg_json(a: &Agent, vpg: &str) -> serde_json::Value {
     serde_json::from_str(&a.ferry(&["vpg", "show", vpg, "--json"])).unwrap()
 }
 
-/// A write that fails at the protected datastore (ENOSPC) reaches the client as an error
-/// and never the recovery site: the next checkpoint there holds what the volume holds.
-#[test]
-fn a_write_the_datastore_refused_is_never_shipped() {
-    let mut a = Agent::start("enospc-a");
-    let small = SmallFs::new(&a.dir, "small", 48);
+/// An agent whose one datastore is a small ext4 of `mib` MiB of its own.
+fn agent_on_small_fs(tag: &str, mib: u64) -> (Agent, SmallFs) {
+    let mut a = Agent::start(tag);
+    let small = SmallFs::new(&a.dir, "small", mib);
     a.stop();
     a.set_extra_config(&format!(
         "[[datastore]]\nname = \"small\"\npath = {:?}\n",
         small.mount.display().to_string()
     ));
     a.spawn();
+    (a, small)
+}
+
+/// A write that fails at the protected datastore (ENOSPC) reaches the client as an error
+/// and never the recovery site: the next checkpoint there holds what the volume holds.
+#[test]
+fn a_write_the_datastore_refused_is_never_shipped() {
+    let (mut a, small) = agent_on_small_fs("enospc-a", 48);
     let key = new_key(&a.dir);
     let (b, peer) = recovery_agent("enospc-b", &key, "");
     a.create("d0", "128M");
@@ -237,14 +243,7 @@ fn api(a: &Agent, method: &str, path: &str, body: &str) -> (u16, String) {
 /// behind: the name stays free.
 #[test]
 fn oversized_volumes_are_refused_and_leave_nothing_behind() {
-    let mut a = Agent::start("oversize");
-    let small = SmallFs::new(&a.dir, "small", 16);
-    a.stop();
-    a.set_extra_config(&format!(
-        "[[datastore]]\nname = \"small\"\npath = {:?}\n",
-        small.mount.display().to_string()
-    ));
-    a.spawn();
+    let (a, small) = agent_on_small_fs("oversize", 16);
     for size in [1u64 << 62, 1 << 63, 16 << 40] {
         let (code, body) = api(
             &a,
@@ -555,6 +554,10 @@ fn stalled_replication_handshakes_cannot_use_up_descriptors() {
     eprintln!(
         "checkpoint two reached the recovery site {} ms after tagging",
         t0.elapsed().as_millis()
+    );
+    assert!(
+        b.log().contains("lowered to"),
+        "limits that do not fit the descriptor limit must be lowered, with a warning"
     );
     let accept_errors = log_lines(&b, "accept failed");
     assert!(accept_errors <= 3, "{accept_errors} accept-failure lines");

@@ -6,8 +6,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::sites::wait_for;
 use common::{Agent, ok, qemu_io, require, run};
 
 /// Two namespaces and the veth between them; removed (with the veth) on drop.
@@ -85,17 +86,6 @@ impl Drop for Net {
             let _ = run(Command::new("ip").args(["netns", "del", ns]));
         }
     }
-}
-
-fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 fn key(dir: &Path) -> std::path::PathBuf {

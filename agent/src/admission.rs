@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::link::RateLimitedLog;
 
 /// Descriptors kept back from connection limits for the agent's own files and sockets.
-pub const FD_RESERVE: u64 = 256;
+pub const FD_RESERVE: u64 = 128;
 
 /// How many connections may wait in all, and per source.
 #[derive(Debug, Clone, Copy)]

@@ -254,25 +254,45 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
-/// Raises the descriptor limit and warns when the connection limits could use up what
-/// the agent keeps for its own files, the control socket and its peers.
-fn check_fd_budget(cfg: &AgentConfig) {
+/// Raises the descriptor limit, and lowers the connection limits where they would not
+/// leave [`FD_RESERVE`] descriptors for the agent's own files, the control socket and its
+/// paired peers (with a warning that says what to change).
+fn fit_fd_budget(cfg: &mut AgentConfig) {
     let nofile = admission::raise_fd_limit();
-    let l = &cfg.limits;
+    let l = &mut cfg.limits;
     let wanted = (l.connections_max + l.negotiating_max + l.peer_handshakes_max) as u64 + FD_RESERVE;
-    if wanted > nofile {
-        warn!(
-            nofile,
-            wanted,
-            "the descriptor limit (ulimit -n) is below limits.connections_max + negotiating_max + peer_handshakes_max + a reserve of {FD_RESERVE}: raise it, or lower those limits, or a flood of connections can starve the agent's own files"
-        );
+    if wanted <= nofile {
+        return;
     }
+    let room = nofile.saturating_sub(FD_RESERVE) as usize;
+    let before = (l.connections_max, l.negotiating_max, l.peer_handshakes_max);
+    // Waiting connections get an eighth each of what is left, established ones the rest.
+    l.negotiating_max = l.negotiating_max.min(room / 8).max(1);
+    l.peer_handshakes_max = l.peer_handshakes_max.min(room / 8).max(1);
+    l.connections_max = l
+        .connections_max
+        .min(room.saturating_sub(l.negotiating_max + l.peer_handshakes_max))
+        .max(1);
+    l.negotiating_per_source_max = l.negotiating_per_source_max.min(l.negotiating_max);
+    l.peer_handshakes_per_source_max = l.peer_handshakes_per_source_max.min(l.peer_handshakes_max);
+    warn!(
+        nofile,
+        reserve = FD_RESERVE,
+        "the descriptor limit (ulimit -n, LimitNOFILE=) cannot hold limits.connections_max + negotiating_max + peer_handshakes_max ({} + {} + {}) and a reserve: lowered to {} + {} + {}; raise the limit to serve more",
+        before.0,
+        before.1,
+        before.2,
+        l.connections_max,
+        l.negotiating_max,
+        l.peer_handshakes_max
+    );
 }
 
 /// Runs the agent until `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     let _lock = lock_state_dir(&cfg.state_dir)?;
-    check_fd_budget(&cfg);
+    let mut cfg = cfg;
+    fit_fd_budget(&mut cfg);
     let engine = Arc::new(Engine::start(cfg.io.engine, cfg.io.uring_entries).map_err(AgentError::Engine)?);
     let pool = BufPool::new(cfg.limits.buffer_pool_bytes_max);
     let volumes = Arc::new(Volumes::load(

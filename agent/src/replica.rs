@@ -19,6 +19,17 @@
 //! Aging: every second, records older than the history window, or the oldest ones while
 //! history is over its hard limit, are applied in sequence order; then the replica images
 //! are synced, `applied_seq` is stored, and whole segments below it are deleted.
+//!
+//! ## Locks
+//!
+//! In the order they may be taken: `Replicas::creating` → `Replicas::map`;
+//! `Replica::writer` → `Replica::hist` → the leaves (`meta`, `durable_seq`, `pins`,
+//! `apply_retry`, `last_received_ms`, the event log), which are never held while another
+//! lock is taken. Only two are held across I/O, each as the token of one writer: `writer`
+//! (the history segments' appends, syncs and creation: the receiver's, and the apply's
+//! look at the current segment) and `creating` (a replica's files being made). Reads of
+//! checkpoints, the apply and status hold no lock across I/O: an apply that fails, or a
+//! full disk, can slow the receiver but never block status, NBD or another replica.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -985,6 +996,9 @@ pub struct Replicas {
     deleted: Mutex<Vec<Tombstone>>,
     /// Every replica on the datastores was opened.
     loaded: std::sync::atomic::AtomicBool,
+    /// Held while a replica's files are made, so that two sessions cannot make the same
+    /// one; `map` is only taken briefly inside it.
+    creating: Mutex<()>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1018,6 +1032,7 @@ impl Replicas {
             map: RwLock::new(BTreeMap::new()),
             deleted: Mutex::new(deleted),
             loaded: std::sync::atomic::AtomicBool::new(false),
+            creating: Mutex::new(()),
         })
     }
 
@@ -1104,8 +1119,9 @@ impl Replicas {
                 t.name
             ));
         }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = map.get(&spec.name) {
+        let _one = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self.get(&spec.name);
+        if let Some(r) = existing {
             let have = r.spec();
             if have.id != spec.id {
                 return Err(format!(
@@ -1130,7 +1146,10 @@ impl Replicas {
         let dir = replicas_dir(ds).join(&spec.name);
         let r = Replica::create(&dir, spec).map_err(|e| e.to_string())?;
         info!(replica = %spec.name, dir = %dir.display(), "replica created");
-        map.insert(spec.name.clone(), r.clone());
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.name.clone(), r.clone());
         Ok(r)
     }
 

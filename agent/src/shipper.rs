@@ -16,6 +16,9 @@
 //! starts at the smallest virtual time of the busy ones, so it neither starves the others
 //! nor is starved.
 //!
+//! Locks: `Shipping::links` → a link's `state`, both held briefly and never across I/O; a
+//! VPG's ship state is a leaf.
+//!
 //! Where a write's bytes are copied here: from the mapped journal into the batch's
 //! plaintext (once), compressed (zstd, adaptive: a batch it barely shrinks turns it off for
 //! the next 15) and sealed into the frame.

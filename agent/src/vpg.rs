@@ -11,6 +11,15 @@
 //! Overlapping writes are serialised in sequence order ([`Inflight`]): a write waits for
 //! every earlier-sequenced write to an overlapping range to finish before it is issued, so
 //! the datastore ends as the journal's order says. Non-overlapping writes never wait.
+//!
+//! Locks, in the order they may be taken: `Inflight`'s state → the capture's (its mode and
+//! events, the journal's state, a dirty map's): a ticket and a journal reservation are
+//! taken under the first so that ticket order and sequence order agree, and nothing under
+//! it does I/O. Every other lock here (`members`, `ship`, `checkpoints`, `ack_progress`,
+//! `datastore_error`, the event log) is a leaf, let go before anything else is taken; the
+//! journal's consumer (an async mutex) is its owner's token while it is read. The only lock
+//! held across I/O on the write path is a dirty map's, across its activity-log flush (see
+//! `ferry_journal::dirty`: the bits and what is flushed must agree).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -1933,6 +1942,8 @@ impl Vpgs {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| AgentError::io("VPG removed, but cannot delete its directory", &dir, e))?;
         info!(vpg = %name, "VPG deleted");
+        // The peer may take its 10 s to answer: other VPG changes need not wait for it.
+        drop(_g);
         if let Some(p) = &record.protection {
             // The recovery site's replica goes too, if it can be reached.
             crate::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {

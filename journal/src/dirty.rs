@@ -21,6 +21,10 @@
 //! write to an extent not in it is issued; after an unclean stop on another boot, every
 //! extent in the log is marked dirty. Extents leave the log at a sync when no write touched
 //! them for a whole sync interval.
+//!
+//! The map's one lock is held across its flushes (the activity log's before a write, and a
+//! sync's): what is flushed must be the bits as they stand, and a bit cleared by a sync
+//! must not race a write marking it. It is a leaf: nothing else is taken under it.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -27,6 +27,11 @@
 //! page cache unwritten ([`RingStorage::discard`]), so the kernel does not spend disk
 //! bandwidth and CPU writing back bytes nobody needs; a helper thread maps the pages ahead
 //! of the head again ([`Journal::prefault`]), so the writers' stores do not fault.
+//!
+//! Locks, in the order they may be taken: `acking` (one acknowledgement at a time) →
+//! `storage` → `state`. `storage` is held across msync: it is the flush token (a sync and
+//! an acknowledgement's superblock write must not interleave); writers never take it, they
+//! fill their slots through the mapping and take only `state`, briefly.
 
 use std::collections::VecDeque;
 use std::io;
@@ -460,17 +465,22 @@ impl<S: RingStorage> Slot<S> {
     /// is dropped). For a write whose datastore I/O failed: the journal must not claim
     /// bytes the datastore does not hold.
     pub fn revoke(&mut self) {
-        let void = Entry {
+        let void = self.void();
+        self.journal.write_entry(&void);
+        self.entry = void;
+        self.committed = true;
+    }
+
+    /// The record as a void: same place and space, nothing to apply.
+    fn void(&self) -> Entry {
+        Entry {
             kind: Kind::Void,
             length: padded(self.entry.kind.payload_bytes(self.entry.length)),
             offset: 0,
             volume: 0,
             payload_crc: 0,
             ..self.entry
-        };
-        self.journal.write_entry(&void);
-        self.entry = void;
-        self.committed = true;
+        }
     }
 }
 
@@ -484,15 +494,7 @@ impl<S: RingStorage> Drop for Slot<S> {
             return;
         }
         if !self.committed {
-            let void = Entry {
-                kind: Kind::Void,
-                length: padded(self.entry.kind.payload_bytes(self.entry.length)),
-                offset: 0,
-                volume: 0,
-                payload_crc: 0,
-                ..self.entry
-            };
-            self.journal.write_entry(&void);
+            self.journal.write_entry(&self.void());
         }
         self.journal.release(self.entry.index_pos);
     }
