@@ -650,13 +650,15 @@ impl Volumes {
             let sized = f
                 .set_len(size)
                 .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EFBIG) | Some(libc::EINVAL) => AgentError::BadRequest(format!(
-                        "size {} is more than datastore {:?} can hold in one file; the largest is {} ({} bytes)",
-                        crate::size::human(size),
-                        ds.name,
-                        crate::size::human(largest_file_bytes(&f)),
-                        largest_file_bytes(&f)
-                    )),
+                    Some(libc::EFBIG) | Some(libc::EINVAL) => {
+                        let largest = largest_file_bytes(&f);
+                        AgentError::BadRequest(format!(
+                            "size {} is more than datastore {:?} can hold in one file; the largest is {} ({largest} bytes)",
+                            crate::size::human(size),
+                            ds.name,
+                            crate::size::human(largest),
+                        ))
+                    }
                     Some(libc::ENOSPC) => AgentError::BadRequest(format!(
                         "datastore {:?} has no room for a volume of {}: {e}",
                         ds.name,

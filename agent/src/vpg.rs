@@ -881,25 +881,31 @@ impl Vpg {
         self.collect_events();
     }
 
-    /// The datastore failure to show, if any; one that is over (none for a while and the
-    /// drain done) is cleared with an event.
+    /// The datastore failure to show, if any (read-only: [`Vpg::expire_datastore_error`]
+    /// clears one that is over).
     fn datastore_error(&self) -> Option<DatastoreError> {
+        self.datastore_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Clears a datastore failure that is over (none for a while, and the drain done),
+    /// with an event; from the ticker.
+    fn expire_datastore_error(&self) {
         let drained = self.capture.mode() == Mode::Journaling;
-        let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
-        let d = g.as_ref()?;
-        let quiet = now_ms().saturating_sub(d.last_unix_ms) >= DATASTORE_ERROR_SHOWN.as_millis() as u64;
-        if quiet && drained {
-            let d = g.take().expect("checked");
-            drop(g);
+        let over = {
+            let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
+            let quiet = g
+                .as_ref()
+                .is_some_and(|d| now_ms().saturating_sub(d.last_unix_ms) >= DATASTORE_ERROR_SHOWN.as_millis() as u64);
+            if quiet && drained { g.take() } else { None }
+        };
+        if let Some(d) = over {
             self.event(format!(
                 "datastore error over: no failure for {} s after {} failed I/O(s) (last: {}), and every failed region was read back",
                 DATASTORE_ERROR_SHOWN.as_secs(),
                 d.failures,
                 d.message
             ));
-            return None;
         }
-        Some(d.clone())
     }
 
     /// Logs and records an event about this VPG.
@@ -1153,7 +1159,7 @@ impl Vpg {
             };
             self.note_initial_sync();
             self.note_sla();
-            let _ = self.datastore_error();
+            self.expire_datastore_error();
             if self.capture.mode() == Mode::Journaling
                 && !idle
                 && !self.delta_pending()
