@@ -3,8 +3,8 @@
 # the tests drive (apt-get, as root), then formatting, clippy, unit and end-to-end tests, and
 # a bounded fuzzing run of every decoder of outside bytes.
 #
-#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 30; 0 skips fuzzing)
-#   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 60; 0 skips it)
+#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 25; 0 skips fuzzing)
+#   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 45; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +37,7 @@ failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ f
 
 # A short soak of both sites under faults (kill -9, link cuts, full datastores); it needs
 # root for its loop mounts. FERRY_CHAOS_SECONDS=0 skips it.
-chaos_seconds=${FERRY_CHAOS_SECONDS:-60}
+chaos_seconds=${FERRY_CHAOS_SECONDS:-45}
 if [ "$chaos_seconds" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "== $(date -u +%T) chaos for ${chaos_seconds}s"
@@ -47,7 +47,7 @@ if [ "$chaos_seconds" -gt 0 ]; then
   fi
 fi
 
-fuzz_seconds=${FERRY_FUZZ_SECONDS:-30}
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-25}
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
   # cargo-fuzz wants nightly; where only stable is installed, let stable accept -Z flags.
