@@ -356,33 +356,26 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         cfg.limits.peer_handshakes_max,
         cfg.limits.peer_handshakes_per_source_max,
     );
-    let receiver = receiver.map(|(l, bound, keys)| {
-        let (replicas, shutdown, bound2) = (replicas.clone(), shutdown.clone(), bound.clone());
+    let bound = receiver.as_ref().map(|(_, bound, _)| bound.clone());
+    {
+        let (replicas, shutdown) = (replicas.clone(), shutdown.clone());
         tokio::spawn(async move {
             let r = replicas.clone();
             if tokio::task::spawn_blocking(move || r.load_all()).await.is_err() {
                 error!("loading the replicas failed");
             }
-            info!(listen = %bound2, peers = keys.len(), "replication receiver ready");
             tokio::spawn(replicas.clone().run_aging(shutdown.clone()));
-            let gate = Gate::new(
-                "replication handshakes",
-                GateLimits {
-                    total_max: handshakes.0,
-                    per_source_max: handshakes.1,
-                },
-            );
-            receiver::run(l, Arc::new(keys), replicas, gate, shutdown).await;
-        });
-        bound
-    });
-    if receiver.is_none() {
-        let r = replicas.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let r2 = r.clone();
-            let _ = tokio::task::spawn_blocking(move || r2.load_all()).await;
-            r.run_aging(shutdown).await;
+            if let Some((l, bound, keys)) = receiver {
+                info!(listen = %bound, peers = keys.len(), "replication receiver ready");
+                let gate = Gate::new(
+                    "replication handshakes",
+                    GateLimits {
+                        total_max: handshakes.0,
+                        per_source_max: handshakes.1,
+                    },
+                );
+                receiver::run(l, Arc::new(keys), replicas, gate, shutdown).await;
+            }
         });
     }
     let shipping = Shipping::new(vpgs.clone(), replication, shutdown.clone());
@@ -406,7 +399,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         state_dir: cfg.state_dir.clone(),
         io_engine: engine.name().into(),
         nbd_listen: names.clone(),
-        replication_listen: receiver,
+        replication_listen: bound,
         volumes: 0,
         vpgs: vec![],
         links: vec![],

@@ -625,17 +625,7 @@ impl Replica {
             self.save_meta(&copy)?;
         }
         let mut count = 0u64;
-        loop {
-            let front = self
-                .hist
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .records
-                .front()
-                .copied();
-            let Some(r) = front.filter(|r| r.seq < until) else {
-                break;
-            };
+        while let Some(r) = self.oldest().filter(|r| r.seq < until) {
             self.apply_one(&r)
                 .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
             self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
@@ -679,6 +669,16 @@ impl Replica {
             }
         }
         Ok(count)
+    }
+
+    /// The oldest record still in history.
+    fn oldest(&self) -> Option<Rec> {
+        self.hist
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .records
+            .front()
+            .copied()
     }
 
     fn apply_one(&self, r: &Rec) -> io::Result<()> {
@@ -772,13 +772,7 @@ impl Replica {
         }
         let n = self.apply_below(target)?;
         if over && n > 0 {
-            let span = self
-                .hist
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .records
-                .front()
-                .map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
+            let span = self.oldest().map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
             self.push_event(format!(
                 "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
                 spec.history_bytes_max

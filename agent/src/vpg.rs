@@ -1330,23 +1330,23 @@ impl Vpg {
             }
         });
         let datastore_error = self.datastore_error();
-        let state = match &protection {
-            _ if datastore_error.is_some() => format!(
+        let state = match &datastore_error {
+            Some(d) => format!(
                 "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
-                datastore_error.as_ref().map_or("", |d| d.message.as_str()),
-                datastore_error.as_ref().map_or(0, |d| d.failures),
-                datastore_error
-                    .as_ref()
-                    .map_or(0, |d| now.saturating_sub(d.last_unix_ms) / 1000)
+                d.message,
+                d.failures,
+                now.saturating_sub(d.last_unix_ms) / 1000
             ),
-            None => self.capture.mode().name().to_string(),
-            Some(_) if self.is_paused() => "paused".into(),
-            Some(p) if p.ship.error.is_some() => "error".into(),
-            Some(_) if self.delta_pending() => "delta-sync".into(),
-            Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
-            Some(_) if self.capture.mode() != Mode::Journaling => self.capture.mode().name().into(),
-            Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
-            Some(_) => "protecting (not meeting SLA)".into(),
+            None => match &protection {
+                None => self.capture.mode().name().to_string(),
+                Some(_) if self.is_paused() => "paused".into(),
+                Some(p) if p.ship.error.is_some() => "error".into(),
+                Some(_) if self.delta_pending() => "delta-sync".into(),
+                Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
+                Some(_) if self.capture.mode() != Mode::Journaling => self.capture.mode().name().into(),
+                Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
+                Some(_) => "protecting (not meeting SLA)".into(),
+            },
         };
         VpgStatus {
             name: self.record.name.clone(),
