@@ -59,6 +59,9 @@ const PREFAULT_STEP_BYTES: u64 = 4 << 20;
 struct Open {
     done: bool,
     data_pos: u64,
+    /// The data head before this reservation (its payload may start later, at the next
+    /// lap, when it did not fit before the end of this one).
+    head_before: u64,
 }
 
 #[derive(Debug)]
@@ -230,10 +233,12 @@ impl<S: RingStorage> Journal<S> {
         if st.open.len() as u64 >= OUTSTANDING_MAX {
             return Err(RingError::Full("outstanding reservations"));
         }
+        let head_before = st.heads.head_data;
         let entry = st.heads.reserve(kind, volume, offset, length)?;
         st.open.push_back(Open {
             done: false,
             data_pos: entry.data_pos,
+            head_before,
         });
         drop(st);
         Ok(Slot {
@@ -265,18 +270,21 @@ impl<S: RingStorage> Journal<S> {
     }
 
     /// Undoes the newest reservation, if `entry` is it. The data head goes back to where
-    /// its payload starts, not before: where the reservation skipped the end of a lap, an
-    /// acknowledgement may already have moved the acknowledged position to that start
-    /// (it is the first unacknowledged payload), and the head may not fall behind it.
+    /// it was before the reservation, so the next payload goes where recovery expects it
+    /// (right after the last one, when it fits before the lap's end), but not behind the
+    /// acknowledged position: where the reservation skipped the end of a lap, an
+    /// acknowledgement may already have moved that position to its payload's start (it
+    /// was the first unacknowledged payload), and recovery then expects the next one there.
     fn take_back(&self, entry: &Entry) -> bool {
         let mut st = self.state();
         if entry.index_pos + 1 != st.heads.head_index {
             return false;
         }
-        st.open.pop_back();
+        let open = st.open.pop_back().expect("the newest reservation is open");
+        debug_assert_eq!(open.data_pos, entry.data_pos);
         st.heads.head_index -= 1;
         st.heads.next_seq -= 1;
-        st.heads.head_data = entry.data_pos;
+        st.heads.head_data = open.head_before.max(st.heads.sb.acked_data);
         true
     }
 
@@ -653,6 +661,38 @@ mod tests {
         assert_eq!((st.next_seq, st.data_used_bytes), (1, 0));
         let again = j.reserve(Kind::Write, 1, 0, 32768).unwrap();
         assert_eq!((again.seq(), again.entry.data_pos), (1, 65536));
+    }
+
+    /// Found by the capture property test in CI: the newest reservation skipped the end of
+    /// a lap and was taken back with nothing acknowledged; the next, smaller one fits
+    /// before the lap's end and must go there, where recovery looks for it.
+    #[test]
+    fn a_reservation_taken_back_after_a_lap_skip_gives_the_lap_end_to_the_next_one() {
+        let g = geometry(); // 64 KiB of data
+        let j = Journal::create(SimStorage::new(g.file_bytes() as usize), g).unwrap();
+        let mut cons = j.consumer().unwrap();
+        drop(j.append(Kind::Write, 1, 0, 16384, &[1; 16384]).unwrap());
+        while cons.next_record().is_some() {}
+        cons.ack(1).unwrap(); // room at the ring's start for the skip
+        drop(j.append(Kind::Write, 1, 0, 40960, &[2; 40960]).unwrap());
+        // 8 KiB left in this lap: a 12 KiB payload starts at the next lap.
+        let s = j.reserve(Kind::Write, 1, 0, 12288).unwrap();
+        assert_eq!(s.entry.data_pos, 65536);
+        drop(s); // taken back
+        let mut t = j.reserve(Kind::Write, 1, 4096, 8192).unwrap();
+        assert_eq!(t.entry.data_pos, 57344, "it fits before the lap's end");
+        t.payload_mut().fill(3);
+        t.commit();
+        drop(t);
+        let (j, rec) = Journal::open(j.with_storage(|s| s.kill())).unwrap();
+        assert_eq!(
+            (rec.records, &rec.stopped_by),
+            (2, &crate::ring::Stop::Empty),
+            "{rec:?}"
+        );
+        let mut cons = j.consumer().unwrap();
+        let last = std::iter::from_fn(|| cons.next_record().map(|r| (r.entry.seq, r.payload[0]))).last();
+        assert_eq!(last, Some((2, 3)));
     }
 
     #[test]
