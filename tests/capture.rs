@@ -43,7 +43,7 @@ fn replay(ring: &Path, sizes: &BTreeMap<u32, usize>) -> BTreeMap<u32, Vec<u8>> {
 
 /// The dirty ranges of a map file (read from a copy: the file is not changed).
 fn dirty(map: &Path) -> Vec<(u64, u64)> {
-    let id = ferry_agent::vpg::boot_id();
+    let id = ferry_agent::clock::boot_id();
     let (m, _) = DirtyMap::open(MemStorage(std::fs::read(map).unwrap()), id).unwrap();
     m.dirty_ranges()
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::link::RateLimitedLog;
+use crate::events::RateLimitedLog;
 
 /// Descriptors kept back from connection limits for the agent's own files and sockets.
 pub const FD_RESERVE: u64 = 128;

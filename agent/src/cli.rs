@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::CheckpointInfo;
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
 use crate::control::{
@@ -18,7 +19,7 @@ use crate::replica::ReplicaStatus;
 use crate::size::utc;
 use crate::size::{human, parse_size};
 use crate::volume::VolumeStatus;
-use crate::vpg::{CheckpointInfo, ProtectArgs, TailRecord, VpgStatus};
+use crate::vpg::{ProtectArgs, TailRecord, VpgStatus};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
@@ -480,7 +481,7 @@ fn print_status_vpgs(s: &AgentStatus) {
 }
 
 fn print_replica_line(r: &ReplicaStatus) {
-    let now = crate::vpg::now_ms();
+    let now = crate::clock::now_ms();
     let span = r.oldest_point_ms.map_or(0, |o| now.saturating_sub(o) / 1000);
     let last = match r.last_received_ms {
         0 => "nothing received yet".to_string(),

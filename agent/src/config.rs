@@ -145,7 +145,7 @@ fn default_granularity() -> String {
 
 impl JournalConfig {
     /// Checked values for the VPGs.
-    pub fn capture(&self) -> Result<crate::vpg::CaptureConfig, String> {
+    pub fn capture(&self) -> Result<CaptureConfig, String> {
         let size = crate::size::parse_size(&self.size).map_err(|e| format!("journal.size: {e}"))?;
         if size < 1 << 20 {
             return Err("journal.size must be at least 1M".into());
@@ -163,7 +163,7 @@ impl JournalConfig {
                 return Err(format!("journal.{key} must be from 0.1 to 3600"));
             }
         }
-        Ok(crate::vpg::CaptureConfig {
+        Ok(CaptureConfig {
             journal_bytes_default: size,
             checkpoint_interval: Duration::from_secs_f64(self.checkpoint_interval_s),
             sync_interval: Duration::from_secs_f64(self.sync_interval_s),
@@ -477,4 +477,13 @@ mod tests {
         assert!(err.contains("listen_on"), "{err}");
         assert!(AgentConfig::parse("[limits]\npayload_bytes_max = 1000").is_err());
     }
+}
+
+/// How VPGs capture, from the agent's config (`[journal]`).
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub journal_bytes_default: u64,
+    pub checkpoint_interval: Duration,
+    pub sync_interval: Duration,
+    pub dirty_granularity: u32,
 }

@@ -25,12 +25,13 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::exports::{CheckpointExport, Exports};
 use crate::replica::ReplicaStatus;
 use crate::shipper::{LinkStatus, Shipping};
 use crate::volume::{VolumeStatus, Volumes};
-use crate::vpg::{CheckpointInfo, ProtectArgs, TailRecord, VpgStatus, Vpgs};
+use crate::vpg::{ProtectArgs, TailRecord, VpgStatus, Vpgs};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateVpg {
@@ -249,7 +250,7 @@ async fn checkpoint_h(
     Path(name): Path<String>,
     Json(req): Json<TagCheckpoint>,
 ) -> Result<(StatusCode, Json<CheckpointInfo>), ApiError> {
-    if let Some(why) = crate::vpg::tag_problem(&req.tag) {
+    if let Some(why) = crate::checkpoint::tag_problem(&req.tag) {
         return Err(AgentError::BadRequest(why).into());
     }
     Ok((StatusCode::CREATED, Json(api.vpgs.get(&name)?.checkpoint(&req.tag)?)))

@@ -153,7 +153,7 @@ struct Admission {
     negotiating: Arc<Gate>,
     established: Arc<Semaphore>,
     connections_max: usize,
-    refused: Arc<crate::link::RateLimitedLog>,
+    refused: Arc<crate::events::RateLimitedLog>,
 }
 
 async fn accept_loop(
@@ -426,7 +426,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         ),
         established: Arc::new(Semaphore::new(cfg.limits.connections_max)),
         connections_max: cfg.limits.connections_max,
-        refused: Arc::new(crate::link::RateLimitedLog::new(Duration::from_secs(10))),
+        refused: Arc::new(crate::events::RateLimitedLog::new(Duration::from_secs(10))),
     };
     tokio::spawn(trim_idle_memory(pool.clone(), shutdown.clone()));
     let tracker = TaskTracker::new();

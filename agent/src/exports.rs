@@ -8,11 +8,11 @@ use ferry_nbd::wire::Errno;
 use ferry_nbd::{Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, ZeroMode};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::io::{BufPool, IoBuf};
 use crate::replica::{Pin, Replica, Replicas};
 use crate::volume::{Volume, Volumes};
-use crate::vpg::CheckpointInfo;
 
 /// One volume of a replica as it was at a checkpoint.
 #[derive(Debug)]

@@ -3,21 +3,24 @@
 
 pub mod activation;
 pub mod admission;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod exports;
 pub mod io;
 pub mod journal_tool;
 pub mod link;
+pub mod meta;
 pub mod receiver;
 pub mod replica;
 pub mod shipper;
 pub mod size;
-pub mod state;
 pub mod volume;
 pub mod vpg;
 

@@ -305,36 +305,3 @@ impl Drop for ReaderTask {
         self.0.abort();
     }
 }
-
-/// Logs a refused handshake at most once per `every`, with how many were suppressed.
-#[derive(Debug)]
-pub struct RateLimitedLog {
-    every: Duration,
-    state: std::sync::Mutex<(Option<Instant>, u64)>,
-}
-
-impl RateLimitedLog {
-    pub fn new(every: Duration) -> RateLimitedLog {
-        RateLimitedLog {
-            every,
-            state: std::sync::Mutex::new((None, 0)),
-        }
-    }
-
-    /// `Some(suppressed)` when this one should be logged.
-    pub fn admit(&self) -> Option<u64> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match st.0 {
-            Some(t) if now.duration_since(t) < self.every => {
-                st.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = st.1;
-                *st = (Some(now), 0);
-                Some(suppressed)
-            }
-        }
-    }
-}

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
-use crate::link::{self, Frame, LinkError, LinkStats, Pace, RateLimitedLog};
+use crate::events::RateLimitedLog;
+use crate::link::{self, Frame, LinkError, LinkStats, Pace};
 use crate::replica::{Replica, Replicas, SessionHold};
 
 /// Plaintext bytes taken in before an acknowledgement at the latest.

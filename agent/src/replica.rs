@@ -45,11 +45,13 @@ use ferry_proto::records::{RecordKind, RecordRef};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::checkpoint::CheckpointInfo;
+use crate::clock::now_ms;
 use crate::config::DatastoreConfig;
 use crate::error::AgentError;
-use crate::state::write_atomic;
-use crate::volume::name_problem;
-use crate::vpg::{CheckpointInfo, Event, EventLog, now_ms};
+use crate::events::{Event, EventLog};
+use crate::meta::name_problem;
+use crate::meta::write_atomic;
 
 mod index;
 use index::VolumeIndex;
@@ -922,7 +924,7 @@ impl Replica {
             }
             let n = (size - off).min(u64::from(region_bytes)) as usize;
             self.read_at(volume, off, &mut buf[..n], at_seq).ok()?;
-            out.push(region_sum(&buf[..n]));
+            out.push(ferry_proto::message::region_sum(&buf[..n]));
         }
         // The point must still have been held while reading (no apply began past it).
         (floor() <= at_seq).then_some(out)
@@ -952,12 +954,6 @@ impl Replica {
             .map(|(i, v)| (i as u32 + 1, v.name.clone(), v.size_bytes))
             .collect()
     }
-}
-
-/// A delta-sync region's checksum: SHA-256, first 16 bytes.
-pub fn region_sum(bytes: &[u8]) -> [u8; 16] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    d.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
 /// A point held in history (see [`Replica::pin`]).

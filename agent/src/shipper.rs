@@ -36,9 +36,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::clock::now_ms;
 use crate::config::Replication;
 use crate::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
-use crate::vpg::{Vpg, Vpgs, now_ms};
+use crate::vpg::{Vpg, Vpgs};
 
 /// Between pings on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -780,7 +781,7 @@ fn compare_regions(
         let n = (size - off).min(region);
         let same = match (&file, sums.get(i as usize)) {
             (Some(f), Some(theirs)) => crate::vpg::read_once(f, &mut buf[..n as usize], off)
-                .is_ok_and(|()| crate::replica::region_sum(&buf[..n as usize]) == *theirs),
+                .is_ok_and(|()| ferry_proto::message::region_sum(&buf[..n as usize]) == *theirs),
             _ => false,
         };
         if !same {

@@ -25,10 +25,10 @@ use tracing::{error, info};
 use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::io::{BufPool, Engine, IoBuf};
-use crate::state::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
+use crate::meta::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
 
 /// Longest volume name (it is also a file name and an NBD export name).
-pub const VOLUME_NAME_BYTES_MAX: usize = 64;
+pub use crate::meta::VOLUME_NAME_BYTES_MAX;
 /// Largest volume: 1 PiB (file offsets are signed 64-bit; a VPG's dirty map and a replica's
 /// image grow with the volume, so the bound is set well inside that).
 pub const VOLUME_BYTES_MAX: u64 = 1 << 50;
@@ -420,22 +420,8 @@ pub struct Volumes {
     change: tokio::sync::Mutex<()>,
 }
 
-/// Why `name` cannot name a `what` (a volume, a VPG): it is also a file name and, for
-/// volumes, an NBD export name. `None` if it can.
-pub fn name_problem(what: &str, name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= VOLUME_NAME_BYTES_MAX
-        && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    (!ok).then(|| {
-        format!(
-            "{what} name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-        )
-    })
-}
-
 fn check_name(name: &str) -> Result<(), AgentError> {
-    name_problem("volume", name).map_or(Ok(()), |why| Err(AgentError::BadRequest(why)))
+    crate::meta::name_problem("volume", name).map_or(Ok(()), |why| Err(AgentError::BadRequest(why)))
 }
 
 #[derive(Debug)]
@@ -451,7 +437,7 @@ impl Volumes {
     /// Opens every registered volume; one that cannot be opened is kept offline, with the
     /// reason logged and shown by `ferry volume list`, and the others are served.
     pub fn load(cfg: VolumesConfig, engine: Arc<Engine>, pool: Arc<BufPool>) -> Result<Volumes, AgentError> {
-        let reg = state::load(&cfg.state_dir)?;
+        let reg = meta::load(&cfg.state_dir)?;
         let mut online = BTreeMap::new();
         let mut offline = BTreeMap::new();
         for record in reg.volumes {
@@ -504,7 +490,7 @@ impl Volumes {
             .filter(|r| Some(r.name.as_str()) != without)
             .collect();
         volumes.extend(extra.cloned());
-        state::save(
+        meta::save(
             &self.state_dir,
             &Registry {
                 version: STATE_FORMAT_VERSION,

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_journal::dirty::{EXTENT_DEFAULT, MapHeader};
 use ferry_journal::{
@@ -36,26 +36,20 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::checkpoint::CheckpointInfo;
+use crate::clock::{boot_id, now_ms, now_ns, random_u64};
+use crate::config::CaptureConfig;
 use crate::error::AgentError;
+use crate::events::{Event, EventLog};
 use crate::io::{AlignedBuf, BufPool, Engine};
 use crate::size::human;
 use crate::volume::{Volume, Volumes};
 
 pub const VPG_FORMAT_VERSION: u32 = 1;
-/// Events and checkpoints kept in memory per VPG for `vpg show`.
-const EVENTS_KEPT: usize = 200;
+/// Checkpoints kept in memory per VPG for `vpg show`.
 const CHECKPOINTS_KEPT: usize = 64;
 /// Largest range the drain reads into one journal record.
 const DRAIN_CHUNK_BYTES: u64 = 1 << 20;
-
-/// How VPGs capture, from the agent's config (`[journal]`).
-#[derive(Clone, Debug)]
-pub struct CaptureConfig {
-    pub journal_bytes_default: u64,
-    pub checkpoint_interval: Duration,
-    pub sync_interval: Duration,
-    pub dirty_granularity: u32,
-}
 
 /// One VPG as the registry keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,68 +223,6 @@ pub struct ShipState {
 struct VpgRegistry {
     version: u32,
     vpgs: Vec<VpgRecord>,
-}
-
-/// Why `tag` cannot name a checkpoint, if it cannot: it must not be empty, hold control
-/// characters (they would rewrite an operator's terminal), or read as a checkpoint
-/// selector (`latest`, a sequence number).
-pub fn tag_problem(tag: &str) -> Option<String> {
-    if tag.is_empty() {
-        return Some("a tagged checkpoint needs a non-empty tag".into());
-    }
-    if tag.chars().any(char::is_control) {
-        return Some(format!(
-            "checkpoint tag {tag:?} holds control characters; use printable text"
-        ));
-    }
-    if tag == "latest" || tag.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(format!(
-            "checkpoint tag {tag:?} would read as a checkpoint selector (`latest` or a sequence number); choose another"
-        ));
-    }
-    if tag.len() > ferry_journal::format::TAG_BYTES_MAX {
-        return Some(format!(
-            "checkpoint tag is {} bytes; at most {}",
-            tag.len(),
-            ferry_journal::format::TAG_BYTES_MAX
-        ));
-    }
-    None
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// This boot of the system (kill -9 and power loss are told apart by it).
-pub fn boot_id() -> [u8; 16] {
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).take(16).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).unwrap_or("0"), 16).unwrap_or(0);
-    }
-    out
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
-        b = (now_ns() ^ ((std::process::id() as u64) << 32)).to_le_bytes();
-    }
-    u64::from_le_bytes(b)
 }
 
 /// Writes in flight per VPG, in sequence order, for the overlap rule (and the sync's wait).
@@ -506,51 +438,6 @@ impl Captured {
 struct Member {
     name: String,
     file: Option<Arc<File>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    pub unix_ms: u64,
-    pub message: String,
-}
-
-/// The recent events of a VPG or a replica: at most [`EVENTS_KEPT`], a repeat of the last
-/// one is not added.
-#[derive(Debug, Default)]
-pub struct EventLog(Mutex<VecDeque<Event>>);
-
-impl EventLog {
-    /// Adds an event unless it repeats the last one; says whether it was added.
-    pub fn push(&self, message: String) -> bool {
-        let mut ev = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if ev.back().is_some_and(|last| last.message == message) {
-            return false;
-        }
-        if ev.len() == EVENTS_KEPT {
-            ev.pop_front();
-        }
-        ev.push_back(Event {
-            unix_ms: now_ms(),
-            message,
-        });
-        true
-    }
-
-    pub fn list(&self) -> Vec<Event> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointInfo {
-    pub seq: u64,
-    pub unix_ms: u64,
-    pub tag: String,
 }
 
 pub struct Vpg {
@@ -1491,7 +1378,7 @@ fn registry_path(state_dir: &Path) -> PathBuf {
 }
 
 fn check_vpg_name(name: &str) -> Result<(), AgentError> {
-    crate::volume::name_problem("VPG", name).map_or(Ok(()), |why| Err(AgentError::Refused(why)))
+    crate::meta::name_problem("VPG", name).map_or(Ok(()), |why| Err(AgentError::Refused(why)))
 }
 
 impl Vpgs {
@@ -1555,7 +1442,7 @@ impl Vpgs {
             vpgs: list.to_vec(),
         };
         let text = serde_json::to_string_pretty(&reg).expect("registry serialises");
-        crate::state::write_atomic(&self.state_dir, &registry_path(&self.state_dir), text.as_bytes())
+        crate::meta::write_atomic(&self.state_dir, &registry_path(&self.state_dir), text.as_bytes())
     }
 
     fn records(&self) -> Vec<VpgRecord> {

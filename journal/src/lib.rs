@@ -25,3 +25,13 @@ pub use format::{Geometry, Kind};
 pub use journal::{Consumer, Journal, JournalStats, OUTSTANDING_MAX, Slot};
 pub use ring::{Hole, Record, Recovery, Reservation, Ring, RingError, Stop, superblock_slots};
 pub use storage::{MemStorage, MmapStorage, RingStorage, SimStorage};
+
+/// Cases for a property test: `default`, or `PROPTEST_CASES` from the environment to run
+/// many more (a soak).
+#[cfg(test)]
+pub(crate) fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

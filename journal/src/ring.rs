@@ -783,7 +783,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: crate::proptest_cases(3000), ..ProptestConfig::default() })]
 
             /// A power loss at any point, with the kernel having written back any subset of
             /// the unflushed pages, some of them torn: recovery finds the acknowledged cursor

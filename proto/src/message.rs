@@ -94,6 +94,12 @@ pub enum Message {
     },
 }
 
+/// A delta-sync region's checksum: SHA-256, first 16 bytes.
+pub fn region_sum(bytes: &[u8]) -> [u8; 16] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref()[..16].try_into().expect("SHA-256 has 32 bytes")
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MessageError {
     #[error("malformed control message: {0}")]

@@ -648,7 +648,7 @@ fn pick(w: &World, i: usize, state: State) -> Option<usize> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::proptest_cases(2000), ..ProptestConfig::default() })]
 
     /// Any interleaving of writes, drains, syncs and consumption, then a power loss (the
     /// kernel wrote back any subset of unflushed pages, some torn, chosen by `seed`) or a

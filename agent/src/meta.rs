@@ -1,4 +1,5 @@
-//! The agent's persistent state: the volume registry in `volumes.json`, replaced atomically
+//! The agent's metadata files and the names in them. The volume registry is `volumes.json`,
+//! replaced atomically
 //! (write a temporary file, fsync it, rename it over the old one, fsync the directory), so a
 //! crash at any point leaves either the old or the new registry, never a torn one.
 
@@ -10,6 +11,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::AgentError;
 
 pub const STATE_FORMAT_VERSION: u32 = 1;
+/// Longest name of a volume or VPG (a file name and, for volumes, an NBD export name).
+pub const VOLUME_NAME_BYTES_MAX: usize = 64;
+
+/// Why `name` cannot name a `what` (a volume, a VPG): it is also a file name and, for
+/// volumes, an NBD export name. `None` if it can.
+pub fn name_problem(what: &str, name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= VOLUME_NAME_BYTES_MAX
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    (!ok).then(|| {
+        format!(
+            "{what} name {name:?} must be 1 to {VOLUME_NAME_BYTES_MAX} letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )
+    })
+}
 
 /// One volume as the registry keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

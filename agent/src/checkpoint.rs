@@ -1,0 +1,38 @@
+//! Checkpoints as both sites name them: a point in a VPG's one sequence, its time and tag,
+//! and which tags are acceptable.
+
+use serde::{Deserialize, Serialize};
+
+/// Why `tag` cannot name a checkpoint, if it cannot: it must not be empty, hold control
+/// characters (they would rewrite an operator's terminal), or read as a checkpoint
+/// selector (`latest`, a sequence number).
+pub fn tag_problem(tag: &str) -> Option<String> {
+    if tag.is_empty() {
+        return Some("a tagged checkpoint needs a non-empty tag".into());
+    }
+    if tag.chars().any(char::is_control) {
+        return Some(format!(
+            "checkpoint tag {tag:?} holds control characters; use printable text"
+        ));
+    }
+    if tag == "latest" || tag.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(format!(
+            "checkpoint tag {tag:?} would read as a checkpoint selector (`latest` or a sequence number); choose another"
+        ));
+    }
+    if tag.len() > ferry_journal::format::TAG_BYTES_MAX {
+        return Some(format!(
+            "checkpoint tag is {} bytes; at most {}",
+            tag.len(),
+            ferry_journal::format::TAG_BYTES_MAX
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub tag: String,
+}
