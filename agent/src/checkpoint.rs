@@ -36,3 +36,26 @@ pub struct CheckpointInfo {
     pub unix_ms: u64,
     pub tag: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_tags_that_read_as_selectors_or_hold_control_characters_are_refused() {
+        for bad in ["", "latest", "5", "0042", "a\nb", "\u{1b}[31mred", "tab\there"] {
+            assert!(tag_problem(bad).is_some(), "{bad:?} must be refused");
+        }
+        assert!(tag_problem(&"x".repeat(257)).is_some());
+        for good in [
+            "before-upgrade",
+            "v2.1",
+            "5a",
+            "latest-good",
+            "tested at 12:00",
+            &"x".repeat(256),
+        ] {
+            assert_eq!(tag_problem(good), None, "{good:?}");
+        }
+    }
+}
