@@ -1,5 +1,8 @@
-//! The `ferry` binary: everything is in `ferry_agent::cli`.
+//! The `ferry` binary: the command line (argument parsing, the control API's client, and
+//! rendering) over the agent library.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    ferry_agent::cli::main()
+    cli::main()
 }

@@ -21,16 +21,16 @@ use tracing::{error, info, warn};
 
 use crate::activation::{self, Inherited};
 use crate::admission::{self, AcceptBackoff, FD_RESERVE, Gate, GateLimits};
+use crate::api::{self, AgentStatus};
+use crate::catalog::Exports;
 use crate::config::AgentConfig;
-use crate::control::{self, AgentStatus};
 use crate::error::AgentError;
-use crate::exports::Exports;
 use crate::io::{BufPool, Engine};
-use crate::receiver;
-use crate::replica::Replicas;
-use crate::shipper::Shipping;
-use crate::volume::{Volumes, VolumesConfig};
-use crate::vpg::Vpgs;
+use crate::protect::volume::{Volumes, VolumesConfig};
+use crate::protect::vpg::Vpgs;
+use crate::recover::replica::Replicas;
+use crate::replication::receiver;
+use crate::replication::shipper::Shipping;
 
 enum Listener {
     Tcp(TcpListener),
@@ -409,7 +409,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let api = tokio::spawn(
         axum::serve(
             control,
-            control::router(volumes.clone(), vpgs.clone(), exports.clone(), shipping, status),
+            api::router(volumes.clone(), vpgs.clone(), exports.clone(), shipping, status),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),

@@ -1,28 +1,22 @@
-//! The ferry agent: volumes on datastores served over NBD, the control API, and the
-//! `ferry` command line that drives them.
+//! The ferry agent: volumes on datastores served over NBD, protected in VPGs and replicated
+//! to a recovery site, and the control API that drives it.
 
 pub mod activation;
 pub mod admission;
+pub mod api;
+pub mod catalog;
 pub mod checkpoint;
-pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod events;
-pub mod exports;
 pub mod io;
-pub mod journal_tool;
-pub mod link;
 pub mod meta;
-pub mod receiver;
-pub mod replica;
-pub mod shipper;
+pub mod protect;
+pub mod recover;
+pub mod replication;
 pub mod size;
-pub mod volume;
-pub mod vpg;
 
 pub use config::AgentConfig;
 pub use daemon::run;

@@ -188,7 +188,7 @@ impl ferry_nbd::IoBuffer for AlignedBuf {}
 #[derive(Debug)]
 pub enum IoBuf {
     Plain(AlignedBuf),
-    Captured(Box<crate::vpg::Captured>),
+    Captured(Box<crate::protect::vpg::Captured>),
 }
 
 impl IoBuf {

@@ -73,7 +73,7 @@ impl Client {
             .map_err(|e| ClientError::Http(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
-            let msg = serde_json::from_slice::<crate::control::ErrorBody>(&bytes)
+            let msg = serde_json::from_slice::<ferry_agent::api::ErrorBody>(&bytes)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| format!("agent answered {status}: {}", String::from_utf8_lossy(&bytes)));
             return Err(ClientError::Agent(msg));

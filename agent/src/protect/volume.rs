@@ -5,7 +5,7 @@
 //! Copies on the write path: the NBD server reads the payload from the socket into the
 //! buffer [`Volume`] hands out when the request's header arrives, and the datastore write
 //! is issued from that same memory. For a volume in a VPG that memory is the write's slot in
-//! the VPG's mapped journal ring ([`crate::vpg`]), which the journal's consumer reads in
+//! the VPG's mapped journal ring ([`crate::protect::vpg`]), which the journal's consumer reads in
 //! place; otherwise a pooled [`crate::io::AlignedBuf`]. There is no other copy.
 
 use std::collections::BTreeMap;
@@ -47,7 +47,7 @@ pub struct Volume {
     /// Such writes up to this size are done inline instead (`io.inline_write_bytes_max`).
     inline_write_bytes_max: usize,
     /// The VPG capturing this volume's writes, and the volume's id in it.
-    member: RwLock<Option<(Arc<crate::vpg::Vpg>, u32)>>,
+    member: RwLock<Option<(Arc<crate::protect::vpg::Vpg>, u32)>>,
     /// Deleted (with `--force`, clients connected): every request of theirs fails.
     deleted: std::sync::atomic::AtomicBool,
 }
@@ -158,11 +158,11 @@ impl Volume {
     }
 
     /// Starts (`Some`) or stops capturing this volume's writes into a VPG.
-    pub fn set_member(&self, m: Option<(Arc<crate::vpg::Vpg>, u32)>) {
+    pub fn set_member(&self, m: Option<(Arc<crate::protect::vpg::Vpg>, u32)>) {
         *self.member.write().unwrap_or_else(|e| e.into_inner()) = m;
     }
 
-    pub fn member(&self) -> Option<(Arc<crate::vpg::Vpg>, u32)> {
+    pub fn member(&self) -> Option<(Arc<crate::protect::vpg::Vpg>, u32)> {
         self.member.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::io::{BufPool, IoBuf};
-use crate::replica::{Pin, Replica, Replicas};
-use crate::volume::{Volume, Volumes};
+use crate::protect::volume::{Volume, Volumes};
+use crate::recover::replica::{Pin, Replica, Replicas};
 
 /// One volume of a replica as it was at a checkpoint.
 #[derive(Debug)]

@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
-use crate::link::{self, Frame, LinkError, LinkStats, Pace};
-use crate::replica::{Replica, Replicas, SessionHold};
+use crate::recover::replica::{Replica, Replicas, SessionHold};
+use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
 
 /// Plaintext bytes taken in before an acknowledgement at the latest.
 pub const ACK_BYTES: usize = 16 << 20;

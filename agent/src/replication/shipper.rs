@@ -38,8 +38,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
 use crate::config::Replication;
-use crate::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
-use crate::vpg::{Vpg, Vpgs};
+use crate::protect::vpg::{Vpg, Vpgs};
+use crate::replication::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
 
 /// Between pings on an idle link.
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -269,7 +269,7 @@ impl Shipping {
 
 /// Asks the recovery site to delete a VPG's replica (when the VPG is deleted here), on a
 /// connection of its own; waits up to 10 s for the answer.
-pub async fn remove_remote(p: &crate::vpg::Protection, id: u64) -> Result<(), String> {
+pub async fn remove_remote(p: &crate::protect::vpg::Protection, id: u64) -> Result<(), String> {
     let psk = ferry_proto::pairing::read_key(&p.pairing_key).map_err(|e| e.to_string())?;
     let work = async {
         let (mut rd, mut wr) = link::connect(&p.peer, &psk, Pace::new(0), Arc::new(LinkStats::default()))
@@ -505,10 +505,11 @@ impl Session<'_> {
                 if sv.vpg.delta_pending() {
                     let volumes = sv.vpg.member_files();
                     let total = volumes.iter().map(|v| v.2).sum();
-                    *sv.vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner()) = crate::vpg::DeltaProgress {
-                        total_bytes: total,
-                        ..Default::default()
-                    };
+                    *sv.vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner()) =
+                        crate::protect::vpg::DeltaProgress {
+                            total_bytes: total,
+                            ..Default::default()
+                        };
                     sv.delta = Some(Delta {
                         volumes,
                         index: 0,
@@ -780,7 +781,7 @@ fn compare_regions(
         }
         let n = (size - off).min(region);
         let same = match (&file, sums.get(i as usize)) {
-            (Some(f), Some(theirs)) => crate::vpg::read_once(f, &mut buf[..n as usize], off)
+            (Some(f), Some(theirs)) => crate::protect::vpg::read_once(f, &mut buf[..n as usize], off)
                 .is_ok_and(|()| ferry_proto::message::region_sum(&buf[..n as usize]) == *theirs),
             _ => false,
         };

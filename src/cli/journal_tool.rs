@@ -8,7 +8,7 @@ use std::path::Path;
 use ferry_journal::format::Kind;
 use ferry_journal::{MemStorage, Ring, Stop, superblock_slots};
 
-use crate::size::human;
+use ferry_agent::size::human;
 
 /// Outcome of reading a ring file: the report, and whether it is in good order.
 #[derive(Debug)]

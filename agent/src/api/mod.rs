@@ -25,13 +25,13 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{CheckpointExport, Exports};
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
-use crate::exports::{CheckpointExport, Exports};
-use crate::replica::ReplicaStatus;
-use crate::shipper::{LinkStatus, Shipping};
-use crate::volume::{VolumeStatus, Volumes};
-use crate::vpg::{ProtectArgs, TailRecord, VpgStatus, Vpgs};
+use crate::protect::volume::{VolumeStatus, Volumes};
+use crate::protect::vpg::{ProtectArgs, TailRecord, VpgStatus, Vpgs};
+use crate::recover::replica::ReplicaStatus;
+use crate::replication::shipper::{LinkStatus, Shipping};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateVpg {

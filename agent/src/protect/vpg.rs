@@ -42,8 +42,8 @@ use crate::config::CaptureConfig;
 use crate::error::AgentError;
 use crate::events::{Event, EventLog};
 use crate::io::{AlignedBuf, BufPool, Engine};
+use crate::protect::volume::{Volume, Volumes};
 use crate::size::human;
-use crate::volume::{Volume, Volumes};
 
 pub const VPG_FORMAT_VERSION: u32 = 1;
 /// Checkpoints kept in memory per VPG for `vpg show`.
@@ -1839,7 +1839,7 @@ impl Vpgs {
         drop(_g);
         if let Some(p) = &record.protection {
             // The recovery site's replica goes too, if it can be reached.
-            crate::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {
+            crate::replication::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {
                 AgentError::Refused(format!(
                     "VPG {name:?} is deleted here, but its replica at {} was not: {why}. Delete it there with `ferry replica delete {name}`",
                     p.peer

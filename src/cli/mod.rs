@@ -1,6 +1,9 @@
 //! The `ferry` command line: argument parsing, logging set-up, and either the agent or a
 //! call to a running agent's control API.
 
+mod client;
+mod journal_tool;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,18 +11,18 @@ use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::CheckpointInfo;
-use crate::client::{Client, ClientError};
-use crate::config::AgentConfig;
-use crate::control::{
+use crate::cli::client::{Client, ClientError};
+use ferry_agent::api::{
     AdoptVolume, AgentStatus, CreateVolume, CreateVpg, ExportCheckpoint, ReadJournal, SourcedEvent, TagCheckpoint,
 };
-use crate::exports::CheckpointExport;
-use crate::replica::ReplicaStatus;
-use crate::size::utc;
-use crate::size::{human, parse_size};
-use crate::volume::VolumeStatus;
-use crate::vpg::{ProtectArgs, TailRecord, VpgStatus};
+use ferry_agent::catalog::CheckpointExport;
+use ferry_agent::checkpoint::CheckpointInfo;
+use ferry_agent::config::AgentConfig;
+use ferry_agent::protect::volume::VolumeStatus;
+use ferry_agent::protect::vpg::{ProtectArgs, TailRecord, VpgStatus};
+use ferry_agent::recover::replica::ReplicaStatus;
+use ferry_agent::size::utc;
+use ferry_agent::size::{human, parse_size};
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
@@ -218,7 +221,7 @@ fn run_journal(cmd: JournalCmd) -> Result<(), String> {
         JournalCmd::Check { path } => (path, false),
         JournalCmd::Tail { .. } => unreachable!("tail asks the agent"),
     };
-    let report = crate::journal_tool::inspect(path, records)?;
+    let report = crate::cli::journal_tool::inspect(path, records)?;
     print!("{}", report.text);
     if !report.clean {
         return Err(format!("journal {} is damaged (see above)", path.display()));
@@ -336,7 +339,7 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
             tracing::info!("stop signal received");
             s.cancel();
         });
-        crate::daemon::run(cfg, shutdown).await.map_err(|e| e.to_string())
+        ferry_agent::daemon::run(cfg, shutdown).await.map_err(|e| e.to_string())
     })
 }
 
@@ -481,7 +484,7 @@ fn print_status_vpgs(s: &AgentStatus) {
 }
 
 fn print_replica_line(r: &ReplicaStatus) {
-    let now = crate::clock::now_ms();
+    let now = ferry_agent::clock::now_ms();
     let span = r.oldest_point_ms.map_or(0, |o| now.saturating_sub(o) / 1000);
     let last = match r.last_received_ms {
         0 => "nothing received yet".to_string(),
