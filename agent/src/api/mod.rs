@@ -241,7 +241,18 @@ async fn vpg_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<
 }
 
 async fn vpg_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    api.vpgs.delete(&name).await?;
+    let record = api.vpgs.delete(&name).await?;
+    if let Some(p) = &record.protection {
+        // The recovery site's replica goes too, if it can be reached (the peer may take
+        // its 10 s to answer; other VPG changes do not wait for it).
+        crate::replication::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {
+            AgentError::Refused(format!(
+                "VPG {name:?} is deleted here, but its replica at {} was not: {why}. Delete it there with `ferry replica delete {name}`",
+                p.peer
+            ))
+        })?;
+        tracing::info!(vpg = %name, peer = %p.peer, "replica at the recovery site deleted");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

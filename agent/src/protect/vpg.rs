@@ -1817,7 +1817,9 @@ impl Vpgs {
         Ok(vpg.status())
     }
 
-    pub async fn delete(&self, name: &str) -> Result<(), AgentError> {
+    /// Deletes a VPG here; returns its record, so the caller can ask the recovery site to
+    /// delete the replica too.
+    pub async fn delete(&self, name: &str) -> Result<VpgRecord, AgentError> {
         let _g = self.change.lock().await;
         let vpg = self.get(name)?;
         let record = vpg.record.clone();
@@ -1835,19 +1837,7 @@ impl Vpgs {
         std::fs::remove_dir_all(&dir)
             .map_err(|e| AgentError::io("VPG removed, but cannot delete its directory", &dir, e))?;
         info!(vpg = %name, "VPG deleted");
-        // The peer may take its 10 s to answer: other VPG changes need not wait for it.
-        drop(_g);
-        if let Some(p) = &record.protection {
-            // The recovery site's replica goes too, if it can be reached.
-            crate::replication::shipper::remove_remote(p, record.ring_id).await.map_err(|why| {
-                AgentError::Refused(format!(
-                    "VPG {name:?} is deleted here, but its replica at {} was not: {why}. Delete it there with `ferry replica delete {name}`",
-                    p.peer
-                ))
-            })?;
-            info!(vpg = %name, peer = %p.peer, "replica at the recovery site deleted");
-        }
-        Ok(())
+        Ok(record)
     }
 
     /// Final sync and clean mark of every VPG (at shutdown, after the NBD sessions ended).
