@@ -54,7 +54,11 @@ fn references(module: &[String], text: &str) -> BTreeSet<Vec<String>> {
                 }
                 let path: Vec<String> = tail
                     .split("::")
-                    .map(|seg| seg.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>())
+                    .map(|seg| {
+                        seg.chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect::<String>()
+                    })
                     .take_while(|seg| !seg.is_empty() && seg.chars().next().is_some_and(|c| c.is_lowercase()))
                     .collect();
                 let mut full = base.clone();
@@ -116,7 +120,10 @@ impl Crate {
     }
 
     fn parents(&self) -> BTreeSet<Vec<String>> {
-        self.refs.keys().map(|m| m[..m.len().saturating_sub(1)].to_vec()).collect()
+        self.refs
+            .keys()
+            .map(|m| m[..m.len().saturating_sub(1)].to_vec())
+            .collect()
     }
 }
 
@@ -197,7 +204,9 @@ fn the_agent_concepts_point_one_way() {
     let mut wrong = Vec::new();
     for (a, targets) in &edges {
         let Some(la) = layer(a) else {
-            wrong.push(format!("{a}: not placed in a layer (add it to this test and to ARCHITECTURE.md)"));
+            wrong.push(format!(
+                "{a}: not placed in a layer (add it to this test and to ARCHITECTURE.md)"
+            ));
             continue;
         };
         for b in targets {

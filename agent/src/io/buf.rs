@@ -181,14 +181,21 @@ impl Drop for AlignedBuf {
 
 impl ferry_nbd::IoBuffer for AlignedBuf {}
 
-/// Memory a datastore write is issued from: a pooled buffer, or a write being captured
-/// into a VPG's journal (its payload is the journal slot's memory in the mapped ring, or a
-/// pooled buffer when the write is only tracked). Held by the engine until the kernel is done
-/// with it, so abandoned requests never free memory under an I/O.
+/// Memory owned by something else that a datastore write is issued from: a write being
+/// captured into a VPG's journal (its payload is the journal slot's memory in the mapped
+/// ring, or a pooled buffer when the write is only tracked). Its owner gets it back with
+/// [`Held::into_any`].
+pub trait Held: AsRef<[u8]> + AsMut<[u8]> + Send + std::fmt::Debug + 'static {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// Memory a datastore I/O is issued from: a pooled buffer, or [`Held`] memory. Held by the
+/// engine until the kernel is done with it, so abandoned requests never free memory under
+/// an I/O.
 #[derive(Debug)]
 pub enum IoBuf {
     Plain(AlignedBuf),
-    Captured(Box<crate::protect::vpg::Captured>),
+    Held(Box<dyn Held>),
 }
 
 impl IoBuf {
@@ -202,14 +209,14 @@ impl IoBuf {
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         match self {
             IoBuf::Plain(b) => b.as_mut_ptr(),
-            IoBuf::Captured(c) => AsMut::<[u8]>::as_mut(&mut **c).as_mut_ptr(),
+            IoBuf::Held(c) => AsMut::<[u8]>::as_mut(&mut **c).as_mut_ptr(),
         }
     }
     /// The pooled buffer of a read.
     pub fn into_plain(self) -> Option<AlignedBuf> {
         match self {
             IoBuf::Plain(b) => Some(b),
-            IoBuf::Captured(_) => None,
+            IoBuf::Held(_) => None,
         }
     }
 }
@@ -218,7 +225,7 @@ impl AsRef<[u8]> for IoBuf {
     fn as_ref(&self) -> &[u8] {
         match self {
             IoBuf::Plain(b) => b.as_ref(),
-            IoBuf::Captured(c) => AsRef::<[u8]>::as_ref(&**c),
+            IoBuf::Held(c) => AsRef::<[u8]>::as_ref(&**c),
         }
     }
 }
@@ -227,7 +234,7 @@ impl AsMut<[u8]> for IoBuf {
     fn as_mut(&mut self) -> &mut [u8] {
         match self {
             IoBuf::Plain(b) => b.as_mut(),
-            IoBuf::Captured(c) => AsMut::<[u8]>::as_mut(&mut **c),
+            IoBuf::Held(c) => AsMut::<[u8]>::as_mut(&mut **c),
         }
     }
 }

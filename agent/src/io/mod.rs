@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-pub use buf::{AlignedBuf, BufPool, IoBuf};
+pub use buf::{AlignedBuf, BufPool, Held, IoBuf};
 use ring::{Keep, Ring, RingOp};
 
 /// Whether io_uring must hand every buffered write to this file to a kernel worker: true on

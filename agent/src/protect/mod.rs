@@ -3,5 +3,7 @@
 //! order, the checkpoint ticker, the drain of dirty regions, the throttle and the RPO.
 //! Knows nothing of links or peers: replication reads the journal through the consumer.
 
+pub mod capture;
+pub mod ordering;
 pub mod volume;
 pub mod vpg;

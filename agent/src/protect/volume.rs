@@ -26,6 +26,7 @@ use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::io::{BufPool, Engine, IoBuf};
 use crate::meta::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
+use crate::protect::capture::Captured;
 
 /// Longest volume name (it is also a file name and an NBD export name).
 pub use crate::meta::VOLUME_NAME_BYTES_MAX;
@@ -47,7 +48,7 @@ pub struct Volume {
     /// Such writes up to this size are done inline instead (`io.inline_write_bytes_max`).
     inline_write_bytes_max: usize,
     /// The VPG capturing this volume's writes, and the volume's id in it.
-    member: RwLock<Option<(Arc<crate::protect::vpg::Vpg>, u32)>>,
+    member: RwLock<Option<(Arc<crate::protect::capture::VpgCapture>, u32)>>,
     /// Deleted (with `--force`, clients connected): every request of theirs fails.
     deleted: std::sync::atomic::AtomicBool,
 }
@@ -158,11 +159,11 @@ impl Volume {
     }
 
     /// Starts (`Some`) or stops capturing this volume's writes into a VPG.
-    pub fn set_member(&self, m: Option<(Arc<crate::protect::vpg::Vpg>, u32)>) {
+    pub fn set_member(&self, m: Option<(Arc<crate::protect::capture::VpgCapture>, u32)>) {
         *self.member.write().unwrap_or_else(|e| e.into_inner()) = m;
     }
 
-    pub fn member(&self) -> Option<(Arc<crate::protect::vpg::Vpg>, u32)> {
+    pub fn member(&self) -> Option<(Arc<crate::protect::capture::VpgCapture>, u32)> {
         self.member.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -284,20 +285,21 @@ impl Export for Volume {
 
     fn write_buffer(&self, offset: u64, len: usize) -> IoBuf {
         match self.member() {
-            Some((vpg, id)) => IoBuf::Captured(vpg.begin(ferry_journal::Kind::Write, id, offset, len as u64)),
+            Some((vpg, id)) => IoBuf::Held(vpg.begin(ferry_journal::Kind::Write, id, offset, len as u64)),
             None => IoBuf::Plain(self.pool.take(len)),
         }
     }
 
     fn speculative_buffer(&self, len: usize) -> Option<IoBuf> {
         let (vpg, id) = self.member()?;
-        vpg.speculate(id, len as u64).map(IoBuf::Captured)
+        vpg.speculate(id, len as u64).map(|c| IoBuf::Held(c))
     }
 
     fn place_buffer(&self, buf: IoBuf, offset: u64, filled: usize) -> IoBuf {
-        match (buf, self.member()) {
-            (IoBuf::Captured(c), Some((vpg, _))) => IoBuf::Captured(vpg.place(c, offset, filled)),
-            (buf, _) => buf,
+        match (Captured::from_io(buf), self.member()) {
+            (Ok(c), Some((vpg, _))) => IoBuf::Held(vpg.place(c, offset, filled)),
+            (Ok(c), None) => IoBuf::Held(c),
+            (Err(buf), _) => buf,
         }
     }
 
@@ -309,7 +311,7 @@ impl Export for Volume {
         self.live()?;
         let buf = match buf {
             IoBuf::Plain(b) => b,
-            IoBuf::Captured(c) => {
+            IoBuf::Held(c) => {
                 // Reads are given plain buffers; a captured one here is a bug upstream.
                 error!(?c, "read into a captured write buffer");
                 return Err(ExportError::new(Errno::EIO, "internal: read into a write buffer"));
@@ -324,12 +326,12 @@ impl Export for Volume {
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
         self.live()?;
-        let buf = match buf {
-            IoBuf::Captured(mut c) => {
+        let buf = match Captured::from_io(buf) {
+            Ok(mut c) => {
                 c.start().await;
-                IoBuf::Captured(c)
+                IoBuf::Held(c)
             }
-            plain => plain,
+            Err(plain) => plain,
         };
         let (r, back) = if buf.len() <= self.inline_write_bytes_max {
             (
@@ -339,7 +341,7 @@ impl Export for Volume {
         } else {
             self.engine.write(&self.file, offset, buf, fua, self.punt_writes).await
         };
-        if let Some(IoBuf::Captured(c)) = back {
+        if let Some(Ok(c)) = back.map(Captured::from_io) {
             c.finish(r.as_ref().err().map(|e| e.to_string()).as_deref());
             if let Some((vpg, _)) = self.member() {
                 vpg.hold_while_behind().await;
@@ -761,7 +763,7 @@ impl Volumes {
         if let Some((vpg, _)) = online.as_ref().and_then(|v| v.member()) {
             return Err(AgentError::BadRequest(format!(
                 "volume {name:?} is in VPG {:?}; delete the VPG first (`ferry vpg delete {}`)",
-                vpg.record.name, vpg.record.name
+                vpg.name, vpg.name
             )));
         }
         if let Some(v) = &online

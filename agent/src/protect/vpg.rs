@@ -26,11 +26,11 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_journal::dirty::{EXTENT_DEFAULT, MapHeader};
 use ferry_journal::{
-    Capture, CaptureRecovery, Consumer, DirtyMap, Geometry, Journal, JournalStats, Kind, MmapStorage, Mode, Pending,
+    Capture, CaptureRecovery, Consumer, DirtyMap, Geometry, Journal, JournalStats, Kind, MmapStorage, Mode,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -40,8 +40,9 @@ use crate::checkpoint::CheckpointInfo;
 use crate::clock::{boot_id, now_ms, now_ns, random_u64};
 use crate::config::CaptureConfig;
 use crate::error::AgentError;
-use crate::events::{Event, EventLog};
-use crate::io::{AlignedBuf, BufPool, Engine};
+use crate::events::Event;
+use crate::io::{BufPool, Engine};
+use crate::protect::capture::{DatastoreError, HOLD_MAX, VpgCapture};
 use crate::protect::volume::{Volume, Volumes};
 use crate::size::human;
 
@@ -225,214 +226,6 @@ struct VpgRegistry {
     vpgs: Vec<VpgRecord>,
 }
 
-/// Writes in flight per VPG, in sequence order, for the overlap rule (and the sync's wait).
-#[derive(Debug, Default)]
-pub struct Inflight {
-    state: Mutex<InflightState>,
-    changed: tokio::sync::Notify,
-    /// Tasks waiting on `changed`: a finishing write wakes them only if there are some.
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-#[derive(Debug, Default)]
-struct InflightState {
-    next: u64,
-    live: BTreeMap<u64, (u32, u64, u64)>,
-    /// The highest ticket whose write has finished (its client may have been answered).
-    done_max: Option<u64>,
-}
-
-/// A write's place among the VPG's writes in flight; leaving it (drop) lets later
-/// overlapping writes go.
-#[derive(Debug)]
-pub struct Ticket {
-    inflight: Arc<Inflight>,
-    id: u64,
-    /// In `live` (its range is known); a guessed write's ticket is not until placed.
-    placed: bool,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.placed {
-            let mut st = self.inflight.lock();
-            st.live.remove(&self.id);
-            st.done_max = st.done_max.max(Some(self.id));
-        }
-        if self.inflight.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.inflight.changed.notify_waiters();
-        }
-    }
-}
-
-impl Inflight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, InflightState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a ticket and, under the same lock, does `f` (which takes the journal's
-    /// sequence number): ticket order and sequence order agree.
-    fn register<T>(self: &Arc<Self>, volume: u32, offset: u64, len: u64, f: impl FnOnce() -> T) -> (Ticket, T) {
-        self.take(Some((volume, offset, offset + len.max(1))), f)
-    }
-
-    /// Takes a ticket for a write whose range is not known yet (a guess), with `f` as in
-    /// [`Inflight::register`]. It joins the writes in flight at [`Inflight::place`].
-    fn register_unplaced<T>(self: &Arc<Self>, f: impl FnOnce() -> T) -> (Ticket, T) {
-        self.take(None, f)
-    }
-
-    fn take<T>(self: &Arc<Self>, range: Option<(u32, u64, u64)>, f: impl FnOnce() -> T) -> (Ticket, T) {
-        let mut st = self.lock();
-        let id = st.next;
-        st.next += 1;
-        if let Some(r) = range {
-            st.live.insert(id, r);
-        }
-        let t = f();
-        drop(st);
-        (
-            Ticket {
-                inflight: self.clone(),
-                id,
-                placed: range.is_some(),
-            },
-            t,
-        )
-    }
-
-    /// Places a guessed write's ticket at its range, if its early place in the order is
-    /// still right: no later write may overlap it while in flight (the datastore would see
-    /// them in the other order) nor have finished (its client may have sent this write
-    /// because of it, so this one must come after it). `false`: take a new ticket.
-    fn place(&self, t: &mut Ticket, volume: u32, offset: u64, len: u64) -> bool {
-        let mut st = self.lock();
-        let end = offset + len.max(1);
-        let later_done = st.done_max.is_some_and(|d| d > t.id);
-        let later_overlaps = st
-            .live
-            .range(t.id + 1..)
-            .any(|(_, &(ov, os, oe))| ov == volume && os < end && offset < oe);
-        if later_done || later_overlaps {
-            return false;
-        }
-        st.live.insert(t.id, (volume, offset, end));
-        t.placed = true;
-        true
-    }
-
-    /// Waits until `cond` holds over the live writes, re-checking whenever one finishes.
-    async fn wait_until(&self, cond: impl Fn(&InflightState) -> bool) {
-        use std::sync::atomic::Ordering::SeqCst;
-        if cond(&self.lock()) {
-            return; // the usual case: nothing to wait for, no waiter registered
-        }
-        self.waiting.fetch_add(1, SeqCst);
-        // Deregisters even when the waiting future is dropped.
-        struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        let _leave = Leave(&self.waiting);
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if cond(&self.lock()) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Waits for every earlier write overlapping this one to finish.
-    async fn wait_earlier(&self, t: &Ticket) {
-        let Some(&(v, start, end)) = self.lock().live.get(&t.id) else {
-            return;
-        };
-        self.wait_until(|st| {
-            !st.live
-                .range(..t.id)
-                .any(|(_, &(ov, os, oe))| ov == v && os < end && start < oe)
-        })
-        .await
-    }
-
-    /// Waits for every write that took a ticket before `before` to finish.
-    async fn wait_before(&self, before: u64) {
-        self.wait_until(|st| st.live.range(..before).next().is_none()).await
-    }
-}
-
-/// A write of a VPG's volume on its way: the journal reservation (or the tracked write's
-/// buffer), its place among writes in flight, and the VPG (which keeps the mapped journal
-/// alive). Fields drop in order: the slot settles before the ticket lets others go.
-pub struct Captured {
-    pending: Pending<MmapStorage>,
-    volume: u32,
-    spare: Option<AlignedBuf>,
-    ticket: Ticket,
-    vpg: Arc<Vpg>,
-}
-
-impl std::fmt::Debug for Captured {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Captured")
-            .field("vpg", &self.vpg.record.name)
-            .field("pending", &self.pending)
-            .finish()
-    }
-}
-
-impl AsRef<[u8]> for Captured {
-    fn as_ref(&self) -> &[u8] {
-        match (&self.spare, self.pending.slot()) {
-            (Some(b), _) => b.as_ref(),
-            (None, Some(s)) => s.payload(),
-            (None, None) => &[],
-        }
-    }
-}
-
-impl AsMut<[u8]> for Captured {
-    fn as_mut(&mut self) -> &mut [u8] {
-        match (&mut self.spare, self.pending.slot_mut()) {
-            (Some(b), _) => b.as_mut(),
-            (None, Some(s)) => s.payload_mut(),
-            (None, None) => &mut [],
-        }
-    }
-}
-
-impl Captured {
-    /// Waits for earlier overlapping writes, then commits the record (or marks the range
-    /// dirty) and puts the extent in the activity log: the datastore I/O may be issued after.
-    pub async fn start(&mut self) {
-        self.vpg.inflight.wait_earlier(&self.ticket).await;
-        if let Err(e) = self.pending.start() {
-            // The record is committed or the range marked (a process crash is covered);
-            // only a power loss before the next sync could miss this write.
-            error!(vpg = %self.vpg.record.name, error = %e, "cannot flush the activity log");
-        }
-    }
-
-    /// The datastore I/O is done, or failed with `failure`: then its record is revoked
-    /// (never shipped), its range drained from the datastore before the next checkpoint,
-    /// and the VPG shows the error (see `ferry_journal::capture`'s write outcomes).
-    pub fn finish(self, failure: Option<&str>) {
-        let Captured {
-            pending, ticket, vpg, ..
-        } = self;
-        vpg.capture.finish(pending, failure);
-        if let Some(why) = failure {
-            vpg.note_datastore_error(why);
-        }
-        drop(ticket);
-    }
-}
-
 /// A member volume as the VPG sees it.
 #[derive(Debug, Clone)]
 struct Member {
@@ -443,13 +236,11 @@ struct Member {
 pub struct Vpg {
     pub record: VpgRecord,
     dir: PathBuf,
-    capture: Capture<MmapStorage>,
-    inflight: Arc<Inflight>,
+    /// The write side: capture, ordering, events, datastore failures, the throttle's hold.
+    pub cap: Arc<VpgCapture>,
     members: RwLock<BTreeMap<u32, Member>>,
     engine: Arc<Engine>,
-    pool: Arc<BufPool>,
     consumer: tokio::sync::Mutex<Option<Consumer<MmapStorage>>>,
-    events: EventLog,
     checkpoints: Mutex<VecDeque<CheckpointInfo>>,
     stop: CancellationToken,
     cfg: CaptureConfig,
@@ -472,37 +263,17 @@ pub struct Vpg {
     behind: std::sync::atomic::AtomicBool,
     /// When `behind` was last worked out (ms since the epoch).
     behind_checked_ms: std::sync::atomic::AtomicU64,
-    /// Milliseconds writes spent held by the throttle, summed over writes.
-    pub held_ms: std::sync::atomic::AtomicU64,
     /// When the throttle last raised an event.
     throttle_event_ms: std::sync::atomic::AtomicU64,
     /// The recovery site's acknowledged sequence at the throttle's last look, and when it
     /// last moved (or nothing was waiting for it).
     ack_progress: Mutex<(u64, u64)>,
-    /// The last failure of a member's datastore I/O, shown in the state until
-    /// [`DATASTORE_ERROR_SHOWN`] passed without another and the drain is over.
-    datastore_error: Mutex<Option<DatastoreError>>,
 }
 
 /// After a start, how long the RPO waits for the link before it is judged anyway.
 const SLA_GRACE: Duration = Duration::from_secs(60);
-/// How long a datastore failure stays in a VPG's state after the last one.
-const DATASTORE_ERROR_SHOWN: Duration = Duration::from_secs(60);
-
-/// A member's datastore I/O failed (the client got the error; nothing of it was shipped).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DatastoreError {
-    pub message: String,
-    pub first_unix_ms: u64,
-    pub last_unix_ms: u64,
-    pub failures: u64,
-}
-
 /// How often the throttle works out again whether the recovery site is too far behind.
 const BEHIND_CHECK_MS: u64 = 5;
-/// Longest a write is held by the throttle: past it, it goes on (a stalled recovery site
-/// must not stall the application for longer).
-const HOLD_MAX: Duration = Duration::from_secs(10);
 
 /// How far a delta sync's comparison got.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -631,14 +402,9 @@ pub struct TailRecord {
 }
 
 impl Vpg {
-    /// Adds an event unless it repeats the last one; says whether it was added.
-    fn push_event(&self, message: String) -> bool {
-        self.events.push(message)
-    }
-
     /// The checkpoints still in the journal (after a restart).
     fn reload_checkpoints(&self) {
-        let Some(mut cons) = self.capture.journal().consumer() else {
+        let Some(mut cons) = self.cap.capture.journal().consumer() else {
             return;
         };
         let mut found = VecDeque::new();
@@ -658,21 +424,12 @@ impl Vpg {
     }
 
     /// Moves the capture's events into the VPG's log (and the agent's).
-    fn collect_events(&self) {
-        for e in self.capture.take_events() {
-            let line = e.message.clone();
-            if self.push_event(e.message) {
-                warn!(vpg = %self.record.name, mode = e.mode.name(), "{line}");
-            }
-        }
-    }
-
     pub fn is_paused(&self) -> bool {
         self.paused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn journal_stats(&self) -> JournalStats {
-        self.capture.journal().stats()
+        self.cap.capture.journal().stats()
     }
 
     pub fn stopped(&self) -> &CancellationToken {
@@ -682,7 +439,7 @@ impl Vpg {
     /// Takes the journal's consumer (the shipper holds it while its link is up).
     pub async fn take_consumer(&self) -> Option<Consumer<MmapStorage>> {
         let mut g = self.consumer.lock().await;
-        g.take().or_else(|| self.capture.journal().consumer())
+        g.take().or_else(|| self.cap.capture.journal().consumer())
     }
 
     pub async fn put_consumer(&self, c: Consumer<MmapStorage>) {
@@ -700,7 +457,8 @@ impl Vpg {
     /// The member volumes: (id, its file if online, its size).
     pub fn member_files(&self) -> Vec<(u32, Option<Arc<File>>, u64)> {
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
-        self.capture
+        self.cap
+            .capture
             .maps()
             .iter()
             .map(|(&id, m)| {
@@ -715,7 +473,7 @@ impl Vpg {
 
     /// Delta sync: a region that differs from the replica's is marked dirty (sent later).
     pub fn mark_differing(&self, volume: u32, offset: u64, len: u64) {
-        if let Some(m) = self.capture.map(volume) {
+        if let Some(m) = self.cap.capture.map(volume) {
             m.mark(offset, len);
         }
     }
@@ -724,12 +482,12 @@ impl Vpg {
     /// checkpoints resume after them.
     pub async fn finish_delta(self: &Arc<Self>) -> io::Result<()> {
         let p = self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        self.capture.drain_marked(format!(
+        self.cap.capture.drain_marked(format!(
             "delta sync compared {}: {} differ from the pre-seeded replica and are being sent",
             human(p.compared_bytes),
             human(p.differing_bytes)
         ));
-        self.collect_events();
+        self.cap.collect_events();
         self.sync_once().await?;
         std::fs::write(delta_marker(&self.dir), b"")?;
         self.delta_pending.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -739,67 +497,14 @@ impl Vpg {
     /// Starts a full sync (every block read into the journal again) and makes the dirty
     /// bits durable before returning, so a crash cannot forget it.
     pub async fn resync_all(self: &Arc<Self>, why: String) -> io::Result<()> {
-        self.capture.resync_all(why);
-        self.collect_events();
+        self.cap.capture.resync_all(why);
+        self.cap.collect_events();
         self.sync_once().await
-    }
-
-    /// A member's datastore I/O failed: the state shows it, the capture's event is logged.
-    fn note_datastore_error(&self, why: &str) {
-        let now = now_ms();
-        {
-            let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
-            match &mut *g {
-                Some(d) => {
-                    d.failures += 1;
-                    d.last_unix_ms = now;
-                    d.message = why.to_string();
-                }
-                None => {
-                    *g = Some(DatastoreError {
-                        message: why.to_string(),
-                        first_unix_ms: now,
-                        last_unix_ms: now,
-                        failures: 1,
-                    })
-                }
-            }
-        }
-        self.collect_events();
-    }
-
-    /// The datastore failure to show, if any (read-only: [`Vpg::expire_datastore_error`]
-    /// clears one that is over).
-    fn datastore_error(&self) -> Option<DatastoreError> {
-        self.datastore_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Clears a datastore failure that is over (none for a while, and the drain done),
-    /// with an event; from the ticker.
-    fn expire_datastore_error(&self) {
-        let drained = self.capture.mode() == Mode::Journaling;
-        let over = {
-            let mut g = self.datastore_error.lock().unwrap_or_else(|e| e.into_inner());
-            let quiet = g
-                .as_ref()
-                .is_some_and(|d| now_ms().saturating_sub(d.last_unix_ms) >= DATASTORE_ERROR_SHOWN.as_millis() as u64);
-            if quiet && drained { g.take() } else { None }
-        };
-        if let Some(d) = over {
-            self.event(format!(
-                "datastore error over: no failure for {} s after {} failed I/O(s) (last: {}), and every failed region was read back",
-                DATASTORE_ERROR_SHOWN.as_secs(),
-                d.failures,
-                d.message
-            ));
-        }
     }
 
     /// Logs and records an event about this VPG.
     pub fn event(&self, message: String) {
-        if self.push_event(message.clone()) {
-            warn!(vpg = %self.record.name, "{message}");
-        }
+        self.cap.event(message)
     }
 
     /// Works out whether the throttle holds writes now: it is set, the link is up, the VPG
@@ -828,7 +533,7 @@ impl Vpg {
             && !self.is_paused()
             && self.initial_done.load(Relaxed)
             && !self.delta_pending()
-            && self.capture.mode() == Mode::Journaling
+            && self.cap.capture.mode() == Mode::Journaling
             && self.rpo_s(now) * 1000.0 > p.throttle_rpo_ms as f64;
         let behind = over && !stalled;
         let was = self.behind.swap(behind, Relaxed);
@@ -846,27 +551,6 @@ impl Vpg {
             ));
         }
         behind
-    }
-
-    /// Holds a write's reply while the throttle says the recovery site is too far behind
-    /// (the write itself is done and captured, so shipping goes on meanwhile); at most
-    /// [`HOLD_MAX`]. Without a throttle set, returns at once.
-    pub async fn hold_while_behind(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.record.protection.as_ref().is_none_or(|p| p.throttle_rpo_ms == 0) {
-            return;
-        }
-        let mut held: Option<Instant> = None;
-        while self.behind_now() {
-            let t0 = *held.get_or_insert_with(Instant::now);
-            if t0.elapsed() >= HOLD_MAX {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if let Some(t0) = held {
-            self.held_ms.fetch_add(t0.elapsed().as_millis() as u64, Relaxed);
-        }
     }
 
     /// Whether the throttle holds writes: worked out again by one caller every
@@ -893,7 +577,7 @@ impl Vpg {
     pub fn rpo_s(&self, now: u64) -> f64 {
         let st = self.journal_stats();
         let ship = self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if ship.acked_seq >= st.next_seq && self.capture.mode() == Mode::Journaling {
+        if ship.acked_seq >= st.next_seq && self.cap.capture.mode() == Mode::Journaling {
             return 0.0;
         }
         let newest_ckpt = self
@@ -908,62 +592,6 @@ impl Vpg {
         now.saturating_sub(since) as f64 / 1000.0
     }
 
-    /// Starts capturing a write (at its header): reserves its record and its turn.
-    pub fn begin(self: &Arc<Self>, kind: Kind, volume: u32, offset: u64, len: u64) -> Box<Captured> {
-        let (ticket, pending) = self
-            .inflight
-            .register(volume, offset, len, || self.capture.begin(kind, volume, offset, len));
-        let spare = (kind == Kind::Write && !pending.is_journaled()).then(|| self.pool.take(len as usize));
-        if !pending.is_journaled() {
-            self.collect_events();
-        }
-        Box::new(Captured {
-            pending,
-            volume,
-            spare,
-            ticket,
-            vpg: self.clone(),
-        })
-    }
-
-    /// Reserves a record for a write of `len` bytes that may come next on a connection,
-    /// before its header is read (the NBD server guesses, see `ferry_nbd`'s server docs):
-    /// its sequence number is taken now, its range at [`Vpg::place`]. `None` unless
-    /// journaling with room to spare.
-    pub fn speculate(self: &Arc<Self>, volume: u32, len: u64) -> Option<Box<Captured>> {
-        let (ticket, pending) = self.inflight.register_unplaced(|| self.capture.speculate(volume, len));
-        Some(Box::new(Captured {
-            pending: pending?,
-            volume,
-            spare: None,
-            ticket,
-            vpg: self.clone(),
-        }))
-    }
-
-    /// The guessed write came, at `offset`, with `filled` bytes of its payload already in
-    /// `c`. If its early place in the order no longer holds (see `Inflight::place`), the
-    /// write takes a new one, and those bytes are copied to its new record.
-    pub fn place(self: &Arc<Self>, mut c: Box<Captured>, offset: u64, filled: usize) -> Box<Captured> {
-        let len = c.pending.length();
-        if self.inflight.place(&mut c.ticket, c.volume, offset, len) {
-            c.pending.place(offset);
-            return c;
-        }
-        let mut fresh = self.begin(Kind::Write, c.volume, offset, len);
-        let (to, from): (&mut [u8], &[u8]) = ((*fresh).as_mut(), (*c).as_ref());
-        to[..filled].copy_from_slice(&from[..filled]);
-        fresh
-    }
-
-    /// Makes the journal durable (for an NBD flush; the datastore is synced by the caller).
-    pub async fn flush_journal(self: &Arc<Self>) -> io::Result<()> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.capture.journal().sync())
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-    }
-
     pub fn checkpoint(&self, tag: &str) -> Result<CheckpointInfo, AgentError> {
         if self.delta_pending() {
             return Err(AgentError::Refused(format!(
@@ -972,6 +600,7 @@ impl Vpg {
             )));
         }
         let seq = self
+            .cap
             .capture
             .checkpoint(now_ns(), tag)
             .map_err(|e| AgentError::Refused(format!("VPG {:?}: {e}", self.record.name)))?;
@@ -992,11 +621,11 @@ impl Vpg {
     /// durable after it.
     async fn sync_once(self: &Arc<Self>) -> io::Result<()> {
         let (point, before) = {
-            let st = self.inflight.lock();
-            (self.capture.sync_begin(), st.next)
+            let st = self.cap.inflight.lock();
+            (self.cap.capture.sync_begin(), st.next)
         };
-        self.inflight.wait_before(before).await;
-        while !self.capture.sync_ready(point) {
+        self.cap.inflight.wait_before(before).await;
+        while !self.cap.capture.sync_ready(point) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let files: Vec<Arc<File>> = self
@@ -1010,7 +639,7 @@ impl Vpg {
             self.engine.fdatasync(&f).await?;
         }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.capture.sync_finish(point))
+        tokio::task::spawn_blocking(move || me.cap.capture.sync_finish(point))
             .await
             .map_err(|e| io::Error::other(e.to_string()))?
     }
@@ -1028,9 +657,9 @@ impl Vpg {
                 _ = sync.tick() => {
                     if let Err(e) = self.sync_once().await {
                         error!(vpg = %self.record.name, error = %e, "journal sync failed");
-                        self.push_event(format!("journal sync failed: {e}"));
+                        self.cap.push_event(format!("journal sync failed: {e}"));
                     }
-                    self.collect_events();
+                    self.cap.collect_events();
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -1042,19 +671,19 @@ impl Vpg {
                     .unwrap_or_else(|e| e.into_inner())
                     .back()
                     .map(|c| c.seq);
-                last.is_some_and(|seq| seq + 1 == self.capture.journal().stats().next_seq)
+                last.is_some_and(|seq| seq + 1 == self.cap.capture.journal().stats().next_seq)
             };
             self.note_initial_sync();
             self.note_sla();
-            self.expire_datastore_error();
-            if self.capture.mode() == Mode::Journaling
+            self.cap.expire_datastore_error();
+            if self.cap.capture.mode() == Mode::Journaling
                 && !idle
                 && !self.delta_pending()
                 && let Err(e) = self.checkpoint("")
             {
                 warn!(vpg = %self.record.name, error = %e, "automatic checkpoint skipped");
             }
-            self.collect_events();
+            self.cap.collect_events();
         }
     }
 
@@ -1096,7 +725,7 @@ impl Vpg {
         // First every block is read into the journal; then the recovery site must hold
         // every record up to that point.
         if self.initial_end_seq.load(Relaxed) == 0 {
-            if self.capture.mode() != Mode::Journaling {
+            if self.cap.capture.mode() != Mode::Journaling {
                 return;
             }
             self.initial_end_seq
@@ -1120,8 +749,8 @@ impl Vpg {
             if self.stop.is_cancelled() {
                 return;
             }
-            let step = self.capture.drain_next(DRAIN_CHUNK_BYTES);
-            self.collect_events();
+            let step = self.cap.capture.drain_next(DRAIN_CHUNK_BYTES);
+            self.cap.collect_events();
             let Some((volume, offset, len)) = step else {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
@@ -1139,23 +768,23 @@ impl Vpg {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            let (ticket, slot) = self
-                .inflight
-                .register(volume, offset, len, || self.capture.drain_reserve(volume, offset, len));
+            let (ticket, slot) = self.cap.inflight.register(volume, offset, len, || {
+                self.cap.capture.drain_reserve(volume, offset, len)
+            });
             let Some(mut slot) = slot else {
                 drop(ticket);
-                self.collect_events();
+                self.cap.collect_events();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            self.inflight.wait_earlier(&ticket).await;
+            self.cap.inflight.wait_earlier(&ticket).await;
             let read = tokio::task::spawn_blocking(move || {
                 let r = read_once(&file, slot.payload_mut(), offset);
                 (r, slot)
             })
             .await;
             match read {
-                Ok((Ok(()), slot)) => self.capture.drain_commit(slot),
+                Ok((Ok(()), slot)) => self.cap.capture.drain_commit(slot),
                 Ok((Err(e), _slot)) => {
                     // The slot becomes a void; the bits stay, the drain retries later.
                     error!(vpg = %self.record.name, volume, offset, error = %e, "drain read failed");
@@ -1168,7 +797,7 @@ impl Vpg {
     }
 
     pub fn status(&self) -> VpgStatus {
-        let st: JournalStats = self.capture.journal().stats();
+        let st: JournalStats = self.cap.capture.journal().stats();
         let members = self.members.read().unwrap_or_else(|e| e.into_inner());
         let checkpoints: Vec<CheckpointInfo> = self
             .checkpoints
@@ -1181,7 +810,7 @@ impl Vpg {
         self.note_initial_sync();
         let protection = self.record.protection.as_ref().map(|p| {
             let rpo_s = self.rpo_s(now);
-            let total: u64 = self.capture.maps().values().map(|m| m.header().volume_bytes).sum();
+            let total: u64 = self.cap.capture.maps().values().map(|m| m.header().volume_bytes).sum();
             let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
             // Progress: the share read into the journal, times the share of the journal's
             // records the recovery site holds.
@@ -1190,7 +819,7 @@ impl Vpg {
                 self.journal_stats().next_seq.max(1),
             );
             let initial_done = initializing.then(|| {
-                let read = total.saturating_sub(self.capture.dirty_bytes());
+                let read = total.saturating_sub(self.cap.capture.dirty_bytes());
                 (read as f64 * (acked.min(next) as f64 / next as f64)) as u64
             });
             let elapsed_s = now.saturating_sub(self.record.created_unix_ms) as f64 / 1000.0;
@@ -1213,10 +842,10 @@ impl Vpg {
                 delta: self
                     .delta_pending()
                     .then(|| self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
-                throttle_held_ms: self.held_ms.load(std::sync::atomic::Ordering::Relaxed),
+                throttle_held_ms: self.cap.held_ms.load(std::sync::atomic::Ordering::Relaxed),
             }
         });
-        let datastore_error = self.datastore_error();
+        let datastore_error = self.cap.datastore_error();
         let state = match &datastore_error {
             Some(d) => format!(
                 "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
@@ -1225,12 +854,12 @@ impl Vpg {
                 now.saturating_sub(d.last_unix_ms) / 1000
             ),
             None => match &protection {
-                None => self.capture.mode().name().to_string(),
+                None => self.cap.capture.mode().name().to_string(),
                 Some(_) if self.is_paused() => "paused".into(),
                 Some(p) if p.ship.error.is_some() => "error".into(),
                 Some(_) if self.delta_pending() => "delta-sync".into(),
                 Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
-                Some(_) if self.capture.mode() != Mode::Journaling => self.capture.mode().name().into(),
+                Some(_) if self.cap.capture.mode() != Mode::Journaling => self.cap.capture.mode().name().into(),
                 Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
                 Some(_) => "protecting (not meeting SLA)".into(),
             },
@@ -1249,7 +878,7 @@ impl Vpg {
                         name: v.clone(),
                         id,
                         attached: members.get(&id).is_some_and(|m| m.file.is_some()),
-                        dirty_bytes: self.capture.map(id).map_or(0, |m| m.dirty_bytes()),
+                        dirty_bytes: self.cap.capture.map(id).map_or(0, |m| m.dirty_bytes()),
                     }
                 })
                 .collect(),
@@ -1265,7 +894,7 @@ impl Vpg {
             },
             last_checkpoint: checkpoints.last().cloned(),
             checkpoints,
-            events: self.events.list(),
+            events: self.cap.events.list(),
             protection,
             datastore_error,
         }
@@ -1283,7 +912,7 @@ impl Vpg {
     ) -> Result<Vec<TailRecord>, AgentError> {
         let mut guard = self.consumer.lock().await;
         if guard.is_none() {
-            *guard = self.capture.journal().consumer();
+            *guard = self.cap.capture.journal().consumer();
         }
         let Some(mut cons) = guard.take() else {
             return Err(AgentError::Refused(format!(
@@ -1309,7 +938,7 @@ impl Vpg {
             error!(vpg = %self.record.name, error = %e, "final journal sync failed; recovery will run at the next start");
             return;
         }
-        if let Err(e) = self.capture.close_clean() {
+        if let Err(e) = self.cap.capture.close_clean() {
             error!(vpg = %self.record.name, error = %e, "cannot mark the journal cleanly closed");
         }
     }
@@ -1335,7 +964,7 @@ pub fn read_once(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 /// thread of its own, off the request path, until the VPG stops. It polls: every
 /// millisecond while writes move the head, backing off to every 50 ms when idle.
 fn spawn_prefaulter(vpg: &Vpg) {
-    let journal = vpg.capture.journal().clone();
+    let journal = vpg.cap.capture.journal().clone();
     let stop = vpg.stop.clone();
     let spawned = std::thread::Builder::new()
         .name("ferry-prefault".into())
@@ -1551,14 +1180,15 @@ impl Vpgs {
         log_recovery(&vpg, &jrec, &rep);
         for n in notes {
             error!(vpg = %vpg.record.name, "{n}");
-            vpg.push_event(n);
+            vpg.cap.push_event(n);
         }
-        vpg.collect_events();
+        vpg.cap.collect_events();
         self.attach_all(&vpg);
         Ok(vpg)
     }
 
     fn runtime(self: &Arc<Self>, record: VpgRecord, dir: PathBuf, capture: Capture<MmapStorage>) -> Arc<Vpg> {
+        let record_name = record.name.clone();
         let vpg = Arc::new(Vpg {
             members: RwLock::new(
                 record
@@ -1578,12 +1208,9 @@ impl Vpgs {
             ),
             record,
             dir,
-            capture,
-            inflight: Arc::new(Inflight::default()),
+            cap: Arc::new(VpgCapture::new(record_name, capture, self.pool.clone())),
             engine: self.engine.clone(),
-            pool: self.pool.clone(),
             consumer: tokio::sync::Mutex::new(None),
-            events: EventLog::default(),
             checkpoints: Mutex::new(VecDeque::new()),
             stop: CancellationToken::new(),
             cfg: self.cfg.clone(),
@@ -1597,16 +1224,14 @@ impl Vpgs {
             delta_pending: std::sync::atomic::AtomicBool::new(false),
             behind: std::sync::atomic::AtomicBool::new(false),
             behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
-            held_ms: std::sync::atomic::AtomicU64::new(0),
             throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
             ack_progress: Mutex::new((0, 0)),
-            datastore_error: Mutex::new(None),
             delta_progress: Mutex::new(DeltaProgress::default()),
         });
         // A journal with nothing unacknowledged: the recovery site held every captured
         // write when it was opened, so the RPO starts from now, not from creation.
         let st = vpg.journal_stats();
-        if st.acked_seq >= st.next_seq && vpg.capture.mode() == Mode::Journaling {
+        if st.acked_seq >= st.next_seq && vpg.cap.capture.mode() == Mode::Journaling {
             vpg.ship_update(|s| s.caught_up_ms = now_ms());
         }
         let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
@@ -1617,6 +1242,11 @@ impl Vpgs {
             vpg.record.protection.is_none() || initial_marker(&vpg.dir).exists(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        if vpg.record.protection.as_ref().is_some_and(|p| p.throttle_rpo_ms > 0) {
+            let weak = Arc::downgrade(&vpg);
+            vpg.cap
+                .set_throttle(Box::new(move || weak.upgrade().is_some_and(|v| v.behind_now())));
+        }
         tokio::spawn(vpg.clone().run_ticker());
         tokio::spawn(vpg.clone().run_drain());
         spawn_prefaulter(&vpg);
@@ -1631,7 +1261,7 @@ impl Vpgs {
             match self.volumes.get(&m.name) {
                 Some(v) => {
                     m.file = Some(v.file());
-                    v.set_member(Some((vpg.clone(), id)));
+                    v.set_member(Some((vpg.cap.clone(), id)));
                 }
                 None => {
                     let msg = format!(
@@ -1639,7 +1269,7 @@ impl Vpgs {
                         m.name
                     );
                     warn!(vpg = %vpg.record.name, "{msg}");
-                    vpg.push_event(msg);
+                    vpg.cap.push_event(msg);
                 }
             }
         }
@@ -1796,17 +1426,17 @@ impl Vpgs {
         }
         let vpg = self.runtime(record, dir, capture);
         self.attach_all(&vpg);
-        vpg.push_event(format!(
+        vpg.cap.push_event(format!(
             "created with {} volume(s) and a {} journal; capture starts now",
             volumes.len(),
             human(journal_bytes)
         ));
         if let Some(p) = &vpg.record.protection {
-            vpg.push_event(format!(
+            vpg.cap.push_event(format!(
                 "protected to {} (priority {}); initial sync of {} begins",
                 p.peer,
                 p.priority.name(),
-                human(vpg.capture.dirty_bytes())
+                human(vpg.cap.capture.dirty_bytes())
             ));
         }
         info!(vpg = %name, volumes = ?volumes, journal_bytes, "VPG created");
@@ -1917,68 +1547,16 @@ fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery
         jrec.stopped_by
     );
     warn!(vpg = %name, "{msg}");
-    vpg.push_event(msg);
+    vpg.cap.push_event(msg);
     for d in &rep.damaged {
         let m = format!("damaged journal record voided and its range marked dirty: {d}");
         error!(vpg = %name, "{m}");
-        vpg.push_event(m);
+        vpg.cap.push_event(m);
     }
     if rep.foreign > 0 {
-        vpg.push_event(format!(
+        vpg.cap.push_event(format!(
             "{} record(s) name a volume this VPG does not have; skipped",
             rep.foreign
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A guessed write keeps the place in the order it took early only if no later write
-    /// overlaps it in flight or has finished before the guess was placed.
-    #[test]
-    fn a_guessed_write_is_placed_only_where_its_early_turn_still_holds() {
-        let inflight = Arc::new(Inflight::default());
-        let (mut guessed, ()) = inflight.register_unplaced(|| ());
-        let (later, ()) = inflight.register(1, 8192, 4096, || ());
-        assert!(
-            !inflight.place(&mut guessed, 1, 8192, 4096),
-            "a later write of the same blocks is in flight"
-        );
-        assert!(
-            inflight.place(&mut guessed, 2, 8192, 4096),
-            "the same offset of another volume does not overlap"
-        );
-        drop(guessed);
-
-        let (mut guessed, ()) = inflight.register_unplaced(|| ());
-        assert!(
-            inflight.place(&mut guessed, 1, 0, 4096),
-            "a later write elsewhere, still running"
-        );
-        drop(guessed);
-
-        let (mut guessed, ()) = inflight.register_unplaced(|| ());
-        let (other, ()) = inflight.register(1, 1 << 20, 4096, || ());
-        drop(other);
-        assert!(
-            !inflight.place(&mut guessed, 1, 0, 4096),
-            "a later write has finished: its client may have sent this one because of it"
-        );
-        drop(later);
-        // An unplaced ticket that goes away counts as no write.
-        let (first, ()) = inflight.register_unplaced(|| ());
-        let (mut second, ()) = inflight.register_unplaced(|| ());
-        let done_before = inflight.lock().done_max;
-        drop(first);
-        assert_eq!(inflight.lock().done_max, done_before);
-        assert!(
-            inflight.place(&mut second, 1, 0, 4096),
-            "every finished write came before it, the dropped guess is no write"
-        );
-        assert_eq!(inflight.lock().live.len(), 1);
-        drop(second);
-        assert!(inflight.lock().live.is_empty());
     }
 }
