@@ -781,7 +781,7 @@ fn compare_regions(
         }
         let n = (size - off).min(region);
         let same = match (&file, sums.get(i as usize)) {
-            (Some(f), Some(theirs)) => crate::protect::vpg::read_once(f, &mut buf[..n as usize], off)
+            (Some(f), Some(theirs)) => crate::io::read_once(f, &mut buf[..n as usize], off)
                 .is_ok_and(|()| ferry_proto::message::region_sum(&buf[..n as usize]) == *theirs),
             _ => false,
         };

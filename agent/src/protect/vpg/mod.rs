@@ -1,0 +1,398 @@
+//! VPGs on the protected site: their registry (`vpgs.json`), their journal and dirty maps
+//! (`vpgs/NAME/journal.ring`, `vpgs/NAME/VOLUME.dirty`), and capture of every write of their
+//! volumes in the order [`ferry_journal::capture`] lays down.
+//!
+//! Per VPG, two tasks run: every `journal.checkpoint_interval_s` a checkpoint marker is
+//! appended, and every `journal.sync_interval_s` a sync makes journal, datastores and dirty
+//! maps durable together (which lets the activity log forget idle extents, and bounds what a
+//! power loss leaves to resynchronise); and the drain reads dirty regions back into the
+//! journal after the journal ran full or after recovery.
+//!
+//! Overlapping writes are serialised in sequence order ([`Inflight`]): a write waits for
+//! every earlier-sequenced write to an overlapping range to finish before it is issued, so
+//! the datastore ends as the journal's order says. Non-overlapping writes never wait.
+//!
+//! Locks, in the order they may be taken: `Inflight`'s state → the capture's (its mode and
+//! events, the journal's state, a dirty map's): a ticket and a journal reservation are
+//! taken under the first so that ticket order and sequence order agree, and nothing under
+//! it does I/O. Every other lock here (`members`, `ship`, `checkpoints`, `ack_progress`,
+//! `datastore_error`, the event log) is a leaf, let go before anything else is taken; the
+//! journal's consumer (an async mutex) is its owner's token while it is read. The only lock
+//! held across I/O on the write path is a dirty map's, across its activity-log flush (see
+//! `ferry_journal::dirty`: the bits and what is flushed must agree).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ferry_journal::dirty::{EXTENT_DEFAULT, MapHeader};
+use ferry_journal::{
+    Capture, CaptureRecovery, Consumer, DirtyMap, Geometry, Journal, JournalStats, Kind, MmapStorage, Mode,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint::CheckpointInfo;
+use crate::clock::{boot_id, now_ms, now_ns, random_u64};
+use crate::config::CaptureConfig;
+use crate::error::AgentError;
+use crate::events::Event;
+use crate::io::{BufPool, Engine};
+use crate::protect::capture::{DatastoreError, HOLD_MAX, VpgCapture};
+use crate::protect::volume::{Volume, Volumes};
+use crate::size::human;
+
+mod registry;
+mod settings;
+mod status;
+mod ticker;
+
+pub use registry::Vpgs;
+pub use settings::*;
+pub use status::*;
+
+pub const VPG_FORMAT_VERSION: u32 = 1;
+/// Checkpoints kept in memory per VPG for `vpg show`.
+const CHECKPOINTS_KEPT: usize = 64;
+/// Largest range the drain reads into one journal record.
+const DRAIN_CHUNK_BYTES: u64 = 1 << 20;
+
+/// What the shipper last knew about a protected VPG.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShipState {
+    /// The link: "connecting", "connected", or why it is down.
+    pub link: String,
+    /// Every record below this is durable at the recovery site.
+    pub acked_seq: u64,
+    /// When everything captured was last durable at the recovery site.
+    pub caught_up_ms: u64,
+    /// Bytes of records acknowledged (before compression).
+    pub acked_bytes: u64,
+    /// Bytes sent on the wire for this VPG (after compression and sealing).
+    pub sent_bytes: u64,
+    /// Acknowledged bytes per second, over the last few seconds.
+    pub rate_bytes_per_s: f64,
+    /// The recovery site refused the VPG, or it cannot be shipped: why.
+    pub error: Option<String>,
+}
+
+/// A member volume as the VPG sees it.
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    file: Option<Arc<File>>,
+}
+
+pub struct Vpg {
+    pub record: VpgRecord,
+    dir: PathBuf,
+    /// The write side: capture, ordering, events, datastore failures, the throttle's hold.
+    pub cap: Arc<VpgCapture>,
+    members: RwLock<BTreeMap<u32, Member>>,
+    engine: Arc<Engine>,
+    consumer: tokio::sync::Mutex<Option<Consumer<MmapStorage>>>,
+    checkpoints: Mutex<VecDeque<CheckpointInfo>>,
+    stop: CancellationToken,
+    cfg: CaptureConfig,
+    paused: std::sync::atomic::AtomicBool,
+    pub ship: Mutex<ShipState>,
+    /// The initial sync (every block of the volumes read into the journal) has finished.
+    initial_done: std::sync::atomic::AtomicBool,
+    /// The journal's sequence when the initial sync had read every block (0: not yet).
+    initial_end_seq: std::sync::atomic::AtomicU64,
+    /// The RPO was within its target at the last look.
+    sla_met: std::sync::atomic::AtomicBool,
+    /// When this agent opened the VPG; its RPO is only judged once the link was up, or
+    /// [`SLA_GRACE`] after this (before, the recovery site's state is not known yet).
+    opened_ms: u64,
+    link_seen: std::sync::atomic::AtomicBool,
+    /// A pre-seeded VPG whose regions are still being compared with the replica's.
+    delta_pending: std::sync::atomic::AtomicBool,
+    pub delta_progress: Mutex<DeltaProgress>,
+    /// The throttle (see [`Protection::throttle_rpo_ms`]) holds writes now.
+    behind: std::sync::atomic::AtomicBool,
+    /// When `behind` was last worked out (ms since the epoch).
+    behind_checked_ms: std::sync::atomic::AtomicU64,
+    /// When the throttle last raised an event.
+    throttle_event_ms: std::sync::atomic::AtomicU64,
+    /// The recovery site's acknowledged sequence at the throttle's last look, and when it
+    /// last moved (or nothing was waiting for it).
+    ack_progress: Mutex<(u64, u64)>,
+}
+
+/// After a start, how long the RPO waits for the link before it is judged anyway.
+const SLA_GRACE: Duration = Duration::from_secs(60);
+/// How often the throttle works out again whether the recovery site is too far behind.
+const BEHIND_CHECK_MS: u64 = 5;
+
+/// How far a delta sync's comparison got.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeltaProgress {
+    pub compared_bytes: u64,
+    pub differing_bytes: u64,
+    pub total_bytes: u64,
+}
+
+impl std::fmt::Debug for Vpg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vpg").field("record", &self.record).finish()
+    }
+}
+
+fn journal_path(dir: &Path) -> PathBuf {
+    dir.join("journal.ring")
+}
+
+/// Present once a protected VPG's initial sync has finished.
+fn initial_marker(dir: &Path) -> PathBuf {
+    dir.join("initial-sync-done")
+}
+
+/// Present once a pre-seeded VPG's delta comparison has finished.
+fn delta_marker(dir: &Path) -> PathBuf {
+    dir.join("delta-compared")
+}
+
+fn map_path(dir: &Path, volume: &str) -> PathBuf {
+    dir.join(format!("{volume}.dirty"))
+}
+
+/// Moves a damaged file aside (kept for inspection) and says where.
+fn move_aside(path: &Path) -> String {
+    if !path.exists() {
+        return "missing".into();
+    }
+    let to = path.with_extension(format!("damaged-{}", now_ms()));
+    match std::fs::rename(path, &to) {
+        Ok(()) => format!("moved to {}", to.display()),
+        Err(e) => format!("could not be moved aside: {e}"),
+    }
+}
+
+fn create_map(path: &Path, header: MapHeader, all_dirty: bool) -> Result<DirtyMap<MmapStorage>, AgentError> {
+    let storage = MmapStorage::create(path, header.file_bytes())
+        .map_err(|e| AgentError::io("cannot create dirty map", path, e))?;
+    DirtyMap::create(storage, header, all_dirty)
+        .map_err(|e| AgentError::Refused(format!("cannot format dirty map {}: {e}", path.display())))
+}
+
+impl Vpg {
+    /// The checkpoints still in the journal (after a restart).
+    fn reload_checkpoints(&self) {
+        let Some(mut cons) = self.cap.capture.journal().consumer() else {
+            return;
+        };
+        let mut found = VecDeque::new();
+        while let Some(r) = cons.next_record() {
+            if r.entry.kind == Kind::Checkpoint {
+                if found.len() == CHECKPOINTS_KEPT {
+                    found.pop_front();
+                }
+                found.push_back(CheckpointInfo {
+                    seq: r.entry.seq,
+                    unix_ms: r.entry.offset / 1_000_000,
+                    tag: String::from_utf8_lossy(r.payload).into_owned(),
+                });
+            }
+        }
+        *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = found;
+    }
+
+    /// Moves the capture's events into the VPG's log (and the agent's).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn journal_stats(&self) -> JournalStats {
+        self.cap.capture.journal().stats()
+    }
+
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Takes the journal's consumer (the shipper holds it while its link is up).
+    pub async fn take_consumer(&self) -> Option<Consumer<MmapStorage>> {
+        let mut g = self.consumer.lock().await;
+        g.take().or_else(|| self.cap.capture.journal().consumer())
+    }
+
+    pub async fn put_consumer(&self, c: Consumer<MmapStorage>) {
+        *self.consumer.lock().await = Some(c);
+    }
+
+    pub fn ship_update<R>(&self, f: impl FnOnce(&mut ShipState) -> R) -> R {
+        f(&mut self.ship.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn delta_pending(&self) -> bool {
+        self.delta_pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The member volumes: (id, its file if online, its size).
+    pub fn member_files(&self) -> Vec<(u32, Option<Arc<File>>, u64)> {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        self.cap
+            .capture
+            .maps()
+            .iter()
+            .map(|(&id, m)| {
+                (
+                    id,
+                    members.get(&id).and_then(|x| x.file.clone()),
+                    m.header().volume_bytes,
+                )
+            })
+            .collect()
+    }
+
+    /// Delta sync: a region that differs from the replica's is marked dirty (sent later).
+    pub fn mark_differing(&self, volume: u32, offset: u64, len: u64) {
+        if let Some(m) = self.cap.capture.map(volume) {
+            m.mark(offset, len);
+        }
+    }
+
+    /// Delta sync: the comparison is over; the differing regions are drained and
+    /// checkpoints resume after them.
+    pub async fn finish_delta(self: &Arc<Self>) -> io::Result<()> {
+        let p = self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        self.cap.capture.drain_marked(format!(
+            "delta sync compared {}: {} differ from the pre-seeded replica and are being sent",
+            human(p.compared_bytes),
+            human(p.differing_bytes)
+        ));
+        self.cap.collect_events();
+        self.sync_once().await?;
+        std::fs::write(delta_marker(&self.dir), b"")?;
+        self.delta_pending.store(false, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts a full sync (every block read into the journal again) and makes the dirty
+    /// bits durable before returning, so a crash cannot forget it.
+    pub async fn resync_all(self: &Arc<Self>, why: String) -> io::Result<()> {
+        self.cap.capture.resync_all(why);
+        self.cap.collect_events();
+        self.sync_once().await
+    }
+
+    /// Logs and records an event about this VPG.
+    pub fn event(&self, message: String) {
+        self.cap.event(message)
+    }
+
+    /// Works out whether the throttle holds writes now: it is set, the link is up, the VPG
+    /// is journaling (not paused, syncing or tracking dirty regions), the actual RPO is
+    /// above it, and the recovery site is making progress (one that acknowledged nothing
+    /// for [`HOLD_MAX`] while writes waited must not stall the application: writes go on).
+    fn note_behind(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ms();
+        let Some(p) = &self.record.protection else { return false };
+        if p.throttle_rpo_ms == 0 {
+            return false;
+        }
+        let (link_up, acked) = {
+            let ship = self.ship.lock().unwrap_or_else(|e| e.into_inner());
+            (ship.link == "connected", ship.acked_seq)
+        };
+        let stalled = {
+            let mut g = self.ack_progress.lock().unwrap_or_else(|e| e.into_inner());
+            if acked != g.0 || acked >= self.journal_stats().next_seq {
+                *g = (acked, now);
+            }
+            now.saturating_sub(g.1) >= HOLD_MAX.as_millis() as u64
+        };
+        let over = link_up
+            && !self.is_paused()
+            && self.initial_done.load(Relaxed)
+            && !self.delta_pending()
+            && self.cap.capture.mode() == Mode::Journaling
+            && self.rpo_s(now) * 1000.0 > p.throttle_rpo_ms as f64;
+        let behind = over && !stalled;
+        let was = self.behind.swap(behind, Relaxed);
+        if behind && !was && now.saturating_sub(self.throttle_event_ms.load(Relaxed)) >= 60_000 {
+            self.throttle_event_ms.store(now, Relaxed);
+            self.event(format!(
+                "writes throttled: the RPO passed the throttle of {:.1} s, so writes wait for the recovery site to catch up (`ferry vpg show` sums the time held)",
+                p.throttle_rpo_ms as f64 / 1000.0
+            ));
+        }
+        if over && stalled && was {
+            self.event(format!(
+                "throttle let go: the recovery site acknowledged nothing for {} s while writes waited; they go on at full speed until it moves again",
+                HOLD_MAX.as_secs()
+            ));
+        }
+        behind
+    }
+
+    /// Whether the throttle holds writes: worked out again by one caller every
+    /// [`BEHIND_CHECK_MS`], the last answer for the others.
+    fn behind_now(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let checked = self.behind_checked_ms.load(Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(checked) >= BEHIND_CHECK_MS
+            && self
+                .behind_checked_ms
+                .compare_exchange(checked, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.note_behind()
+        } else {
+            self.behind.load(Relaxed)
+        }
+    }
+
+    /// The actual RPO in seconds: 0 while everything captured is durable at the recovery
+    /// site, else the age of the newest point it holds (its newest checkpoint, or the last
+    /// moment it had everything).
+    pub fn rpo_s(&self, now: u64) -> f64 {
+        let st = self.journal_stats();
+        let ship = self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if ship.acked_seq >= st.next_seq && self.cap.capture.mode() == Mode::Journaling {
+            return 0.0;
+        }
+        let newest_ckpt = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|c| c.seq < ship.acked_seq)
+            .map_or(0, |c| c.unix_ms);
+        let since = newest_ckpt.max(ship.caught_up_ms).max(self.record.created_unix_ms);
+        now.saturating_sub(since) as f64 / 1000.0
+    }
+
+    pub fn checkpoint(&self, tag: &str) -> Result<CheckpointInfo, AgentError> {
+        if self.delta_pending() {
+            return Err(AgentError::Refused(format!(
+                "VPG {:?} is comparing its volumes with the pre-seeded replica (delta sync); checkpoints resume when it is done",
+                self.record.name
+            )));
+        }
+        let seq = self
+            .cap
+            .capture
+            .checkpoint(now_ns(), tag)
+            .map_err(|e| AgentError::Refused(format!("VPG {:?}: {e}", self.record.name)))?;
+        let info = CheckpointInfo {
+            seq,
+            unix_ms: now_ms(),
+            tag: tag.into(),
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() == CHECKPOINTS_KEPT {
+            c.pop_front();
+        }
+        c.push_back(info.clone());
+        Ok(info)
+    }
+}

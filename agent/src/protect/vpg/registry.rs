@@ -1,0 +1,531 @@
+//! The VPGs of this agent: the registry file, opening each VPG at start-up (recovery of
+//! its journal and dirty maps), creating, pausing and deleting VPGs.
+
+use super::*;
+
+/// The VPGs of this agent.
+pub struct Vpgs {
+    state_dir: PathBuf,
+    volumes: Arc<Volumes>,
+    engine: Arc<Engine>,
+    pool: Arc<BufPool>,
+    cfg: CaptureConfig,
+    vpgs: RwLock<BTreeMap<String, Arc<Vpg>>>,
+    change: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Vpgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vpgs").finish()
+    }
+}
+
+fn registry_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("vpgs.json")
+}
+
+fn check_vpg_name(name: &str) -> Result<(), AgentError> {
+    crate::meta::name_problem("VPG", name).map_or(Ok(()), |why| Err(AgentError::Refused(why)))
+}
+
+impl Vpgs {
+    /// Opens every registered VPG, recovering its journal and maps, and attaches its
+    /// volumes.
+    pub fn load(
+        state_dir: &Path,
+        volumes: Arc<Volumes>,
+        engine: Arc<Engine>,
+        pool: Arc<BufPool>,
+        cfg: CaptureConfig,
+    ) -> Result<Arc<Vpgs>, AgentError> {
+        let path = registry_path(state_dir);
+        let reg: VpgRegistry = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| AgentError::StateCorrupt {
+                path: path.clone(),
+                why: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => VpgRegistry {
+                version: VPG_FORMAT_VERSION,
+                vpgs: vec![],
+            },
+            Err(e) => return Err(AgentError::io("cannot read", path, e)),
+        };
+        if reg.version != VPG_FORMAT_VERSION {
+            return Err(AgentError::StateCorrupt {
+                path,
+                why: format!("format version {} is not {VPG_FORMAT_VERSION}", reg.version),
+            });
+        }
+        let me = Arc::new(Vpgs {
+            state_dir: state_dir.into(),
+            volumes,
+            engine,
+            pool,
+            cfg,
+            vpgs: RwLock::new(BTreeMap::new()),
+            change: tokio::sync::Mutex::new(()),
+        });
+        for record in reg.vpgs {
+            let name = record.name.clone();
+            match me.open(record) {
+                Ok(v) => {
+                    me.vpgs.write().unwrap_or_else(|e| e.into_inner()).insert(name, v);
+                }
+                Err(e) => {
+                    error!(vpg = %name, error = %e, "VPG cannot be opened; its volumes are served without capture")
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vpgs").join(name)
+    }
+
+    fn save(&self, list: &[VpgRecord]) -> Result<(), AgentError> {
+        let reg = VpgRegistry {
+            version: VPG_FORMAT_VERSION,
+            vpgs: list.to_vec(),
+        };
+        let text = serde_json::to_string_pretty(&reg).expect("registry serialises");
+        crate::meta::write_atomic(&self.state_dir, &registry_path(&self.state_dir), text.as_bytes())
+    }
+
+    fn records(&self) -> Vec<VpgRecord> {
+        self.vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|v| {
+                let mut r = v.record.clone();
+                if let Some(p) = &mut r.protection {
+                    p.paused = v.is_paused();
+                }
+                r
+            })
+            .collect()
+    }
+
+    fn map_header(&self, volume_bytes: u64, id: u32) -> MapHeader {
+        MapHeader {
+            granularity: self.cfg.dirty_granularity,
+            volume_bytes,
+            extent_bytes: EXTENT_DEFAULT.max(self.cfg.dirty_granularity),
+            clean: false,
+            boot_id: boot_id(),
+            settled_seq: 0,
+            volume: id,
+        }
+    }
+
+    fn volume_bytes(&self, name: &str) -> Option<u64> {
+        self.volumes
+            .list()
+            .into_iter()
+            .find(|v| v.record.name == name)
+            .map(|v| v.record.size_bytes)
+    }
+
+    /// Opens a registered VPG: recovery by the rules in `ferry_journal::capture`.
+    fn open(self: &Arc<Self>, record: VpgRecord) -> Result<Arc<Vpg>, AgentError> {
+        let dir = self.dir(&record.name);
+        let jpath = journal_path(&dir);
+        let mut notes = Vec::new();
+        let opened = MmapStorage::open(&jpath)
+            .map_err(|e| e.to_string())
+            .and_then(|s| Journal::open(s).map_err(|e| e.to_string()));
+        let (journal, jrec, journal_lost) = match opened {
+            Ok((j, r)) => (j, r, false),
+            Err(why) => {
+                // Rule 8: the journal is unreadable.
+                let moved = move_aside(&jpath);
+                notes.push(format!(
+                    "journal {} unreadable ({why}; {moved}): a new one was made and every volume is marked wholly dirty",
+                    jpath.display()
+                ));
+                let g = Geometry::for_data_bytes(record.ring_id, record.journal_bytes);
+                let s = MmapStorage::create(&jpath, g.file_bytes())
+                    .map_err(|e| AgentError::io("cannot create journal", &jpath, e))?;
+                let j =
+                    Journal::create(s, g).map_err(|e| AgentError::Refused(format!("cannot format journal: {e}")))?;
+                (
+                    j,
+                    ferry_journal::Recovery {
+                        records: 0,
+                        stopped_by: ferry_journal::Stop::Empty,
+                        holes: vec![],
+                    },
+                    true,
+                )
+            }
+        };
+        let boot = boot_id();
+        let mut maps = BTreeMap::new();
+        for (i, vol) in record.volumes.iter().enumerate() {
+            let id = i as u32 + 1;
+            let path = map_path(&dir, vol);
+            let opened = MmapStorage::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| DirtyMap::open(s, boot).map_err(|e| e.to_string()));
+            let (map, rec) = match opened {
+                Ok((m, r)) => (m, r),
+                Err(why) => {
+                    // Rule 7: a map is unreadable.
+                    let moved = move_aside(&path);
+                    notes.push(format!(
+                        "dirty map of volume {vol:?} unreadable ({why}; {moved}): the whole volume is marked dirty"
+                    ));
+                    let bytes = self.volume_bytes(vol).unwrap_or(0);
+                    let m = create_map(&path, self.map_header(bytes, id), true)?;
+                    let rec = ferry_journal::MapRecovery {
+                        was_clean: false,
+                        rebooted: false,
+                        extents_marked: 0,
+                        settled_seq: 0,
+                    };
+                    (m, rec)
+                }
+            };
+            if journal_lost {
+                map.mark_all();
+            }
+            maps.insert(id, (Arc::new(map), rec));
+        }
+        let (capture, rep) = Capture::recover(journal, &jrec, maps);
+        let vpg = self.runtime(record, dir, capture);
+        vpg.reload_checkpoints();
+        log_recovery(&vpg, &jrec, &rep);
+        for n in notes {
+            error!(vpg = %vpg.record.name, "{n}");
+            vpg.cap.push_event(n);
+        }
+        vpg.cap.collect_events();
+        self.attach_all(&vpg);
+        Ok(vpg)
+    }
+
+    fn runtime(self: &Arc<Self>, record: VpgRecord, dir: PathBuf, capture: Capture<MmapStorage>) -> Arc<Vpg> {
+        let record_name = record.name.clone();
+        let vpg = Arc::new(Vpg {
+            members: RwLock::new(
+                record
+                    .volumes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        (
+                            i as u32 + 1,
+                            Member {
+                                name: v.clone(),
+                                file: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            record,
+            dir,
+            cap: Arc::new(VpgCapture::new(record_name, capture, self.pool.clone())),
+            engine: self.engine.clone(),
+            consumer: tokio::sync::Mutex::new(None),
+            checkpoints: Mutex::new(VecDeque::new()),
+            stop: CancellationToken::new(),
+            cfg: self.cfg.clone(),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            ship: Mutex::new(ShipState::default()),
+            initial_done: std::sync::atomic::AtomicBool::new(false),
+            initial_end_seq: std::sync::atomic::AtomicU64::new(0),
+            sla_met: std::sync::atomic::AtomicBool::new(true),
+            opened_ms: now_ms(),
+            link_seen: std::sync::atomic::AtomicBool::new(false),
+            delta_pending: std::sync::atomic::AtomicBool::new(false),
+            behind: std::sync::atomic::AtomicBool::new(false),
+            behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
+            throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
+            ack_progress: Mutex::new((0, 0)),
+            delta_progress: Mutex::new(DeltaProgress::default()),
+        });
+        // A journal with nothing unacknowledged: the recovery site held every captured
+        // write when it was opened, so the RPO starts from now, not from creation.
+        let st = vpg.journal_stats();
+        if st.acked_seq >= st.next_seq && vpg.cap.capture.mode() == Mode::Journaling {
+            vpg.ship_update(|s| s.caught_up_ms = now_ms());
+        }
+        let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
+        vpg.delta_pending.store(delta, std::sync::atomic::Ordering::Relaxed);
+        let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
+        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        vpg.initial_done.store(
+            vpg.record.protection.is_none() || initial_marker(&vpg.dir).exists(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if vpg.record.protection.as_ref().is_some_and(|p| p.throttle_rpo_ms > 0) {
+            let weak = Arc::downgrade(&vpg);
+            vpg.cap
+                .set_throttle(Box::new(move || weak.upgrade().is_some_and(|v| v.behind_now())));
+        }
+        tokio::spawn(vpg.clone().run_ticker());
+        tokio::spawn(vpg.clone().run_drain());
+        ticker::spawn_prefaulter(&vpg);
+        vpg
+    }
+
+    /// Connects each member volume that is online to the VPG: its writes are captured from
+    /// now on.
+    fn attach_all(&self, vpg: &Arc<Vpg>) {
+        let mut members = vpg.members.write().unwrap_or_else(|e| e.into_inner());
+        for (&id, m) in members.iter_mut() {
+            match self.volumes.get(&m.name) {
+                Some(v) => {
+                    m.file = Some(v.file());
+                    v.set_member(Some((vpg.cap.clone(), id)));
+                }
+                None => {
+                    let msg = format!(
+                        "volume {:?} is offline: its writes are not captured until it is back",
+                        m.name
+                    );
+                    warn!(vpg = %vpg.record.name, "{msg}");
+                    vpg.cap.push_event(msg);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Vpg>, AgentError> {
+        self.vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AgentError::NoVpg(name.into()))
+    }
+
+    fn all(&self) -> Vec<Arc<Vpg>> {
+        self.vpgs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<VpgStatus> {
+        self.all().iter().map(|v| v.status()).collect()
+    }
+
+    /// The VPGs replicated to a recovery site.
+    pub fn protected(&self) -> Vec<Arc<Vpg>> {
+        self.all()
+            .into_iter()
+            .filter(|v| v.record.protection.is_some())
+            .collect()
+    }
+
+    /// Pauses or resumes shipping (capture goes on; the journal fills, then dirty tracking
+    /// takes over).
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<VpgStatus, AgentError> {
+        let _g = self.change.lock().await;
+        let vpg = self.get(name)?;
+        if vpg.record.protection.is_none() {
+            return Err(AgentError::Refused(format!(
+                "VPG {name:?} is not replicated (create it with --peer to protect it)"
+            )));
+        }
+        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        self.save(&self.records())?;
+        vpg.event(if paused {
+            "paused: nothing is shipped until `ferry vpg resume`".into()
+        } else {
+            "resumed".into()
+        });
+        Ok(vpg.status())
+    }
+
+    /// The VPG a volume is in, if any.
+    pub fn vpg_of(&self, volume: &str) -> Option<String> {
+        self.records()
+            .into_iter()
+            .find(|r| r.volumes.iter().any(|v| v == volume))
+            .map(|r| r.name)
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        name: &str,
+        volumes: &[String],
+        journal_bytes: Option<u64>,
+        protect: Option<&ProtectArgs>,
+    ) -> Result<VpgStatus, AgentError> {
+        check_vpg_name(name)?;
+        let protection = protect.map(|p| p.check()).transpose()?;
+        let _g = self.change.lock().await;
+        if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+            return Err(AgentError::Refused(format!("a VPG named {name:?} already exists")));
+        }
+        if volumes.is_empty() {
+            return Err(AgentError::Refused("a VPG needs at least one --volume".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut vols: Vec<Arc<Volume>> = Vec::new();
+        for v in volumes {
+            if !seen.insert(v) {
+                return Err(AgentError::Refused(format!("volume {v:?} is named twice")));
+            }
+            if let Some(other) = self.vpg_of(v) {
+                return Err(AgentError::Refused(format!(
+                    "volume {v:?} is already in VPG {other:?}; a volume belongs to at most one VPG"
+                )));
+            }
+            let vol = self.volumes.get(v).ok_or_else(|| AgentError::NoVolume(v.clone()))?;
+            if vol.record.read_only {
+                return Err(AgentError::Refused(format!(
+                    "volume {v:?} is read-only: there is nothing to capture"
+                )));
+            }
+            vols.push(vol);
+        }
+        let journal_bytes = journal_bytes.unwrap_or(self.cfg.journal_bytes_default);
+        if journal_bytes < (1 << 20) {
+            return Err(AgentError::Refused(format!(
+                "--journal-size {} is too small; at least 1M",
+                human(journal_bytes)
+            )));
+        }
+        let record = VpgRecord {
+            name: name.into(),
+            volumes: volumes.to_vec(),
+            journal_bytes,
+            ring_id: random_u64(),
+            created_unix_ms: now_ms(),
+            protection,
+        };
+        let dir = self.dir(name);
+        let made = (|| -> Result<Capture<MmapStorage>, AgentError> {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("cannot create VPG directory", &dir, e))?;
+            let g = Geometry::for_data_bytes(record.ring_id, journal_bytes);
+            let jpath = journal_path(&dir);
+            let s = MmapStorage::create(&jpath, g.file_bytes()).map_err(|e| {
+                AgentError::io(
+                    "cannot create the journal (is the state directory's filesystem full?)",
+                    &jpath,
+                    e,
+                )
+            })?;
+            let journal =
+                Journal::create(s, g).map_err(|e| AgentError::Refused(format!("cannot format journal: {e}")))?;
+            let mut maps = BTreeMap::new();
+            for (i, v) in vols.iter().enumerate() {
+                let id = i as u32 + 1;
+                // A protected VPG starts with every block dirty: the drain reads them all
+                // into the journal (the initial sync), while new writes are captured.
+                let m = create_map(
+                    &map_path(&dir, &v.record.name),
+                    self.map_header(v.record.size_bytes, id),
+                    record.protection.as_ref().is_some_and(|p| !p.preseeded),
+                )?;
+                maps.insert(id, Arc::new(m));
+            }
+            Ok(Capture::new(journal, maps))
+        })();
+        let capture = match made {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let mut list = self.records();
+        list.push(record.clone());
+        if let Err(e) = self.save(&list) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let vpg = self.runtime(record, dir, capture);
+        self.attach_all(&vpg);
+        vpg.cap.push_event(format!(
+            "created with {} volume(s) and a {} journal; capture starts now",
+            volumes.len(),
+            human(journal_bytes)
+        ));
+        if let Some(p) = &vpg.record.protection {
+            vpg.cap.push_event(format!(
+                "protected to {} (priority {}); initial sync of {} begins",
+                p.peer,
+                p.priority.name(),
+                human(vpg.cap.capture.dirty_bytes())
+            ));
+        }
+        info!(vpg = %name, volumes = ?volumes, journal_bytes, "VPG created");
+        self.vpgs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into(), vpg.clone());
+        Ok(vpg.status())
+    }
+
+    /// Deletes a VPG here; returns its record, so the caller can ask the recovery site to
+    /// delete the replica too.
+    pub async fn delete(&self, name: &str) -> Result<VpgRecord, AgentError> {
+        let _g = self.change.lock().await;
+        let vpg = self.get(name)?;
+        let record = vpg.record.clone();
+        let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();
+        self.save(&list)?;
+        self.vpgs.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        for m in vpg.members.read().unwrap_or_else(|e| e.into_inner()).values() {
+            if let Some(v) = self.volumes.get(&m.name) {
+                v.set_member(None);
+            }
+        }
+        vpg.stop.cancel();
+        let dir = vpg.dir.clone();
+        drop(vpg);
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| AgentError::io("VPG removed, but cannot delete its directory", &dir, e))?;
+        info!(vpg = %name, "VPG deleted");
+        Ok(record)
+    }
+
+    /// Final sync and clean mark of every VPG (at shutdown, after the NBD sessions ended).
+    pub async fn close_all(&self) {
+        for v in self.all() {
+            v.close().await;
+        }
+    }
+}
+
+fn log_recovery(vpg: &Vpg, jrec: &ferry_journal::Recovery, rep: &CaptureRecovery) {
+    let name = &vpg.record.name;
+    if rep.was_clean {
+        info!(vpg = %name, records = rep.records, "journal opened after a clean stop");
+        return;
+    }
+    let msg = format!(
+        "recovered after an unclean stop{}: {} unacknowledged record(s), {} hole(s) made void, {} record(s) after the last sync marked dirty, {} activity extent(s) marked dirty; journal ended: {:?}",
+        if rep.rebooted {
+            " across a reboot (power loss)"
+        } else {
+            ""
+        },
+        rep.records,
+        rep.voids,
+        rep.unsettled_marked,
+        rep.extents_marked,
+        jrec.stopped_by
+    );
+    warn!(vpg = %name, "{msg}");
+    vpg.cap.push_event(msg);
+    for d in &rep.damaged {
+        let m = format!("damaged journal record voided and its range marked dirty: {d}");
+        error!(vpg = %name, "{m}");
+        vpg.cap.push_event(m);
+    }
+    if rep.foreign > 0 {
+        vpg.cap.push_event(format!(
+            "{} record(s) name a volume this VPG does not have; skipped",
+            rep.foreign
+        ));
+    }
+}

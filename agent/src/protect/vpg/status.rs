@@ -1,0 +1,265 @@
+//! What a VPG shows: its status (a read of its state, with no side effects), its journal's
+//! tail for `ferry journal tail`.
+
+use super::*;
+
+/// VPG status as the control API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgStatus {
+    pub name: String,
+    pub state: String,
+    pub volumes: Vec<VpgVolumeStatus>,
+    pub journal: JournalStatus,
+    pub last_checkpoint: Option<CheckpointInfo>,
+    pub checkpoints: Vec<CheckpointInfo>,
+    pub events: Vec<Event>,
+    /// Replication, for a protected VPG.
+    #[serde(default)]
+    pub protection: Option<ProtectionStatus>,
+    /// A member's datastore I/O failed lately.
+    #[serde(default)]
+    pub datastore_error: Option<DatastoreError>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProtectionStatus {
+    pub settings: Protection,
+    pub ship: ShipState,
+    pub rpo_s: f64,
+    pub meeting_sla: bool,
+    /// While initializing: bytes read of the volumes' total.
+    pub initial_done_bytes: Option<u64>,
+    pub initial_total_bytes: u64,
+    /// While initializing: bytes read per second since the VPG was created, and the
+    /// seconds left at that rate.
+    #[serde(default)]
+    pub initial_rate_bytes_per_s: Option<f64>,
+    #[serde(default)]
+    pub initial_eta_s: Option<f64>,
+    /// While a delta sync compares regions.
+    #[serde(default)]
+    pub delta: Option<DeltaProgress>,
+    /// Milliseconds writes were held by the throttle, summed over writes, since the agent
+    /// started.
+    #[serde(default)]
+    pub throttle_held_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VpgVolumeStatus {
+    pub name: String,
+    pub id: u32,
+    pub attached: bool,
+    pub dirty_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JournalStatus {
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub records: u64,
+    pub acked_seq: u64,
+    pub settled_seq: u64,
+    pub next_seq: u64,
+    pub fill_percent: f64,
+}
+
+/// One record as `ferry journal tail` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailRecord {
+    pub seq: u64,
+    pub kind: String,
+    pub volume: String,
+    pub offset: u64,
+    pub length: u64,
+    pub crc: u32,
+    /// Checkpoint tag.
+    pub tag: Option<String>,
+}
+
+impl Vpg {
+    pub fn status(&self) -> VpgStatus {
+        let st: JournalStats = self.cap.capture.journal().stats();
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        let checkpoints: Vec<CheckpointInfo> = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let now = now_ms();
+        self.note_initial_sync();
+        let protection = self.record.protection.as_ref().map(|p| {
+            let rpo_s = self.rpo_s(now);
+            let total: u64 = self.cap.capture.maps().values().map(|m| m.header().volume_bytes).sum();
+            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
+            // Progress: the share read into the journal, times the share of the journal's
+            // records the recovery site holds.
+            let (acked, next) = (
+                self.ship.lock().unwrap_or_else(|e| e.into_inner()).acked_seq,
+                self.journal_stats().next_seq.max(1),
+            );
+            let initial_done = initializing.then(|| {
+                let read = total.saturating_sub(self.cap.capture.dirty_bytes());
+                (read as f64 * (acked.min(next) as f64 / next as f64)) as u64
+            });
+            let elapsed_s = now.saturating_sub(self.record.created_unix_ms) as f64 / 1000.0;
+            let initial_rate = initial_done.filter(|_| elapsed_s > 0.5).map(|d| d as f64 / elapsed_s);
+            ProtectionStatus {
+                settings: Protection {
+                    paused: self.is_paused(),
+                    ..p.clone()
+                },
+                ship: self.ship.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                rpo_s,
+                meeting_sla: rpo_s <= p.rpo_s as f64,
+                initial_done_bytes: initial_done,
+                initial_total_bytes: total,
+                initial_rate_bytes_per_s: initial_rate,
+                initial_eta_s: initial_rate
+                    .filter(|&r| r > 0.0)
+                    .zip(initial_done)
+                    .map(|(r, d)| total.saturating_sub(d) as f64 / r),
+                delta: self
+                    .delta_pending()
+                    .then(|| self.delta_progress.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+                throttle_held_ms: self.cap.held_ms.load(std::sync::atomic::Ordering::Relaxed),
+            }
+        });
+        let datastore_error = self.cap.datastore_error();
+        let state = match &datastore_error {
+            Some(d) => format!(
+                "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
+                d.message,
+                d.failures,
+                now.saturating_sub(d.last_unix_ms) / 1000
+            ),
+            None => match &protection {
+                None => self.cap.capture.mode().name().to_string(),
+                Some(_) if self.is_paused() => "paused".into(),
+                Some(p) if p.ship.error.is_some() => "error".into(),
+                Some(_) if self.delta_pending() => "delta-sync".into(),
+                Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
+                Some(_) if self.cap.capture.mode() != Mode::Journaling => self.cap.capture.mode().name().into(),
+                Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
+                Some(_) => "protecting (not meeting SLA)".into(),
+            },
+        };
+        VpgStatus {
+            name: self.record.name.clone(),
+            state,
+            volumes: self
+                .record
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let id = i as u32 + 1;
+                    VpgVolumeStatus {
+                        name: v.clone(),
+                        id,
+                        attached: members.get(&id).is_some_and(|m| m.file.is_some()),
+                        dirty_bytes: self.cap.capture.map(id).map_or(0, |m| m.dirty_bytes()),
+                    }
+                })
+                .collect(),
+            journal: JournalStatus {
+                path: journal_path(&self.dir),
+                size_bytes: st.data_bytes,
+                used_bytes: st.data_used_bytes,
+                records: st.next_seq - st.acked_seq,
+                acked_seq: st.acked_seq,
+                settled_seq: st.settled_seq,
+                next_seq: st.next_seq,
+                fill_percent: (st.fill() * 1000.0).round() / 10.0,
+            },
+            last_checkpoint: checkpoints.last().cloned(),
+            checkpoints,
+            events: self.cap.events.list(),
+            protection,
+            datastore_error,
+        }
+    }
+
+    /// Reads the next settled records for `ferry journal tail`; `ack` acknowledges them
+    /// (frees their space); `rewind` starts from the first unacknowledged record. Runs on
+    /// the blocking pool: an acknowledgement waits for the disk.
+    pub async fn tail(
+        &self,
+        max: usize,
+        ack: bool,
+        rewind: bool,
+        last_only: bool,
+    ) -> Result<Vec<TailRecord>, AgentError> {
+        let mut guard = self.consumer.lock().await;
+        if guard.is_none() {
+            *guard = self.cap.capture.journal().consumer();
+        }
+        let Some(mut cons) = guard.take() else {
+            return Err(AgentError::Refused(format!(
+                "VPG {:?}: the journal's consumer is busy (a protected VPG's journal is read by its shipper)",
+                self.record.name
+            )));
+        };
+        let volumes = self.record.volumes.clone();
+        let (cons, result) = tokio::task::spawn_blocking(move || {
+            let r = read_records(&mut cons, &volumes, max, ack, rewind, last_only);
+            (cons, r)
+        })
+        .await
+        .map_err(|e| AgentError::Refused(format!("journal read failed: {e}")))?;
+        *guard = Some(cons);
+        result
+    }
+}
+
+fn read_records(
+    cons: &mut Consumer<MmapStorage>,
+    volumes: &[String],
+    max: usize,
+    ack: bool,
+    rewind: bool,
+    last_only: bool,
+) -> Result<Vec<TailRecord>, AgentError> {
+    if rewind {
+        cons.rewind();
+    }
+    let describe = |e: &ferry_journal::format::Entry, tag: Option<String>| TailRecord {
+        seq: e.seq,
+        kind: e.kind.name().into(),
+        volume: match e.kind {
+            Kind::Checkpoint | Kind::Void => String::new(),
+            _ => volumes
+                .get((e.volume as usize).wrapping_sub(1))
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", e.volume)),
+        },
+        offset: e.offset,
+        length: e.length,
+        crc: e.payload_crc,
+        tag,
+    };
+    let mut out = Vec::new();
+    // With `last_only`, every record is read (as a shipper would) but only the last one is
+    // described.
+    let mut last = None;
+    for _ in 0..max {
+        let Some(r) = cons.next_record() else { break };
+        let tag = (r.entry.kind == Kind::Checkpoint).then(|| String::from_utf8_lossy(r.payload).into_owned());
+        if last_only {
+            last = Some((r.entry, tag));
+        } else {
+            out.push(describe(&r.entry, tag));
+        }
+    }
+    if let Some((e, tag)) = last {
+        out.push(describe(&e, tag));
+    }
+    if ack && let Some(last) = out.last() {
+        cons.ack(last.seq + 1)
+            .map_err(|e| AgentError::Refused(format!("cannot acknowledge: {e}")))?;
+    }
+    Ok(out)
+}
