@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::io::{BufPool, IoBuf};
-use crate::protect::volume::{Volume, Volumes};
-use crate::recover::replica::{Pin, Replica, Replicas};
+use crate::protect::volume::Volume;
+use crate::protect::volumes::Volumes;
+use crate::recover::replica::{Pin, Replica};
+use crate::recover::replicas::Replicas;
 
 /// One volume of a replica as it was at a checkpoint.
 #[derive(Debug)]

@@ -26,9 +26,9 @@ use crate::catalog::Exports;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::io::{BufPool, Engine};
-use crate::protect::volume::{Volumes, VolumesConfig};
+use crate::protect::volumes::{Volumes, VolumesConfig};
 use crate::protect::vpg::Vpgs;
-use crate::recover::replica::Replicas;
+use crate::recover::replicas::Replicas;
 use crate::replication::receiver;
 use crate::replication::shipper::Shipping;
 

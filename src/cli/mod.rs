@@ -18,7 +18,7 @@ use ferry_agent::api::{
 use ferry_agent::catalog::CheckpointExport;
 use ferry_agent::checkpoint::CheckpointInfo;
 use ferry_agent::config::AgentConfig;
-use ferry_agent::protect::volume::VolumeStatus;
+use ferry_agent::protect::volumes::VolumeStatus;
 use ferry_agent::protect::vpg::{ProtectArgs, TailRecord, VpgStatus};
 use ferry_agent::recover::replica::ReplicaStatus;
 use ferry_agent::size::utc;

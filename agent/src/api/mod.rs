@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{CheckpointExport, Exports};
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
-use crate::protect::volume::{VolumeStatus, Volumes};
+use crate::protect::volumes::{VolumeStatus, Volumes};
 use crate::protect::vpg::{ProtectArgs, TailRecord, VpgStatus, Vpgs};
 use crate::recover::replica::ReplicaStatus;
 use crate::replication::shipper::{LinkStatus, Shipping};

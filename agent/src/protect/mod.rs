@@ -6,4 +6,5 @@
 pub mod capture;
 pub mod ordering;
 pub mod volume;
+pub mod volumes;
 pub mod vpg;

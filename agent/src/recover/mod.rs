@@ -4,3 +4,4 @@
 //! views of any checkpoint. Knows nothing of links: replication feeds it.
 
 pub mod replica;
+pub mod replicas;

@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
-use crate::recover::replica::{Replica, Replicas, SessionHold};
+use crate::recover::replica::{Replica, SessionHold};
+use crate::recover::replicas::Replicas;
 use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
 
 /// Plaintext bytes taken in before an acknowledgement at the latest.

@@ -43,7 +43,8 @@ use crate::error::AgentError;
 use crate::events::Event;
 use crate::io::{BufPool, Engine};
 use crate::protect::capture::{DatastoreError, HOLD_MAX, VpgCapture};
-use crate::protect::volume::{Volume, Volumes};
+use crate::protect::volume::Volume;
+use crate::protect::volumes::Volumes;
 use crate::size::human;
 
 mod registry;

@@ -37,7 +37,6 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use ferry_journal::history::{self, HistRecord, KIND_END, RECORD_HEADER_BYTES, SegmentHeader};
 use ferry_proto::message::VpgSpec;
@@ -47,14 +46,18 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::CheckpointInfo;
 use crate::clock::now_ms;
-use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::events::{Event, EventLog};
-use crate::meta::name_problem;
 use crate::meta::write_atomic;
 
+mod aging;
 mod index;
+mod pins;
+
+use aging::Retry;
 use index::VolumeIndex;
+pub use pins::Pin;
+use pins::Pins;
 
 /// A segment is closed and a new one begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -137,7 +140,7 @@ struct Writer {
 
 /// One VPG's replica at the recovery site.
 pub struct Replica {
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     meta: Mutex<ReplicaMeta>,
     images: BTreeMap<u32, (String, Arc<File>)>,
     hist: RwLock<History>,
@@ -150,7 +153,7 @@ pub struct Replica {
     /// Applying history to the images failed: when to try again, and the backoff.
     apply_retry: Mutex<Option<Retry>>,
     /// Deleted: a session that has it open ends its stream.
-    removed: std::sync::atomic::AtomicBool,
+    pub(crate) removed: std::sync::atomic::AtomicBool,
     /// Replication sessions that have it open.
     sessions: std::sync::atomic::AtomicUsize,
 }
@@ -170,25 +173,6 @@ impl Drop for SessionHold {
         self.0.sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
-
-/// Checkpoint views' holds on history, and the apply's floor: the highest sequence an
-/// apply may have reached. A pin below the floor is refused, and an apply never passes
-/// the lowest pin; both are decided under this one lock, so neither can overtake the other.
-#[derive(Debug, Default)]
-struct Pins {
-    held: BTreeMap<u64, usize>,
-    floor: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Retry {
-    at_ms: u64,
-    backoff_ms: u64,
-}
-
-/// Backoff between tries of a failed apply.
-const APPLY_BACKOFF_MIN_MS: u64 = 1000;
-const APPLY_BACKOFF_MAX_MS: u64 = 60_000;
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,7 +202,7 @@ pub struct ReplicaStatus {
     pub events: Vec<Event>,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> AgentError + 'a {
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> AgentError + 'a {
     move |e| AgentError::io(what, path, e)
 }
 
@@ -227,7 +211,7 @@ fn segment_name(first_seq: u64) -> String {
 }
 
 impl Replica {
-    fn meta_path(dir: &Path) -> PathBuf {
+    pub(crate) fn meta_path(dir: &Path) -> PathBuf {
         dir.join("replica.json")
     }
 
@@ -247,7 +231,7 @@ impl Replica {
     }
 
     /// Makes a new replica for `spec` in `dir`.
-    fn create(dir: &Path, spec: &VpgSpec) -> Result<Arc<Replica>, AgentError> {
+    pub(crate) fn create(dir: &Path, spec: &VpgSpec) -> Result<Arc<Replica>, AgentError> {
         std::fs::create_dir_all(dir.join("history")).map_err(io_err("cannot create", dir))?;
         let meta = ReplicaMeta {
             spec: spec.clone(),
@@ -262,7 +246,7 @@ impl Replica {
 
     /// Opens a replica: its images, and its history rebuilt from the segments (a torn tail
     /// is cut off); finishes an apply that a crash interrupted.
-    fn open(dir: &Path) -> Result<Arc<Replica>, AgentError> {
+    pub(crate) fn open(dir: &Path) -> Result<Arc<Replica>, AgentError> {
         let mp = Self::meta_path(dir);
         let text = std::fs::read(&mp).map_err(io_err("cannot read", &mp))?;
         let meta: ReplicaMeta = serde_json::from_slice(&text).map_err(|e| AgentError::StateCorrupt {
@@ -600,226 +584,6 @@ impl Replica {
         Ok(upto)
     }
 
-    /// Applies to the replica images every history record below `until` (raised to an
-    /// interrupted apply's end; never past a pin), syncs them, stores the new applied point
-    /// and deletes the segments wholly below it. No lock is held across I/O or across
-    /// another lock's acquisition: an error leaves the replica consistent (the record that
-    /// failed stays in the index, laid over the images by every read) and is retried.
-    fn apply_below(&self, until: u64) -> Result<u64, AgentError> {
-        let until = {
-            let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-            let lowest_pin = pins.held.keys().next().copied().unwrap_or(u64::MAX);
-            let until = until.max(pins.floor).min(lowest_pin.max(pins.floor));
-            pins.floor = until;
-            until
-        };
-        let (applied, intent) = {
-            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-            let intent = (m.applying_until < until).then(|| {
-                m.applying_until = until;
-                m.clone()
-            });
-            (m.applied_seq, intent)
-        };
-        if let Some(copy) = intent {
-            // The intent is durable before the images change: a crash mid-apply is
-            // finished after the restart.
-            self.save_meta(&copy)?;
-        }
-        let mut count = 0u64;
-        while let Some(r) = self.oldest().filter(|r| r.seq < until) {
-            self.apply_one(&r)
-                .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
-            self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
-            count += 1;
-        }
-        for (_, f) in self.images.values() {
-            f.sync_data()
-                .map_err(|e| AgentError::io("cannot sync replica image", &self.dir, e))?;
-        }
-        let new_applied = applied.max(until);
-        let copy = {
-            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-            m.applied_seq = new_applied;
-            m.applying_until = m.applying_until.max(new_applied);
-            m.clone()
-        };
-        self.save_meta(&copy)?;
-        // Segments whose records are all applied: every segment before the one holding the
-        // oldest record still in history, never the one being written. They leave the
-        // index under its lock (the writer's first, the order `append` takes them in, so
-        // no segment is begun meanwhile); their files are deleted after both are let go.
-        let doomed: Vec<Segment> = {
-            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let current = w.current;
-            let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
-            h.checkpoints.retain(|&seq, _| seq >= new_applied);
-            let keep_from = h.records.front().map(|r| r.segment);
-            let ids: Vec<u64> = h
-                .segments
-                .keys()
-                .copied()
-                .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
-                .collect();
-            let gone: Vec<Segment> = ids.iter().filter_map(|s| h.segments.remove(s)).collect();
-            h.bytes -= gone.iter().map(|g| g.bytes).sum::<u64>();
-            gone
-        };
-        for seg in doomed {
-            if let Err(e) = std::fs::remove_file(&seg.path) {
-                error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
-            }
-        }
-        Ok(count)
-    }
-
-    /// The oldest record still in history.
-    fn oldest(&self) -> Option<Rec> {
-        self.hist
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .records
-            .front()
-            .copied()
-    }
-
-    fn apply_one(&self, r: &Rec) -> io::Result<()> {
-        let Some((_, img)) = self.images.get(&r.volume) else {
-            return Ok(());
-        };
-        match r.kind {
-            RecordKind::Write => {
-                let seg = {
-                    let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-                    h.segments.get(&r.segment).map(|s| s.file.clone())
-                };
-                let Some(seg) = seg else {
-                    return Err(io::Error::other(format!(
-                        "segment {} of seq {} is gone",
-                        r.segment, r.seq
-                    )));
-                };
-                let mut buf = vec![0u8; r.length as usize];
-                seg.read_exact_at(&mut buf, r.data_pos)?;
-                img.write_all_at(&buf, r.offset)
-            }
-            RecordKind::Trim | RecordKind::WriteZeroes => rustix::fs::fallocate(
-                &**img,
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                r.offset,
-                r.length,
-            )
-            .map_err(io::Error::from)
-            .or_else(|_| {
-                let zeros = vec![0u8; r.length.min(1 << 20) as usize];
-                let mut pos = r.offset;
-                while pos < r.offset + r.length {
-                    let n = (r.offset + r.length - pos).min(zeros.len() as u64) as usize;
-                    img.write_all_at(&zeros[..n], pos)?;
-                    pos += n as u64;
-                }
-                Ok(())
-            }),
-            RecordKind::Checkpoint => Ok(()),
-        }
-    }
-
-    /// One aging pass (see the module docs); returns the records applied. The replica is
-    /// moved from checkpoint to checkpoint, so it is itself always a consistent point
-    /// (exportable once its history has all aged), except when over the hard limit with no
-    /// checkpoint to stop at.
-    fn age(&self, now: u64) -> Result<u64, AgentError> {
-        let spec = self.spec();
-        let window_ms = spec.history_secs.saturating_mul(1000);
-        let (pin, floor) = {
-            let p = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-            (p.held.keys().next().copied(), p.floor)
-        };
-        let (target, over) = {
-            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-            let over = spec.history_bytes_max > 0 && h.bytes > spec.history_bytes_max;
-            // Too old: below the first record young enough to stay, back to the newest
-            // checkpoint at or below that.
-            let young = h
-                .records
-                .iter()
-                .find(|r| r.received_ms + window_ms > now)
-                .map_or(h.next_seq, |r| r.seq);
-            let mut target = h.checkpoints.range(..=young).next_back().map_or(0, |(&seq, _)| seq);
-            if over {
-                // Over the hard limit: free at least the oldest segment.
-                let second = h.segments.keys().nth(1).copied();
-                if let Some(s) = second {
-                    target = target.max(s);
-                }
-            }
-            (target, over)
-        };
-        let target = match pin {
-            Some(p) if p < target => {
-                if over {
-                    self.push_event(format!(
-                        "history is over its hard limit ({} bytes) but a checkpoint export holds seq {p}: stop the export to let the replica catch up",
-                        spec.history_bytes_max
-                    ));
-                }
-                p
-            }
-            _ => target,
-        }
-        .max(floor);
-        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
-        if target <= applied {
-            return Ok(0);
-        }
-        let n = self.apply_below(target)?;
-        if over && n > 0 {
-            let span = self.oldest().map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
-            self.push_event(format!(
-                "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
-                spec.history_bytes_max
-            ));
-        }
-        Ok(n)
-    }
-
-    /// One aging pass unless a failed one waits for its retry: a failure raises an event
-    /// (once per episode) and doubles the wait, a success after failures raises one too.
-    fn age_or_wait(&self, now: u64) {
-        let retry = *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner());
-        if retry.is_some_and(|r| now < r.at_ms) {
-            return;
-        }
-        match self.age(now) {
-            Ok(_) => {
-                if self
-                    .apply_retry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .is_some()
-                {
-                    self.push_event("history applies to the replica again".into());
-                }
-            }
-            Err(e) => {
-                let backoff_ms = retry.map_or(APPLY_BACKOFF_MIN_MS, |r| (r.backoff_ms * 2).min(APPLY_BACKOFF_MAX_MS));
-                *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner()) = Some(Retry {
-                    at_ms: now + backoff_ms,
-                    backoff_ms,
-                });
-                error!(replica = %self.dir.display(), error = %e, retry_in_ms = backoff_ms, "history apply failed");
-                if retry.is_none() {
-                    self.push_event(format!(
-                        "applying history to the replica failed ({e}); every checkpoint is still served from history, and the apply is retried with backoff (up to {} s): free space on the recovery datastore at {}",
-                        APPLY_BACKOFF_MAX_MS / 1000,
-                        self.dir.display()
-                    ));
-                }
-            }
-        }
-    }
-
     /// Checkpoints still in history (not older than the replica).
     pub fn checkpoints(&self) -> Vec<CheckpointInfo> {
         let applied = self.pins.lock().unwrap_or_else(|e| e.into_inner()).floor;
@@ -930,22 +694,6 @@ impl Replica {
         (floor() <= at_seq).then_some(out)
     }
 
-    /// Holds `seq`: nothing at or past it is applied until the pin is dropped.
-    pub fn pin(self: &Arc<Self>, seq: u64) -> Result<Pin, AgentError> {
-        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if seq < pins.floor {
-            return Err(AgentError::Refused(format!(
-                "seq {seq} is older than the oldest point still in history ({}); `ferry checkpoint list` shows what remains",
-                pins.floor
-            )));
-        }
-        *pins.held.entry(seq).or_default() += 1;
-        Ok(Pin {
-            replica: self.clone(),
-            seq,
-        })
-    }
-
     pub fn volumes(&self) -> Vec<(u32, String, u64)> {
         let spec = self.spec();
         spec.volumes
@@ -953,267 +701,5 @@ impl Replica {
             .enumerate()
             .map(|(i, v)| (i as u32 + 1, v.name.clone(), v.size_bytes))
             .collect()
-    }
-}
-
-/// A point held in history (see [`Replica::pin`]).
-#[derive(Debug)]
-pub struct Pin {
-    replica: Arc<Replica>,
-    pub seq: u64,
-}
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let mut pins = self.replica.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = pins.held.get_mut(&self.seq) {
-            *n -= 1;
-            if *n == 0 {
-                pins.held.remove(&self.seq);
-            }
-        }
-    }
-}
-
-/// The replicas this agent holds for its peers.
-#[derive(Debug)]
-pub struct Replicas {
-    datastores: Vec<DatastoreConfig>,
-    map: RwLock<BTreeMap<String, Arc<Replica>>>,
-    /// VPGs whose replica the operator deleted here (by id): their streams are refused,
-    /// so a reconnect cannot quietly make a new one. Kept in `deleted.json` beside the
-    /// first datastore's replicas, the newest [`TOMBSTONES_MAX`].
-    deleted: Mutex<Vec<Tombstone>>,
-    /// Every replica on the datastores was opened.
-    loaded: std::sync::atomic::AtomicBool,
-    /// Held while a replica's files are made, so that two sessions cannot make the same
-    /// one; `map` is only taken briefly inside it.
-    creating: Mutex<()>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Tombstone {
-    id: u64,
-    name: String,
-    unix_ms: u64,
-}
-
-const TOMBSTONES_MAX: usize = 1024;
-
-fn replicas_dir(ds: &DatastoreConfig) -> PathBuf {
-    ds.path.join("replicas")
-}
-
-fn tombstones_path(ds: &DatastoreConfig) -> PathBuf {
-    replicas_dir(ds).join("deleted.json")
-}
-
-impl Replicas {
-    /// The replicas of these datastores, none loaded yet: [`Replicas::load_all`] opens
-    /// them (off the start-up path: NBD serves volumes meanwhile).
-    pub fn new(datastores: Vec<DatastoreConfig>) -> Arc<Replicas> {
-        let deleted = datastores
-            .first()
-            .and_then(|ds| std::fs::read(tombstones_path(ds)).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Arc::new(Replicas {
-            datastores,
-            map: RwLock::new(BTreeMap::new()),
-            deleted: Mutex::new(deleted),
-            loaded: std::sync::atomic::AtomicBool::new(false),
-            creating: Mutex::new(()),
-        })
-    }
-
-    /// Opens every replica found on the datastores (reading each one's history to index
-    /// it), then marks them loaded.
-    pub fn load_all(&self) {
-        let t0 = std::time::Instant::now();
-        for ds in &self.datastores {
-            let root = replicas_dir(ds);
-            let Ok(entries) = std::fs::read_dir(&root) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let dir = e.path();
-                if !Replica::meta_path(&dir).exists() {
-                    continue;
-                }
-                match Replica::open(&dir) {
-                    Ok(r) => {
-                        let name = r.spec().name;
-                        info!(replica = %name, dir = %dir.display(), next_seq = r.next_seq(), "replica loaded");
-                        self.map.write().unwrap_or_else(|e| e.into_inner()).insert(name, r);
-                    }
-                    Err(e) => error!(dir = %dir.display(), error = %e, "cannot open replica; it is not served"),
-                }
-            }
-        }
-        self.loaded.store(true, std::sync::atomic::Ordering::Release);
-        info!(
-            replicas = self.all().len(),
-            elapsed_ms = t0.elapsed().as_millis() as u64,
-            "replicas loaded"
-        );
-    }
-
-    /// Refused while the replicas are still being loaded after a start.
-    pub fn check_loaded(&self) -> Result<(), AgentError> {
-        if self.loaded.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(());
-        }
-        Err(AgentError::Refused(
-            "this agent is still loading the history of the replicas it holds (after its start); retry in a few seconds".into(),
-        ))
-    }
-
-    pub fn get(&self, name: &str) -> Option<Arc<Replica>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
-    }
-
-    pub fn all(&self) -> Vec<Arc<Replica>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// The replica for `spec`: the one already here (same id), or a new one. Refuses a
-    /// name held by another VPG, or a spec that changed its volumes.
-    pub fn open(&self, spec: &VpgSpec) -> Result<Arc<Replica>, String> {
-        if let Some(why) = name_problem("VPG", &spec.name) {
-            return Err(why);
-        }
-        for v in &spec.volumes {
-            if let Some(why) = name_problem("volume", &v.name) {
-                return Err(why);
-            }
-        }
-        if spec.volumes.is_empty() {
-            return Err("a VPG needs at least one volume".into());
-        }
-        if let Some(t) = self
-            .deleted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|t| t.id == spec.id)
-        {
-            return Err(format!(
-                "its replica was deleted at the recovery site ({}, `ferry replica delete {}`); to protect the VPG again, delete it here (`ferry vpg delete {}`) and create it anew",
-                crate::size::utc(t.unix_ms),
-                t.name,
-                t.name
-            ));
-        }
-        let _one = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        let existing = self.get(&spec.name);
-        if let Some(r) = existing {
-            let have = r.spec();
-            if have.id != spec.id {
-                return Err(format!(
-                    "the recovery site already holds a replica of another VPG named {:?} (id {:#x}); remove it there with `ferry replica delete {}` first",
-                    spec.name, have.id, spec.name
-                ));
-            }
-            if have.volumes != spec.volumes {
-                return Err(format!(
-                    "VPG {:?} changed its volumes since its replica was made; delete and re-create the VPG",
-                    spec.name
-                ));
-            }
-            return Ok(r.clone());
-        }
-        let ds = if spec.datastore.is_empty() {
-            self.datastores.first()
-        } else {
-            self.datastores.iter().find(|d| d.name == spec.datastore)
-        }
-        .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
-        let dir = replicas_dir(ds).join(&spec.name);
-        let r = Replica::create(&dir, spec).map_err(|e| e.to_string())?;
-        info!(replica = %spec.name, dir = %dir.display(), "replica created");
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spec.name.clone(), r.clone());
-        Ok(r)
-    }
-
-    /// Deletes a replica (its views' pins must be gone). A session writing to it ends its
-    /// stream and lets its files go. `by_operator`: the protected site is refused this VPG
-    /// from now on (a tombstone), rather than its replica being made anew at reconnect.
-    pub fn remove(&self, name: &str, by_operator: bool) -> Result<(), AgentError> {
-        let r = {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            let Some(r) = map.get(name) else {
-                return Err(AgentError::Refused(format!("no replica named {name:?} here")));
-            };
-            if !r.pins.lock().unwrap_or_else(|e| e.into_inner()).held.is_empty() {
-                return Err(AgentError::Refused(format!(
-                    "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"
-                )));
-            }
-            let r = r.clone();
-            r.removed.store(true, std::sync::atomic::Ordering::Release);
-            map.remove(name);
-            r
-        };
-        if by_operator {
-            self.bury(r.spec().id, name)?;
-        }
-        std::fs::remove_dir_all(&r.dir).map_err(|e| AgentError::io("cannot delete replica", &r.dir, e))?;
-        info!(replica = %name, by_operator, "replica deleted");
-        Ok(())
-    }
-
-    /// Records a tombstone for VPG `id` (durably, before its replica goes).
-    fn bury(&self, id: u64, name: &str) -> Result<(), AgentError> {
-        let Some(ds) = self.datastores.first() else {
-            return Ok(());
-        };
-        let list = {
-            let mut d = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
-            d.retain(|t| t.id != id);
-            d.push(Tombstone {
-                id,
-                name: name.into(),
-                unix_ms: now_ms(),
-            });
-            let excess = d.len().saturating_sub(TOMBSTONES_MAX);
-            d.drain(..excess);
-            d.clone()
-        };
-        let dir = replicas_dir(ds);
-        std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-        let bytes = serde_json::to_vec_pretty(&list).expect("tombstones serialise");
-        write_atomic(&dir, &tombstones_path(ds), &bytes)
-    }
-
-    pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .find(|r| r.spec().id == id)
-            .cloned()
-    }
-
-    /// Ages every replica's history once a second until `stop`.
-    pub async fn run_aging(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            for r in self.all() {
-                if let Err(e) = tokio::task::spawn_blocking(move || r.age_or_wait(now_ms())).await {
-                    error!(error = %e, "history aging task failed");
-                }
-            }
-        }
     }
 }

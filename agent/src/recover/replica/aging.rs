@@ -1,0 +1,237 @@
+//! Aging: history older than the window (or past the hard limit) is applied to the
+//! replica image in sequence order, at checkpoint boundaries, never past a pinned point;
+//! a failed apply raises an event and is retried with backoff.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retry {
+    at_ms: u64,
+    backoff_ms: u64,
+}
+
+/// Backoff between tries of a failed apply.
+const APPLY_BACKOFF_MIN_MS: u64 = 1000;
+const APPLY_BACKOFF_MAX_MS: u64 = 60_000;
+
+impl Replica {
+    /// Applies to the replica images every history record below `until` (raised to an
+    /// interrupted apply's end; never past a pin), syncs them, stores the new applied point
+    /// and deletes the segments wholly below it. No lock is held across I/O or across
+    /// another lock's acquisition: an error leaves the replica consistent (the record that
+    /// failed stays in the index, laid over the images by every read) and is retried.
+    fn apply_below(&self, until: u64) -> Result<u64, AgentError> {
+        let until = {
+            let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+            let lowest_pin = pins.held.keys().next().copied().unwrap_or(u64::MAX);
+            let until = until.max(pins.floor).min(lowest_pin.max(pins.floor));
+            pins.floor = until;
+            until
+        };
+        let (applied, intent) = {
+            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            let intent = (m.applying_until < until).then(|| {
+                m.applying_until = until;
+                m.clone()
+            });
+            (m.applied_seq, intent)
+        };
+        if let Some(copy) = intent {
+            // The intent is durable before the images change: a crash mid-apply is
+            // finished after the restart.
+            self.save_meta(&copy)?;
+        }
+        let mut count = 0u64;
+        while let Some(r) = self.oldest().filter(|r| r.seq < until) {
+            self.apply_one(&r)
+                .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
+            self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
+            count += 1;
+        }
+        for (_, f) in self.images.values() {
+            f.sync_data()
+                .map_err(|e| AgentError::io("cannot sync replica image", &self.dir, e))?;
+        }
+        let new_applied = applied.max(until);
+        let copy = {
+            let mut m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            m.applied_seq = new_applied;
+            m.applying_until = m.applying_until.max(new_applied);
+            m.clone()
+        };
+        self.save_meta(&copy)?;
+        // Segments whose records are all applied: every segment before the one holding the
+        // oldest record still in history, never the one being written. They leave the
+        // index under its lock (the writer's first, the order `append` takes them in, so
+        // no segment is begun meanwhile); their files are deleted after both are let go.
+        let doomed: Vec<Segment> = {
+            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let current = w.current;
+            let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+            h.checkpoints.retain(|&seq, _| seq >= new_applied);
+            let keep_from = h.records.front().map(|r| r.segment);
+            let ids: Vec<u64> = h
+                .segments
+                .keys()
+                .copied()
+                .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
+                .collect();
+            let gone: Vec<Segment> = ids.iter().filter_map(|s| h.segments.remove(s)).collect();
+            h.bytes -= gone.iter().map(|g| g.bytes).sum::<u64>();
+            gone
+        };
+        for seg in doomed {
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
+            }
+        }
+        Ok(count)
+    }
+
+    /// The oldest record still in history.
+    fn oldest(&self) -> Option<Rec> {
+        self.hist
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .records
+            .front()
+            .copied()
+    }
+
+    fn apply_one(&self, r: &Rec) -> io::Result<()> {
+        let Some((_, img)) = self.images.get(&r.volume) else {
+            return Ok(());
+        };
+        match r.kind {
+            RecordKind::Write => {
+                let seg = {
+                    let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+                    h.segments.get(&r.segment).map(|s| s.file.clone())
+                };
+                let Some(seg) = seg else {
+                    return Err(io::Error::other(format!(
+                        "segment {} of seq {} is gone",
+                        r.segment, r.seq
+                    )));
+                };
+                let mut buf = vec![0u8; r.length as usize];
+                seg.read_exact_at(&mut buf, r.data_pos)?;
+                img.write_all_at(&buf, r.offset)
+            }
+            RecordKind::Trim | RecordKind::WriteZeroes => rustix::fs::fallocate(
+                &**img,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                r.offset,
+                r.length,
+            )
+            .map_err(io::Error::from)
+            .or_else(|_| {
+                let zeros = vec![0u8; r.length.min(1 << 20) as usize];
+                let mut pos = r.offset;
+                while pos < r.offset + r.length {
+                    let n = (r.offset + r.length - pos).min(zeros.len() as u64) as usize;
+                    img.write_all_at(&zeros[..n], pos)?;
+                    pos += n as u64;
+                }
+                Ok(())
+            }),
+            RecordKind::Checkpoint => Ok(()),
+        }
+    }
+
+    /// One aging pass (see the module docs); returns the records applied. The replica is
+    /// moved from checkpoint to checkpoint, so it is itself always a consistent point
+    /// (exportable once its history has all aged), except when over the hard limit with no
+    /// checkpoint to stop at.
+    fn age(&self, now: u64) -> Result<u64, AgentError> {
+        let spec = self.spec();
+        let window_ms = spec.history_secs.saturating_mul(1000);
+        let (pin, floor) = {
+            let p = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+            (p.held.keys().next().copied(), p.floor)
+        };
+        let (target, over) = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let over = spec.history_bytes_max > 0 && h.bytes > spec.history_bytes_max;
+            // Too old: below the first record young enough to stay, back to the newest
+            // checkpoint at or below that.
+            let young = h
+                .records
+                .iter()
+                .find(|r| r.received_ms + window_ms > now)
+                .map_or(h.next_seq, |r| r.seq);
+            let mut target = h.checkpoints.range(..=young).next_back().map_or(0, |(&seq, _)| seq);
+            if over {
+                // Over the hard limit: free at least the oldest segment.
+                let second = h.segments.keys().nth(1).copied();
+                if let Some(s) = second {
+                    target = target.max(s);
+                }
+            }
+            (target, over)
+        };
+        let target = match pin {
+            Some(p) if p < target => {
+                if over {
+                    self.push_event(format!(
+                        "history is over its hard limit ({} bytes) but a checkpoint export holds seq {p}: stop the export to let the replica catch up",
+                        spec.history_bytes_max
+                    ));
+                }
+                p
+            }
+            _ => target,
+        }
+        .max(floor);
+        let applied = self.meta.lock().unwrap_or_else(|e| e.into_inner()).applied_seq;
+        if target <= applied {
+            return Ok(0);
+        }
+        let n = self.apply_below(target)?;
+        if over && n > 0 {
+            let span = self.oldest().map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
+            self.push_event(format!(
+                "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
+                spec.history_bytes_max
+            ));
+        }
+        Ok(n)
+    }
+
+    /// One aging pass unless a failed one waits for its retry: a failure raises an event
+    /// (once per episode) and doubles the wait, a success after failures raises one too.
+    pub(crate) fn age_or_wait(&self, now: u64) {
+        let retry = *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner());
+        if retry.is_some_and(|r| now < r.at_ms) {
+            return;
+        }
+        match self.age(now) {
+            Ok(_) => {
+                if self
+                    .apply_retry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some()
+                {
+                    self.push_event("history applies to the replica again".into());
+                }
+            }
+            Err(e) => {
+                let backoff_ms = retry.map_or(APPLY_BACKOFF_MIN_MS, |r| (r.backoff_ms * 2).min(APPLY_BACKOFF_MAX_MS));
+                *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner()) = Some(Retry {
+                    at_ms: now + backoff_ms,
+                    backoff_ms,
+                });
+                error!(replica = %self.dir.display(), error = %e, retry_in_ms = backoff_ms, "history apply failed");
+                if retry.is_none() {
+                    self.push_event(format!(
+                        "applying history to the replica failed ({e}); every checkpoint is still served from history, and the apply is retried with backoff (up to {} s): free space on the recovery datastore at {}",
+                        APPLY_BACKOFF_MAX_MS / 1000,
+                        self.dir.display()
+                    ));
+                }
+            }
+        }
+    }
+}
