@@ -1,358 +1,51 @@
-//! The protected site's side of the link: one link per peer address, carrying every VPG
-//! protected to that peer.
-//!
-//! A link connects (exponential backoff with jitter, 0.5 s to 30 s), runs the handshake,
-//! announces each VPG (`Open`), and learns where the recovery site's history ends. It then
-//! reads each VPG's journal from there and sends batches, while the bytes sent and not yet
-//! acknowledged stay under about half a second of what the link was measured to carry (at
-//! least two batches, at most `replication.window_bytes`): a slow link then holds no
-//! seconds of queued batches, which would all add to the RPO. Acknowledgements are cumulative and
-//! carry the recovery site's durable sequence; only then is journal space released. A link
-//! that breaks starts over: the journal is read again from its first unacknowledged record.
-//!
-//! Which VPG sends next: weighted fair queueing over the bytes sent. Each VPG has a virtual
-//! time that grows by `bytes / weight` with each batch (weights by priority, 4:2:1 by
-//! default); the VPG with data and the smallest virtual time goes next. A VPG that was idle
-//! starts at the smallest virtual time of the busy ones, so it neither starves the others
-//! nor is starved.
-//!
-//! Locks: `Shipping::links` → a link's `state`, both held briefly and never across I/O; a
-//! VPG's ship state is a leaf.
-//!
-//! Where a write's bytes are copied here: from the mapped journal into the batch's
-//! plaintext (once), compressed (zstd, adaptive: a batch it barely shrinks turns it off for
-//! the next 15) and sealed into the frame.
+//! One session with the recovery site: announcing the VPGs, sending batches within the
+//! window by VPG priority, taking acknowledgements, releasing journal space; and the delta
+//! sync of a pre-seeded replica (regions compared by checksum, only those that differ sent).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use ferry_journal::{Consumer, Kind, MmapStorage};
-use ferry_proto::batch::{BatchHeader, FLAG_ZSTD, FrameKind};
-use ferry_proto::message::{Message, VolumeSpec, VpgSpec};
-use ferry_proto::records::{self, RecordKind, RecordRef};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-
-use crate::clock::now_ms;
-use crate::config::Replication;
-use crate::protect::vpg::{Vpg, Vpgs};
-use crate::replication::link::{self, Frame, LinkError, LinkStats, LinkWriter, Pace};
-
-/// Between pings on an idle link.
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// A peer that answers nothing for this long is dropped.
-const PEER_TIMEOUT: Duration = Duration::from_secs(30);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A batch that compression shrank by less than 10% makes the next ones go uncompressed;
-/// one in this many tries again.
-const COMPRESS_PROBE_EVERY: u32 = 16;
-/// Acknowledged bytes after which journal space is released at once.
-const RELEASE_BYTES: usize = 32 << 20;
-/// Acknowledged journal space is released at least this often.
-const RELEASE_EVERY: Duration = Duration::from_millis(100);
-/// The link's in-flight bytes are bounded to about this much of its measured rate.
-const WINDOW_TIME: Duration = Duration::from_millis(500);
-
-/// A link's state, for `ferry status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LinkStatus {
-    pub peer: String,
-    pub state: String,
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub connects: u64,
-    pub vpgs: Vec<String>,
-}
-
-#[derive(Debug)]
-struct LinkEntry {
-    state: Mutex<LinkStatus>,
-    stats: Arc<LinkStats>,
-}
-
-/// All the links of this agent.
-#[derive(Debug)]
-pub struct Shipping {
-    vpgs: Arc<Vpgs>,
-    cfg: Replication,
-    pace: Arc<Pace>,
-    links: Mutex<BTreeMap<(String, PathBuf), Arc<LinkEntry>>>,
-    stop: CancellationToken,
-}
-
-impl Shipping {
-    pub fn new(vpgs: Arc<Vpgs>, cfg: Replication, stop: CancellationToken) -> Arc<Shipping> {
-        Arc::new(Shipping {
-            vpgs,
-            pace: Pace::new(cfg.bandwidth),
-            cfg,
-            links: Mutex::new(BTreeMap::new()),
-            stop,
-        })
-    }
-
-    pub fn links(&self) -> Vec<LinkStatus> {
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|l| {
-                let mut s = l.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                s.sent_bytes = l.stats.sent_bytes.load(std::sync::atomic::Ordering::Relaxed);
-                s.received_bytes = l.stats.received_bytes.load(std::sync::atomic::Ordering::Relaxed);
-                s
-            })
-            .collect()
-    }
-
-    /// Starts a link for every peer a protected VPG names, once a second, until stopped.
-    pub async fn run(self: Arc<Self>) {
-        loop {
-            let mut wanted: BTreeMap<(String, PathBuf), Vec<String>> = BTreeMap::new();
-            for v in self.vpgs.protected() {
-                let p = v.record.protection.clone().expect("protected");
-                wanted
-                    .entry((p.peer, p.pairing_key))
-                    .or_default()
-                    .push(v.record.name.clone());
-            }
-            {
-                let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-                links.retain(|k, _| wanted.contains_key(k));
-                for (key, names) in wanted {
-                    if let Some(l) = links.get(&key) {
-                        l.state.lock().unwrap_or_else(|e| e.into_inner()).vpgs = names;
-                        continue;
-                    }
-                    let entry = Arc::new(LinkEntry {
-                        state: Mutex::new(LinkStatus {
-                            peer: key.0.clone(),
-                            state: "connecting".into(),
-                            sent_bytes: 0,
-                            received_bytes: 0,
-                            connects: 0,
-                            vpgs: names,
-                        }),
-                        stats: Arc::new(LinkStats::default()),
-                    });
-                    links.insert(key.clone(), entry.clone());
-                    tokio::spawn(self.clone().run_link(key, entry));
-                }
-            }
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-
-    fn wanted(&self, key: &(String, PathBuf)) -> bool {
-        self.links.lock().unwrap_or_else(|e| e.into_inner()).contains_key(key)
-    }
-
-    /// The VPGs protected to this peer.
-    fn vpgs_for(&self, key: &(String, PathBuf)) -> Vec<Arc<Vpg>> {
-        self.vpgs
-            .protected()
-            .into_iter()
-            .filter(|v| {
-                let p = v.record.protection.as_ref().expect("protected");
-                p.peer == key.0 && p.pairing_key == key.1
-            })
-            .collect()
-    }
-
-    fn spec_of(&self, v: &Vpg) -> VpgSpec {
-        let p = v.record.protection.as_ref().expect("protected");
-        VpgSpec {
-            id: v.record.ring_id,
-            name: v.record.name.clone(),
-            epoch: 1,
-            // Sizes as the VPG's dirty maps know them: right even while a volume is offline.
-            volumes: v
-                .record
-                .volumes
-                .iter()
-                .zip(v.member_files())
-                .map(|(name, (_, _, size_bytes))| VolumeSpec {
-                    name: name.clone(),
-                    size_bytes,
-                })
-                .collect(),
-            datastore: p.recovery_datastore.clone(),
-            history_secs: p.history_s,
-            history_bytes_max: p.history_bytes_max,
-        }
-    }
-
-    async fn run_link(self: Arc<Self>, key: (String, PathBuf), entry: Arc<LinkEntry>) {
-        let set = |s: String| {
-            entry.state.lock().unwrap_or_else(|e| e.into_inner()).state = s;
-        };
-        let mut backoff = BACKOFF_MIN;
-        let mut last_logged = String::new();
-        while !self.stop.is_cancelled() && self.wanted(&key) {
-            let attempt = async {
-                let psk = ferry_proto::pairing::read_key(&key.1).map_err(|e| LinkError::Content(e.to_string()))?;
-                link::connect(&key.0, &psk, self.pace.clone(), entry.stats.clone()).await
-            };
-            let started = Instant::now();
-            let why = match attempt.await {
-                Ok((rd, wr)) => {
-                    info!(peer = %key.0, "replication link up");
-                    set("connected".into());
-                    entry.state.lock().unwrap_or_else(|e| e.into_inner()).connects += 1;
-                    last_logged.clear();
-                    let r = self.session(&key, rd, wr).await;
-                    for v in self.vpgs_for(&key) {
-                        v.ship_update(|s| s.link = "down".into());
-                    }
-                    match r {
-                        Ok(()) => return,
-                        Err(e) => e.to_string(),
-                    }
-                }
-                Err(e) => e.to_string(),
-            };
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = BACKOFF_MIN;
-            }
-            let state = format!("down: {why}");
-            if state != last_logged {
-                warn!(peer = %key.0, error = %why, retry_in = ?backoff, "replication link down");
-                last_logged = state.clone();
-            }
-            for v in self.vpgs_for(&key) {
-                v.ship_update(|s| s.link = state.clone());
-            }
-            set(state);
-            let jitter = backoff.mul_f64(0.5 + rand_unit() * 0.5);
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(jitter) => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-    }
-
-    /// One connected session, until the link breaks (an error) or the agent stops (Ok).
-    async fn session(
-        &self,
-        key: &(String, PathBuf),
-        rd: link::LinkReader,
-        mut wr: LinkWriter,
-    ) -> Result<(), LinkError> {
-        let (mut rx, reader) = rd.into_channel();
-        let mut s = Session {
-            shipping: self,
-            vpgs: HashMap::new(),
-            inflight_bytes: 0,
-            ack_rate: None,
-            rate_window: (Instant::now(), 0),
-            last_heard: Instant::now(),
-            last_sent: Instant::now(),
-        };
-        let r = s.run(key, &mut wr, &mut rx).await;
-        drop(reader);
-        for (_, sv) in s.vpgs.drain() {
-            if let Some(c) = sv.consumer {
-                sv.vpg.put_consumer(c).await;
-            }
-        }
-        r
-    }
-}
-
-/// Asks the recovery site to delete a VPG's replica (when the VPG is deleted here), on a
-/// connection of its own; waits up to 10 s for the answer.
-pub async fn remove_remote(p: &crate::protect::vpg::Protection, id: u64) -> Result<(), String> {
-    let psk = ferry_proto::pairing::read_key(&p.pairing_key).map_err(|e| e.to_string())?;
-    let work = async {
-        let (mut rd, mut wr) = link::connect(&p.peer, &psk, Pace::new(0), Arc::new(LinkStats::default()))
-            .await
-            .map_err(|e| e.to_string())?;
-        wr.send(id, &Message::Remove { vpg: id })
-            .await
-            .map_err(|e| e.to_string())?;
-        loop {
-            match rd.recv().await.map_err(|e| e.to_string())? {
-                Frame::Control(Message::Removed { vpg }) if vpg == id => return Ok(()),
-                Frame::Control(Message::Refused { vpg, reason }) if vpg == id => return Err(reason),
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), work)
-        .await
-        .map_err(|_| "the recovery site did not answer within 10 s".to_string())?
-}
-
-/// A little randomness for jitter, without a dependency.
-fn rand_unit() -> f64 {
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(n % 1000) / 1000.0
-}
+use super::batch::{build_batch, cons_ack};
+use super::*;
 
 /// One VPG within a session.
-struct Shipped {
-    vpg: Arc<Vpg>,
+pub(super) struct Shipped {
+    pub(super) vpg: Arc<Vpg>,
     /// None until `Opened` (and while a batch is being built).
-    consumer: Option<Consumer<MmapStorage>>,
-    opened: bool,
+    pub(super) consumer: Option<Consumer<MmapStorage>>,
+    pub(super) opened: bool,
     /// The next sequence number to send.
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
-    inflight: VecDeque<(u64, usize, usize)>,
-    vtime: f64,
+    pub(super) inflight: VecDeque<(u64, usize, usize)>,
+    pub(super) vtime: f64,
     /// A delta sync's comparison, while it runs.
-    delta: Option<Delta>,
+    pub(super) delta: Option<Delta>,
     /// Acknowledged by the recovery site, journal space not yet released.
-    release_to: u64,
-    unreleased_bytes: usize,
-    released_at: Instant,
+    pub(super) release_to: u64,
+    pub(super) unreleased_bytes: usize,
+    pub(super) released_at: Instant,
     /// Batches still to send uncompressed (adaptive compression).
-    uncompressed_left: u32,
+    pub(super) uncompressed_left: u32,
     /// Checkpoints below this are not sent (they were taken before a resync).
-    skip_checkpoints_below: u64,
+    pub(super) skip_checkpoints_below: u64,
     /// Had records ready at the last choice.
-    was_ready: bool,
-    weight: f64,
-    batch_seq: u64,
-    rate_mark: (Instant, u64),
+    pub(super) was_ready: bool,
+    pub(super) weight: f64,
+    pub(super) batch_seq: u64,
+    pub(super) rate_mark: (Instant, u64),
 }
 
-/// Where a delta sync's comparison stands: the next region to ask for, requests in flight.
-struct Delta {
-    volumes: Vec<(u32, Option<Arc<std::fs::File>>, u64)>,
-    index: usize,
-    offset: u64,
-    outstanding: usize,
-}
-
-/// Bytes per compared region, regions per request, requests in flight.
-const DELTA_REGION: u32 = 1 << 20;
-const DELTA_REGIONS_PER_REQUEST: u32 = 64;
-const DELTA_REQUESTS_MAX: usize = 4;
-
-struct Session<'a> {
-    shipping: &'a Shipping,
-    vpgs: HashMap<u64, Shipped>,
-    inflight_bytes: usize,
+pub(super) struct Session<'a> {
+    pub(super) shipping: &'a Shipping,
+    pub(super) vpgs: HashMap<u64, Shipped>,
+    pub(super) inflight_bytes: usize,
     /// Wire bytes acknowledged per second (smoothed), and since when it was measured.
-    ack_rate: Option<f64>,
-    rate_window: (Instant, usize),
-    last_heard: Instant,
-    last_sent: Instant,
+    pub(super) ack_rate: Option<f64>,
+    pub(super) rate_window: (Instant, usize),
+    pub(super) last_heard: Instant,
+    pub(super) last_sent: Instant,
 }
 
 impl Session<'_> {
-    async fn run(
+    pub(super) async fn run(
         &mut self,
         key: &(String, PathBuf),
         wr: &mut LinkWriter,
@@ -598,43 +291,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Asks for the next regions' checksums of each VPG in a delta sync, and ends the
-    /// comparison once every answer came.
-    async fn delta_step(&mut self, wr: &mut LinkWriter) -> Result<(), LinkError> {
-        for (&id, sv) in self.vpgs.iter_mut() {
-            let Some(d) = sv.delta.as_mut() else { continue };
-            while d.outstanding < DELTA_REQUESTS_MAX && d.index < d.volumes.len() {
-                let (volume, _, size) = d.volumes[d.index];
-                if d.offset >= size {
-                    d.index += 1;
-                    d.offset = 0;
-                    continue;
-                }
-                wr.send(
-                    id,
-                    &Message::SumsRequest {
-                        vpg: id,
-                        volume,
-                        offset: d.offset,
-                        region_bytes: DELTA_REGION,
-                        count: DELTA_REGIONS_PER_REQUEST,
-                        at_seq: 0,
-                    },
-                )
-                .await?;
-                d.offset += u64::from(DELTA_REGION) * u64::from(DELTA_REGIONS_PER_REQUEST);
-                d.outstanding += 1;
-            }
-            if d.index >= d.volumes.len() && d.outstanding == 0 {
-                sv.delta = None;
-                sv.vpg.finish_delta().await.map_err(LinkError::Io)?;
-                sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
-                info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
-            }
-        }
-        Ok(())
-    }
-
     /// Bytes that may be in flight: about [`WINDOW_TIME`] of what the link carries (so a
     /// slow link does not queue seconds of batches, which would all be RPO), at least two
     /// batches, at most `replication.window_bytes`.
@@ -761,6 +417,58 @@ impl Session<'_> {
     }
 }
 
+/// Where a delta sync's comparison stands: the next region to ask for, requests in flight.
+pub(super) struct Delta {
+    volumes: Vec<(u32, Option<Arc<std::fs::File>>, u64)>,
+    index: usize,
+    offset: u64,
+    outstanding: usize,
+}
+
+/// Bytes per compared region, regions per request, requests in flight.
+const DELTA_REGION: u32 = 1 << 20;
+const DELTA_REGIONS_PER_REQUEST: u32 = 64;
+const DELTA_REQUESTS_MAX: usize = 4;
+
+impl Session<'_> {
+    /// Asks for the next regions' checksums of each VPG in a delta sync, and ends the
+    /// comparison once every answer came.
+    async fn delta_step(&mut self, wr: &mut LinkWriter) -> Result<(), LinkError> {
+        for (&id, sv) in self.vpgs.iter_mut() {
+            let Some(d) = sv.delta.as_mut() else { continue };
+            while d.outstanding < DELTA_REQUESTS_MAX && d.index < d.volumes.len() {
+                let (volume, _, size) = d.volumes[d.index];
+                if d.offset >= size {
+                    d.index += 1;
+                    d.offset = 0;
+                    continue;
+                }
+                wr.send(
+                    id,
+                    &Message::SumsRequest {
+                        vpg: id,
+                        volume,
+                        offset: d.offset,
+                        region_bytes: DELTA_REGION,
+                        count: DELTA_REGIONS_PER_REQUEST,
+                        at_seq: 0,
+                    },
+                )
+                .await?;
+                d.offset += u64::from(DELTA_REGION) * u64::from(DELTA_REGIONS_PER_REQUEST);
+                d.outstanding += 1;
+            }
+            if d.index >= d.volumes.len() && d.outstanding == 0 {
+                sv.delta = None;
+                sv.vpg.finish_delta().await.map_err(LinkError::Io)?;
+                sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
+                info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Compares one answer's regions with the local volume; marks those that differ (all of
 /// them when the replica could not answer, or the volume is offline).
 fn compare_regions(
@@ -794,114 +502,4 @@ fn compare_regions(
     let mut p = vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner());
     p.compared_bytes += compared;
     p.differing_bytes += differing;
-}
-
-fn cons_ack(cons: &mut Consumer<MmapStorage>, next_seq: u64) -> Result<(), String> {
-    let acked = cons.journal().stats().acked_seq;
-    if next_seq <= acked {
-        return Ok(());
-    }
-    cons.ack(next_seq).map_err(|e| e.to_string())
-}
-
-struct Built {
-    first_seq: u64,
-    end_seq: u64,
-    body: Vec<u8>,
-    plain_bytes: usize,
-    compressed: bool,
-    /// Events: tagged checkpoints left out.
-    skipped: Vec<String>,
-}
-
-/// Reads settled records from `from` on into one batch of about `max_bytes`.
-fn build_batch(
-    cons: &mut Consumer<MmapStorage>,
-    from: u64,
-    max_bytes: usize,
-    level: i32,
-    skip_checkpoints_below: u64,
-) -> Option<Built> {
-    let mut plain = Vec::with_capacity(max_bytes + (1 << 20));
-    let mut end = from;
-    let mut skipped = Vec::new();
-    while plain.len() < max_bytes {
-        let Some(r) = cons.next_record() else { break };
-        let e = r.entry;
-        if e.seq < from {
-            continue;
-        }
-        end = e.seq + 1;
-        fn rec<'a>(e: &ferry_journal::format::Entry, kind: RecordKind, data: &'a [u8]) -> RecordRef<'a> {
-            RecordRef {
-                seq: e.seq,
-                kind,
-                volume: e.volume,
-                offset: e.offset,
-                length: e.length,
-                data,
-            }
-        }
-        match e.kind {
-            Kind::Write => {
-                let data = &r.payload[..e.length as usize];
-                // Zeroes are not sent: a write of zeroes travels as write-zeroes.
-                if data.iter().all(|&b| b == 0) {
-                    records::push(&mut plain, &rec(&e, RecordKind::WriteZeroes, &[]));
-                } else {
-                    records::push(&mut plain, &rec(&e, RecordKind::Write, data));
-                }
-            }
-            Kind::Trim => records::push(&mut plain, &rec(&e, RecordKind::Trim, &[])),
-            Kind::WriteZeroes => records::push(&mut plain, &rec(&e, RecordKind::WriteZeroes, &[])),
-            Kind::Checkpoint if e.seq < skip_checkpoints_below => {
-                if !r.payload.is_empty() {
-                    skipped.push(format!(
-                        "checkpoint {:?} (seq {}) was taken before the resync and is not kept at the recovery site",
-                        String::from_utf8_lossy(r.payload),
-                        e.seq
-                    ));
-                }
-            }
-            Kind::Checkpoint => records::push(
-                &mut plain,
-                &RecordRef {
-                    seq: e.seq,
-                    kind: RecordKind::Checkpoint,
-                    volume: 0,
-                    offset: e.offset,
-                    length: 0,
-                    data: r.payload,
-                },
-            ),
-            Kind::Void => {}
-        }
-    }
-    if end == from {
-        return None;
-    }
-    // The batch covers from..end, voids included (they carry no record).
-    let first_seq = from;
-    let plain_bytes = plain.len();
-    if level > 0 && plain_bytes > 0 {
-        let c = records::compress(&plain, level);
-        if c.len() < plain_bytes {
-            return Some(Built {
-                first_seq,
-                end_seq: end,
-                body: c,
-                plain_bytes,
-                compressed: true,
-                skipped,
-            });
-        }
-    }
-    Some(Built {
-        first_seq,
-        end_seq: end,
-        body: plain,
-        plain_bytes,
-        compressed: false,
-        skipped,
-    })
 }
