@@ -1,0 +1,280 @@
+//! The command line's arguments: every command and its options (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "ferry: disaster-recovery block replication agent")]
+pub(super) struct Cli {
+    /// The agent's control socket (default: $FERRY_CONTROL, else /var/lib/ferry/control.sock).
+    #[arg(long, global = true, env = "FERRY_CONTROL")]
+    pub(super) control: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Run the agent (serves volumes over NBD; controlled through its socket).
+    Agent(AgentArgs),
+    /// Create, adopt, list and delete volumes on a running agent.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Show the agent's status.
+    Status,
+    /// Read a journal ring file (dump, check: no agent needed) or a VPG's live journal (tail).
+    #[command(subcommand)]
+    Journal(JournalCmd),
+    /// Create, list, show and delete VPGs (virtual protection groups).
+    #[command(subcommand)]
+    Vpg(VpgCmd),
+    /// Tag, list and export checkpoints.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+    /// Replicas held for peers (on the recovery site).
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
+    /// The event log: state changes and alerts of every VPG and replica, oldest first.
+    Events {
+        /// Keep printing new events (stop with Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Make a pairing key for two agents (copy the file to the peer; no agent needed).
+    Pair {
+        /// Where to write the key (mode 0600).
+        path: PathBuf,
+        /// Replace an existing key file (the peer then needs the new key too).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+pub(super) enum VpgCmd {
+    /// Group volumes into a VPG: from now on their writes are captured into its journal.
+    Create {
+        name: String,
+        /// A member volume (repeat for more); a volume belongs to at most one VPG.
+        #[arg(long = "volume", required = true)]
+        volumes: Vec<String>,
+        /// Journal ring size, e.g. 1G (default: the agent's journal.size).
+        #[arg(long)]
+        journal_size: Option<String>,
+        /// Replicate to the recovery-site agent at HOST:PORT (its replication address).
+        #[arg(long, requires = "peer_key")]
+        peer: Option<String>,
+        /// The pairing key file shared with that agent (`ferry pair`).
+        #[arg(long)]
+        peer_key: Option<PathBuf>,
+        /// The recovery site's datastore for the replica (default: its first).
+        #[arg(long, requires = "peer")]
+        recovery_datastore: Option<String>,
+        /// Share of the link under congestion: high, medium or low.
+        #[arg(long, requires = "peer")]
+        priority: Option<String>,
+        /// RPO alert threshold, e.g. 30s, 5m (default 5m).
+        #[arg(long, requires = "peer")]
+        rpo: Option<String>,
+        /// History kept at the recovery site, e.g. 1h, 1d (default 1h).
+        #[arg(long, requires = "peer")]
+        history: Option<String>,
+        /// History hard limit at the recovery site, e.g. 100G (default 16G).
+        #[arg(long, requires = "peer")]
+        history_max_bytes: Option<String>,
+        /// The recovery site already holds a copy of the volumes (DATASTORE/replicas/VPG/
+        /// VOLUME.img there): compare checksums of regions and send only differences.
+        #[arg(long, requires = "peer")]
+        preseeded: bool,
+        /// Slow writers down (hold their replies) while the actual RPO is above this and
+        /// the link is up, e.g. 2s or 1.5s, so the recovery site never falls further behind
+        /// (default: never; writes go at full speed and the RPO grows if the link cannot
+        /// keep up).
+        #[arg(long, requires = "peer")]
+        throttle_rpo: Option<String>,
+        /// Stay and show the initial (or delta) sync's progress until it is done.
+        #[arg(long, requires = "peer")]
+        wait: bool,
+    },
+    /// Show a protected VPG's initial or delta sync as a progress bar until it is done.
+    Wait { name: String },
+    /// Stop shipping a protected VPG (capture goes on; a full journal turns to dirty tracking).
+    Pause { name: String },
+    /// Ship a paused VPG again.
+    Resume { name: String },
+    /// List VPGs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a VPG: state, journal use, dirty regions, checkpoints and events.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a VPG and its journal (the volumes stay, no longer captured).
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum CheckpointCmd {
+    /// Add a checkpoint with a name to a VPG's stream, now (on the protected site; the tag
+    /// travels to the recovery site in the stream).
+    Tag { vpg: String, tag: String },
+    /// List a VPG's checkpoints: on the recovery site, those its history holds.
+    List {
+        vpg: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve every volume of a replica as it was at a checkpoint, read-only over NBD (on
+    /// the recovery site); prints the NBD URIs.
+    Export {
+        vpg: String,
+        /// A sequence number, a tag, or latest.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+    },
+    /// Stop serving a replica's checkpoint exports (open connections keep theirs).
+    Unexport { vpg: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ReplicaCmd {
+    /// The replicas this agent holds as a recovery site.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One replica: history, checkpoints, events.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a replica, its history and images (deleting the VPG on the protected site
+    /// does this when the sites are connected). The protected site is refused this VPG
+    /// from then on: to protect it again, delete and re-create it there.
+    Delete {
+        name: String,
+        /// Delete even while the protected site is replicating to it: its stream ends and
+        /// it shows the VPG in error.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum JournalCmd {
+    /// Print the superblocks, cursors and every unacknowledged record.
+    Dump { path: PathBuf },
+    /// Verify every checksum and the cursors; exit 1 on damage.
+    Check { path: PathBuf },
+    /// Print a VPG's captured records from its running agent, as the shipper will read them.
+    Tail {
+        vpg: String,
+        /// Keep printing records as they are captured (stop with Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+        /// Acknowledge what is printed: its journal space is freed (what the shipper does).
+        #[arg(long)]
+        ack: bool,
+        /// Stop after this many records.
+        #[arg(long, short = 'n')]
+        count: Option<usize>,
+        /// Print nothing per record, only the sequence reached when stopped (a stand-in
+        /// consumer, e.g. for benchmarks).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AgentArgs {
+    /// State directory: volumes.json, sockets, and the default datastore.
+    #[arg(long)]
+    pub(super) state_dir: Option<PathBuf>,
+    /// Config file (TOML); every key is optional.
+    #[arg(long)]
+    pub(super) config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, env = "FERRY_LOG", default_value = "info")]
+    pub(super) log_level: String,
+    /// Accept peers as a recovery site on HOST:PORT (replication.listen).
+    #[arg(long)]
+    pub(super) replication_listen: Option<String>,
+    /// A pairing key file whose holder may replicate here (repeat for more peers).
+    #[arg(long = "pairing-key")]
+    pub(super) pairing_keys: Vec<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum VolumeCmd {
+    /// Create a volume on a datastore.
+    Create {
+        name: String,
+        /// Size, e.g. 10G or 512M (binary units). Optional on a block-device datastore.
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Use O_DIRECT for this volume's datastore I/O.
+        #[arg(long)]
+        direct: bool,
+    },
+    /// Serve an existing file or block device as a volume (delete keeps the data).
+    Adopt {
+        name: String,
+        path: PathBuf,
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long)]
+        direct: bool,
+    },
+    /// List volumes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a volume and, unless adopted, its data.
+    Delete {
+        name: String,
+        /// Delete even while NBD clients are connected.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// "30s", "5m", "1h", "2d", or plain seconds.
+pub(super) fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m, 1h or 2d"))?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// "1.5s", "2", "500ms" -> milliseconds.
+pub(super) fn parse_seconds_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else {
+        (t.strip_suffix('s').unwrap_or(t), 1000.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 && n * mul < 1e12 => Ok((n * mul).round() as u64),
+        _ => Err(format!("{text:?} is not a positive time like 2s, 1.5s or 500ms")),
+    }
+}
