@@ -1,5 +1,5 @@
 //! Volumes: named disks on datastores, served as NBD exports. [`Volume`] carries out the
-//! data operations through the I/O engine; [`Volumes`] is the catalogue the NBD server and
+//! data operations through the I/O engine; [`Volumes`](crate::protect::volumes::Volumes) is the catalogue the NBD server and
 //! the control API share, with the registry on disk kept in step.
 //!
 //! Copies on the write path: the NBD server reads the payload from the socket into the

@@ -8,7 +8,7 @@
 //! power loss leaves to resynchronise); and the drain reads dirty regions back into the
 //! journal after the journal ran full or after recovery.
 //!
-//! Overlapping writes are serialised in sequence order ([`Inflight`]): a write waits for
+//! Overlapping writes are serialised in sequence order ([`Inflight`](crate::protect::ordering::Inflight)): a write waits for
 //! every earlier-sequenced write to an overlapping range to finish before it is issued, so
 //! the datastore ends as the journal's order says. Non-overlapping writes never wait.
 //!
