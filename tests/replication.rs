@@ -524,7 +524,7 @@ fn a_preseeded_replica_is_delta_synced_and_only_differences_travel() {
 
 #[test]
 fn create_waits_for_the_initial_sync_and_pause_holds_shipping_until_resume() {
-    let a = Agent::start("pause-a");
+    let mut a = Agent::start("pause-a");
     let key = new_key(&a.dir);
     let (b, peer) = recovery_agent("pause-b", &key, "");
     a.create("d0", "256M");
@@ -547,6 +547,13 @@ fn create_waits_for_the_initial_sync_and_pause_holds_shipping_until_resume() {
         !checkpoints(&b, "app").iter().any(|(_, t)| t == "while-paused"),
         "a paused VPG shipped"
     );
+    // The state is the machine's and survives a crash; pausing twice is refused.
+    a.kill9();
+    a.spawn();
+    let v: serde_json::Value = serde_json::from_str(&a.ferry(&["vpg", "show", "app", "--json"])).unwrap();
+    assert_eq!((v["format"].as_u64(), v["state_kind"].as_str()), (Some(2), Some("paused")), "{v}");
+    let again = a.ferry_fails(&["vpg", "pause", "app"]);
+    assert!(again.contains("already paused"), "{again}");
     a.ferry(&["vpg", "resume", "app"]);
     let later = tag_and_wait(&a, &b, "app", "after-resume");
     assert!(later > first);

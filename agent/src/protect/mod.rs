@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod ordering;
+pub mod state;
 pub mod volume;
 pub mod volumes;
 pub mod vpg;

@@ -43,6 +43,7 @@ use crate::error::AgentError;
 use crate::events::Event;
 use crate::io::{BufPool, Engine};
 use crate::protect::capture::{DatastoreError, HOLD_MAX, VpgCapture};
+use crate::protect::state::{Action, Input, Lifecycle, SyncPhase, step};
 use crate::protect::volume::Volume;
 use crate::protect::volumes::Volumes;
 use crate::size::human;
@@ -99,20 +100,16 @@ pub struct Vpg {
     checkpoints: Mutex<VecDeque<CheckpointInfo>>,
     stop: CancellationToken,
     cfg: CaptureConfig,
-    paused: std::sync::atomic::AtomicBool,
+    /// The state machine ([`crate::protect::state`]): the sync phase and whether paused,
+    /// persisted in `vpgs/NAME/state.json`.
+    lifecycle: Mutex<Lifecycle>,
     pub ship: Mutex<ShipState>,
-    /// The initial sync (every block of the volumes read into the journal) has finished.
-    initial_done: std::sync::atomic::AtomicBool,
-    /// The journal's sequence when the initial sync had read every block (0: not yet).
-    initial_end_seq: std::sync::atomic::AtomicU64,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
     /// When this agent opened the VPG; its RPO is only judged once the link was up, or
     /// [`SLA_GRACE`] after this (before, the recovery site's state is not known yet).
     opened_ms: u64,
     link_seen: std::sync::atomic::AtomicBool,
-    /// A pre-seeded VPG whose regions are still being compared with the replica's.
-    delta_pending: std::sync::atomic::AtomicBool,
     pub delta_progress: Mutex<DeltaProgress>,
     /// The throttle (see [`Protection::throttle_rpo_ms`]) holds writes now.
     behind: std::sync::atomic::AtomicBool,
@@ -149,6 +146,48 @@ fn journal_path(dir: &Path) -> PathBuf {
 }
 
 /// Present once a protected VPG's initial sync has finished.
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Writes the state machine's state (atomically: the old or the new, never a torn one).
+fn save_lifecycle(dir: &Path, l: &Lifecycle) -> Result<(), AgentError> {
+    let text = serde_json::to_vec_pretty(l).expect("the state serialises");
+    crate::meta::write_atomic(dir, &state_path(dir), &text)
+}
+
+/// The state machine's state as saved, or (a VPG from before it was saved) as the marker
+/// files and the registry tell it, saved from now on.
+fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentError> {
+    let path = state_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            AgentError::Refused(format!(
+                "{}: {e}; it holds the VPG's sync phase and whether it is paused. Move it aside to start the VPG over with an initial sync",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let p = record.protection.as_ref();
+            let sync = if p.is_some_and(|p| p.preseeded) && !delta_marker(dir).exists() {
+                SyncPhase::DeltaSync
+            } else if p.is_some() && !initial_marker(dir).exists() {
+                SyncPhase::Initializing
+            } else {
+                SyncPhase::InSync
+            };
+            let l = Lifecycle {
+                sync,
+                paused: p.is_some_and(|p| p.paused),
+                initial_end_seq: None,
+            };
+            save_lifecycle(dir, &l)?;
+            Ok(l)
+        }
+        Err(e) => Err(AgentError::io("cannot read the VPG's state", &path, e)),
+    }
+}
+
 fn initial_marker(dir: &Path) -> PathBuf {
     dir.join("initial-sync-done")
 }
@@ -203,9 +242,41 @@ impl Vpg {
         *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = found;
     }
 
-    /// Moves the capture's events into the VPG's log (and the agent's).
+    /// The state machine as it stands.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Feeds the state machine: the transition is taken, persisted and told, or refused
+    /// with the reason (nothing changes then).
+    pub fn apply(&self, input: Input) -> Result<(), String> {
+        let actions = {
+            let mut g = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            let (next, actions) = step(&g, input)?;
+            if actions.contains(&Action::Persist)
+                && let Err(e) = save_lifecycle(&self.dir, &next)
+            {
+                return Err(format!("cannot record the VPG's new state: {e}"));
+            }
+            *g = next;
+            actions
+        };
+        for a in actions {
+            if let Action::Event(e) = a {
+                self.event(e);
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_paused(&self) -> bool {
-        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).paused
+    }
+
+    /// The initial sync (every block read into the journal and held by the recovery site)
+    /// is over, or was never needed.
+    pub fn initial_done(&self) -> bool {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).sync != SyncPhase::Initializing
     }
 
     pub fn journal_stats(&self) -> JournalStats {
@@ -230,8 +301,9 @@ impl Vpg {
         f(&mut self.ship.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// A pre-seeded VPG whose regions are still being compared with the replica's.
     pub fn delta_pending(&self) -> bool {
-        self.delta_pending.load(std::sync::atomic::Ordering::Relaxed)
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).sync == SyncPhase::DeltaSync
     }
 
     /// The member volumes: (id, its file if online, its size).
@@ -269,9 +341,7 @@ impl Vpg {
         ));
         self.cap.collect_events();
         self.sync_once().await?;
-        std::fs::write(delta_marker(&self.dir), b"")?;
-        self.delta_pending.store(false, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.apply(Input::DeltaCompared).map_err(io::Error::other)
     }
 
     /// Starts a full sync (every block read into the journal again) and makes the dirty
@@ -311,7 +381,7 @@ impl Vpg {
         };
         let over = link_up
             && !self.is_paused()
-            && self.initial_done.load(Relaxed)
+            && self.initial_done()
             && !self.delta_pending()
             && self.cap.capture.mode() == Mode::Journaling
             && self.rpo_s(now) * 1000.0 > p.throttle_rpo_ms as f64;

@@ -193,7 +193,8 @@ impl Vpgs {
             maps.insert(id, (Arc::new(map), rec));
         }
         let (capture, rep) = Capture::recover(journal, &jrec, maps);
-        let vpg = self.runtime(record, dir, capture);
+        let lifecycle = load_lifecycle(&dir, &record)?;
+        let vpg = self.runtime(record, dir, capture, lifecycle);
         vpg.reload_checkpoints();
         log_recovery(&vpg, &jrec, &rep);
         for n in notes {
@@ -205,7 +206,13 @@ impl Vpgs {
         Ok(vpg)
     }
 
-    fn runtime(self: &Arc<Self>, record: VpgRecord, dir: PathBuf, capture: Capture<MmapStorage>) -> Arc<Vpg> {
+    fn runtime(
+        self: &Arc<Self>,
+        record: VpgRecord,
+        dir: PathBuf,
+        capture: Capture<MmapStorage>,
+        lifecycle: Lifecycle,
+    ) -> Arc<Vpg> {
         let record_name = record.name.clone();
         let vpg = Arc::new(Vpg {
             members: RwLock::new(
@@ -232,14 +239,11 @@ impl Vpgs {
             checkpoints: Mutex::new(VecDeque::new()),
             stop: CancellationToken::new(),
             cfg: self.cfg.clone(),
-            paused: std::sync::atomic::AtomicBool::new(false),
+            lifecycle: Mutex::new(lifecycle),
             ship: Mutex::new(ShipState::default()),
-            initial_done: std::sync::atomic::AtomicBool::new(false),
-            initial_end_seq: std::sync::atomic::AtomicU64::new(0),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             opened_ms: now_ms(),
             link_seen: std::sync::atomic::AtomicBool::new(false),
-            delta_pending: std::sync::atomic::AtomicBool::new(false),
             behind: std::sync::atomic::AtomicBool::new(false),
             behind_checked_ms: std::sync::atomic::AtomicU64::new(0),
             throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
@@ -252,14 +256,6 @@ impl Vpgs {
         if st.acked_seq >= st.next_seq && vpg.cap.capture.mode() == Mode::Journaling {
             vpg.ship_update(|s| s.caught_up_ms = now_ms());
         }
-        let delta = vpg.record.protection.as_ref().is_some_and(|p| p.preseeded) && !delta_marker(&vpg.dir).exists();
-        vpg.delta_pending.store(delta, std::sync::atomic::Ordering::Relaxed);
-        let paused = vpg.record.protection.as_ref().is_some_and(|p| p.paused);
-        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
-        vpg.initial_done.store(
-            vpg.record.protection.is_none() || initial_marker(&vpg.dir).exists(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         if vpg.record.protection.as_ref().is_some_and(|p| p.throttle_rpo_ms > 0) {
             let weak = Arc::downgrade(&vpg);
             vpg.cap
@@ -333,13 +329,9 @@ impl Vpgs {
                 "VPG {name:?} is not replicated (create it with --peer to protect it)"
             )));
         }
-        vpg.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        vpg.apply(if paused { Input::Pause } else { Input::Resume })
+            .map_err(|why| AgentError::Refused(format!("VPG {name:?}: {why}")))?;
         self.save(&self.records())?;
-        vpg.event(if paused {
-            "paused: nothing is shipped until `ferry vpg resume`".into()
-        } else {
-            "resumed".into()
-        });
         Ok(vpg.status())
     }
 
@@ -402,7 +394,7 @@ impl Vpgs {
             protection,
         };
         let dir = self.dir(name);
-        let made = (|| -> Result<Capture<MmapStorage>, AgentError> {
+        let made = (|| -> Result<(Capture<MmapStorage>, Lifecycle), AgentError> {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("cannot create VPG directory", &dir, e))?;
             let g = Geometry::for_data_bytes(record.ring_id, journal_bytes);
             let jpath = journal_path(&dir);
@@ -427,9 +419,12 @@ impl Vpgs {
                 )?;
                 maps.insert(id, Arc::new(m));
             }
-            Ok(Capture::new(journal, maps))
+            let p = record.protection.as_ref();
+            let lifecycle = Lifecycle::new(p.is_some(), p.is_some_and(|p| p.preseeded));
+            save_lifecycle(&dir, &lifecycle)?;
+            Ok((Capture::new(journal, maps), lifecycle))
         })();
-        let capture = match made {
+        let (capture, lifecycle) = match made {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -442,7 +437,7 @@ impl Vpgs {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        let vpg = self.runtime(record, dir, capture);
+        let vpg = self.runtime(record, dir, capture, lifecycle);
         self.attach_all(&vpg);
         vpg.cap.push_event(format!(
             "created with {} volume(s) and a {} journal; capture starts now",

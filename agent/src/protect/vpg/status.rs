@@ -2,11 +2,25 @@
 //! tail for `ferry journal tail`.
 
 use super::*;
+use crate::protect::state::{Live, VpgState, shown};
+
+/// The version of [`VpgStatus`]'s JSON. 2: `format` and `state_kind` added (1 had
+/// neither; `state` is the same text).
+pub const STATUS_FORMAT_VERSION: u32 = 2;
 
 /// VPG status as the control API reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VpgStatus {
+    /// [`STATUS_FORMAT_VERSION`] (absent: 1).
+    #[serde(default = "format_v1")]
+    pub format: u32,
     pub name: String,
+    /// The state machine's state (see [`crate::protect::state`]); `None` only from an
+    /// agent of format 1.
+    #[serde(default)]
+    pub state_kind: Option<VpgState>,
+    /// The state for a person, with its detail (`protecting (meeting SLA)`, the datastore
+    /// error, …).
     pub state: String,
     pub volumes: Vec<VpgVolumeStatus>,
     pub journal: JournalStatus,
@@ -19,6 +33,10 @@ pub struct VpgStatus {
     /// A member's datastore I/O failed lately.
     #[serde(default)]
     pub datastore_error: Option<DatastoreError>,
+}
+
+fn format_v1() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,11 +108,10 @@ impl Vpg {
             .cloned()
             .collect();
         let now = now_ms();
-        self.note_initial_sync();
         let protection = self.record.protection.as_ref().map(|p| {
             let rpo_s = self.rpo_s(now);
             let total: u64 = self.cap.capture.maps().values().map(|m| m.header().volume_bytes).sum();
-            let initializing = !self.initial_done.load(std::sync::atomic::Ordering::Relaxed);
+            let initializing = !self.initial_done();
             // Progress: the share read into the journal, times the share of the journal's
             // records the recovery site holds.
             let (acked, next) = (
@@ -129,26 +146,32 @@ impl Vpg {
             }
         });
         let datastore_error = self.cap.datastore_error();
-        let state = match &datastore_error {
-            Some(d) => format!(
+        let mode = self.cap.capture.mode();
+        let live = Live {
+            protected: protection.is_some(),
+            bitmap_sync: mode != Mode::Journaling,
+            datastore_error: datastore_error.is_some(),
+            peer_error: protection.as_ref().is_some_and(|p| p.ship.error.is_some()),
+            meeting_sla: protection.as_ref().is_some_and(|p| p.meeting_sla),
+        };
+        let state_kind = shown(&self.lifecycle(), &live);
+        let state = match (state_kind, &datastore_error) {
+            (VpgState::Error, Some(d)) => format!(
                 "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
                 d.message,
                 d.failures,
                 now.saturating_sub(d.last_unix_ms) / 1000
             ),
-            None => match &protection {
-                None => self.cap.capture.mode().name().to_string(),
-                Some(_) if self.is_paused() => "paused".into(),
-                Some(p) if p.ship.error.is_some() => "error".into(),
-                Some(_) if self.delta_pending() => "delta-sync".into(),
-                Some(p) if p.initial_done_bytes.is_some() => "initializing".into(),
-                Some(_) if self.cap.capture.mode() != Mode::Journaling => self.cap.capture.mode().name().into(),
-                Some(p) if p.meeting_sla => "protecting (meeting SLA)".into(),
-                Some(_) => "protecting (not meeting SLA)".into(),
-            },
+            (VpgState::Protecting | VpgState::BitmapSync, _) if !live.protected => mode.name().into(),
+            (VpgState::BitmapSync, _) => mode.name().into(),
+            (VpgState::Protecting, _) if live.meeting_sla => "protecting (meeting SLA)".into(),
+            (VpgState::Protecting, _) => "protecting (not meeting SLA)".into(),
+            (kind, _) => kind.name().into(),
         };
         VpgStatus {
+            format: STATUS_FORMAT_VERSION,
             name: self.record.name.clone(),
+            state_kind: Some(state_kind),
             state,
             volumes: self
                 .record

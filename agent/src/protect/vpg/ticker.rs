@@ -104,31 +104,27 @@ impl Vpg {
         }
     }
 
-    /// A protected VPG whose first drain finished has all its blocks in the journal.
-    pub(super) fn note_initial_sync(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.initial_done.load(Relaxed) {
+    /// The initial sync: once every block was read into the journal (the first drain is
+    /// over), the state machine learns up to where; then each acknowledgement is a fact it
+    /// takes (the sync ends when the recovery site holds that point).
+    pub fn note_initial_sync(&self) {
+        let l = self.lifecycle();
+        if l.sync != SyncPhase::Initializing || self.record.protection.is_none() {
             return;
         }
-        // First every block is read into the journal; then the recovery site must hold
-        // every record up to that point.
-        if self.initial_end_seq.load(Relaxed) == 0 {
+        if l.initial_end_seq.is_none() {
             if self.cap.capture.mode() != Mode::Journaling {
                 return;
             }
-            self.initial_end_seq
-                .store(self.journal_stats().next_seq.max(1), Relaxed);
+            let next_seq = self.journal_stats().next_seq;
+            if let Err(why) = self.apply(Input::InitialRead { next_seq }) {
+                warn!(vpg = %self.record.name, "{why}");
+            }
         }
-        let acked = self.ship.lock().unwrap_or_else(|e| e.into_inner()).acked_seq;
-        if acked < self.initial_end_seq.load(Relaxed) || self.initial_done.swap(true, Relaxed) {
-            return;
+        let acked_seq = self.ship.lock().unwrap_or_else(|e| e.into_inner()).acked_seq;
+        if let Err(why) = self.apply(Input::Acked { acked_seq }) {
+            warn!(vpg = %self.record.name, "{why}");
         }
-        if let Err(e) = std::fs::write(initial_marker(&self.dir), b"") {
-            warn!(vpg = %self.record.name, error = %e, "cannot record the initial sync's end");
-        }
-        self.event(
-            "initial sync done: the recovery site holds every block; from now on only writes are shipped".into(),
-        );
     }
 
     /// Reads dirty regions back into the journal whenever there are some and room.

@@ -248,6 +248,7 @@ impl Session<'_> {
                 if el >= 2.0 {
                     sv.rate_mark = (Instant::now(), sv.vpg.ship_update(|s| s.acked_bytes));
                 }
+                sv.vpg.note_initial_sync();
                 self.note_acked(acked_wire);
             }
             Frame::Control(Message::Refused { vpg, reason }) => {
