@@ -551,7 +551,11 @@ fn create_waits_for_the_initial_sync_and_pause_holds_shipping_until_resume() {
     a.kill9();
     a.spawn();
     let v: serde_json::Value = serde_json::from_str(&a.ferry(&["vpg", "show", "app", "--json"])).unwrap();
-    assert_eq!((v["format"].as_u64(), v["state_kind"].as_str()), (Some(2), Some("paused")), "{v}");
+    assert_eq!(
+        (v["format"].as_u64(), v["state_kind"].as_str()),
+        (Some(2), Some("paused")),
+        "{v}"
+    );
     let again = a.ferry_fails(&["vpg", "pause", "app"]);
     assert!(again.contains("already paused"), "{again}");
     a.ferry(&["vpg", "resume", "app"]);

@@ -105,6 +105,58 @@ pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), AgentEr
     write().map_err(|e| AgentError::io("cannot write", path, e))
 }
 
+/// A VPG's lineage: its identity, 128 random bits made at creation, kept by both sites.
+/// Written as 32 hex digits; all zero means not known (made before lineages were).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Lineage(pub [u8; 16]);
+
+impl Lineage {
+    /// A new random lineage.
+    pub fn new() -> Result<Lineage, AgentError> {
+        ferry_proto::pairing::random_id()
+            .map(Lineage)
+            .map_err(|e| AgentError::Refused(format!("cannot make a lineage id: {e}")))
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.0 != [0; 16]
+    }
+}
+
+impl std::fmt::Display for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for Lineage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lineage, String> {
+        let bad = || format!("{s:?} is not a lineage id (32 hex digits)");
+        if s.len() != 32 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Lineage(out))
+    }
+}
+
+impl Serialize for Lineage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Lineage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Lineage, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +186,18 @@ mod tests {
         let err = load(&dir).unwrap_err().to_string();
         assert!(err.contains("version 9"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lineage_is_written_as_32_hex_digits_and_read_back() {
+        let l = Lineage([0xab; 16]);
+        let text = serde_json::to_string(&l).unwrap();
+        assert_eq!(text, format!("\"{}\"", "ab".repeat(16)));
+        assert_eq!(serde_json::from_str::<Lineage>(&text).unwrap(), l);
+        for bad in ["", "ab", &"zz".repeat(16), &"é".repeat(16)] {
+            assert!(bad.parse::<Lineage>().is_err(), "{bad:?}");
+        }
+        assert!(!Lineage::default().is_known());
+        assert_ne!(Lineage::new().unwrap(), Lineage::new().unwrap());
     }
 }

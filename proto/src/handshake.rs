@@ -19,7 +19,9 @@ use snow::{Builder, HandshakeState};
 
 pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// The replication protocol versions this agent speaks.
-pub const VERSIONS: (u16, u16) = (1, 1);
+/// 2: a VPG's lineage travels in `Open` (see [`crate::message`]); 1 is refused with the
+/// version error (no agent that speaks only 1 knows lineages).
+pub const VERSIONS: (u16, u16) = (2, 2);
 const HELLO_MAGIC: &[u8; 4] = b"FYH1";
 const REPLY_MAGIC: &[u8; 4] = b"FYR1";
 /// Noise's largest message.
@@ -194,7 +196,7 @@ mod tests {
         let theirs = outcome.unwrap();
         let ours = init.finish(&reply).unwrap();
         assert_eq!(ours, theirs);
-        assert_eq!(ours.version, 1);
+        assert_eq!(ours.version, VERSIONS.1);
         assert_ne!(ours.initiator_to_responder, ours.responder_to_initiator);
         // A batch sealed by one side opens on the other.
         let h = BatchHeader {
@@ -261,6 +263,21 @@ mod tests {
         let (reply, outcome) = respond_with(&PSK, &hello, (2, 5)).unwrap();
         assert_eq!(outcome.unwrap().version, 3);
         assert_eq!(init.finish(&reply).unwrap().version, 3);
+    }
+
+    /// An agent of version 1 (before lineages) meets this one: both say which versions
+    /// each speaks and which agent to upgrade.
+    #[test]
+    fn an_agent_of_version_1_gets_a_clear_version_error() {
+        let (old, hello) = initiate_with(&PSK, (1, 1)).unwrap();
+        let (reply, outcome) = respond(&PSK, &hello).unwrap();
+        let here = outcome.unwrap_err().to_string();
+        assert!(
+            here.contains("we speak 2..=2, the peer 1..=1; upgrade the older agent"),
+            "{here}"
+        );
+        let there = old.finish(&reply).unwrap_err().to_string();
+        assert!(there.contains("we speak 1..=1, the peer 2..=2"), "{there}");
     }
 
     #[test]

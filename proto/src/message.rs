@@ -1,7 +1,8 @@
 //! Control messages: the plaintext of control frames ([`crate::batch::FrameKind::Control`]),
-//! encoded with postcard (format v1: the enum's variant index as a varint, then its fields
-//! in order; integers as varints, strings as a varint length and UTF-8). A new variant or
-//! field is a new protocol version; [`decode`] refuses trailing bytes.
+//! encoded with postcard (the enum's variant index as a varint, then its fields in order;
+//! integers as varints, strings as a varint length and UTF-8, fixed arrays as their bytes).
+//! A new variant or field is a new protocol version ([`crate::handshake::VERSIONS`]);
+//! [`decode`] refuses trailing bytes. Version 2 added [`VpgSpec::lineage`].
 //!
 //! ```text
 //! protected site                          recovery site
@@ -32,7 +33,14 @@ pub struct VolumeSpec {
 pub struct VpgSpec {
     pub id: u64,
     pub name: String,
+    /// The VPG's generation: raised by every live failover and move. A site refuses a
+    /// stream of an epoch older than the one it holds.
     pub epoch: u64,
+    /// The VPG's identity, made at its creation: two sites exchange a VPG's stream only
+    /// when their lineages match. (All zero in a replica made before version 2, which
+    /// takes the first lineage it is sent.)
+    #[serde(default)]
+    pub lineage: [u8; 16],
     /// In journal order: the record's volume id is the position here, from 1.
     pub volumes: Vec<VolumeSpec>,
     /// The recovery datastore to hold its replica, by name; empty: the default.
@@ -133,14 +141,15 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    /// Format v1, byte for byte (postcard: variant index, then varints and
-    /// length-prefixed strings).
+    /// Version 2, byte for byte (postcard: variant index, then varints, length-prefixed
+    /// strings and the lineage's 16 bytes as they are).
     #[test]
-    fn golden_messages_v1() {
+    fn golden_messages_v2() {
         let open = Message::Open(VpgSpec {
             id: 300,
             name: "app".into(),
             epoch: 1,
+            lineage: [0x11; 16],
             volumes: vec![VolumeSpec {
                 name: "d0".into(),
                 size_bytes: 1 << 20,
@@ -149,7 +158,12 @@ mod tests {
             history_secs: 3600,
             history_bytes_max: 0,
         });
-        assert_eq!(hex(&encode(&open)), "00ac0203617070010102643080804000901c00");
+        // Open, id 300, "app", epoch 1, the lineage, then volumes and the rest as in v1.
+        let lineage = "11".repeat(16);
+        assert_eq!(
+            hex(&encode(&open)),
+            format!("00ac0203617070{}{lineage}0102643080804000901c00", "01")
+        );
         assert_eq!(
             hex(&encode(&Message::Ack {
                 vpg: 300,

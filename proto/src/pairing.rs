@@ -33,6 +33,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PairingError + '_ {
     }
 }
 
+/// A key's fingerprint, to name it without showing it: the first 8 bytes of SHA-256 over a
+/// domain tag and the key, in hex (16 digits).
+pub fn fingerprint(key: &[u8; KEY_BYTES]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"ferry pairing key fingerprint v1\0");
+    ctx.update(key);
+    ctx.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 16 random bytes (a VPG's lineage id).
+pub fn random_id() -> Result<[u8; 16], PairingError> {
+    let mut id = [0u8; 16];
+    SystemRandom::new().fill(&mut id).map_err(|_| PairingError::Random)?;
+    Ok(id)
+}
+
 /// A new random key.
 pub fn new_key() -> Result<[u8; KEY_BYTES], PairingError> {
     let mut k = [0u8; KEY_BYTES];

@@ -347,6 +347,15 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             } else {
                 print_replica_line(&r);
                 println!("  directory: {}", r.dir.display());
+                println!("  lineage {}, epoch {}", r.lineage, r.epoch);
+                if let Some(p) = &r.peer {
+                    println!(
+                        "  protected site: {} (pairing key {}), last opened {}",
+                        p.address,
+                        p.key_fingerprint,
+                        utc(p.unix_ms)
+                    );
+                }
                 println!("  volumes: {}", r.volumes.join(", "));
                 println!("  replica holds records below seq {}", r.applied_seq);
                 println!("  checkpoints: {}", r.checkpoints.len());

@@ -141,6 +141,7 @@ pub(super) fn print_vpgs(vpgs: &[VpgStatus]) {
 pub(super) fn print_vpg(v: &VpgStatus) {
     let j = &v.journal;
     println!("VPG {}: {}", v.name, v.state);
+    println!("lineage {}, epoch {}", v.lineage, v.epoch);
     println!(
         "journal {}: {} of {} used ({:.1}%), {} unacknowledged records (sequence {}..{}, settled to {})",
         j.path.display(),

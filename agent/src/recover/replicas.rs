@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::config::DatastoreConfig;
 use crate::error::AgentError;
 use crate::meta::{name_problem, write_atomic};
-use crate::recover::replica::{Replica, io_err};
+use crate::recover::replica::{PeerSeen, Replica, io_err};
 
 /// The replicas this agent holds for its peers.
 #[derive(Debug)]
@@ -126,7 +126,8 @@ impl Replicas {
 
     /// The replica for `spec`: the one already here (same id), or a new one. Refuses a
     /// name held by another VPG, or a spec that changed its volumes.
-    pub fn open(&self, spec: &VpgSpec) -> Result<Arc<Replica>, String> {
+    /// The replica of `spec`, made if new, as `peer` opens it (see [`Replica::admit`]).
+    pub fn open(&self, spec: &VpgSpec, peer: &PeerSeen) -> Result<Arc<Replica>, String> {
         if let Some(why) = name_problem("VPG", &spec.name) {
             return Err(why);
         }
@@ -168,6 +169,7 @@ impl Replicas {
                     spec.name
                 ));
             }
+            r.admit(spec, peer)?;
             return Ok(r.clone());
         }
         let ds = if spec.datastore.is_empty() {
@@ -177,7 +179,7 @@ impl Replicas {
         }
         .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
         let dir = replicas_dir(ds).join(&spec.name);
-        let r = Replica::create(&dir, spec).map_err(|e| e.to_string())?;
+        let r = Replica::create(&dir, spec, peer).map_err(|e| e.to_string())?;
         info!(replica = %spec.name, dir = %dir.display(), "replica created");
         self.map
             .write()

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
-use crate::recover::replica::{Replica, SessionHold};
+use crate::recover::replica::{PeerSeen, Replica, SessionHold};
 use crate::recover::replicas::Replicas;
 use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
 
@@ -70,7 +70,7 @@ pub async fn run(
             let stats = Arc::new(LinkStats::default());
             let accepted = link::accept(stream, &keys, Pace::new(0), stats).await;
             drop(pass);
-            let (rd, wr, _) = match accepted {
+            let (rd, wr, key) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     if let Some(suppressed) = refused.admit() {
@@ -80,7 +80,12 @@ pub async fn run(
                 }
             };
             info!(%peer, "replication peer connected");
-            match serve(rd, wr, &replicas, stop).await {
+            let seen = PeerSeen {
+                address: peer.to_string(),
+                key_fingerprint: ferry_proto::pairing::fingerprint(&keys[key]),
+                unix_ms: crate::clock::now_ms(),
+            };
+            match serve(rd, wr, &replicas, &seen, stop).await {
                 Ok(()) => info!(%peer, "replication peer disconnected"),
                 Err(e) => warn!(%peer, error = %e, "replication session ended"),
             }
@@ -92,6 +97,7 @@ async fn serve(
     rd: link::LinkReader,
     mut wr: link::LinkWriter,
     replicas: &Arc<Replicas>,
+    seen: &PeerSeen,
     stop: CancellationToken,
 ) -> Result<(), LinkError> {
     // Each held while open here, so that `ferry replica delete` knows the peer is connected.
@@ -130,8 +136,8 @@ async fn serve(
             Frame::Control(Message::Open(spec)) => {
                 let id = spec.id;
                 let r = {
-                    let replicas = replicas.clone();
-                    tokio::task::spawn_blocking(move || replicas.open(&spec))
+                    let (replicas, seen) = (replicas.clone(), seen.clone());
+                    tokio::task::spawn_blocking(move || replicas.open(&spec, &seen))
                         .await
                         .map_err(|e| LinkError::Content(e.to_string()))?
                 };

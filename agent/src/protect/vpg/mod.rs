@@ -42,6 +42,7 @@ use crate::config::CaptureConfig;
 use crate::error::AgentError;
 use crate::events::Event;
 use crate::io::{BufPool, Engine};
+use crate::meta::Lineage;
 use crate::protect::capture::{DatastoreError, HOLD_MAX, VpgCapture};
 use crate::protect::state::{Action, Input, Lifecycle, SyncPhase, step};
 use crate::protect::volume::Volume;

@@ -65,7 +65,17 @@ impl Vpgs {
             vpgs: RwLock::new(BTreeMap::new()),
             change: tokio::sync::Mutex::new(()),
         });
-        for record in reg.vpgs {
+        let mut given = false;
+        let mut records = reg.vpgs;
+        for r in records.iter_mut().filter(|r| !r.lineage.is_known()) {
+            r.lineage = Lineage::new()?;
+            info!(vpg = %r.name, lineage = %r.lineage, "VPG made before lineages: lineage id given");
+            given = true;
+        }
+        if given {
+            me.save(&records)?;
+        }
+        for record in records {
             let name = record.name.clone();
             match me.open(record) {
                 Ok(v) => {
@@ -391,6 +401,8 @@ impl Vpgs {
             journal_bytes,
             ring_id: random_u64(),
             created_unix_ms: now_ms(),
+            lineage: Lineage::new()?,
+            epoch: 1,
             protection,
         };
         let dir = self.dir(name);

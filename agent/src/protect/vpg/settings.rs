@@ -13,9 +13,20 @@ pub struct VpgRecord {
     pub journal_bytes: u64,
     pub ring_id: u64,
     pub created_unix_ms: u64,
+    /// The VPG's identity, made at creation (given at the next start to a VPG made before
+    /// lineages were).
+    #[serde(default)]
+    pub lineage: Lineage,
+    /// Its generation: raised by every live failover and move.
+    #[serde(default = "first_epoch")]
+    pub epoch: u64,
     /// Replication to a recovery site; none: capture only.
     #[serde(default)]
     pub protection: Option<Protection>,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 /// How a VPG is protected: where to, and its targets.

@@ -4,8 +4,8 @@
 use super::*;
 use crate::protect::state::{Live, VpgState, shown};
 
-/// The version of [`VpgStatus`]'s JSON. 2: `format` and `state_kind` added (1 had
-/// neither; `state` is the same text).
+/// The version of [`VpgStatus`]'s JSON. 2: `format`, `state_kind`, `lineage` and `epoch`
+/// added (1 had none of them; `state` is the same text).
 pub const STATUS_FORMAT_VERSION: u32 = 2;
 
 /// VPG status as the control API reports it.
@@ -15,6 +15,11 @@ pub struct VpgStatus {
     #[serde(default = "format_v1")]
     pub format: u32,
     pub name: String,
+    /// The VPG's identity and generation.
+    #[serde(default)]
+    pub lineage: Lineage,
+    #[serde(default)]
+    pub epoch: u64,
     /// The state machine's state (see [`crate::protect::state`]); `None` only from an
     /// agent of format 1.
     #[serde(default)]
@@ -171,6 +176,8 @@ impl Vpg {
         VpgStatus {
             format: STATUS_FORMAT_VERSION,
             name: self.record.name.clone(),
+            lineage: self.record.lineage,
+            epoch: self.record.epoch,
             state_kind: Some(state_kind),
             state,
             volumes: self

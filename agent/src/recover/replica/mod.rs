@@ -48,7 +48,7 @@ use crate::checkpoint::CheckpointInfo;
 use crate::clock::now_ms;
 use crate::error::AgentError;
 use crate::events::{Event, EventLog};
-use crate::meta::write_atomic;
+use crate::meta::{Lineage, write_atomic};
 
 mod aging;
 mod index;
@@ -67,10 +67,23 @@ const SMALL_BYTES_MAX: u64 = 1 << 20;
 /// What `replica.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaMeta {
+    /// The VPG as its protected site last announced it, with its lineage and epoch.
     pub spec: VpgSpec,
     pub applied_seq: u64,
     pub applying_until: u64,
     pub created_unix_ms: u64,
+    /// The protected site as last seen.
+    #[serde(default)]
+    pub peer: Option<PeerSeen>,
+}
+
+/// A protected site as the recovery site saw it open a VPG: where from, and which pairing
+/// key it proved it holds (by fingerprint), so the replica can later be shipped back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSeen {
+    pub address: String,
+    pub key_fingerprint: String,
+    pub unix_ms: u64,
 }
 
 /// A record in the history index.
@@ -187,6 +200,14 @@ impl std::fmt::Debug for Replica {
 pub struct ReplicaStatus {
     pub name: String,
     pub id: u64,
+    /// The VPG's lineage (unknown: made before lineages, until its site opens it again).
+    #[serde(default)]
+    pub lineage: Lineage,
+    #[serde(default)]
+    pub epoch: u64,
+    /// The protected site as last seen.
+    #[serde(default)]
+    pub peer: Option<PeerSeen>,
     pub dir: PathBuf,
     pub volumes: Vec<String>,
     pub applied_seq: u64,
@@ -231,13 +252,14 @@ impl Replica {
     }
 
     /// Makes a new replica for `spec` in `dir`.
-    pub(crate) fn create(dir: &Path, spec: &VpgSpec) -> Result<Arc<Replica>, AgentError> {
+    pub(crate) fn create(dir: &Path, spec: &VpgSpec, peer: &PeerSeen) -> Result<Arc<Replica>, AgentError> {
         std::fs::create_dir_all(dir.join("history")).map_err(io_err("cannot create", dir))?;
         let meta = ReplicaMeta {
             spec: spec.clone(),
             applied_seq: 0,
             applying_until: 0,
             created_unix_ms: now_ms(),
+            peer: Some(peer.clone()),
         };
         let bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
         write_atomic(dir, &Self::meta_path(dir), &bytes)?;
@@ -413,6 +435,66 @@ impl Replica {
     /// It was deleted: a session must stop writing to it and let it go.
     pub fn is_removed(&self) -> bool {
         self.removed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A protected site opens this replica again with `spec`: the lineage must be the
+    /// replica's (a replica made before lineages takes the first it is sent) and the epoch
+    /// no older than the replica's. A newer epoch and the peer as seen now are recorded.
+    /// Refusals and changes are events of the replica.
+    pub fn admit(&self, spec: &VpgSpec, peer: &PeerSeen) -> Result<(), String> {
+        let mut events = Vec::new();
+        let result = {
+            let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            let have = Lineage(meta.spec.lineage);
+            let theirs = Lineage(spec.lineage);
+            if have.is_known() && have != theirs {
+                Err(format!(
+                    "VPG {:?} from {} has lineage {theirs}, but this replica belongs to lineage {have}: it is another VPG of the same name. Delete this replica (`ferry replica delete {}`) to take the new VPG, or give the new VPG another name",
+                    spec.name, peer.address, spec.name
+                ))
+            } else if spec.epoch < meta.spec.epoch {
+                Err(format!(
+                    "VPG {:?} from {} is at epoch {}, older than this replica's {}: that site was failed over from and must not replicate here (resolve it there)",
+                    spec.name, peer.address, spec.epoch, meta.spec.epoch
+                ))
+            } else {
+                let mut next = meta.clone();
+                if !have.is_known() {
+                    events.push(format!(
+                        "lineage {theirs} recorded (the replica was made before lineages)"
+                    ));
+                }
+                if spec.epoch > meta.spec.epoch {
+                    events.push(format!("epoch {} → {}", meta.spec.epoch, spec.epoch));
+                }
+                if let Some(before) = &meta.peer
+                    && before.key_fingerprint != peer.key_fingerprint
+                {
+                    events.push(format!(
+                        "the protected site now proves pairing key {} (was {})",
+                        peer.key_fingerprint, before.key_fingerprint
+                    ));
+                }
+                next.spec.lineage = spec.lineage;
+                next.spec.epoch = next.spec.epoch.max(spec.epoch);
+                next.peer = Some(peer.clone());
+                self.save_meta(&next).map_err(|e| e.to_string())?;
+                *meta = next;
+                Ok(())
+            }
+        };
+        if let Err(why) = &result {
+            events.push(format!("refused: {why}"));
+        }
+        for e in events {
+            self.push_event(e);
+        }
+        result
+    }
+
+    /// The protected site as last seen.
+    pub fn peer(&self) -> Option<PeerSeen> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).peer.clone()
     }
 
     pub fn spec(&self) -> VpgSpec {
@@ -605,6 +687,9 @@ impl Replica {
         ReplicaStatus {
             name: m.spec.name.clone(),
             id: m.spec.id,
+            lineage: Lineage(m.spec.lineage),
+            epoch: m.spec.epoch,
+            peer: m.peer.clone(),
             dir: self.dir.clone(),
             volumes: m.spec.volumes.iter().map(|v| v.name.clone()).collect(),
             applied_seq: m.applied_seq,

@@ -176,7 +176,8 @@ impl Shipping {
         VpgSpec {
             id: v.record.ring_id,
             name: v.record.name.clone(),
-            epoch: 1,
+            epoch: v.record.epoch,
+            lineage: v.record.lineage.0,
             // Sizes as the VPG's dirty maps know them: right even while a volume is offline.
             volumes: v
                 .record

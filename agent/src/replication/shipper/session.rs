@@ -399,7 +399,7 @@ impl Session<'_> {
             kind: FrameKind::Batch,
             flags: if b.compressed { FLAG_ZSTD } else { 0 },
             vpg: id,
-            epoch: 1,
+            epoch: sv.vpg.record.epoch,
             batch_seq: sv.batch_seq,
             first_seq: b.first_seq,
             record_count: (b.end_seq - b.first_seq) as u32,
