@@ -405,6 +405,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         links: vec![],
         replicas: vec![],
         replicas_loading: true,
+        metadata_problems: vec![],
     };
     let api = tokio::spawn(
         axum::serve(

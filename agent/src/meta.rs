@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
@@ -58,20 +59,12 @@ pub fn registry_path(state_dir: &Path) -> PathBuf {
 /// Loads the registry; a missing file is an empty registry.
 pub fn load(state_dir: &Path) -> Result<Registry, AgentError> {
     let path = registry_path(state_dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Registry {
-                version: STATE_FORMAT_VERSION,
-                volumes: vec![],
-            });
-        }
-        Err(e) => return Err(AgentError::io("cannot read", path, e)),
+    let Some(reg) = fetch_noting::<Registry>(&path, VOLUMES)? else {
+        return Ok(Registry {
+            version: STATE_FORMAT_VERSION,
+            volumes: vec![],
+        });
     };
-    let reg: Registry = serde_json::from_str(&text).map_err(|e| AgentError::StateCorrupt {
-        path: path.clone(),
-        why: e.to_string(),
-    })?;
     if reg.version != STATE_FORMAT_VERSION {
         return Err(AgentError::StateCorrupt {
             path,
@@ -86,15 +79,12 @@ pub fn load(state_dir: &Path) -> Result<Registry, AgentError> {
 
 /// Replaces the registry atomically.
 pub fn save(state_dir: &Path, reg: &Registry) -> Result<(), AgentError> {
-    let text = serde_json::to_string_pretty(reg).expect("registry serialises");
-    write_atomic(state_dir, &registry_path(state_dir), text.as_bytes())
+    store(state_dir, &registry_path(state_dir), VOLUMES, reg)
 }
 
 /// Replaces `path` (in `dir`) with `bytes`: temporary file, fsync, rename, fsync of `dir`.
 pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
+    let tmp = with_suffix(path, ".tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -103,6 +93,204 @@ pub fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), AgentEr
         std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| AgentError::io("cannot write", path, e))
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// A kind of recovery-critical metadata file and the version this agent writes (and the
+/// newest it reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaKind {
+    pub name: &'static str,
+    pub version: u32,
+}
+
+/// `volumes.json`: the volume registry.
+pub const VOLUMES: MetaKind = MetaKind { name: "volumes", version: 1 };
+/// `vpgs.json`: the VPG registry.
+pub const VPGS: MetaKind = MetaKind { name: "vpgs", version: 1 };
+/// `vpgs/NAME/state.json`: a VPG's state machine.
+pub const VPG_STATE: MetaKind = MetaKind { name: "vpg-state", version: 1 };
+/// `replicas/NAME/replica.json`: a replica's VPG, progress and protected site.
+pub const REPLICA: MetaKind = MetaKind { name: "replica", version: 1 };
+/// `replicas/deleted.json`: replicas deleted by an operator.
+pub const TOMBSTONES: MetaKind = MetaKind { name: "tombstones", version: 1 };
+
+/// The envelope's first line starts with this.
+pub const META_MAGIC: &str = "ferry-meta";
+
+/// Wraps a JSON body in the envelope: one line naming the kind, its version, the body's
+/// CRC-32C and length, then the body.
+///
+/// ```text
+/// ferry-meta volumes 1 crc32c=297bd0aa bytes=2
+/// {}
+/// ```
+pub fn envelope(kind: MetaKind, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "{META_MAGIC} {} {} crc32c={:08x} bytes={}\n",
+        kind.name,
+        kind.version,
+        crc32c::crc32c(body),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Takes the envelope off: the version and the body, or why the bytes are not a whole
+/// file of `kind`. A bare JSON file (written before the envelope) is version 0.
+pub fn open_envelope(kind: MetaKind, bytes: &[u8]) -> Result<(u32, &[u8]), String> {
+    if bytes.first() == Some(&b'{') {
+        return Ok((0, bytes));
+    }
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .filter(|&n| n <= 200)
+        .ok_or("no envelope line (truncated, or not a ferry metadata file)")?;
+    let line = std::str::from_utf8(&bytes[..nl]).map_err(|_| "the envelope line is not text")?;
+    let body = &bytes[nl + 1..];
+    let f: Vec<&str> = line.split(' ').collect();
+    let [magic, name, version, crc, len] = f[..] else {
+        return Err(format!("malformed envelope line {line:?}"));
+    };
+    if magic != META_MAGIC {
+        return Err(format!("not a ferry metadata file (starts {magic:?})"));
+    }
+    if name != kind.name {
+        return Err(format!("holds {name:?} metadata, not {:?}", kind.name));
+    }
+    let version: u32 = version.parse().map_err(|_| format!("malformed version {version:?}"))?;
+    if version > kind.version {
+        return Err(format!(
+            "written by a newer agent (format {version}; this one reads up to {}): upgrade this agent",
+            kind.version
+        ));
+    }
+    let crc = crc
+        .strip_prefix("crc32c=")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or_else(|| format!("malformed checksum {crc:?}"))?;
+    let len: usize = len
+        .strip_prefix("bytes=")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("malformed length {len:?}"))?;
+    if body.len() != len {
+        return Err(format!("holds {} bytes after the envelope, not {len} (torn or cut)", body.len()));
+    }
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum mismatch: the file is damaged".into());
+    }
+    Ok((version, body))
+}
+
+/// Writes `value` as a metadata file of `kind`: enveloped, atomically, keeping the copy
+/// it replaces as `PATH.prev` (read when the file itself is damaged or gone).
+pub fn store<T: Serialize>(dir: &Path, path: &Path, kind: MetaKind, value: &T) -> Result<(), AgentError> {
+    let body = serde_json::to_vec_pretty(value).expect("metadata serialises");
+    let bytes = envelope(kind, &body);
+    let tmp = with_suffix(path, ".tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        match std::fs::rename(path, with_suffix(path, ".prev")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| AgentError::io("cannot write", path, e))
+}
+
+/// A metadata file as read.
+#[derive(Debug)]
+pub struct Fetched<T> {
+    pub value: T,
+    /// The file was damaged or missing and its previous copy was read: why, for the log and
+    /// the operator.
+    pub fell_back: Option<String>,
+}
+
+/// Reads a metadata file of `kind`: `None` if neither it nor its previous copy exists. A
+/// damaged file falls back to its previous copy; with both damaged the error names the
+/// file, what is wrong and what to do.
+pub fn fetch<T: DeserializeOwned>(path: &Path, kind: MetaKind) -> Result<Option<Fetched<T>>, AgentError> {
+    let parse = |p: &Path| -> Result<Option<T>, String> {
+        let bytes = match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let (_, body) = open_envelope(kind, &bytes)?;
+        serde_json::from_slice(body).map(Some).map_err(|e| e.to_string())
+    };
+    let prev = with_suffix(path, ".prev");
+    match parse(path) {
+        Ok(Some(value)) => Ok(Some(Fetched { value, fell_back: None })),
+        first => {
+            let why = match &first {
+                Err(w) => w.clone(),
+                _ => "missing".to_string(),
+            };
+            match parse(&prev) {
+                Ok(Some(value)) => Ok(Some(Fetched {
+                    value,
+                    fell_back: Some(format!(
+                        "{} is {why}; its previous copy {} was read instead (the next change rewrites it)",
+                        path.display(),
+                        prev.display()
+                    )),
+                })),
+                Ok(None) if first.is_ok() => Ok(None),
+                Ok(None) => Err(AgentError::StateCorrupt {
+                    path: path.into(),
+                    why: format!("{why}, and there is no previous copy"),
+                }),
+                Err(prev_why) => Err(AgentError::StateCorrupt {
+                    path: path.into(),
+                    why: format!("{why}; its previous copy {} is {prev_why} too", prev.display()),
+                }),
+            }
+        }
+    }
+}
+
+/// Problems with metadata files found since the agent started (damaged files, copies fallen
+/// back to), for the log and `ferry status`; the newest [`PROBLEMS_KEPT`].
+static PROBLEMS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+pub const PROBLEMS_KEPT: usize = 64;
+
+/// Records a metadata problem (and logs it).
+pub fn note_problem(message: String) {
+    tracing::error!("{message}");
+    let mut p = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
+    if p.len() == PROBLEMS_KEPT {
+        p.remove(0);
+    }
+    p.push(message);
+}
+
+pub fn problems() -> Vec<String> {
+    PROBLEMS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// [`fetch`], with a fall-back to the previous copy noted as a problem.
+pub fn fetch_noting<T: DeserializeOwned>(path: &Path, kind: MetaKind) -> Result<Option<T>, AgentError> {
+    Ok(fetch(path, kind)?.map(|f| {
+        if let Some(why) = f.fell_back {
+            note_problem(why);
+        }
+        f.value
+    }))
 }
 
 /// A VPG's lineage: its identity, 128 random bits made at creation, kept by both sites.
@@ -199,5 +387,90 @@ mod tests {
         }
         assert!(!Lineage::default().is_known());
         assert_ne!(Lineage::new().unwrap(), Lineage::new().unwrap());
+    }
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ferry-meta-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// The envelope, byte for byte: a registry with no volumes (its CRC-32C worked out
+    /// apart, by a bitwise Castagnoli CRC in Python).
+    #[test]
+    fn golden_envelope_v1() {
+        let reg = Registry {
+            version: 1,
+            volumes: vec![],
+        };
+        let body = serde_json::to_vec_pretty(&reg).unwrap();
+        let bytes = envelope(VOLUMES, &body);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(
+            text,
+            "ferry-meta volumes 1 crc32c=536fb3ac bytes=35\n{\n  \"version\": 1,\n  \"volumes\": []\n}"
+        );
+        assert_eq!(open_envelope(VOLUMES, &bytes), Ok((1, &body[..])));
+    }
+
+    #[test]
+    fn a_damaged_envelope_says_what_is_wrong() {
+        let good = envelope(VPGS, b"{}");
+        let why = |b: &[u8], k| open_envelope(k, b).unwrap_err();
+        assert!(why(&good, VOLUMES).contains("holds \"vpgs\" metadata"));
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() = b']';
+        assert!(why(&flipped, VPGS).contains("checksum mismatch"));
+        assert!(why(&good[..good.len() - 1], VPGS).contains("torn or cut"));
+        let newer = envelope(MetaKind { name: "vpgs", version: 9 }, b"{}");
+        assert!(why(&newer, VPGS).contains("newer agent"));
+        assert!(why(b"", VPGS).contains("no envelope line"));
+        assert!(why(b"garbage\n{}", VPGS).contains("malformed envelope line"));
+        // A file from before the envelope is read as version 0.
+        assert_eq!(open_envelope(VPGS, b"{\"a\":1}"), Ok((0, &b"{\"a\":1}"[..])));
+    }
+
+    #[test]
+    fn a_damaged_file_falls_back_to_its_previous_copy_and_both_damaged_is_named() {
+        let d = tmp("fallback");
+        let p = d.join("volumes.json");
+        let reg = |n: &str| Registry {
+            version: 1,
+            volumes: vec![VolumeRecord {
+                name: n.into(),
+                datastore: "ds".into(),
+                path: "/x".into(),
+                size_bytes: 1,
+                direct: false,
+                read_only: false,
+                adopted: false,
+            }],
+        };
+        assert!(fetch::<Registry>(&p, VOLUMES).unwrap().is_none(), "nothing yet");
+        store(&d, &p, VOLUMES, &reg("a")).unwrap();
+        store(&d, &p, VOLUMES, &reg("b")).unwrap();
+        let f = fetch::<Registry>(&p, VOLUMES).unwrap().unwrap();
+        assert_eq!((f.value, f.fell_back), (reg("b"), None));
+        // Damage the file: the previous copy is read, and the fall-back says so.
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let f = fetch::<Registry>(&p, VOLUMES).unwrap().unwrap();
+        assert_eq!(f.value, reg("a"));
+        assert!(f.fell_back.unwrap().contains("checksum mismatch"));
+        // Gone altogether (a crash between the two renames of a store): the previous copy.
+        std::fs::remove_file(&p).unwrap();
+        let f = fetch::<Registry>(&p, VOLUMES).unwrap().unwrap();
+        assert_eq!(f.value, reg("a"));
+        // Both damaged: the error names the file, both reasons and what to do.
+        std::fs::write(&p, b"ferry-meta volumes 1 crc32c=00000000 bytes=2\n{}").unwrap();
+        std::fs::write(d.join("volumes.json.prev"), b"").unwrap();
+        let e = fetch::<Registry>(&p, VOLUMES).unwrap_err().to_string();
+        assert!(e.contains("volumes.json is unreadable: checksum mismatch"), "{e}");
+        assert!(e.contains("previous copy") && e.contains("no envelope line"), "{e}");
+        assert!(e.contains("Restore it from a backup"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

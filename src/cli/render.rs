@@ -57,6 +57,9 @@ pub(super) fn print_status_vpgs(s: &AgentStatus) {
             l.vpgs.join(", ")
         );
     }
+    for p in &s.metadata_problems {
+        println!("METADATA PROBLEM: {p}");
+    }
     if s.replicas_loading {
         println!("replicas: loading their history after the start (exports and peers wait)");
     }

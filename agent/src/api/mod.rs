@@ -139,6 +139,10 @@ pub struct AgentStatus {
     /// The replicas' history is still being loaded after the start.
     #[serde(default)]
     pub replicas_loading: bool,
+    /// Damaged or missing metadata found since the start: which file, what was done, what
+    /// to do.
+    #[serde(default)]
+    pub metadata_problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -288,6 +292,7 @@ async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     s.links = api.shipping.links();
     s.replicas = api.exports.replicas().all().iter().map(|r| r.status()).collect();
     s.replicas_loading = api.exports.replicas().check_loaded().is_err();
+    s.metadata_problems = crate::meta::problems();
     Json(s)
 }
 

@@ -47,6 +47,9 @@ pub struct Volume {
     member: RwLock<Option<(Arc<crate::protect::capture::VpgCapture>, u32)>>,
     /// Deleted (with `--force`, clients connected): every request of theirs fails.
     pub(crate) deleted: std::sync::atomic::AtomicBool,
+    /// Writes are refused (reads served) while set: why, for the client's error.
+    fence: std::sync::Mutex<Option<String>>,
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -136,6 +139,8 @@ impl Volume {
             inline_write_bytes_max: if punt_writes { inline_max as usize } else { 0 },
             member: RwLock::new(None),
             deleted: std::sync::atomic::AtomicBool::new(false),
+            fence: std::sync::Mutex::new(None),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -148,6 +153,38 @@ impl Volume {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses writes from now on (reads go on), with `why` in each refusal.
+    pub fn fence(&self, why: String) {
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.fenced.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes writes again.
+    pub fn unfence(&self) {
+        self.fenced.store(false, std::sync::atomic::Ordering::Release);
+        *self.fence.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Why writes are refused, if they are.
+    pub fn fenced(&self) -> Option<String> {
+        if !self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// [`Volume::live`], and not fenced.
+    fn writable(&self) -> ExportResult<()> {
+        self.live()?;
+        match self.fenced() {
+            None => Ok(()),
+            Some(why) => Err(ExportError::new(
+                Errno::EPERM,
+                format!("volume {:?} takes no writes: {why}", self.record.name),
+            )),
+        }
     }
 
     pub fn file(&self) -> Arc<File> {
@@ -321,7 +358,7 @@ impl Export for Volume {
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
-        self.live()?;
+        self.writable()?;
         let buf = match Captured::from_io(buf) {
             Ok(mut c) => {
                 c.start().await;
@@ -355,7 +392,7 @@ impl Export for Volume {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
-        self.live()?;
+        self.writable()?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         self.captured_op(ferry_journal::Kind::Trim, offset, len, || async {
             match self.engine.fallocate(&self.file, mode, offset, len).await {
@@ -369,7 +406,7 @@ impl Export for Volume {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
-        self.live()?;
+        self.writable()?;
         self.captured_op(ferry_journal::Kind::WriteZeroes, offset, len, || {
             self.zero_range(offset, len, mode)
         })

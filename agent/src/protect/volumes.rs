@@ -45,6 +45,9 @@ pub struct Volumes {
     offline: RwLock<BTreeMap<String, (VolumeRecord, String)>>,
     /// Serialises changes to the registry.
     change: tokio::sync::Mutex<()>,
+    /// The registry file could not be read: changes are refused (they would overwrite it
+    /// and lose the volumes it names), with this reason.
+    frozen: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), AgentError> {
@@ -61,10 +64,27 @@ pub struct VolumesConfig {
 }
 
 impl Volumes {
+    fn check_frozen(&self) -> Result<(), AgentError> {
+        match &self.frozen {
+            Some(why) => Err(AgentError::Refused(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Opens every registered volume; one that cannot be opened is kept offline, with the
     /// reason logged and shown by `ferry volume list`, and the others are served.
     pub fn load(cfg: VolumesConfig, engine: Arc<Engine>, pool: Arc<BufPool>) -> Result<Volumes, AgentError> {
-        let reg = meta::load(&cfg.state_dir)?;
+        let (reg, frozen) = match meta::load(&cfg.state_dir) {
+            Ok(reg) => (reg, None),
+            Err(e @ AgentError::StateCorrupt { .. }) => {
+                let why = format!(
+                    "{e}. No volume is served and volume changes are refused until it is fixed (then restart the agent)"
+                );
+                meta::note_problem(why.clone());
+                (Registry::default(), Some(why))
+            }
+            Err(e) => return Err(e),
+        };
         let mut online = BTreeMap::new();
         let mut offline = BTreeMap::new();
         for record in reg.volumes {
@@ -90,6 +110,7 @@ impl Volumes {
             online: RwLock::new(online),
             offline: RwLock::new(offline),
             change: tokio::sync::Mutex::new(()),
+            frozen,
         })
     }
 
@@ -212,6 +233,7 @@ impl Volumes {
     ) -> Result<VolumeStatus, AgentError> {
         check_name(name)?;
         let _g = self.change.lock().await;
+        self.check_frozen()?;
         if self.exists(name) {
             return Err(AgentError::VolumeExists(name.into()));
         }
@@ -318,6 +340,7 @@ impl Volumes {
     ) -> Result<VolumeStatus, AgentError> {
         check_name(name)?;
         let _g = self.change.lock().await;
+        self.check_frozen()?;
         if self.exists(name) {
             return Err(AgentError::VolumeExists(name.into()));
         }
@@ -379,6 +402,7 @@ impl Volumes {
     /// Removes a volume (and its file, unless adopted or a block device).
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), AgentError> {
         let _g = self.change.lock().await;
+        self.check_frozen()?;
         let online = self.online.read().expect("lock").get(name).cloned();
         let record = match (&online, self.offline.read().expect("lock").get(name)) {
             (Some(v), _) => v.record.clone(),
@@ -417,6 +441,11 @@ impl Volumes {
         }
         info!(volume = %name, "volume deleted");
         Ok(())
+    }
+
+    /// Every online volume.
+    pub fn list_online(&self) -> Vec<Arc<Volume>> {
+        self.online.read().expect("lock").values().cloned().collect()
     }
 
     /// The online volume called `name`.

@@ -15,7 +15,7 @@ use tracing::{error, info};
 use crate::clock::now_ms;
 use crate::config::DatastoreConfig;
 use crate::error::AgentError;
-use crate::meta::{name_problem, write_atomic};
+use crate::meta::name_problem;
 use crate::recover::replica::{PeerSeen, Replica, io_err};
 
 /// The replicas this agent holds for its peers.
@@ -32,6 +32,9 @@ pub struct Replicas {
     /// Held while a replica's files are made, so that two sessions cannot make the same
     /// one; `map` is only taken briefly inside it.
     creating: Mutex<()>,
+    /// Replica folders that could not be opened, with the reason: never made anew over
+    /// (their history may be all that is left of a VPG).
+    damaged: Mutex<BTreeMap<PathBuf, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,17 +58,25 @@ impl Replicas {
     /// The replicas of these datastores, none loaded yet: [`Replicas::load_all`] opens
     /// them (off the start-up path: NBD serves volumes meanwhile).
     pub fn new(datastores: Vec<DatastoreConfig>) -> Arc<Replicas> {
-        let deleted = datastores
-            .first()
-            .and_then(|ds| std::fs::read(tombstones_path(ds)).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let deleted = match datastores.first().map(|ds| {
+            crate::meta::fetch_noting::<Vec<Tombstone>>(&tombstones_path(ds), crate::meta::TOMBSTONES)
+        }) {
+            Some(Ok(Some(list))) => list,
+            Some(Err(e)) => {
+                crate::meta::note_problem(format!(
+                    "{e}: the list of replicas deleted here is lost, so their protected sites could make them anew at their next connection; delete those VPGs at their protected sites"
+                ));
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
         Arc::new(Replicas {
             datastores,
             map: RwLock::new(BTreeMap::new()),
             deleted: Mutex::new(deleted),
             loaded: std::sync::atomic::AtomicBool::new(false),
             creating: Mutex::new(()),
+            damaged: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -80,7 +91,7 @@ impl Replicas {
             };
             for e in entries.flatten() {
                 let dir = e.path();
-                if !Replica::meta_path(&dir).exists() {
+                if !Replica::has_meta(&dir) {
                     continue;
                 }
                 match Replica::open(&dir) {
@@ -89,7 +100,14 @@ impl Replicas {
                         info!(replica = %name, dir = %dir.display(), next_seq = r.next_seq(), "replica loaded");
                         self.map.write().unwrap_or_else(|e| e.into_inner()).insert(name, r);
                     }
-                    Err(e) => error!(dir = %dir.display(), error = %e, "cannot open replica; it is not served"),
+                    Err(e) => {
+                        let why = format!(
+                            "replica {} cannot be opened: {e}. It is not served, and its protected site is refused until it is fixed (restore the file, then restart the agent) or the folder is moved away (the VPG then syncs anew)",
+                            dir.display()
+                        );
+                        crate::meta::note_problem(why.clone());
+                        self.damaged.lock().unwrap_or_else(|e| e.into_inner()).insert(dir, why);
+                    }
                 }
             }
         }
@@ -179,6 +197,15 @@ impl Replicas {
         }
         .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
         let dir = replicas_dir(ds).join(&spec.name);
+        if let Some(why) = self.damaged.lock().unwrap_or_else(|e| e.into_inner()).get(&dir) {
+            return Err(why.clone());
+        }
+        if Replica::has_meta(&dir) {
+            return Err(format!(
+                "{} holds a replica this agent did not load; restart the agent, or move the folder away to sync the VPG anew",
+                dir.display()
+            ));
+        }
         let r = Replica::create(&dir, spec, peer).map_err(|e| e.to_string())?;
         info!(replica = %spec.name, dir = %dir.display(), "replica created");
         self.map
@@ -234,8 +261,7 @@ impl Replicas {
         };
         let dir = replicas_dir(ds);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-        let bytes = serde_json::to_vec_pretty(&list).expect("tombstones serialise");
-        write_atomic(&dir, &tombstones_path(ds), &bytes)
+        crate::meta::store(&dir, &tombstones_path(ds), crate::meta::TOMBSTONES, &list)
     }
 
     pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {

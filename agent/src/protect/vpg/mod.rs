@@ -153,22 +153,16 @@ fn state_path(dir: &Path) -> PathBuf {
 
 /// Writes the state machine's state (atomically: the old or the new, never a torn one).
 fn save_lifecycle(dir: &Path, l: &Lifecycle) -> Result<(), AgentError> {
-    let text = serde_json::to_vec_pretty(l).expect("the state serialises");
-    crate::meta::write_atomic(dir, &state_path(dir), &text)
+    crate::meta::store(dir, &state_path(dir), crate::meta::VPG_STATE, l)
 }
 
 /// The state machine's state as saved, or (a VPG from before it was saved) as the marker
 /// files and the registry tell it, saved from now on.
 fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentError> {
     let path = state_path(dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            AgentError::Refused(format!(
-                "{}: {e}; it holds the VPG's sync phase and whether it is paused. Move it aside to start the VPG over with an initial sync",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    match crate::meta::fetch_noting::<Lifecycle>(&path, crate::meta::VPG_STATE)? {
+        Some(l) => Ok(l),
+        None => {
             let p = record.protection.as_ref();
             let sync = if p.is_some_and(|p| p.preseeded) && !delta_marker(dir).exists() {
                 SyncPhase::DeltaSync
@@ -185,7 +179,6 @@ fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentErro
             save_lifecycle(dir, &l)?;
             Ok(l)
         }
-        Err(e) => Err(AgentError::io("cannot read the VPG's state", &path, e)),
     }
 }
 

@@ -11,7 +11,13 @@ pub struct Vpgs {
     pool: Arc<BufPool>,
     cfg: CaptureConfig,
     vpgs: RwLock<BTreeMap<String, Arc<Vpg>>>,
+    /// VPGs in the registry that could not be opened, with the reason: kept in the
+    /// registry, their volumes fenced (no write may go uncaptured).
+    failed: RwLock<BTreeMap<String, (VpgRecord, String)>>,
     change: tokio::sync::Mutex<()>,
+    /// The registry file could not be read: every volume is fenced and VPG changes are
+    /// refused, with this reason.
+    frozen: Option<String>,
 }
 
 impl std::fmt::Debug for Vpgs {
@@ -39,23 +45,38 @@ impl Vpgs {
         cfg: CaptureConfig,
     ) -> Result<Arc<Vpgs>, AgentError> {
         let path = registry_path(state_dir);
-        let reg: VpgRegistry = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| AgentError::StateCorrupt {
+        let read = crate::meta::fetch_noting::<VpgRegistry>(&path, crate::meta::VPGS).and_then(|reg| match reg {
+            Some(reg) if reg.version != VPG_FORMAT_VERSION => Err(AgentError::StateCorrupt {
                 path: path.clone(),
-                why: e.to_string(),
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => VpgRegistry {
+                why: format!("format version {} is not {VPG_FORMAT_VERSION}", reg.version),
+            }),
+            r => Ok(r.unwrap_or(VpgRegistry {
                 version: VPG_FORMAT_VERSION,
                 vpgs: vec![],
-            },
-            Err(e) => return Err(AgentError::io("cannot read", path, e)),
+            })),
+        });
+        let (reg, frozen) = match read {
+            Ok(reg) => (reg, None),
+            Err(e @ AgentError::StateCorrupt { .. }) => {
+                // Which volumes are protected is not known: none may take a write that no
+                // journal captures.
+                let why = format!(
+                    "{e}. Every volume is served read-only and VPG changes are refused until it is fixed (then restart the agent)"
+                );
+                crate::meta::note_problem(why.clone());
+                for v in volumes.list_online() {
+                    v.fence(why.clone());
+                }
+                (
+                    VpgRegistry {
+                        version: VPG_FORMAT_VERSION,
+                        vpgs: vec![],
+                    },
+                    Some(why),
+                )
+            }
+            Err(e) => return Err(e),
         };
-        if reg.version != VPG_FORMAT_VERSION {
-            return Err(AgentError::StateCorrupt {
-                path,
-                why: format!("format version {} is not {VPG_FORMAT_VERSION}", reg.version),
-            });
-        }
         let me = Arc::new(Vpgs {
             state_dir: state_dir.into(),
             volumes,
@@ -63,7 +84,9 @@ impl Vpgs {
             pool,
             cfg,
             vpgs: RwLock::new(BTreeMap::new()),
+            failed: RwLock::new(BTreeMap::new()),
             change: tokio::sync::Mutex::new(()),
+            frozen,
         });
         let mut given = false;
         let mut records = reg.vpgs;
@@ -77,16 +100,33 @@ impl Vpgs {
         }
         for record in records {
             let name = record.name.clone();
-            match me.open(record) {
+            match me.open(record.clone()) {
                 Ok(v) => {
                     me.vpgs.write().unwrap_or_else(|e| e.into_inner()).insert(name, v);
                 }
                 Err(e) => {
-                    error!(vpg = %name, error = %e, "VPG cannot be opened; its volumes are served without capture")
+                    let why = format!(
+                        "VPG {name:?} cannot be opened: {e}. Its volumes ({}) are served read-only, so that no write goes uncaptured; fix what is named and restart the agent",
+                        record.volumes.join(", ")
+                    );
+                    crate::meta::note_problem(why.clone());
+                    for v in &record.volumes {
+                        if let Some(vol) = me.volumes.get(v) {
+                            vol.fence(why.clone());
+                        }
+                    }
+                    me.failed.write().unwrap_or_else(|e| e.into_inner()).insert(name, (record, why));
                 }
             }
         }
         Ok(me)
+    }
+
+    fn check_frozen(&self) -> Result<(), AgentError> {
+        match &self.frozen {
+            Some(why) => Err(AgentError::Refused(why.clone())),
+            None => Ok(()),
+        }
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -98,12 +138,14 @@ impl Vpgs {
             version: VPG_FORMAT_VERSION,
             vpgs: list.to_vec(),
         };
-        let text = serde_json::to_string_pretty(&reg).expect("registry serialises");
-        crate::meta::write_atomic(&self.state_dir, &registry_path(&self.state_dir), text.as_bytes())
+        crate::meta::store(&self.state_dir, &registry_path(&self.state_dir), crate::meta::VPGS, &reg)
     }
 
+    /// Every VPG of the registry: those open, and those that could not be opened (kept, so
+    /// a save never drops one).
     fn records(&self) -> Vec<VpgRecord> {
-        self.vpgs
+        let mut all: Vec<VpgRecord> = self
+            .vpgs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
@@ -114,6 +156,24 @@ impl Vpgs {
                 }
                 r
             })
+            .collect();
+        all.extend(
+            self.failed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|(r, _)| r.clone()),
+        );
+        all
+    }
+
+    /// VPGs that could not be opened, with the reason.
+    pub fn failed(&self) -> Vec<(String, String)> {
+        self.failed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, (_, why))| (n.clone(), why.clone()))
             .collect()
     }
 
@@ -333,6 +393,7 @@ impl Vpgs {
     /// takes over).
     pub async fn set_paused(&self, name: &str, paused: bool) -> Result<VpgStatus, AgentError> {
         let _g = self.change.lock().await;
+        self.check_frozen()?;
         let vpg = self.get(name)?;
         if vpg.record.protection.is_none() {
             return Err(AgentError::Refused(format!(
@@ -363,7 +424,10 @@ impl Vpgs {
         check_vpg_name(name)?;
         let protection = protect.map(|p| p.check()).transpose()?;
         let _g = self.change.lock().await;
-        if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) {
+        self.check_frozen()?;
+        if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+            || self.failed.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+        {
             return Err(AgentError::Refused(format!("a VPG named {name:?} already exists")));
         }
         if volumes.is_empty() {
@@ -476,6 +540,26 @@ impl Vpgs {
     /// delete the replica too.
     pub async fn delete(&self, name: &str) -> Result<VpgRecord, AgentError> {
         let _g = self.change.lock().await;
+        self.check_frozen()?;
+        let failed = self.failed.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        if let Some((record, _)) = failed {
+            // A VPG that could not be opened: its record and files go, its volumes take
+            // writes again (uncaptured: protect them anew).
+            let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();
+            self.save(&list)?;
+            self.failed.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+            for v in record.volumes.iter().filter_map(|v| self.volumes.get(v)) {
+                v.unfence();
+            }
+            let dir = self.dir(name);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(AgentError::io("VPG removed, but cannot delete its directory", &dir, e));
+            }
+            info!(vpg = %name, "VPG that could not be opened deleted; its volumes take writes again");
+            return Ok(record);
+        }
         let vpg = self.get(name)?;
         let record = vpg.record.clone();
         let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();

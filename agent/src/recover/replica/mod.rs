@@ -48,7 +48,7 @@ use crate::checkpoint::CheckpointInfo;
 use crate::clock::now_ms;
 use crate::error::AgentError;
 use crate::events::{Event, EventLog};
-use crate::meta::{Lineage, write_atomic};
+use crate::meta::Lineage;
 
 mod aging;
 mod index;
@@ -247,11 +247,16 @@ impl Replica {
     }
 
     fn save_meta(&self, meta: &ReplicaMeta) -> Result<(), AgentError> {
-        let bytes = serde_json::to_vec_pretty(meta).expect("meta serialises");
-        write_atomic(&self.dir, &Self::meta_path(&self.dir), &bytes)
+        crate::meta::store(&self.dir, &Self::meta_path(&self.dir), crate::meta::REPLICA, meta)
     }
 
     /// Makes a new replica for `spec` in `dir`.
+    /// Whether `dir` holds a replica's metadata (or its previous copy).
+    pub(crate) fn has_meta(dir: &Path) -> bool {
+        let p = Self::meta_path(dir);
+        p.exists() || p.with_extension("json.prev").exists()
+    }
+
     pub(crate) fn create(dir: &Path, spec: &VpgSpec, peer: &PeerSeen) -> Result<Arc<Replica>, AgentError> {
         std::fs::create_dir_all(dir.join("history")).map_err(io_err("cannot create", dir))?;
         let meta = ReplicaMeta {
@@ -261,8 +266,7 @@ impl Replica {
             created_unix_ms: now_ms(),
             peer: Some(peer.clone()),
         };
-        let bytes = serde_json::to_vec_pretty(&meta).expect("meta serialises");
-        write_atomic(dir, &Self::meta_path(dir), &bytes)?;
+        crate::meta::store(dir, &Self::meta_path(dir), crate::meta::REPLICA, &meta)?;
         Self::open(dir)
     }
 
@@ -270,11 +274,17 @@ impl Replica {
     /// is cut off); finishes an apply that a crash interrupted.
     pub(crate) fn open(dir: &Path) -> Result<Arc<Replica>, AgentError> {
         let mp = Self::meta_path(dir);
-        let text = std::fs::read(&mp).map_err(io_err("cannot read", &mp))?;
-        let meta: ReplicaMeta = serde_json::from_slice(&text).map_err(|e| AgentError::StateCorrupt {
-            path: mp.clone(),
-            why: e.to_string(),
-        })?;
+        let meta: ReplicaMeta = crate::meta::fetch(&mp, crate::meta::REPLICA)?
+            .map(|f| {
+                if let Some(why) = f.fell_back {
+                    crate::meta::note_problem(why);
+                }
+                f.value
+            })
+            .ok_or_else(|| AgentError::StateCorrupt {
+                path: mp.clone(),
+                why: "missing".into(),
+            })?;
         let mut images = BTreeMap::new();
         for (i, v) in meta.spec.volumes.iter().enumerate() {
             let p = dir.join(format!("{}.img", v.name));
