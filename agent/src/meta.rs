@@ -110,15 +110,30 @@ pub struct MetaKind {
 }
 
 /// `volumes.json`: the volume registry.
-pub const VOLUMES: MetaKind = MetaKind { name: "volumes", version: 1 };
+pub const VOLUMES: MetaKind = MetaKind {
+    name: "volumes",
+    version: 1,
+};
 /// `vpgs.json`: the VPG registry.
-pub const VPGS: MetaKind = MetaKind { name: "vpgs", version: 1 };
+pub const VPGS: MetaKind = MetaKind {
+    name: "vpgs",
+    version: 1,
+};
 /// `vpgs/NAME/state.json`: a VPG's state machine.
-pub const VPG_STATE: MetaKind = MetaKind { name: "vpg-state", version: 1 };
+pub const VPG_STATE: MetaKind = MetaKind {
+    name: "vpg-state",
+    version: 1,
+};
 /// `replicas/NAME/replica.json`: a replica's VPG, progress and protected site.
-pub const REPLICA: MetaKind = MetaKind { name: "replica", version: 1 };
+pub const REPLICA: MetaKind = MetaKind {
+    name: "replica",
+    version: 1,
+};
 /// `replicas/deleted.json`: replicas deleted by an operator.
-pub const TOMBSTONES: MetaKind = MetaKind { name: "tombstones", version: 1 };
+pub const TOMBSTONES: MetaKind = MetaKind {
+    name: "tombstones",
+    version: 1,
+};
 
 /// The envelope's first line starts with this.
 pub const META_MAGIC: &str = "ferry-meta";
@@ -182,7 +197,10 @@ pub fn open_envelope(kind: MetaKind, bytes: &[u8]) -> Result<(u32, &[u8]), Strin
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("malformed length {len:?}"))?;
     if body.len() != len {
-        return Err(format!("holds {} bytes after the envelope, not {len} (torn or cut)", body.len()));
+        return Err(format!(
+            "holds {} bytes after the envelope, not {len} (torn or cut)",
+            body.len()
+        ));
     }
     if crc32c::crc32c(body) != crc {
         return Err("checksum mismatch: the file is damaged".into());
@@ -423,7 +441,13 @@ mod tests {
         *flipped.last_mut().unwrap() = b']';
         assert!(why(&flipped, VPGS).contains("checksum mismatch"));
         assert!(why(&good[..good.len() - 1], VPGS).contains("torn or cut"));
-        let newer = envelope(MetaKind { name: "vpgs", version: 9 }, b"{}");
+        let newer = envelope(
+            MetaKind {
+                name: "vpgs",
+                version: 9,
+            },
+            b"{}",
+        );
         assert!(why(&newer, VPGS).contains("newer agent"));
         assert!(why(b"", VPGS).contains("no envelope line"));
         assert!(why(b"garbage\n{}", VPGS).contains("malformed envelope line"));

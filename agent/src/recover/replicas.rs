@@ -58,9 +58,10 @@ impl Replicas {
     /// The replicas of these datastores, none loaded yet: [`Replicas::load_all`] opens
     /// them (off the start-up path: NBD serves volumes meanwhile).
     pub fn new(datastores: Vec<DatastoreConfig>) -> Arc<Replicas> {
-        let deleted = match datastores.first().map(|ds| {
-            crate::meta::fetch_noting::<Vec<Tombstone>>(&tombstones_path(ds), crate::meta::TOMBSTONES)
-        }) {
+        let deleted = match datastores
+            .first()
+            .map(|ds| crate::meta::fetch_noting::<Vec<Tombstone>>(&tombstones_path(ds), crate::meta::TOMBSTONES))
+        {
             Some(Ok(Some(list))) => list,
             Some(Err(e)) => {
                 crate::meta::note_problem(format!(

@@ -115,7 +115,10 @@ impl Vpgs {
                             vol.fence(why.clone());
                         }
                     }
-                    me.failed.write().unwrap_or_else(|e| e.into_inner()).insert(name, (record, why));
+                    me.failed
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name, (record, why));
                 }
             }
         }
@@ -138,7 +141,12 @@ impl Vpgs {
             version: VPG_FORMAT_VERSION,
             vpgs: list.to_vec(),
         };
-        crate::meta::store(&self.state_dir, &registry_path(&self.state_dir), crate::meta::VPGS, &reg)
+        crate::meta::store(
+            &self.state_dir,
+            &registry_path(&self.state_dir),
+            crate::meta::VPGS,
+            &reg,
+        )
     }
 
     /// Every VPG of the registry: those open, and those that could not be opened (kept, so
