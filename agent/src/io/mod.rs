@@ -297,6 +297,22 @@ pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads a region that is read once (the drain, a delta sync's comparison) and keeps it out
+/// of the page cache. (Pages read in large folios by readahead also make later small writes
+/// to them slow on ext4: every 4 KiB write walks the whole folio.) Readahead puts them in
+/// folios of up to 2 MiB, which are dropped only whole: the aligned span behind the read is
+/// dropped, where the folios are complete.
+pub fn read_once(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    const FOLIO_MAX: u64 = 2 << 20;
+    let r = std::os::unix::fs::FileExt::read_exact_at(file, buf, offset);
+    let to = (offset + buf.len() as u64) & !(FOLIO_MAX - 1);
+    let from = (offset & !(FOLIO_MAX - 1)).saturating_sub(FOLIO_MAX);
+    if let Some(span) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+        let _ = rustix::fs::fadvise(file, from, Some(span), rustix::fs::Advice::DontNeed);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,20 +397,4 @@ mod tests {
     async fn pread_engine_reads_writes_syncs_and_punches() {
         exercise(Engine::start(EngineChoice::Pread, 8).unwrap()).await;
     }
-}
-
-/// Reads a region that is read once (the drain, a delta sync's comparison) and keeps it out
-/// of the page cache. (Pages read in large folios by readahead also make later small writes
-/// to them slow on ext4: every 4 KiB write walks the whole folio.) Readahead puts them in
-/// folios of up to 2 MiB, which are dropped only whole: the aligned span behind the read is
-/// dropped, where the folios are complete.
-pub fn read_once(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    const FOLIO_MAX: u64 = 2 << 20;
-    let r = std::os::unix::fs::FileExt::read_exact_at(file, buf, offset);
-    let to = (offset + buf.len() as u64) & !(FOLIO_MAX - 1);
-    let from = (offset & !(FOLIO_MAX - 1)).saturating_sub(FOLIO_MAX);
-    if let Some(span) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
-        let _ = rustix::fs::fadvise(file, from, Some(span), rustix::fs::Advice::DontNeed);
-    }
-    r
 }
