@@ -5,4 +5,5 @@
 
 pub mod link;
 pub mod receiver;
+pub mod session;
 pub mod shipper;

@@ -1,0 +1,263 @@
+//! The session cores' rules, one at a time (the simulation in `sim` drives them together).
+
+use ferry_proto::message::{Message, VolumeSpec, VpgSpec};
+
+use super::protected::{self, JournalView, ProtectedSession};
+use super::recovery::{self, RecoverySession};
+
+fn spec(id: u64) -> VpgSpec {
+    VpgSpec {
+        id,
+        name: "app".into(),
+        epoch: 1,
+        lineage: [7; 16],
+        volumes: vec![VolumeSpec {
+            name: "d".into(),
+            size_bytes: 1 << 20,
+        }],
+        datastore: String::new(),
+        history_secs: 60,
+        history_bytes_max: 1 << 30,
+    }
+}
+
+fn ends_naming_peer(actions: &[impl std::fmt::Debug], peer: &str) -> bool {
+    matches!(actions.last(), Some(a) if format!("{a:?}").starts_with("End(") && format!("{a:?}").contains(peer))
+}
+
+/// A protected session with VPG 1 open from seq 10, and a batch 10..15 sent.
+fn protected_with_batch_in_flight() -> ProtectedSession {
+    let mut p = ProtectedSession::new("10.0.0.2:7000".into(), 0);
+    p.on(
+        0,
+        protected::Input::Announce {
+            spec: spec(1),
+            weight: 1.0,
+        },
+    );
+    let a = p.on(
+        1,
+        protected::Input::Message {
+            message: Message::Opened { vpg: 1, next_seq: 10 },
+            journal: Some(JournalView {
+                next_seq: 20,
+                acked_seq: 10,
+            }),
+        },
+    );
+    assert_eq!(
+        a,
+        vec![protected::Action::Resume {
+            vpg: 1,
+            next_seq: 10,
+            resync: false
+        }]
+    );
+    p.on(
+        2,
+        protected::Input::Sent {
+            vpg: 1,
+            first_seq: 10,
+            end_seq: 15,
+            wire_bytes: 100,
+            plain_bytes: 200,
+        },
+    );
+    p
+}
+
+fn ack(p: &mut ProtectedSession, next_seq: u64) -> Vec<protected::Action> {
+    p.on(
+        3,
+        protected::Input::Message {
+            message: Message::Ack { vpg: 1, next_seq },
+            journal: None,
+        },
+    )
+}
+
+#[test]
+fn an_acknowledgement_releases_what_it_covers_and_empties_the_window() {
+    let mut p = protected_with_batch_in_flight();
+    assert_eq!(p.inflight_bytes(), 100);
+    assert_eq!(
+        ack(&mut p, 15),
+        vec![protected::Action::Acked {
+            vpg: 1,
+            next_seq: 15,
+            plain_bytes: 200
+        }]
+    );
+    assert_eq!(p.inflight_bytes(), 0);
+}
+
+#[test]
+fn an_acknowledgement_past_what_was_sent_ends_the_session_naming_the_peer() {
+    let mut p = protected_with_batch_in_flight();
+    assert!(ends_naming_peer(&ack(&mut p, 16), "10.0.0.2:7000"));
+}
+
+#[test]
+fn an_acknowledgement_going_back_ends_the_session() {
+    let mut p = protected_with_batch_in_flight();
+    ack(&mut p, 12);
+    assert!(ends_naming_peer(&ack(&mut p, 11), "10.0.0.2:7000"));
+}
+
+#[test]
+fn a_recovery_site_ahead_of_the_journal_halts_the_vpg_and_one_behind_what_was_released_resyncs() {
+    let mut p = ProtectedSession::new("peer".into(), 0);
+    p.on(
+        0,
+        protected::Input::Announce {
+            spec: spec(1),
+            weight: 1.0,
+        },
+    );
+    let j = Some(JournalView {
+        next_seq: 20,
+        acked_seq: 10,
+    });
+    let a = p.on(
+        1,
+        protected::Input::Message {
+            message: Message::Opened { vpg: 1, next_seq: 21 },
+            journal: j,
+        },
+    );
+    assert!(matches!(&a[..], [protected::Action::Halt { vpg: 1, why }] if why.contains("another copy")));
+
+    let mut p = ProtectedSession::new("peer".into(), 0);
+    p.on(
+        0,
+        protected::Input::Announce {
+            spec: spec(1),
+            weight: 1.0,
+        },
+    );
+    let a = p.on(
+        1,
+        protected::Input::Message {
+            message: Message::Opened { vpg: 1, next_seq: 4 },
+            journal: j,
+        },
+    );
+    assert_eq!(
+        a,
+        vec![
+            protected::Action::Send(Message::Resync { vpg: 1, from_seq: 10 }),
+            protected::Action::Resume {
+                vpg: 1,
+                next_seq: 10,
+                resync: true
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_message_only_the_protected_site_sends_ends_the_session_there() {
+    let mut p = ProtectedSession::new("peer".into(), 0);
+    let a = p.on(
+        0,
+        protected::Input::Message {
+            message: Message::Open(spec(1)),
+            journal: None,
+        },
+    );
+    assert!(ends_naming_peer(&a, "peer"));
+}
+
+#[test]
+fn pings_follow_silence_and_a_silent_peer_ends_the_session() {
+    let mut p = ProtectedSession::new("peer".into(), 0);
+    assert_eq!(p.deadline(), protected::PING_EVERY);
+    assert_eq!(
+        p.on(protected::PING_EVERY, protected::Input::Tick),
+        vec![protected::Action::Send(Message::Ping)]
+    );
+    assert!(ends_naming_peer(
+        &p.on(protected::PEER_TIMEOUT, protected::Input::Tick),
+        "peer"
+    ));
+}
+
+/// A recovery session with VPG 1 open from seq 10.
+fn recovery_open() -> RecoverySession {
+    let mut r = RecoverySession::new("10.0.0.1:51000".into(), 0);
+    assert_eq!(
+        r.on(0, recovery::Input::Message(Message::Open(spec(1)))),
+        vec![recovery::Action::Open(spec(1))]
+    );
+    assert_eq!(
+        r.on(0, recovery::Input::Opened { vpg: 1, result: Ok(10) }),
+        vec![recovery::Action::Send(Message::Opened { vpg: 1, next_seq: 10 })]
+    );
+    r
+}
+
+fn batch(first_seq: u64, count: u32) -> recovery::Input {
+    recovery::Input::Batch {
+        vpg: 1,
+        first_seq,
+        count,
+        plain_bytes: 4096 * u64::from(count),
+    }
+}
+
+#[test]
+fn batches_are_written_then_synced_when_the_stream_pauses_and_only_then_acknowledged() {
+    let mut r = recovery_open();
+    assert_eq!(r.on(100, batch(10, 5)), vec![recovery::Action::Append { vpg: 1 }]);
+    assert_eq!(r.on(200, batch(15, 5)), vec![recovery::Action::Append { vpg: 1 }]);
+    assert_eq!(r.deadline(), 200 + recovery::ACK_DELAY);
+    assert_eq!(
+        r.on(r.deadline(), recovery::Input::Tick),
+        vec![recovery::Action::Sync { vpg: 1 }]
+    );
+    // More comes while the sync runs: no second sync of the same VPG meanwhile.
+    assert_eq!(r.on(2300, batch(20, 1)), vec![recovery::Action::Append { vpg: 1 }]);
+    assert_eq!(r.on(4400, recovery::Input::Tick), vec![]);
+    // The sync covered what was written when it began: that is what is acknowledged.
+    assert_eq!(
+        r.on(4500, recovery::Input::Synced { vpg: 1, durable: 20 }),
+        vec![recovery::Action::Send(Message::Ack { vpg: 1, next_seq: 20 })]
+    );
+    assert_eq!(
+        r.on(4600, recovery::Input::Tick),
+        vec![recovery::Action::Sync { vpg: 1 }]
+    );
+}
+
+#[test]
+fn a_batch_with_a_gap_or_an_overlap_ends_the_session_naming_the_peer() {
+    let mut r = recovery_open();
+    assert!(ends_naming_peer(&r.on(1, batch(11, 1)), "10.0.0.1:51000"));
+    let mut r = recovery_open();
+    r.on(1, batch(10, 2));
+    assert!(ends_naming_peer(&r.on(2, batch(11, 1)), "10.0.0.1:51000"));
+}
+
+#[test]
+fn a_batch_for_a_vpg_not_opened_ends_the_session() {
+    let mut r = RecoverySession::new("peer".into(), 0);
+    assert!(ends_naming_peer(&r.on(1, batch(0, 1)), "peer"));
+}
+
+#[test]
+fn a_replica_deleted_here_refuses_its_stream_and_drops_batches_on_their_way() {
+    let mut r = recovery_open();
+    let a = r.on(1, recovery::Input::Removed { vpg: 1 });
+    assert!(
+        matches!(&a[..], [recovery::Action::Send(Message::Refused { vpg: 1, reason })] if reason.contains("deleted"))
+    );
+    assert_eq!(r.on(2, batch(10, 1)), vec![recovery::Action::Drop { vpg: 1 }]);
+    assert_eq!(r.open_vpgs(), Vec::<u64>::new());
+}
+
+#[test]
+fn a_message_only_the_recovery_site_sends_ends_the_session_there() {
+    let mut r = RecoverySession::new("peer".into(), 0);
+    let a = r.on(0, recovery::Input::Message(Message::Ack { vpg: 1, next_seq: 1 }));
+    assert!(ends_naming_peer(&a, "peer"));
+}
