@@ -18,7 +18,13 @@ fn json(a: &Agent, args: &[&str]) -> Value {
 fn edit_record(a: &mut Agent, f: impl FnOnce(&mut Value)) {
     a.stop();
     let path = a.dir.join("vpgs.json");
-    let mut reg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The file is JSON behind the metadata envelope's line; written back as bare JSON,
+    // which the agent reads as a file of an older agent.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let body = text
+        .strip_prefix("ferry-meta")
+        .map_or(text.as_str(), |_| text.split_once('\n').expect("the envelope line").1);
+    let mut reg: Value = serde_json::from_str(body).unwrap();
     f(&mut reg["vpgs"][0]);
     std::fs::write(&path, serde_json::to_string_pretty(&reg).unwrap()).unwrap();
     a.spawn();

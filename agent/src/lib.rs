@@ -10,7 +10,8 @@
 //!                   │
 //!                catalog            what NBD exports: volumes and checkpoint views
 //!                   │
-//!              replication          link, shipper (protected side), receiver (recovery side)
+//!              replication          session cores (no I/O) and their simulation, link,
+//!                │                  shipper (protected side), receiver (recovery side)
 //!                ╱      ╲
 //!          protect      recover     protect: volumes, VPGs, capture, ordering, ticker, drain
 //!                ╲      ╱           recover: replicas, history and its index, aging, pins

@@ -51,6 +51,9 @@ pub struct VpgCapture {
     pub held_ms: std::sync::atomic::AtomicU64,
     /// Whether the throttle holds writes now; set (once) by a VPG with a throttle.
     behind: OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Woken when records settle (or anything else a link waits for happens): the
+    /// shipper's links wait on it instead of polling.
+    ship_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for VpgCapture {
@@ -123,6 +126,7 @@ impl Captured {
             cap.note_datastore_error(why);
         }
         drop(ticket);
+        cap.wake_shipper();
     }
 }
 
@@ -147,7 +151,12 @@ impl Captured {
 }
 
 impl VpgCapture {
-    pub fn new(name: String, capture: Capture<MmapStorage>, pool: Arc<BufPool>) -> VpgCapture {
+    pub fn new(
+        name: String,
+        capture: Capture<MmapStorage>,
+        pool: Arc<BufPool>,
+        ship_wake: Arc<tokio::sync::Notify>,
+    ) -> VpgCapture {
         VpgCapture {
             name,
             capture,
@@ -157,7 +166,14 @@ impl VpgCapture {
             datastore_error: Mutex::new(None),
             held_ms: std::sync::atomic::AtomicU64::new(0),
             behind: OnceLock::new(),
+            ship_wake,
         }
+    }
+
+    /// Tells the links waiting for work that there may be some (records settled, a
+    /// checkpoint, a resume). Cheap when no link waits.
+    pub fn wake_shipper(&self) {
+        self.ship_wake.notify_waiters();
     }
 
     /// Sets the throttle's question (does the recovery site lag too far now?), asked while

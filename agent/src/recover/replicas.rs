@@ -35,6 +35,8 @@ pub struct Replicas {
     /// Replica folders that could not be opened, with the reason: never made anew over
     /// (their history may be all that is left of a VPG).
     damaged: Mutex<BTreeMap<PathBuf, String>>,
+    /// Counts deletions: a session with a replica open learns of one at once.
+    removals: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +80,7 @@ impl Replicas {
             loaded: std::sync::atomic::AtomicBool::new(false),
             creating: Mutex::new(()),
             damaged: Mutex::new(BTreeMap::new()),
+            removals: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -235,6 +238,7 @@ impl Replicas {
             map.remove(name);
             r
         };
+        self.removals.send_modify(|n| *n += 1);
         if by_operator {
             self.bury(r.spec().id, name)?;
         }
@@ -263,6 +267,11 @@ impl Replicas {
         let dir = replicas_dir(ds);
         std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         crate::meta::store(&dir, &tombstones_path(ds), crate::meta::TOMBSTONES, &list)
+    }
+
+    /// Changes whenever a replica is deleted (sessions wait on it).
+    pub fn removals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.removals.subscribe()
     }
 
     pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {

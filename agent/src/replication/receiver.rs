@@ -2,16 +2,18 @@
 //! opens the replicas they announce, writes their batches to history and acknowledges
 //! what is durable.
 //!
-//! Batches are written as they come; before an acknowledgement the segments written are
-//! synced, once for all the batches at hand: when the stream pauses ([`ACK_DELAY`]), and
-//! under a steady stream every [`ACK_EVERY`] or [`ACK_BYTES`]. A batch that does not start where the replica's history ends, or
-//! whose records do not decode, ends the connection without a byte of it written: the
-//! protected site reconnects and resends from the last acknowledged record.
+//! The session's rules live in [`RecoverySession`] (no I/O): batches are written as they
+//! come and synced, once for all the batches at hand, before their acknowledgement; a
+//! batch that does not continue the replica's history ends the connection without a byte
+//! of it written, and the protected site resends from the last acknowledged record. This
+//! shell moves the frames, does the work the core asks for (open, append, sync, resync,
+//! checksums, delete) and wakes on a frame, the core's deadline or a replica's deletion.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ferry_proto::batch::BatchHeader;
 use ferry_proto::message::Message;
 use ferry_proto::records;
 use tokio::net::TcpListener;
@@ -20,20 +22,11 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
-use crate::recover::replica::{PeerSeen, Replica, SessionHold};
+use crate::recover::replica::{PeerSeen, SessionHold};
 use crate::recover::replicas::Replicas;
 use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
-
-/// Plaintext bytes taken in before an acknowledgement at the latest.
-pub const ACK_BYTES: usize = 16 << 20;
-/// A pause this long in the stream syncs and acknowledges what came.
-pub const ACK_DELAY: Duration = Duration::from_millis(2);
-/// Under a steady stream, an acknowledgement at least this often.
-pub const ACK_EVERY: Duration = Duration::from_millis(50);
-/// A peer silent this long is dropped (it pings every few seconds).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often an idle session looks for replicas deleted under it.
-const REMOVED_CHECK: Duration = Duration::from_millis(500);
+use crate::replication::session::recovery::{Action, Input, RecoverySession};
+use crate::replication::session::{Micros, vpg_of};
 
 /// Accepts peers until `stop`.
 /// Peers still in their handshake wait at `gate` (bounded in all and per address), so
@@ -93,6 +86,7 @@ pub async fn run(
     }
 }
 
+/// One session, until the peer leaves (Ok), breaks the protocol or the link fails (Err).
 async fn serve(
     rd: link::LinkReader,
     mut wr: link::LinkWriter,
@@ -100,208 +94,202 @@ async fn serve(
     seen: &PeerSeen,
     stop: CancellationToken,
 ) -> Result<(), LinkError> {
-    // Each held while open here, so that `ferry replica delete` knows the peer is connected.
-    let mut opened: BTreeMap<u64, SessionHold> = BTreeMap::new();
-    // Replicas written to since their last acknowledgement.
-    let mut unacked: BTreeMap<u64, Arc<Replica>> = BTreeMap::new();
-    let mut taken = 0usize;
-    let mut last_ack = Instant::now();
-    let mut last_heard = Instant::now();
+    let mut s = Shell {
+        core: RecoverySession::new(seen.address.clone(), 0),
+        start: tokio::time::Instant::now(),
+        opened: BTreeMap::new(),
+        replicas,
+        seen,
+        batch: None,
+    };
+    let mut removals = replicas.removals();
     // Frames are read by a task of their own, so that waiting for one can time out.
     let (mut rx, _reader) = rd.into_channel();
     loop {
-        end_removed(&mut opened, &mut unacked, &mut wr).await?;
-        // With writes not yet acknowledged, wait for more only briefly: a pause in the
-        // stream is the moment to sync them all and acknowledge.
-        let wait = if unacked.is_empty() { REMOVED_CHECK } else { ACK_DELAY };
-        let next = tokio::select! {
+        let deadline = s.start + Duration::from_micros(s.core.deadline());
+        let input = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            r = tokio::time::timeout(wait, rx.recv()) => r,
-        };
-        let frame = match next {
-            Err(_) if !unacked.is_empty() => {
-                ack_all(&mut unacked, &mut wr).await?;
-                taken = 0;
-                last_ack = Instant::now();
+            _ = tokio::time::sleep_until(deadline) => Input::Tick,
+            r = removals.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                s.end_removed(&mut wr).await?;
                 continue;
             }
-            Err(_) if last_heard.elapsed() < IDLE_TIMEOUT => continue,
-            Err(_) => return Err(LinkError::Content(format!("the peer was silent for {IDLE_TIMEOUT:?}"))),
-            Ok(None) => return Err(LinkError::Content("the link's reader ended".into())),
-            Ok(Some(Err(LinkError::Io(e)))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Some(r)) => r?,
+            f = rx.recv() => match f {
+                None => return Err(LinkError::Content("the link's reader ended".into())),
+                Some(Err(LinkError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Some(f) => match f? {
+                    Frame::Control(m) => Input::Message(m),
+                    Frame::Batch(h, plain) => {
+                        // A deletion not seen yet is taken first: the batch is then dropped.
+                        s.end_removed(&mut wr).await?;
+                        let input = Input::Batch {
+                            vpg: h.vpg,
+                            first_seq: h.first_seq,
+                            count: h.record_count,
+                            plain_bytes: plain.len() as u64,
+                        };
+                        s.batch = Some((h, plain));
+                        input
+                    }
+                },
+            },
         };
-        last_heard = Instant::now();
-        match frame {
-            Frame::Control(Message::Open(spec)) => {
-                let id = spec.id;
-                let r = {
-                    let (replicas, seen) = (replicas.clone(), seen.clone());
-                    tokio::task::spawn_blocking(move || replicas.open(&spec, &seen))
-                        .await
-                        .map_err(|e| LinkError::Content(e.to_string()))?
-                };
-                match r {
-                    Ok(r) => {
-                        // Whole batches an earlier session wrote but had not acknowledged
-                        // yet (its link broke) are made durable: the stream resumes after
-                        // them, never in the middle of history.
-                        let r2 = r.clone();
-                        let next_seq = tokio::task::spawn_blocking(move || r2.sync())
-                            .await
-                            .map_err(|e| LinkError::Content(e.to_string()))??;
-                        info!(vpg = %r.spec().name, next_seq, "replication of VPG resumes");
-                        opened.insert(id, r.hold());
-                        wr.send(id, &Message::Opened { vpg: id, next_seq }).await?;
-                    }
-                    Err(reason) => {
-                        warn!(vpg = id, %reason, "VPG refused");
-                        wr.send(id, &Message::Refused { vpg: id, reason }).await?;
-                    }
+        let actions = s.core.on(s.now(), input);
+        s.act(actions, &mut wr).await?;
+        s.batch = None;
+    }
+}
+
+/// The shell's side of a session: the replicas it holds open and the batch at hand.
+struct Shell<'a> {
+    core: RecoverySession,
+    start: tokio::time::Instant,
+    /// Each held while open here, so that `ferry replica delete` knows the peer is connected.
+    opened: BTreeMap<u64, SessionHold>,
+    replicas: &'a Arc<Replicas>,
+    seen: &'a PeerSeen,
+    batch: Option<(BatchHeader, Vec<u8>)>,
+}
+
+/// Runs blocking replica work off the reactor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, LinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LinkError::Content(e.to_string()))
+}
+
+impl Shell<'_> {
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    /// Does what the core asked, feeding back the results, until nothing is left.
+    async fn act(&mut self, actions: Vec<Action>, wr: &mut link::LinkWriter) -> Result<(), LinkError> {
+        let mut work: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = work.pop_front() {
+            let result = match a {
+                Action::Send(m) => {
+                    wr.send(vpg_of(&m), &m).await?;
+                    None
                 }
-            }
-            Frame::Control(Message::Ping) => wr.send(0, &Message::Pong).await?,
-            Frame::Control(Message::Pong) => {}
-            Frame::Control(Message::Remove { vpg }) => {
-                opened.remove(&vpg);
-                unacked.remove(&vpg);
-                let gone = match replicas.by_id(vpg) {
-                    Some(r) => replicas.remove(&r.spec().name, false).map_err(|e| e.to_string()),
-                    None => Ok(()),
-                };
-                let m = match gone {
-                    Ok(()) => Message::Removed { vpg },
-                    Err(reason) => Message::Refused { vpg, reason },
-                };
-                wr.send(vpg, &m).await?;
-            }
-            Frame::Control(Message::Resync { vpg, from_seq }) => {
-                let Some(r) = opened.get(&vpg).map(|h| h.replica().clone()) else {
-                    return Err(LinkError::Content(format!(
-                        "a resync for VPG {vpg:#x}, which was not opened"
-                    )));
-                };
-                let next = r.next_seq();
-                if from_seq < next {
-                    return Err(LinkError::Content(format!(
-                        "a resync of {} from seq {from_seq}, behind its history's end {next}",
-                        r.spec().name
-                    )));
+                Action::Open(spec) => {
+                    let id = spec.id;
+                    let (replicas, seen) = (self.replicas.clone(), self.seen.clone());
+                    let r = blocking(move || replicas.open(&spec, &seen)).await?;
+                    let result = match r {
+                        Ok(r) => {
+                            // Whole batches an earlier session wrote but had not acknowledged
+                            // yet (its link broke) are made durable: the stream resumes after
+                            // them, never in the middle of history.
+                            let r2 = r.clone();
+                            let next_seq = blocking(move || r2.sync()).await??;
+                            info!(vpg = %r.spec().name, next_seq, "replication of VPG resumes");
+                            self.opened.insert(id, r.hold());
+                            Ok(next_seq)
+                        }
+                        Err(reason) => {
+                            warn!(vpg = id, %reason, "VPG refused");
+                            Err(reason)
+                        }
+                    };
+                    Some(Input::Opened { vpg: id, result })
                 }
-                let r2 = r.clone();
-                let durable = tokio::task::spawn_blocking(move || {
-                    r2.note_gap(next, from_seq);
-                    r2.append(next, from_seq, &[])?;
-                    r2.sync()
-                })
-                .await
-                .map_err(|e| LinkError::Content(e.to_string()))??;
-                wr.send(vpg, &Message::Ack { vpg, next_seq: durable }).await?;
-            }
-            Frame::Control(Message::SumsRequest {
-                vpg,
-                volume,
-                offset,
-                region_bytes,
-                count,
-                at_seq,
-            }) => {
-                let Some(r) = opened.get(&vpg).map(|h| h.replica().clone()) else {
-                    return Err(LinkError::Content(format!(
-                        "sums for VPG {vpg:#x}, which was not opened"
-                    )));
-                };
-                let sums = tokio::task::spawn_blocking(move || r.sums(volume, offset, region_bytes, count, at_seq))
-                    .await
-                    .map_err(|e| LinkError::Content(e.to_string()))?
-                    .unwrap_or_default();
-                wr.send(
+                Action::Append { vpg } => {
+                    let (h, plain) = self.batch.take().expect("the core appends the batch at hand");
+                    let r = self.opened.get(&vpg).expect("an open VPG").replica().clone();
+                    let end = h.first_seq + u64::from(h.record_count);
+                    blocking(move || {
+                        let recs = records::decode(&plain, h.first_seq, h.record_count)
+                            .map_err(|e| LinkError::Content(e.to_string()))?;
+                        r.append(h.first_seq, end, &recs).map_err(LinkError::Io)
+                    })
+                    .await??;
+                    debug!(vpg, first = h.first_seq, count = h.record_count, "batch written");
+                    None
+                }
+                Action::Drop { vpg } => {
+                    debug!(vpg, "batch for a deleted replica dropped");
+                    None
+                }
+                Action::Sync { vpg } => {
+                    let durable = match self.opened.get(&vpg).map(|h| h.replica().clone()) {
+                        Some(r) => blocking(move || r.sync()).await??,
+                        None => 0,
+                    };
+                    Some(Input::Synced { vpg, durable })
+                }
+                Action::Resync { vpg, from_seq } => {
+                    let r = self.opened.get(&vpg).expect("an open VPG").replica().clone();
+                    let durable = blocking(move || {
+                        let next = r.next_seq();
+                        r.note_gap(next, from_seq);
+                        r.append(next, from_seq, &[])?;
+                        r.sync()
+                    })
+                    .await??;
+                    Some(Input::Resynced { vpg, durable })
+                }
+                Action::Sums {
                     vpg,
-                    &Message::Sums {
+                    volume,
+                    offset,
+                    region_bytes,
+                    count,
+                    at_seq,
+                } => {
+                    let r = self.opened.get(&vpg).expect("an open VPG").replica().clone();
+                    let sums = blocking(move || r.sums(volume, offset, region_bytes, count, at_seq))
+                        .await?
+                        .unwrap_or_default();
+                    let m = Message::Sums {
                         vpg,
                         volume,
                         offset,
                         sums,
-                    },
-                )
-                .await?;
-            }
-            Frame::Control(other) => {
-                return Err(LinkError::Content(format!("a protected site does not send {other:?}")));
-            }
-            Frame::Batch(h, plain) => {
-                let Some(r) = opened.get(&h.vpg).map(|h| h.replica().clone()) else {
-                    return Err(LinkError::Content(format!(
-                        "a batch for VPG {:#x}, which was not opened",
-                        h.vpg
-                    )));
-                };
-                if r.is_removed() {
-                    // Deleted since the last look: nothing more is written to it.
-                    continue;
+                    };
+                    wr.send(vpg, &m).await?;
+                    None
                 }
-                let next = r.next_seq();
-                if h.first_seq != next {
-                    return Err(LinkError::Content(format!(
-                        "batch for {} starts at seq {}, history ends at {next}",
-                        r.spec().name,
-                        h.first_seq
-                    )));
+                Action::Remove { vpg } => {
+                    self.opened.remove(&vpg);
+                    let result = match self.replicas.by_id(vpg) {
+                        Some(r) => self.replicas.remove(&r.spec().name, false).map_err(|e| e.to_string()),
+                        None => Ok(()),
+                    };
+                    Some(Input::RemoveDone { vpg, result })
                 }
-                taken += plain.len();
-                let r2 = r.clone();
-                tokio::task::spawn_blocking(move || {
-                    let recs = records::decode(&plain, h.first_seq, h.record_count)
-                        .map_err(|e| LinkError::Content(e.to_string()))?;
-                    let end = h.first_seq + u64::from(h.record_count);
-                    r2.append(h.first_seq, end, &recs).map_err(LinkError::Io)
-                })
-                .await
-                .map_err(|e| LinkError::Content(e.to_string()))??;
-                debug!(vpg = %r.spec().name, first = h.first_seq, count = h.record_count, "batch written");
-                unacked.insert(h.vpg, r);
+                Action::End(why) => return Err(LinkError::Content(why)),
+            };
+            if let Some(input) = result {
+                let now = self.now();
+                work.extend(self.core.on(now, input));
             }
         }
-        if !unacked.is_empty() && (taken >= ACK_BYTES || last_ack.elapsed() >= ACK_EVERY) {
-            ack_all(&mut unacked, &mut wr).await?;
-            taken = 0;
-            last_ack = Instant::now();
+        Ok(())
+    }
+
+    /// Ends the stream of every replica deleted while open here: the peer is told why and
+    /// what to do, and the replica's files are let go.
+    async fn end_removed(&mut self, wr: &mut link::LinkWriter) -> Result<(), LinkError> {
+        let gone: Vec<u64> = self
+            .opened
+            .iter()
+            .filter(|(_, h)| h.replica().is_removed())
+            .map(|(&id, _)| id)
+            .collect();
+        for vpg in gone {
+            let name = self
+                .opened
+                .remove(&vpg)
+                .map(|h| h.replica().spec().name)
+                .unwrap_or_default();
+            warn!(vpg = %name, "replica deleted here while replicating: its stream ends");
+            let actions = self.core.on(self.now(), Input::Removed { vpg, name });
+            self.act(actions, wr).await?;
         }
+        Ok(())
     }
-}
-
-/// Ends the stream of every replica deleted while open here: the peer is told why and
-/// what to do, and the replica's files are let go.
-async fn end_removed(
-    opened: &mut BTreeMap<u64, SessionHold>,
-    unacked: &mut BTreeMap<u64, Arc<Replica>>,
-    wr: &mut link::LinkWriter,
-) -> Result<(), LinkError> {
-    let gone: Vec<u64> = opened
-        .iter()
-        .filter(|(_, h)| h.replica().is_removed())
-        .map(|(&id, _)| id)
-        .collect();
-    for vpg in gone {
-        let name = opened.remove(&vpg).map(|h| h.replica().spec().name).unwrap_or_default();
-        unacked.remove(&vpg);
-        warn!(vpg = %name, "replica deleted here while replicating: its stream ends");
-        let reason = format!(
-            "its replica was deleted at the recovery site while it was replicating (`ferry replica delete --force`); to protect the VPG again, delete it here (`ferry vpg delete {name}`) and create it anew"
-        );
-        wr.send(vpg, &Message::Refused { vpg, reason }).await?;
-    }
-    Ok(())
-}
-
-/// Syncs the history of every replica written since the last acknowledgement, then
-/// acknowledges each: never an ack before the sync.
-async fn ack_all(unacked: &mut BTreeMap<u64, Arc<Replica>>, wr: &mut link::LinkWriter) -> Result<(), LinkError> {
-    for (vpg, r) in std::mem::take(unacked) {
-        let next_seq = tokio::task::spawn_blocking(move || r.sync())
-            .await
-            .map_err(|e| LinkError::Content(e.to_string()))??;
-        wr.send(vpg, &Message::Ack { vpg, next_seq }).await?;
-    }
-    Ok(())
 }

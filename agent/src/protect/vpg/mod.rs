@@ -260,6 +260,7 @@ impl Vpg {
                 self.event(e);
             }
         }
+        self.cap.wake_shipper();
         Ok(())
     }
 
@@ -448,6 +449,7 @@ impl Vpg {
             .capture
             .checkpoint(now_ns(), tag)
             .map_err(|e| AgentError::Refused(format!("VPG {:?}: {e}", self.record.name)))?;
+        self.cap.wake_shipper();
         let info = CheckpointInfo {
             seq,
             unix_ms: now_ms(),

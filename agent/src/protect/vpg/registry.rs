@@ -18,6 +18,9 @@ pub struct Vpgs {
     /// The registry file could not be read: every volume is fenced and VPG changes are
     /// refused, with this reason.
     frozen: Option<String>,
+    /// Woken when a link may have work: records settled in any VPG, a VPG created,
+    /// deleted, paused or resumed (see [`VpgCapture::wake_shipper`]).
+    ship_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Vpgs {
@@ -87,6 +90,7 @@ impl Vpgs {
             failed: RwLock::new(BTreeMap::new()),
             change: tokio::sync::Mutex::new(()),
             frozen,
+            ship_wake: Arc::new(tokio::sync::Notify::new()),
         });
         let mut given = false;
         let mut records = reg.vpgs;
@@ -311,7 +315,12 @@ impl Vpgs {
             ),
             record,
             dir,
-            cap: Arc::new(VpgCapture::new(record_name, capture, self.pool.clone())),
+            cap: Arc::new(VpgCapture::new(
+                record_name,
+                capture,
+                self.pool.clone(),
+                self.ship_wake.clone(),
+            )),
             engine: self.engine.clone(),
             consumer: tokio::sync::Mutex::new(None),
             checkpoints: Mutex::new(VecDeque::new()),
@@ -390,6 +399,11 @@ impl Vpgs {
     }
 
     /// The VPGs replicated to a recovery site.
+    /// What the shipper's links wait on for work (see [`VpgCapture::wake_shipper`]).
+    pub fn ship_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.ship_wake.clone()
+    }
+
     pub fn protected(&self) -> Vec<Arc<Vpg>> {
         self.all()
             .into_iter()
@@ -541,6 +555,7 @@ impl Vpgs {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.into(), vpg.clone());
+        self.ship_wake.notify_waiters();
         Ok(vpg.status())
     }
 
@@ -573,6 +588,7 @@ impl Vpgs {
         let list: Vec<VpgRecord> = self.records().into_iter().filter(|r| r.name != name).collect();
         self.save(&list)?;
         self.vpgs.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.ship_wake.notify_waiters();
         for m in vpg.members.read().unwrap_or_else(|e| e.into_inner()).values() {
             if let Some(v) = self.volumes.get(&m.name) {
                 v.set_member(None);

@@ -168,7 +168,10 @@ impl Vpg {
             })
             .await;
             match read {
-                Ok((Ok(()), slot)) => self.cap.capture.drain_commit(slot),
+                Ok((Ok(()), slot)) => {
+                    self.cap.capture.drain_commit(slot);
+                    self.cap.wake_shipper();
+                }
                 Ok((Err(e), _slot)) => {
                     // The slot becomes a void; the bits stay, the drain retries later.
                     error!(vpg = %self.record.name, volume, offset, error = %e, "drain read failed");

@@ -38,3 +38,19 @@ pub fn name_of(m: &Message) -> &'static str {
         Message::Sums { .. } => "Sums",
     }
 }
+
+/// The VPG a message is about (0 for the link's own: pings), which the frame carries.
+pub fn vpg_of(m: &Message) -> u64 {
+    match m {
+        Message::Open(spec) => spec.id,
+        Message::Opened { vpg, .. }
+        | Message::Ack { vpg, .. }
+        | Message::Refused { vpg, .. }
+        | Message::Remove { vpg }
+        | Message::Removed { vpg }
+        | Message::Resync { vpg, .. }
+        | Message::SumsRequest { vpg, .. }
+        | Message::Sums { vpg, .. } => *vpg,
+        Message::Ping | Message::Pong => 0,
+    }
+}

@@ -121,6 +121,7 @@ struct Delta {
 
 #[derive(Debug)]
 struct Ship {
+    name: String,
     phase: Phase,
     /// The next record to send.
     next_seq: u64,
@@ -244,6 +245,7 @@ impl ProtectedSession {
                 self.vpgs.insert(
                     id,
                     Ship {
+                        name: spec.name.clone(),
                         phase: Phase::Opening,
                         next_seq: 0,
                         acked: 0,
@@ -336,8 +338,8 @@ impl ProtectedSession {
                     return vec![Action::Halt {
                         vpg,
                         why: format!(
-                            "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG; delete that replica there",
-                            j.next_seq
+                            "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG; delete that replica there (`ferry replica delete {}`)",
+                            j.next_seq, s.name
                         ),
                     }];
                 }

@@ -44,8 +44,8 @@ pub enum Input {
     Synced { vpg: u64, durable: u64 },
     /// [`Action::Resync`] done: history now continues at `durable`.
     Resynced { vpg: u64, durable: u64 },
-    /// The replica was deleted here while open (by an operator).
-    Removed { vpg: u64 },
+    /// The replica of VPG `name` was deleted here while open (by an operator).
+    Removed { vpg: u64, name: String },
     /// [`Action::Remove`] done (the peer asked for it).
     RemoveDone { vpg: u64, result: Result<(), String> },
     /// Time passed (the shell wakes at [`RecoverySession::deadline`]).
@@ -254,7 +254,7 @@ impl RecoverySession {
                     vec![]
                 }
             }
-            Input::Removed { vpg } => {
+            Input::Removed { vpg, name } => {
                 if !matches!(self.vpgs.get(&vpg), Some(Vpg::Open { .. } | Vpg::Opening)) {
                     return vec![];
                 }
@@ -262,7 +262,9 @@ impl RecoverySession {
                 self.unacked.remove(&vpg);
                 vec![Action::Send(Message::Refused {
                     vpg,
-                    reason: "its replica was deleted at the recovery site while it was replicating (`ferry replica delete --force`); to protect the VPG again, delete it here (`ferry vpg delete`) and create it anew".into(),
+                    reason: format!(
+                        "its replica was deleted at the recovery site while it was replicating (`ferry replica delete --force`); to protect the VPG again, delete it here (`ferry vpg delete {name}`) and create it anew"
+                    ),
                 })]
             }
             Input::RemoveDone { vpg, result } => vec![Action::Send(match result {

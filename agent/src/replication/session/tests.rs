@@ -247,7 +247,13 @@ fn a_batch_for_a_vpg_not_opened_ends_the_session() {
 #[test]
 fn a_replica_deleted_here_refuses_its_stream_and_drops_batches_on_their_way() {
     let mut r = recovery_open();
-    let a = r.on(1, recovery::Input::Removed { vpg: 1 });
+    let a = r.on(
+        1,
+        recovery::Input::Removed {
+            vpg: 1,
+            name: "app".into(),
+        },
+    );
     assert!(
         matches!(&a[..], [recovery::Action::Send(Message::Refused { vpg: 1, reason })] if reason.contains("deleted"))
     );

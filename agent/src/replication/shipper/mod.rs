@@ -23,7 +23,7 @@
 //! plaintext (once), compressed (zstd, adaptive: a batch it barely shrinks turns it off for
 //! the next 15) and sealed into the frame.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,10 +46,6 @@ mod session;
 
 use session::Session;
 
-/// Between pings on an idle link.
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// A peer that answers nothing for this long is dropped.
-const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A batch that compression shrank by less than 10% makes the next ones go uncompressed;
@@ -59,8 +55,6 @@ const COMPRESS_PROBE_EVERY: u32 = 16;
 const RELEASE_BYTES: usize = 32 << 20;
 /// Acknowledged journal space is released at least this often.
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
-/// The link's in-flight bytes are bounded to about this much of its measured rate.
-const WINDOW_TIME: Duration = Duration::from_millis(500);
 
 /// A link's state, for `ferry status`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -253,16 +247,8 @@ impl Shipping {
         mut wr: LinkWriter,
     ) -> Result<(), LinkError> {
         let (mut rx, reader) = rd.into_channel();
-        let mut s = Session {
-            shipping: self,
-            vpgs: HashMap::new(),
-            inflight_bytes: 0,
-            ack_rate: None,
-            rate_window: (Instant::now(), 0),
-            last_heard: Instant::now(),
-            last_sent: Instant::now(),
-        };
-        let r = s.run(key, &mut wr, &mut rx).await;
+        let mut s = Session::new(self, key);
+        let r = s.run(&mut wr, &mut rx).await;
         drop(reader);
         for (_, sv) in s.vpgs.drain() {
             if let Some(c) = sv.consumer {

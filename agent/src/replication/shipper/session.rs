@@ -1,103 +1,144 @@
-//! One session with the recovery site: announcing the VPGs, sending batches within the
-//! window by VPG priority, taking acknowledgements, releasing journal space; and the delta
-//! sync of a pre-seeded replica (regions compared by checksum, only those that differ sent).
+//! One session with the recovery site, the shell around [`ProtectedSession`]: it feeds the
+//! core the peer's messages, the batches it sent and the time, and does what the core asks
+//! (send, resume a VPG's journal from a point, halt it, release acknowledged space, compare
+//! a delta sync's regions). It builds batches from the journal while the core's window
+//! allows, and otherwise waits: for a frame, for the core's deadline, or for the VPGs'
+//! wake-up (records settled, a checkpoint, a resume, a VPG created or deleted), never
+//! polling.
 
 use super::batch::{build_batch, cons_ack};
 use super::*;
+use crate::replication::session::protected::{self, Action, Input, JournalView, ProtectedSession};
+use crate::replication::session::{Micros, vpg_of};
 
-/// One VPG within a session.
+/// After an idle spell, how long records may gather before the first batch is built.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// One VPG within a session: what the shell holds for it (the core holds the stream).
 pub(super) struct Shipped {
     pub(super) vpg: Arc<Vpg>,
-    /// None until `Opened` (and while a batch is being built).
+    /// None until the core resumes it (and while a batch is being built).
     pub(super) consumer: Option<Consumer<MmapStorage>>,
-    pub(super) opened: bool,
-    /// The next sequence number to send.
-    pub(super) next_seq: u64,
-    /// Batches sent, not yet acknowledged: (end seq, wire bytes, plaintext bytes).
-    pub(super) inflight: VecDeque<(u64, usize, usize)>,
-    pub(super) vtime: f64,
-    /// A delta sync's comparison, while it runs.
-    pub(super) delta: Option<Delta>,
+    /// A delta sync's volumes (id, file, size), while it runs.
+    delta_files: Vec<(u32, Option<Arc<std::fs::File>>, u64)>,
     /// Acknowledged by the recovery site, journal space not yet released.
-    pub(super) release_to: u64,
-    pub(super) unreleased_bytes: usize,
-    pub(super) released_at: Instant,
+    release_to: u64,
+    unreleased_bytes: usize,
+    released_at: Instant,
     /// Batches still to send uncompressed (adaptive compression).
-    pub(super) uncompressed_left: u32,
+    uncompressed_left: u32,
     /// Checkpoints below this are not sent (they were taken before a resync).
-    pub(super) skip_checkpoints_below: u64,
-    /// Had records ready at the last choice.
-    pub(super) was_ready: bool,
-    pub(super) weight: f64,
-    pub(super) batch_seq: u64,
-    pub(super) rate_mark: (Instant, u64),
+    skip_checkpoints_below: u64,
+    batch_seq: u64,
+    rate_mark: (Instant, u64),
 }
 
 pub(super) struct Session<'a> {
     pub(super) shipping: &'a Shipping,
     pub(super) vpgs: HashMap<u64, Shipped>,
-    pub(super) inflight_bytes: usize,
-    /// Wire bytes acknowledged per second (smoothed), and since when it was measured.
-    pub(super) ack_rate: Option<f64>,
-    pub(super) rate_window: (Instant, usize),
-    pub(super) last_heard: Instant,
-    pub(super) last_sent: Instant,
+    key: (String, PathBuf),
+    core: ProtectedSession,
+    /// The core's actions that wait for the next step (a delta sync's first requests).
+    pending: Vec<Action>,
+    start: tokio::time::Instant,
 }
 
-impl Session<'_> {
+/// What one step of sending came to.
+enum Sent {
+    Batch,
+    /// The window is full: only an acknowledgement (a frame) opens it.
+    WindowFull,
+    /// Nothing ready to send: records settling wake the link.
+    Idle,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(shipping: &'a Shipping, key: &(String, PathBuf)) -> Session<'a> {
+        Session {
+            shipping,
+            vpgs: HashMap::new(),
+            key: key.clone(),
+            core: ProtectedSession::new(key.0.clone(), 0),
+            pending: Vec::new(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
     pub(super) async fn run(
         &mut self,
-        key: &(String, PathBuf),
         wr: &mut LinkWriter,
         rx: &mut mpsc::Receiver<Result<Frame, LinkError>>,
     ) -> Result<(), LinkError> {
-        let cfg = self.shipping.cfg.clone();
+        let wake = self.shipping.vpgs.ship_wake();
         loop {
-            if self.shipping.stop.is_cancelled() || !self.shipping.wanted(key) {
+            // Armed before looking for work, so a wake-up meanwhile is not missed.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.shipping.stop.is_cancelled() || !self.shipping.wanted(&self.key) {
                 return Ok(());
             }
-            self.announce(key, wr).await?;
-            while let Ok(f) = rx.try_recv() {
-                self.on_frame(f?, wr).await?;
-            }
+            self.announce(wr).await?;
             self.release_due().await?;
-            self.delta_step(wr).await?;
-            let sent = if self.inflight_bytes + cfg.batch_bytes / 2 <= self.window(&cfg) {
-                self.send_next(wr, &cfg).await?
-            } else {
-                false
+            let idle = loop {
+                // Frames that came meanwhile first: acknowledgements open the window.
+                while let Ok(f) = rx.try_recv() {
+                    self.on_frame(f?, wr).await?;
+                }
+                match self.send_next(wr).await? {
+                    Sent::Batch => {}
+                    Sent::WindowFull => break false,
+                    Sent::Idle => break true,
+                }
             };
-            if self.last_heard.elapsed() > PEER_TIMEOUT {
-                return Err(LinkError::Content(format!(
-                    "the peer answered nothing for {PEER_TIMEOUT:?}"
-                )));
-            }
-            if self.last_sent.elapsed() > PING_EVERY {
-                wr.send(0, &Message::Ping).await?;
-                self.last_sent = Instant::now();
-            }
-            if !sent {
-                tokio::select! {
-                    _ = self.shipping.stop.cancelled() => return Ok(()),
-                    f = rx.recv() => match f {
-                        Some(f) => self.on_frame(f?, wr).await?,
-                        None => return Err(LinkError::Content("the link's reader ended".into())),
-                    },
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            let deadline = self.start + Duration::from_micros(self.core.deadline());
+            let deadline = match self.release_deadline() {
+                Some(r) => deadline.min(r),
+                None => deadline,
+            };
+            tokio::select! {
+                _ = self.shipping.stop.cancelled() => return Ok(()),
+                f = rx.recv() => match f {
+                    Some(f) => self.on_frame(f?, wr).await?,
+                    None => return Err(LinkError::Content("the link's reader ended".into())),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let actions = self.core.on(self.now(), Input::Tick);
+                    self.act(actions, wr).await?;
+                }
+                _ = &mut woken, if idle => {
+                    // Records began to settle: let a few more gather before the batch is
+                    // built, rather than one batch (and one acknowledgement) per write.
+                    tokio::select! {
+                        _ = self.shipping.stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(LINGER) => {}
+                    }
                 }
             }
         }
     }
 
-    /// Sends `Open` for each VPG of this peer not yet announced; forgets deleted ones.
-    async fn announce(&mut self, key: &(String, PathBuf), wr: &mut LinkWriter) -> Result<(), LinkError> {
-        let now = self.shipping.vpgs_for(key);
+    /// When acknowledged journal space is due for release, if any waits.
+    fn release_deadline(&self) -> Option<tokio::time::Instant> {
+        self.vpgs
+            .values()
+            .filter(|sv| sv.unreleased_bytes > 0)
+            .map(|sv| tokio::time::Instant::from_std(sv.released_at + RELEASE_EVERY))
+            .min()
+    }
+
+    /// Announces each VPG of this peer not yet announced; forgets deleted ones.
+    async fn announce(&mut self, wr: &mut LinkWriter) -> Result<(), LinkError> {
+        let now = self.shipping.vpgs_for(&self.key);
         let live: Vec<u64> = now.iter().map(|v| v.record.ring_id).collect();
         let gone: Vec<u64> = self.vpgs.keys().copied().filter(|id| !live.contains(id)).collect();
         for id in gone {
-            if let Some(sv) = self.vpgs.remove(&id) {
-                self.inflight_bytes -= sv.inflight.iter().map(|x| x.1).sum::<usize>();
-            }
+            self.vpgs.remove(&id);
+            self.core.on(self.now(), Input::Forget { vpg: id });
         }
         for v in now {
             let id = v.record.ring_id;
@@ -106,213 +147,185 @@ impl Session<'_> {
             }
             let weight =
                 f64::from(self.shipping.cfg.weights[v.record.protection.as_ref().expect("protected").priority.index()]);
-            wr.send(id, &Message::Open(self.shipping.spec_of(&v))).await?;
-            self.last_sent = Instant::now();
             v.ship_update(|s| s.link = "connected: opening".into());
+            let spec = self.shipping.spec_of(&v);
             self.vpgs.insert(
                 id,
                 Shipped {
                     vpg: v,
                     consumer: None,
-                    opened: false,
-                    next_seq: 0,
-                    inflight: VecDeque::new(),
-                    vtime: 0.0,
+                    delta_files: Vec::new(),
                     skip_checkpoints_below: 0,
                     uncompressed_left: 0,
-                    delta: None,
                     release_to: 0,
                     unreleased_bytes: 0,
                     released_at: Instant::now(),
-                    was_ready: false,
-                    weight,
                     batch_seq: 0,
                     rate_mark: (Instant::now(), 0),
                 },
             );
+            let actions = self.core.on(self.now(), Input::Announce { spec, weight });
+            self.act(actions, wr).await?;
         }
         Ok(())
     }
 
     async fn on_frame(&mut self, f: Frame, wr: &mut LinkWriter) -> Result<(), LinkError> {
-        self.last_heard = Instant::now();
-        match f {
-            Frame::Control(Message::Opened { vpg, next_seq }) => {
-                let Some(sv) = self.vpgs.get_mut(&vpg) else {
-                    return Ok(());
-                };
-                let Some(mut cons) = sv.vpg.take_consumer().await else {
-                    sv.vpg.ship_update(|s| {
-                        s.error = Some("the journal's consumer is held by `ferry journal tail`".into())
-                    });
-                    return Ok(());
-                };
-                let st = sv.vpg.journal_stats();
-                if next_seq > st.next_seq {
-                    let why = format!(
-                        "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG; delete that replica there (`ferry replica delete {}`)",
-                        st.next_seq, sv.vpg.record.name
-                    );
-                    sv.vpg.event(why.clone());
-                    sv.vpg.ship_update(|s| s.error = Some(why));
-                    sv.vpg.put_consumer(cons).await;
-                    return Ok(());
-                }
-                let mut next_seq = next_seq;
-                if next_seq < st.acked_seq {
-                    // Damage at the recovery site took records this journal released: send
-                    // every block again, and no checkpoint from before the resync.
-                    let why = format!(
-                        "the recovery site lost acknowledged history (it holds records below seq {next_seq}, the journal had released those below {}): resynchronising every block",
-                        st.acked_seq
-                    );
-                    if let Err(e) = sv.vpg.resync_all(why).await {
-                        sv.vpg.put_consumer(cons).await;
-                        return Err(LinkError::Io(e));
-                    }
-                    sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
-                    wr.send(
-                        vpg,
-                        &Message::Resync {
-                            vpg,
-                            from_seq: st.acked_seq,
-                        },
-                    )
-                    .await?;
-                    next_seq = st.acked_seq;
-                }
-                cons.rewind();
-                let cons = tokio::task::spawn_blocking(move || {
-                    let r = cons_ack(&mut cons, next_seq);
-                    (cons, r)
-                })
-                .await
-                .map_err(|e| LinkError::Content(e.to_string()))?;
-                let (cons, r) = cons;
-                if let Err(e) = r {
-                    warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
-                }
-                sv.consumer = Some(cons);
-                sv.opened = true;
-                sv.next_seq = next_seq;
-                if sv.vpg.delta_pending() {
-                    let volumes = sv.vpg.member_files();
-                    let total = volumes.iter().map(|v| v.2).sum();
-                    *sv.vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner()) =
-                        crate::protect::vpg::DeltaProgress {
-                            total_bytes: total,
-                            ..Default::default()
-                        };
-                    sv.delta = Some(Delta {
-                        volumes,
-                        index: 0,
-                        offset: 0,
-                        outstanding: 0,
-                    });
-                    // Checkpoints from before the comparison ends are not whole.
-                    sv.skip_checkpoints_below = u64::MAX;
-                }
-                info!(vpg = %sv.vpg.record.name, next_seq, "shipping resumes");
-                sv.vpg.ship_update(|s| {
-                    s.link = "connected".into();
-                    s.error = None;
-                    s.acked_seq = s.acked_seq.max(next_seq);
-                });
-            }
-            Frame::Control(Message::Ack { vpg, next_seq }) => {
-                let Some(sv) = self.vpgs.get_mut(&vpg) else {
-                    return Ok(());
-                };
-                let (mut plain, mut acked_wire) = (0, 0);
-                while sv.inflight.front().is_some_and(|x| x.0 <= next_seq) {
-                    let (_, wire, p) = sv.inflight.pop_front().expect("front");
-                    self.inflight_bytes -= wire;
-                    acked_wire += wire;
-                    plain += p;
-                }
-                sv.release_to = sv.release_to.max(next_seq);
-                sv.unreleased_bytes += plain;
-                let caught_up = next_seq >= sv.vpg.journal_stats().next_seq;
-                let (t0, b0) = sv.rate_mark;
-                let el = t0.elapsed().as_secs_f64();
-                sv.vpg.ship_update(|s| {
-                    s.acked_seq = s.acked_seq.max(next_seq);
-                    s.acked_bytes += plain as u64;
-                    if caught_up {
-                        s.caught_up_ms = now_ms();
-                    }
-                    if el >= 2.0 {
-                        s.rate_bytes_per_s = (s.acked_bytes - b0) as f64 / el;
-                    }
-                });
-                if el >= 2.0 {
-                    sv.rate_mark = (Instant::now(), sv.vpg.ship_update(|s| s.acked_bytes));
-                }
-                sv.vpg.note_initial_sync();
-                self.note_acked(acked_wire);
-            }
-            Frame::Control(Message::Refused { vpg, reason }) => {
-                if let Some(sv) = self.vpgs.get_mut(&vpg) {
-                    let why = format!("the recovery site refused it: {reason}");
-                    sv.vpg.event(why.clone());
-                    sv.vpg.ship_update(|s| s.error = Some(why));
-                    // Nothing more is sent for it in this session; what was in flight is
-                    // read again from the journal if it is ever accepted.
-                    sv.opened = false;
-                    sv.delta = None;
-                    self.inflight_bytes -= sv.inflight.drain(..).map(|x| x.1).sum::<usize>();
-                    if let Some(c) = sv.consumer.take() {
-                        sv.vpg.put_consumer(c).await;
-                    }
-                }
-            }
-            Frame::Control(Message::Sums {
-                vpg,
-                volume,
-                offset,
-                sums,
-            }) => {
-                let Some(sv) = self.vpgs.get_mut(&vpg) else {
-                    return Ok(());
-                };
-                let Some(d) = sv.delta.as_mut() else { return Ok(()) };
-                d.outstanding = d.outstanding.saturating_sub(1);
-                let Some((_, file, size)) = d.volumes.iter().find(|v| v.0 == volume).cloned() else {
-                    return Ok(());
-                };
-                let vpg2 = sv.vpg.clone();
-                tokio::task::spawn_blocking(move || compare_regions(&vpg2, volume, file, size, offset, &sums))
-                    .await
-                    .map_err(|e| LinkError::Content(e.to_string()))?;
-            }
-            Frame::Control(Message::Pong | Message::Removed { .. }) => {}
-            Frame::Control(m) => return Err(LinkError::Content(format!("a recovery site does not send {m:?}"))),
+        let message = match f {
+            Frame::Control(m) => m,
             Frame::Batch(..) => return Err(LinkError::Content("a recovery site does not send batches".into())),
+        };
+        let journal = match &message {
+            Message::Opened { vpg, .. } => self.vpgs.get(vpg).map(|sv| {
+                let st = sv.vpg.journal_stats();
+                JournalView {
+                    next_seq: st.next_seq,
+                    acked_seq: st.acked_seq,
+                }
+            }),
+            _ => None,
+        };
+        let actions = self.core.on(self.now(), Input::Message { message, journal });
+        self.act(actions, wr).await
+    }
+
+    /// Does what the core asked, in order.
+    async fn act(&mut self, actions: Vec<Action>, wr: &mut LinkWriter) -> Result<(), LinkError> {
+        for a in actions {
+            match a {
+                Action::Send(m) => wr.send(vpg_of(&m), &m).await?,
+                Action::Resume { vpg, next_seq, resync } => self.resume(vpg, next_seq, resync).await?,
+                Action::Halt { vpg, why } => {
+                    if let Some(sv) = self.vpgs.get_mut(&vpg) {
+                        sv.vpg.event(why.clone());
+                        sv.vpg.ship_update(|s| s.error = Some(why));
+                        sv.delta_files.clear();
+                        // What was in flight is read again from the journal if the VPG is
+                        // ever accepted.
+                        if let Some(c) = sv.consumer.take() {
+                            sv.vpg.put_consumer(c).await;
+                        }
+                    }
+                }
+                Action::Acked {
+                    vpg,
+                    next_seq,
+                    plain_bytes,
+                } => self.acked(vpg, next_seq, plain_bytes as usize),
+                Action::Compare {
+                    vpg,
+                    volume,
+                    offset,
+                    sums,
+                } => {
+                    let Some(sv) = self.vpgs.get(&vpg) else { continue };
+                    let Some((_, file, size)) = sv.delta_files.iter().find(|v| v.0 == volume).cloned() else {
+                        continue;
+                    };
+                    let vpg2 = sv.vpg.clone();
+                    tokio::task::spawn_blocking(move || compare_regions(&vpg2, volume, file, size, offset, &sums))
+                        .await
+                        .map_err(|e| LinkError::Content(e.to_string()))?;
+                }
+                Action::DeltaDone { vpg } => {
+                    let Some(sv) = self.vpgs.get_mut(&vpg) else { continue };
+                    sv.delta_files.clear();
+                    sv.vpg.finish_delta().await.map_err(LinkError::Io)?;
+                    sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
+                    info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
+                }
+                Action::End(why) => return Err(LinkError::Content(why)),
+            }
         }
         Ok(())
     }
 
-    /// Bytes that may be in flight: about [`WINDOW_TIME`] of what the link carries (so a
-    /// slow link does not queue seconds of batches, which would all be RPO), at least two
-    /// batches, at most `replication.window_bytes`.
-    fn window(&self, cfg: &Replication) -> usize {
-        let floor = 2 * cfg.batch_bytes;
-        match self.ack_rate {
-            None => (4 * cfg.batch_bytes).min(cfg.window_bytes),
-            Some(r) => ((r * WINDOW_TIME.as_secs_f64()) as usize).clamp(floor, cfg.window_bytes.max(floor)),
+    /// The recovery site holds `vpg` below `next_seq`: read its journal from there (after
+    /// marking every block for a resync), and start a pending delta sync.
+    async fn resume(&mut self, vpg: u64, next_seq: u64, resync: bool) -> Result<(), LinkError> {
+        let Some(sv) = self.vpgs.get_mut(&vpg) else {
+            return Ok(());
+        };
+        let Some(mut cons) = sv.vpg.take_consumer().await else {
+            sv.vpg
+                .ship_update(|s| s.error = Some("the journal's consumer is held by `ferry journal tail`".into()));
+            return Ok(());
+        };
+        if resync {
+            // Damage at the recovery site took records this journal released: send every
+            // block again, and no checkpoint from before the resync.
+            let why = format!(
+                "the recovery site lost acknowledged history (the journal had released the records below seq {next_seq}): resynchronising every block"
+            );
+            if let Err(e) = sv.vpg.resync_all(why).await {
+                sv.vpg.put_consumer(cons).await;
+                return Err(LinkError::Io(e));
+            }
+            sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
         }
+        cons.rewind();
+        let (cons, r) = tokio::task::spawn_blocking(move || {
+            let r = cons_ack(&mut cons, next_seq);
+            (cons, r)
+        })
+        .await
+        .map_err(|e| LinkError::Content(e.to_string()))?;
+        if let Err(e) = r {
+            warn!(vpg = %sv.vpg.record.name, error = %e, "cannot release journal space");
+        }
+        sv.consumer = Some(cons);
+        let mut start_delta = None;
+        if sv.vpg.delta_pending() {
+            let volumes = sv.vpg.member_files();
+            let total = volumes.iter().map(|v| v.2).sum();
+            *sv.vpg.delta_progress.lock().unwrap_or_else(|e| e.into_inner()) = crate::protect::vpg::DeltaProgress {
+                total_bytes: total,
+                ..Default::default()
+            };
+            start_delta = Some(volumes.iter().map(|v| (v.0, v.2)).collect());
+            sv.delta_files = volumes;
+            // Checkpoints from before the comparison ends are not whole.
+            sv.skip_checkpoints_below = u64::MAX;
+        }
+        info!(vpg = %sv.vpg.record.name, next_seq, "shipping resumes");
+        sv.vpg.ship_update(|s| {
+            s.link = "connected".into();
+            s.error = None;
+            s.acked_seq = s.acked_seq.max(next_seq);
+        });
+        if let Some(volumes) = start_delta {
+            let actions = self.core.on(self.now(), Input::StartDelta { vpg, volumes });
+            // Only requests come of it, which are sent as the next step's actions.
+            for a in &actions {
+                assert!(matches!(a, Action::Send(_) | Action::DeltaDone { .. }), "{a:?}");
+            }
+            self.pending.extend(actions);
+        }
+        Ok(())
     }
 
-    /// Counts acknowledged wire bytes into the link's rate.
-    fn note_acked(&mut self, wire: usize) {
-        let (since, bytes) = &mut self.rate_window;
-        *bytes += wire;
-        let el = since.elapsed().as_secs_f64();
-        if el >= 0.25 {
-            let now = *bytes as f64 / el;
-            self.ack_rate = Some(self.ack_rate.map_or(now, |r| 0.7 * r + 0.3 * now));
-            self.rate_window = (Instant::now(), 0);
+    /// Records of `vpg` below `next_seq` are durable at the recovery site.
+    fn acked(&mut self, vpg: u64, next_seq: u64, plain: usize) {
+        let Some(sv) = self.vpgs.get_mut(&vpg) else { return };
+        sv.release_to = sv.release_to.max(next_seq);
+        sv.unreleased_bytes += plain;
+        let caught_up = next_seq >= sv.vpg.journal_stats().next_seq;
+        let (t0, b0) = sv.rate_mark;
+        let el = t0.elapsed().as_secs_f64();
+        sv.vpg.ship_update(|s| {
+            s.acked_seq = s.acked_seq.max(next_seq);
+            s.acked_bytes += plain as u64;
+            if caught_up {
+                s.caught_up_ms = now_ms();
+            }
+            if el >= 2.0 {
+                s.rate_bytes_per_s = (s.acked_bytes - b0) as f64 / el;
+            }
+        });
+        if el >= 2.0 {
+            sv.rate_mark = (Instant::now(), sv.vpg.ship_update(|s| s.acked_bytes));
         }
+        sv.vpg.note_initial_sync();
     }
 
     /// Releases the journal space of acknowledged records, a few times a second or every
@@ -323,9 +336,16 @@ impl Session<'_> {
                 || (sv.unreleased_bytes > 0 && sv.released_at.elapsed() >= RELEASE_EVERY)
                 || (sv.release_to > 0 && sv.vpg.journal_stats().fill() > 0.5);
             if !due || sv.release_to <= sv.vpg.journal_stats().acked_seq {
+                if due {
+                    sv.unreleased_bytes = 0;
+                }
                 continue;
             }
-            let Some(mut cons) = sv.consumer.take() else { continue };
+            let Some(mut cons) = sv.consumer.take() else {
+                // Released when the VPG resumes.
+                sv.unreleased_bytes = 0;
+                continue;
+            };
             let to = sv.release_to;
             let (cons, r) = tokio::task::spawn_blocking(move || {
                 let r = cons_ack(&mut cons, to);
@@ -343,34 +363,32 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Sends one batch of the VPG whose turn it is; false when none has records ready.
-    async fn send_next(&mut self, wr: &mut LinkWriter, cfg: &Replication) -> Result<bool, LinkError> {
-        let ready = |s: &Shipped| {
-            s.opened && s.consumer.is_some() && !s.vpg.is_paused() && s.vpg.journal_stats().settled_seq > s.next_seq
-        };
-        let ready: Vec<u64> = self.vpgs.iter().filter(|(_, s)| ready(s)).map(|(id, _)| *id).collect();
-        // A VPG that just became ready starts level with those already busy.
-        let floor = ready
-            .iter()
-            .map(|id| &self.vpgs[id])
-            .filter(|s| s.was_ready)
-            .map(|s| s.vtime)
-            .fold(f64::INFINITY, f64::min);
-        for (id, s) in self.vpgs.iter_mut() {
-            let now_ready = ready.contains(id);
-            if now_ready && !s.was_ready && floor.is_finite() {
-                s.vtime = s.vtime.max(floor);
-            }
-            s.was_ready = now_ready;
+    /// Sends one batch of the VPG whose turn it is (the core chooses, within its window).
+    async fn send_next(&mut self, wr: &mut LinkWriter) -> Result<Sent, LinkError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.act(pending, wr).await?;
+        let cfg = &self.shipping.cfg;
+        let ready: std::collections::BTreeSet<u64> = self
+            .core
+            .open()
+            .into_iter()
+            .filter(|(id, next)| {
+                self.vpgs.get(id).is_some_and(|s| {
+                    s.consumer.is_some() && !s.vpg.is_paused() && s.vpg.journal_stats().settled_seq > *next
+                })
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if ready.is_empty() {
+            return Ok(Sent::Idle);
         }
-        let Some(id) = ready
-            .iter()
-            .copied()
-            .min_by(|a, b| self.vpgs[a].vtime.total_cmp(&self.vpgs[b].vtime))
+        let Some((id, from)) = self
+            .core
+            .next_to_send(&ready, cfg.batch_bytes as u64, cfg.window_bytes as u64)
         else {
-            return Ok(false);
+            return Ok(Sent::WindowFull);
         };
-        let sv = self.vpgs.get_mut(&id).expect("chosen");
+        let sv = self.vpgs.get_mut(&id).expect("chosen among the ready");
         let mut cons = sv.consumer.take().expect("ready");
         // Adaptive: after a batch that compression barely shrank, the next ones go as they
         // are, and every COMPRESS_PROBE_EVERY-th tries again.
@@ -380,7 +398,7 @@ impl Session<'_> {
         } else {
             cfg.compression_level
         };
-        let (batch_bytes, from, skip) = (cfg.batch_bytes, sv.next_seq, sv.skip_checkpoints_below);
+        let (batch_bytes, skip) = (cfg.batch_bytes, sv.skip_checkpoints_below);
         let (cons, built) = tokio::task::spawn_blocking(move || {
             let b = build_batch(&mut cons, from, batch_bytes, level, skip);
             (cons, b)
@@ -388,7 +406,7 @@ impl Session<'_> {
         .await
         .map_err(|e| LinkError::Content(e.to_string()))?;
         sv.consumer = Some(cons);
-        let Some(b) = built else { return Ok(false) };
+        let Some(b) = built else { return Ok(Sent::Idle) };
         if level > 0 && b.body.len() * 10 > b.plain_bytes * 9 {
             sv.uncompressed_left = COMPRESS_PROBE_EVERY - 1;
         }
@@ -408,65 +426,19 @@ impl Session<'_> {
         let wire = b.body.len() + 64;
         debug!(vpg = %sv.vpg.record.name, first = b.first_seq, end = b.end_seq, plain = b.plain_bytes, wire, "batch sent");
         sv.batch_seq += 1;
-        sv.next_seq = b.end_seq;
-        sv.inflight.push_back((b.end_seq, wire, b.plain_bytes));
-        sv.vtime += wire as f64 / sv.weight;
         sv.vpg.ship_update(|s| s.sent_bytes += wire as u64);
-        self.inflight_bytes += wire;
-        self.last_sent = Instant::now();
-        Ok(true)
-    }
-}
-
-/// Where a delta sync's comparison stands: the next region to ask for, requests in flight.
-pub(super) struct Delta {
-    volumes: Vec<(u32, Option<Arc<std::fs::File>>, u64)>,
-    index: usize,
-    offset: u64,
-    outstanding: usize,
-}
-
-/// Bytes per compared region, regions per request, requests in flight.
-const DELTA_REGION: u32 = 1 << 20;
-const DELTA_REGIONS_PER_REQUEST: u32 = 64;
-const DELTA_REQUESTS_MAX: usize = 4;
-
-impl Session<'_> {
-    /// Asks for the next regions' checksums of each VPG in a delta sync, and ends the
-    /// comparison once every answer came.
-    async fn delta_step(&mut self, wr: &mut LinkWriter) -> Result<(), LinkError> {
-        for (&id, sv) in self.vpgs.iter_mut() {
-            let Some(d) = sv.delta.as_mut() else { continue };
-            while d.outstanding < DELTA_REQUESTS_MAX && d.index < d.volumes.len() {
-                let (volume, _, size) = d.volumes[d.index];
-                if d.offset >= size {
-                    d.index += 1;
-                    d.offset = 0;
-                    continue;
-                }
-                wr.send(
-                    id,
-                    &Message::SumsRequest {
-                        vpg: id,
-                        volume,
-                        offset: d.offset,
-                        region_bytes: DELTA_REGION,
-                        count: DELTA_REGIONS_PER_REQUEST,
-                        at_seq: 0,
-                    },
-                )
-                .await?;
-                d.offset += u64::from(DELTA_REGION) * u64::from(DELTA_REGIONS_PER_REQUEST);
-                d.outstanding += 1;
-            }
-            if d.index >= d.volumes.len() && d.outstanding == 0 {
-                sv.delta = None;
-                sv.vpg.finish_delta().await.map_err(LinkError::Io)?;
-                sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
-                info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
-            }
-        }
-        Ok(())
+        let now = self.now();
+        self.core.on(
+            now,
+            Input::Sent {
+                vpg: id,
+                first_seq: b.first_seq,
+                end_seq: b.end_seq,
+                wire_bytes: wire as u64,
+                plain_bytes: b.plain_bytes as u64,
+            },
+        );
+        Ok(Sent::Batch)
     }
 }
 
@@ -480,10 +452,10 @@ fn compare_regions(
     offset: u64,
     sums: &[[u8; 16]],
 ) {
-    let region = u64::from(DELTA_REGION);
-    let mut buf = vec![0u8; DELTA_REGION as usize];
+    let region = u64::from(protected::DELTA_REGION);
+    let mut buf = vec![0u8; protected::DELTA_REGION as usize];
     let (mut compared, mut differing) = (0u64, 0u64);
-    for i in 0..u64::from(DELTA_REGIONS_PER_REQUEST) {
+    for i in 0..u64::from(protected::DELTA_REGIONS_PER_REQUEST) {
         let off = offset + i * region;
         if off >= size {
             break;
