@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the real NBD clients and tools
 # the tests drive (apt-get, as root), then formatting, clippy, unit and end-to-end tests, and
-# a bounded fuzzing run of every decoder of outside bytes.
+# a bounded fuzzing run of every decoder of outside bytes (their seed corpora are also
+# replayed by `cargo test`, in tests/fuzz_seeds.rs).
 #
 #   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 25; 0 skips fuzzing)
 #   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 45; 0 skips it)
@@ -56,11 +57,17 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   else
     fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
   fi
-  for target in nbd_options nbd_requests nbd_stream journal_format journal_recovery dirty_map proto_batch proto_handshake proto_payload history_segment; do
+  # Every target in one build (codegen units in parallel: cargo-fuzz's default of one
+  # serialises the optimiser on these 2 cores), then each binary run for its time.
+  targets=$(cd fuzz/fuzz_targets && ls *.rs | sed 's/\.rs$//')
+  echo "== $(date -u +%T) fuzz: building $(echo $targets | wc -w) targets"
+  (cd fuzz && "${fuzz[@]}" build --codegen-units 16 2>&1 | tail -n 2)
+  bin=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
+  for target in $targets; do
     echo "== $(date -u +%T) fuzz $target for ${fuzz_seconds}s"
-    mkdir -p "fuzz/corpus/$target"
-    (cd fuzz && "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- \
-      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 3)
+    mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
+    "$bin/$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -artifact_prefix="fuzz/artifacts/$target/" \
+      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 3
   done
 fi
 echo "== $(date -u +%T) all tests passed"

@@ -1,20 +1,8 @@
-//! Journal superblock and index-entry decoders fed arbitrary bytes (a corrupt or foreign
-//! ring file): never a panic, and whatever decodes re-encodes to the same bytes.
+//! The fuzz target of `checks/journal_format.rs` (the same check replays the seeds in
+//! `tests/fuzz_seeds.rs`).
 #![no_main]
 
-use ferry_journal::format::{ENTRY_BYTES, Entry, Superblock};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/journal_format.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(sb) = Superblock::decode(data) {
-        assert_eq!(&sb.encode()[..], &data[..80]);
-    }
-    if data.len() >= 72 {
-        let ring_id = u64::from_le_bytes(data[..8].try_into().unwrap());
-        let pos = u64::from_le_bytes(data[64..72].try_into().unwrap());
-        let bytes: [u8; ENTRY_BYTES as usize] = data[8..72].try_into().unwrap();
-        if let Ok(e) = Entry::decode(&bytes, ring_id, pos) {
-            assert_eq!(e.encode(ring_id), bytes);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

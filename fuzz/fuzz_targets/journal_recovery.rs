@@ -1,17 +1,8 @@
-//! Recovery over an arbitrary ring file: opening it must give an error or a ring whose
-//! recovered records can all be read back, never a panic.
+//! The fuzz target of `checks/journal_recovery.rs` (the same check replays the seeds in
+//! `tests/fuzz_seeds.rs`).
 #![no_main]
 
-use ferry_journal::{MemStorage, Ring};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/journal_recovery.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok((ring, recovery)) = Ring::open(MemStorage(data.to_vec())) {
-        let (start, end) = ring.bounds();
-        assert_eq!(end - start, recovery.records);
-        for pos in start..end {
-            let rec = ring.read(pos).expect("a recovered record reads back");
-            assert_eq!(rec.payload.len() as u64, rec.entry.kind.payload_bytes(rec.entry.length));
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

@@ -1,28 +1,8 @@
-//! Request headers from arbitrary bytes, decoded and checked in each reply mode against an
-//! export; a request that passes the check must be in range, aligned and within limits.
+//! The fuzz target of `checks/nbd_requests.rs` (the same check replays the seeds in
+//! `tests/fuzz_seeds.rs`).
 #![no_main]
 
-use ferry_nbd::ExportInfo;
-use ferry_nbd::negotiate::ReplyMode;
-use ferry_nbd::request::{Checked, Limits, Op, check, decode_request, header_bytes};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/nbd_requests.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let info = ExportInfo { read_only: data.first().is_some_and(|b| b & 1 == 1), ..ExportInfo::new(1 << 30) };
-    for mode in [ReplyMode::Simple, ReplyMode::Structured, ReplyMode::Extended] {
-        let n = header_bytes(mode);
-        if data.len() < n {
-            continue;
-        }
-        let Ok(req) = decode_request(&data[..n], mode) else { continue };
-        let lim = Limits { info: &info, mode, base_allocation: data.len() % 2 == 0, payload_bytes_max: 1 << 25 };
-        if let Checked::Op(op) = check(&req, lim) {
-            let (off, len) = op.range();
-            if matches!(op, Op::Read { .. } | Op::Write { .. }) {
-                assert!(len <= 1 << 25);
-            }
-            assert!(off.checked_add(len).is_some_and(|e| e <= info.size_bytes));
-            assert!(!(info.read_only && op.writes()));
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

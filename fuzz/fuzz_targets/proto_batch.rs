@@ -1,19 +1,8 @@
-//! Batch frames from arbitrary bytes: the header decoder and the opener answer with an
-//! error or a frame, never a panic; a frame that opens was sealed by us (the fuzzer cannot
-//! forge a tag), so only the seeds' frames may open.
+//! The fuzz target of `checks/proto_batch.rs` (the same check replays the seeds in
+//! `tests/fuzz_seeds.rs`).
 #![no_main]
 
-use ferry_proto::batch::{BatchHeader, Direction, Opener, frame_bytes};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/proto_batch.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = BatchHeader::decode(data);
-    if let Ok(Some(n)) = frame_bytes(data) {
-        let frame = &data[..n.min(data.len())];
-        let mut o = Opener::new(&[7; 32], Direction::ToRecovery);
-        if let Ok((h, records)) = o.open(frame) {
-            assert_eq!(records.len() + 16 + 48, frame.len());
-            assert_eq!(BatchHeader::decode(frame).unwrap().0, h);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));

@@ -1,15 +1,8 @@
-//! Handshake messages from arbitrary bytes, as a peer without the pairing key would send
-//! them: the responder's first read and the initiator's reply read answer with an error
-//! (or, for a real message, a session), never a panic.
+//! The fuzz target of `checks/proto_handshake.rs` (the same check replays the seeds in
+//! `tests/fuzz_seeds.rs`).
 #![no_main]
 
-use ferry_proto::handshake::{initiate, respond};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/proto_handshake.rs"]
+mod check;
 
-const PSK: [u8; 32] = [0x5a; 32];
-
-fuzz_target!(|data: &[u8]| {
-    let _ = respond(&PSK, data);
-    let (init, _) = initiate(&PSK).expect("a handshake starts");
-    let _ = init.finish(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));
