@@ -79,8 +79,9 @@ pub(super) fn print_replica_line(r: &ReplicaStatus) {
         t => format!("last batch {:.1} s ago", now.saturating_sub(t) as f64 / 1000.0),
     };
     println!(
-        "  {}: durable to seq {}, history {} of {} ({} s, window {} s), {} checkpoint(s), {last}",
+        "  {}: {}, durable to seq {}, history {} of {} ({} s, window {} s), {} checkpoint(s), {last}",
         r.name,
+        r.state,
         r.durable_seq,
         human(r.history_bytes),
         human(r.history_bytes_max),

@@ -5,3 +5,4 @@
 
 pub mod replica;
 pub mod replicas;
+pub mod state;

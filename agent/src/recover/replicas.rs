@@ -234,7 +234,7 @@ impl Replicas {
                 )));
             }
             let r = r.clone();
-            r.removed.store(true, std::sync::atomic::Ordering::Release);
+            r.change(crate::recover::state::Input::Delete);
             map.remove(name);
             r
         };

@@ -4,16 +4,6 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Retry {
-    at_ms: u64,
-    backoff_ms: u64,
-}
-
-/// Backoff between tries of a failed apply.
-const APPLY_BACKOFF_MIN_MS: u64 = 1000;
-const APPLY_BACKOFF_MAX_MS: u64 = 60_000;
-
 impl Replica {
     /// Applies to the replica images every history record below `until` (raised to an
     /// interrupted apply's end; never past a pin), syncs them, stores the new applied point
@@ -198,40 +188,46 @@ impl Replica {
         Ok(n)
     }
 
-    /// One aging pass unless a failed one waits for its retry: a failure raises an event
-    /// (once per episode) and doubles the wait, a success after failures raises one too.
+    /// One aging pass unless a failed one waits for its retry (the state machine keeps the
+    /// backoff and says what to tell).
     pub(crate) fn age_or_wait(&self, now: u64) {
-        let retry = *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner());
-        if retry.is_some_and(|r| now < r.at_ms) {
+        if !state::apply_due(&self.life(), now) {
             return;
         }
         match self.age(now) {
-            Ok(_) => {
-                if self
-                    .apply_retry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .is_some()
-                {
-                    self.push_event("history applies to the replica again".into());
-                }
-            }
+            Ok(_) => self.change(state::Input::Applied),
             Err(e) => {
-                let backoff_ms = retry.map_or(APPLY_BACKOFF_MIN_MS, |r| (r.backoff_ms * 2).min(APPLY_BACKOFF_MAX_MS));
-                *self.apply_retry.lock().unwrap_or_else(|e| e.into_inner()) = Some(Retry {
-                    at_ms: now + backoff_ms,
-                    backoff_ms,
+                error!(replica = %self.dir.display(), error = %e, "history apply failed");
+                self.change(state::Input::ApplyFailed {
+                    why: e.to_string(),
+                    now_ms: now,
                 });
-                error!(replica = %self.dir.display(), error = %e, retry_in_ms = backoff_ms, "history apply failed");
-                if retry.is_none() {
-                    self.push_event(format!(
-                        "applying history to the replica failed ({e}); every checkpoint is still served from history, and the apply is retried with backoff (up to {} s): free space on the recovery datastore at {}",
-                        APPLY_BACKOFF_MAX_MS / 1000,
-                        self.dir.display()
-                    ));
+            }
+        }
+    }
+
+    /// The state machine's facts as they are now.
+    pub(crate) fn life(&self) -> Life {
+        self.life.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Feeds the state machine; its events go to the replica's log. A refused input is a
+    /// no-op (logged): the callers' own checks come first.
+    pub(crate) fn change(&self, input: state::Input) {
+        let stepped = {
+            let mut g = self.life.lock().unwrap_or_else(|e| e.into_inner());
+            state::step(&g, input.clone()).map(|(next, actions)| {
+                *g = next;
+                actions
+            })
+        };
+        match stepped {
+            Ok(actions) => {
+                for state::Action::Event(e) in actions {
+                    self.push_event(format!("{e} (replica at {})", self.dir.display()));
                 }
             }
+            Err(why) => tracing::debug!(replica = %self.dir.display(), ?input, %why, "replica state input refused"),
         }
     }
 }

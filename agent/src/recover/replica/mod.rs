@@ -24,7 +24,7 @@
 //!
 //! In the order they may be taken: `Replicas::creating` → `Replicas::map`;
 //! `Replica::writer` → `Replica::hist` → the leaves (`meta`, `durable_seq`, `pins`,
-//! `apply_retry`, `last_received_ms`, the event log), which are never held while another
+//! `life`, `last_received_ms`, the event log), which are never held while another
 //! lock is taken. Only two are held across I/O, each as the token of one writer: `writer`
 //! (the history segments' appends, syncs and creation: the receiver's, and the apply's
 //! look at the current segment) and `creating` (a replica's files being made). Reads of
@@ -49,12 +49,12 @@ use crate::clock::now_ms;
 use crate::error::AgentError;
 use crate::events::{Event, EventLog};
 use crate::meta::Lineage;
+use crate::recover::state::{self, Life, ReplicaState};
 
 mod aging;
 mod index;
 mod pins;
 
-use aging::Retry;
 use index::VolumeIndex;
 pub use pins::Pin;
 use pins::Pins;
@@ -163,12 +163,8 @@ pub struct Replica {
     pins: Mutex<Pins>,
     events: EventLog,
     last_received_ms: Mutex<u64>,
-    /// Applying history to the images failed: when to try again, and the backoff.
-    apply_retry: Mutex<Option<Retry>>,
-    /// Deleted: a session that has it open ends its stream.
-    pub(crate) removed: std::sync::atomic::AtomicBool,
-    /// Replication sessions that have it open.
-    sessions: std::sync::atomic::AtomicUsize,
+    /// Its state machine ([`crate::recover::state`]): sessions, the apply, deleted.
+    life: Mutex<Life>,
 }
 
 /// A replication session's hold on a replica (see [`Replica::in_session`]).
@@ -183,7 +179,7 @@ impl SessionHold {
 
 impl Drop for SessionHold {
     fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.change(state::Input::SessionClosed);
     }
 }
 
@@ -221,6 +217,9 @@ pub struct ReplicaStatus {
     pub checkpoints: Vec<CheckpointInfo>,
     pub pinned: Vec<u64>,
     pub events: Vec<Event>,
+    /// Its state (absent from older agents' answers).
+    #[serde(default)]
+    pub state: ReplicaState,
 }
 
 pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> AgentError + 'a {
@@ -314,9 +313,7 @@ impl Replica {
             }),
             events: EventLog::default(),
             last_received_ms: Mutex::new(0),
-            apply_retry: Mutex::new(None),
-            removed: std::sync::atomic::AtomicBool::new(false),
-            sessions: std::sync::atomic::AtomicUsize::new(0),
+            life: Mutex::new(Life::default()),
         };
         r.load_history(meta.applied_seq)?;
         if meta.applying_until > meta.applied_seq {
@@ -433,18 +430,18 @@ impl Replica {
 
     /// A replication session has it open (the protected site is connected).
     pub fn in_session(&self) -> bool {
-        self.sessions.load(std::sync::atomic::Ordering::Acquire) > 0
+        self.life().sessions > 0
     }
 
     /// Counts a session holding it until the hold is dropped.
     pub fn hold(self: &Arc<Self>) -> SessionHold {
-        self.sessions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.change(state::Input::SessionOpened);
         SessionHold(self.clone())
     }
 
     /// It was deleted: a session must stop writing to it and let it go.
     pub fn is_removed(&self) -> bool {
-        self.removed.load(std::sync::atomic::Ordering::Acquire)
+        self.life().deleted
     }
 
     /// A protected site opens this replica again with `spec`: the lineage must be the
@@ -720,6 +717,7 @@ impl Replica {
                 .copied()
                 .collect(),
             events: self.events.list(),
+            state: state::shown(&self.life()),
         }
     }
 
