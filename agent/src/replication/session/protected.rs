@@ -412,7 +412,14 @@ impl ProtectedSession {
                 offset,
                 sums,
             } => {
-                let Some(d) = self.vpgs.get_mut(&vpg).and_then(|s| s.delta.as_mut()) else {
+                let Some(s) = self.vpgs.get_mut(&vpg) else {
+                    return vec![];
+                };
+                // Answers still on their way when the VPG was refused.
+                if s.phase == Phase::Halted {
+                    return vec![];
+                }
+                let Some(d) = s.delta.as_mut() else {
                     return self.broke(format!("checksums for VPG {vpg:#x}, which were not asked for"));
                 };
                 if d.outstanding == 0 || !d.volumes.iter().any(|v| v.0 == volume) {

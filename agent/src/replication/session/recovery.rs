@@ -306,6 +306,8 @@ impl RecoverySession {
                 vec![Action::Remove { vpg }]
             }
             Message::Resync { vpg, from_seq } => match self.vpgs.get(&vpg) {
+                // Sent before the peer heard that the replica is gone.
+                Some(Vpg::Gone) => vec![],
                 Some(Vpg::Open { next_seq, .. }) if from_seq >= *next_seq => {
                     vec![Action::Resync { vpg, from_seq }]
                 }
@@ -325,8 +327,11 @@ impl RecoverySession {
                 count,
                 at_seq,
             } => {
-                if !matches!(self.vpgs.get(&vpg), Some(Vpg::Open { .. })) {
-                    return self.broke(format!("sums for VPG {vpg:#x}, which was not opened"));
+                match self.vpgs.get(&vpg) {
+                    Some(Vpg::Open { .. }) => {}
+                    // Asked before the peer heard that the replica is gone.
+                    Some(Vpg::Gone) => return vec![],
+                    _ => return self.broke(format!("sums for VPG {vpg:#x}, which was not opened")),
                 }
                 if region_bytes == 0 || count == 0 || u64::from(region_bytes) * u64::from(count) > 1 << 30 {
                     return self.broke(format!("sums asked for {count} regions of {region_bytes} bytes"));

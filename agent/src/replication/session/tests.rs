@@ -267,3 +267,59 @@ fn a_message_only_the_recovery_site_sends_ends_the_session_there() {
     let a = r.on(0, recovery::Input::Message(Message::Ack { vpg: 1, next_seq: 1 }));
     assert!(ends_naming_peer(&a, "peer"));
 }
+
+#[test]
+fn requests_that_crossed_a_refusal_are_let_go_on_both_sides() {
+    // Recovery side: the replica was deleted here; the peer's delta sync and resync
+    // requests sent before it heard so are ignored, not taken for a broken protocol.
+    let mut r = recovery_open();
+    r.on(
+        1,
+        recovery::Input::Removed {
+            vpg: 1,
+            name: "app".into(),
+        },
+    );
+    let sums = Message::SumsRequest {
+        vpg: 1,
+        volume: 1,
+        offset: 0,
+        region_bytes: 1 << 20,
+        count: 4,
+        at_seq: 0,
+    };
+    assert_eq!(r.on(2, recovery::Input::Message(sums)), vec![]);
+    assert_eq!(
+        r.on(3, recovery::Input::Message(Message::Resync { vpg: 1, from_seq: 20 })),
+        vec![]
+    );
+    // Protected side: checksums that arrive after the refusal.
+    let mut p = protected_with_batch_in_flight();
+    p.on(
+        4,
+        protected::Input::Message {
+            message: Message::Refused {
+                vpg: 1,
+                reason: "gone".into(),
+            },
+            journal: None,
+        },
+    );
+    let late = Message::Sums {
+        vpg: 1,
+        volume: 1,
+        offset: 0,
+        sums: vec![[0; 16]],
+    };
+    assert_eq!(
+        p.on(
+            5,
+            protected::Input::Message {
+                message: late,
+                journal: None
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(p.inflight_bytes(), 0, "what was in flight left the window");
+}
