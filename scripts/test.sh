@@ -58,17 +58,20 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
   fi
   # Every target in one build (codegen units in parallel: cargo-fuzz's default of one
-  # serialises the optimiser on these 2 cores), then each binary run for its time.
+  # serialises the optimiser on these 2 cores), then the binaries two at a time (one a
+  # core), each for its time; a finding fails the run, with libFuzzer's report.
   targets=$(cd fuzz/fuzz_targets && ls *.rs | sed 's/\.rs$//')
   echo "== $(date -u +%T) fuzz: building $(echo $targets | wc -w) targets"
   (cd fuzz && "${fuzz[@]}" build --codegen-units 16 2>&1 | tail -n 2)
-  bin=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
-  for target in $targets; do
-    echo "== $(date -u +%T) fuzz $target for ${fuzz_seconds}s"
-    mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
-    "$bin/$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -artifact_prefix="fuzz/artifacts/$target/" \
-      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 | tail -n 3
-  done
+  export FUZZ_BIN=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release FUZZ_SECONDS=$fuzz_seconds
+  echo "== $(date -u +%T) fuzz: each target for ${fuzz_seconds}s, two at a time"
+  printf '%s\n' $targets | xargs -P 2 -I{} bash -c '
+    t={}; mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    out=$("$FUZZ_BIN/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -artifact_prefix="fuzz/artifacts/$t/" \
+      -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1); rc=$?
+    echo "== $(date -u +%T) fuzz $t: exit $rc"
+    if [ $rc -eq 0 ]; then echo "$out" | tail -n 3; else echo "$out" | tail -n 40; fi
+    exit $rc'
 fi
 echo "== $(date -u +%T) all tests passed"
 echo "tests: $passed passed, $failed failed"
