@@ -12,7 +12,7 @@ use crate::replication::session::protected::{self, Action, Input, JournalView, P
 use crate::replication::session::{Micros, vpg_of};
 
 /// After an idle spell, how long records may gather before the first batch is built.
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(5);
 
 /// One VPG within a session: what the shell holds for it (the core holds the stream).
 pub(super) struct Shipped {
