@@ -11,10 +11,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use ferry_proto::message::{Message, VolumeSpec, VpgSpec};
+use ferry_proto::message::Message;
 
 use super::protected::{self, JournalView, ProtectedSession};
 use super::recovery::{self, RecoverySession};
+use super::tests::spec;
 use super::{Micros, name_of};
 
 /// splitmix64: small, fast, and the same everywhere.
@@ -96,22 +97,6 @@ struct World {
 
 fn idx(vpg: u64) -> usize {
     VPGS.iter().position(|&v| v == vpg).expect("a simulated VPG")
-}
-
-fn spec(vpg: u64) -> VpgSpec {
-    VpgSpec {
-        id: vpg,
-        name: format!("v{vpg:x}"),
-        epoch: 1,
-        lineage: [vpg as u8; 16],
-        volumes: vec![VolumeSpec {
-            name: "d".into(),
-            size_bytes: 1 << 20,
-        }],
-        datastore: String::new(),
-        history_secs: 60,
-        history_bytes_max: 1 << 30,
-    }
 }
 
 impl World {

@@ -5,7 +5,8 @@ use ferry_proto::message::{Message, VolumeSpec, VpgSpec};
 use super::protected::{self, JournalView, ProtectedSession};
 use super::recovery::{self, RecoverySession};
 
-fn spec(id: u64) -> VpgSpec {
+/// A VPG of one 1 MiB volume (the simulation's too).
+pub(super) fn spec(id: u64) -> VpgSpec {
     VpgSpec {
         id,
         name: "app".into(),
@@ -25,9 +26,9 @@ fn ends_naming_peer(actions: &[impl std::fmt::Debug], peer: &str) -> bool {
     matches!(actions.last(), Some(a) if format!("{a:?}").starts_with("End(") && format!("{a:?}").contains(peer))
 }
 
-/// A protected session with VPG 1 open from seq 10, and a batch 10..15 sent.
-fn protected_with_batch_in_flight() -> ProtectedSession {
-    let mut p = ProtectedSession::new("10.0.0.2:7000".into(), 0);
+/// A protected session to `peer` that announced VPG 1.
+fn announced(peer: &str) -> ProtectedSession {
+    let mut p = ProtectedSession::new(peer.into(), 0);
     p.on(
         0,
         protected::Input::Announce {
@@ -35,6 +36,12 @@ fn protected_with_batch_in_flight() -> ProtectedSession {
             weight: 1.0,
         },
     );
+    p
+}
+
+/// A protected session with VPG 1 open from seq 10, and a batch 10..15 sent.
+fn protected_with_batch_in_flight() -> ProtectedSession {
+    let mut p = announced("10.0.0.2:7000");
     let a = p.on(
         1,
         protected::Input::Message {
@@ -106,14 +113,7 @@ fn an_acknowledgement_going_back_ends_the_session() {
 
 #[test]
 fn a_recovery_site_ahead_of_the_journal_halts_the_vpg_and_one_behind_what_was_released_resyncs() {
-    let mut p = ProtectedSession::new("peer".into(), 0);
-    p.on(
-        0,
-        protected::Input::Announce {
-            spec: spec(1),
-            weight: 1.0,
-        },
-    );
+    let mut p = announced("peer");
     let j = Some(JournalView {
         next_seq: 20,
         acked_seq: 10,
@@ -127,14 +127,7 @@ fn a_recovery_site_ahead_of_the_journal_halts_the_vpg_and_one_behind_what_was_re
     );
     assert!(matches!(&a[..], [protected::Action::Halt { vpg: 1, why }] if why.contains("another copy")));
 
-    let mut p = ProtectedSession::new("peer".into(), 0);
-    p.on(
-        0,
-        protected::Input::Announce {
-            spec: spec(1),
-            weight: 1.0,
-        },
-    );
+    let mut p = announced("peer");
     let a = p.on(
         1,
         protected::Input::Message {
