@@ -194,8 +194,9 @@ fn the_agent_concepts_point_one_way() {
             "protect" | "recover" => 1,
             "replication" => 2,
             "catalog" => 3,
-            "api" => 4,
-            "daemon" => 5,
+            "failover" => 4,
+            "api" => 5,
+            "daemon" => 6,
             _ => return None,
         })
     };

@@ -406,11 +406,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         replicas: vec![],
         replicas_loading: true,
         metadata_problems: vec![],
+        failover_tests: vec![],
     };
     let api = tokio::spawn(
         axum::serve(
             control,
-            api::router(volumes.clone(), vpgs.clone(), exports.clone(), shipping, status),
+            api::router(
+                volumes.clone(),
+                vpgs.clone(),
+                exports.clone(),
+                shipping,
+                crate::failover::Failover::new(exports.clone()),
+                status,
+            ),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future(),

@@ -36,6 +36,9 @@ pub enum AgentError {
     /// A request the agent refuses, with a message that says why and what to do.
     #[error("{0}")]
     Refused(String),
+    /// Refused because of something under way (another operation on the same object).
+    #[error("{0}")]
+    Conflict(String),
     #[error("datastore I/O engine: {0}")]
     Engine(std::io::Error),
 }

@@ -8,7 +8,9 @@
 //!                   │
 //!                  api              control routes and their request/response types
 //!                   │
-//!                catalog            what NBD exports: volumes and checkpoint views
+//!               failover            failover tests (overlays on checkpoints, reports)
+//!                   │
+//!                catalog            what NBD exports: volumes, checkpoint views, overlays
 //!                   │
 //!              replication          session cores (no I/O) and their simulation, link,
 //!                │                  shipper (protected side), receiver (recovery side)
@@ -39,6 +41,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod events;
+pub mod failover;
 pub mod io;
 pub mod meta;
 pub mod protect;

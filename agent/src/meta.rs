@@ -135,6 +135,12 @@ pub const TOMBSTONES: MetaKind = MetaKind {
     version: 1,
 };
 
+/// `replicas/NAME/failover-tests.json`: a VPG's failover test reports at this site.
+pub const TEST_REPORTS: MetaKind = MetaKind {
+    name: "test-reports",
+    version: 1,
+};
+
 /// The envelope's first line starts with this.
 pub const META_MAGIC: &str = "ferry-meta";
 

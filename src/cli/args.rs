@@ -35,6 +35,9 @@ pub(super) enum Command {
     /// Replicas held for peers (on the recovery site).
     #[command(subcommand)]
     Replica(ReplicaCmd),
+    /// Failover tests of a checkpoint (on the recovery site), and their reports.
+    #[command(subcommand)]
+    Failover(FailoverCmd),
     /// The event log: state changes and alerts of every VPG and replica, oldest first.
     Events {
         /// Keep printing new events (stop with Ctrl-C).
@@ -140,6 +143,41 @@ pub(super) enum CheckpointCmd {
     },
     /// Stop serving a replica's checkpoint exports (open connections keep theirs).
     Unexport { vpg: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum FailoverCmd {
+    /// Bring up a checkpoint of a VPG as read-write test exports over scratch (nothing is
+    /// copied; the replica, its history and the protected site are not touched, and
+    /// replication goes on); prints their NBD URIs.
+    Test {
+        vpg: String,
+        /// A sequence number, a tag, or latest.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+        /// A volume to bring up (repeat for more; default: all of the VPG's).
+        #[arg(long = "volume")]
+        volumes: Vec<String>,
+        /// Scratch space for the test's writes (past it they get ENOSPC), e.g. 2G.
+        #[arg(long)]
+        scratch_max: Option<String>,
+    },
+    /// End the failover test of a VPG: its exports close, its scratch is deleted, and a
+    /// report is recorded.
+    Stop {
+        vpg: String,
+        /// How the test went.
+        #[arg(long, value_parser = ["pass", "fail"])]
+        result: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// The reports of a VPG's failover tests, oldest first.
+    Report {
+        vpg: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,7 @@
 
 mod args;
 mod client;
+mod failover;
 mod journal_tool;
 mod render;
 
@@ -154,6 +155,15 @@ async fn pause(c: &Client, name: &str, paused: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The NBD URI of export `name` on the agent that answered `s`: its first TCP listener,
+/// else its unix socket.
+fn export_uri(s: &AgentStatus, name: &str) -> String {
+    match s.nbd_listen.iter().find(|l| l.starts_with("nbd://")) {
+        Some(l) => format!("{l}/{name}"),
+        None => format!("nbd+unix:///{name}?socket={}", s.state_dir.join("nbd.sock").display()),
+    }
+}
+
 async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     let c = Client::new(&control);
     let e = |e: ClientError| e.to_string();
@@ -163,6 +173,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
         | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
             unreachable!("handled by main")
         }
+        Command::Failover(cmd) => failover::run(&c, cmd).await?,
         Command::Journal(JournalCmd::Tail {
             vpg,
             follow,
@@ -305,11 +316,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 }
             );
             for (vol, name) in &x.exports {
-                let uri = match s.nbd_listen.iter().find(|l| l.starts_with("nbd://")) {
-                    Some(l) => format!("{l}/{name}"),
-                    None => format!("nbd+unix:///{name}?socket={}", s.state_dir.join("nbd.sock").display()),
-                };
-                println!("  {vol}: {uri}");
+                println!("  {vol}: {}", export_uri(&s, name));
             }
         }
         Command::Checkpoint(CheckpointCmd::Unexport { vpg }) => {

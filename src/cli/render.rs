@@ -69,6 +69,17 @@ pub(super) fn print_status_vpgs(s: &AgentStatus) {
             print_replica_line(r);
         }
     }
+    for t in &s.failover_tests {
+        println!(
+            "FAILOVER TEST of {} at checkpoint {} since {}: {} export(s), scratch {} of {}",
+            t.vpg,
+            t.checkpoint.seq,
+            ferry_agent::size::utc(t.started_unix_ms),
+            t.exports.len(),
+            human(t.scratch_used_bytes),
+            human(t.scratch_max_bytes)
+        );
+    }
 }
 
 pub(super) fn print_replica_line(r: &ReplicaStatus) {

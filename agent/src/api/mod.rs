@@ -14,6 +14,10 @@
 //! | DELETE | /v1/vpgs/{name}        | — |
 //! | POST   | /v1/vpgs/{name}/checkpoints | `TagCheckpoint` → `CheckpointInfo` |
 //! | POST   | /v1/vpgs/{name}/journal/read | `ReadJournal` → `[TailRecord]` |
+//! | POST   | /v1/failover/{vpg}/test | `TestRequest` → `TestRunning` (recovery site) |
+//! | POST   | /v1/failover/{vpg}/stop | `StopRequest` → `TestReport` |
+//! | GET    | /v1/failover/{vpg}/reports | `[TestReport]` |
+//! | GET    | /v1/failover/tests     | `[TestRunning]` |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +30,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CheckpointExport, Exports};
+use crate::failover::Failover;
+
+mod failover;
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::protect::volumes::{VolumeStatus, Volumes};
@@ -143,6 +150,9 @@ pub struct AgentStatus {
     /// to do.
     #[serde(default)]
     pub metadata_problems: Vec<String>,
+    /// Failover tests that run here.
+    #[serde(default)]
+    pub failover_tests: Vec<crate::failover::TestRunning>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -163,7 +173,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self.0 {
             AgentError::NoVolume(_) | AgentError::NoDatastore(_) | AgentError::NoVpg(_) => StatusCode::NOT_FOUND,
-            AgentError::VolumeExists(_) | AgentError::VolumeInUse(_) => StatusCode::CONFLICT,
+            AgentError::VolumeExists(_) | AgentError::VolumeInUse(_) | AgentError::Conflict(_) => StatusCode::CONFLICT,
             AgentError::BadRequest(_) | AgentError::Refused(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -179,6 +189,7 @@ impl IntoResponse for ApiError {
 
 #[derive(Clone)]
 struct Api {
+    failover: Arc<Failover>,
     volumes: Arc<Volumes>,
     vpgs: Arc<Vpgs>,
     exports: Arc<Exports>,
@@ -197,9 +208,10 @@ pub fn router(
     vpgs: Arc<Vpgs>,
     exports: Arc<Exports>,
     shipping: Arc<Shipping>,
+    failover: Arc<Failover>,
     status: AgentStatus,
 ) -> Router {
-    Router::new()
+    failover::routes(Router::new())
         .route("/v1/status", get(status_h))
         .route("/v1/volumes", get(list_h).post(create_h))
         .route("/v1/volumes/adopt", post(adopt_h))
@@ -217,6 +229,7 @@ pub fn router(
         .route("/v1/exports", get(export_list_h))
         .route("/v1/events", get(events_h))
         .with_state(Api {
+            failover,
             volumes,
             vpgs,
             exports,
@@ -293,6 +306,7 @@ async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     s.replicas = api.exports.replicas().all().iter().map(|r| r.status()).collect();
     s.replicas_loading = api.exports.replicas().check_loaded().is_err();
     s.metadata_problems = crate::meta::problems();
+    s.failover_tests = api.failover.running();
     Json(s)
 }
 

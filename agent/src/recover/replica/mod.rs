@@ -239,7 +239,7 @@ impl Replica {
         self.dir.join("history")
     }
 
-    fn push_event(&self, message: String) {
+    pub fn push_event(&self, message: String) {
         if self.events.push(message.clone()) {
             warn!(replica = %self.dir.display(), "{message}");
         }

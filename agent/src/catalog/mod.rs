@@ -1,11 +1,19 @@
-//! Everything this agent serves over NBD: its volumes, and checkpoint views of the replicas
-//! it holds for its peers (read-only, named `VPG@SEQ.VOLUME`).
+//! Everything this agent serves over NBD: its volumes, checkpoint views of the replicas it
+//! holds for its peers (read-only, named `VPG@SEQ.VOLUME`, in [`view`]), and overlays:
+//! copy-on-write scratch layers over a view that a failover test writes to (in
+//! [`overlay`]).
+
+pub mod overlay;
+pub mod view;
+
+pub use view::View;
+
+use overlay::Overlay;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use ferry_nbd::wire::Errno;
-use ferry_nbd::{Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, ZeroMode};
+use ferry_nbd::{Catalog, Export, ExportInfo, ExportResult, Extent, ZeroMode};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointInfo;
@@ -13,85 +21,16 @@ use crate::error::AgentError;
 use crate::io::{BufPool, IoBuf};
 use crate::protect::volume::Volume;
 use crate::protect::volumes::Volumes;
-use crate::recover::replica::{Pin, Replica};
+use crate::recover::replica::Replica;
 use crate::recover::replicas::Replicas;
 
-/// One volume of a replica as it was at a checkpoint.
-#[derive(Debug)]
-pub struct View {
-    replica: Arc<Replica>,
-    volume: u32,
-    info: ExportInfo,
-    pool: Arc<BufPool>,
-    _pin: Arc<Pin>,
-}
-
-fn read_only() -> ExportError {
-    ExportError::new(Errno::EPERM, "a checkpoint export is read-only")
-}
-
-impl Export for View {
-    type Buf = IoBuf;
-
-    fn info(&self) -> &ExportInfo {
-        &self.info
-    }
-
-    fn buffer(&self, len: usize) -> IoBuf {
-        IoBuf::Plain(self.pool.take(len))
-    }
-
-    async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
-        let Some(mut b) = buf.into_plain() else {
-            return Err(ExportError::new(Errno::EIO, "internal: read into a write buffer"));
-        };
-        let (r, vol, below) = (self.replica.clone(), self.volume, self._pin.seq);
-        let res = tokio::task::spawn_blocking(move || {
-            let res = r.read_at(vol, offset, b.as_mut(), below);
-            (res, b)
-        })
-        .await;
-        match res {
-            Ok((Ok(()), b)) => Ok(IoBuf::Plain(b)),
-            Ok((Err(e), _)) => Err(ExportError::from_io("checkpoint read", &e)),
-            Err(e) => Err(ExportError::new(Errno::EIO, format!("checkpoint read failed: {e}"))),
-        }
-    }
-
-    async fn write(&self, _offset: u64, _buf: IoBuf, _fua: bool) -> ExportResult<()> {
-        Err(read_only())
-    }
-
-    async fn flush(&self) -> ExportResult<()> {
-        Ok(())
-    }
-
-    async fn trim(&self, _offset: u64, _len: u64, _fua: bool) -> ExportResult<()> {
-        Err(read_only())
-    }
-
-    async fn write_zeroes(&self, _offset: u64, _len: u64, _mode: ZeroMode) -> ExportResult<()> {
-        Err(read_only())
-    }
-
-    async fn cache(&self, _offset: u64, _len: u64) -> ExportResult<()> {
-        Ok(())
-    }
-
-    async fn block_status(&self, offset: u64, len: u64, _extents_max: usize) -> ExportResult<Vec<Extent>> {
-        let end = (offset + len).min(self.info.size_bytes);
-        Ok(vec![Extent {
-            length: end - offset,
-            flags: 0,
-        }])
-    }
-}
-
-/// What the NBD server hands a connection: a volume or a checkpoint view.
+/// What the NBD server hands a connection: a volume, a checkpoint view, or a test's
+/// overlay on one.
 #[derive(Debug)]
 pub enum Served {
     Volume(Arc<Volume>),
     View(Arc<View>),
+    Overlay(Arc<overlay::Overlay<View>>),
 }
 
 macro_rules! both {
@@ -99,6 +38,7 @@ macro_rules! both {
         match $self {
             Served::Volume($e) => $body,
             Served::View($e) => $body,
+            Served::Overlay($e) => $body,
         }
     };
 }
@@ -178,6 +118,8 @@ pub struct Exports {
     replicas: Arc<Replicas>,
     pool: Arc<BufPool>,
     views: RwLock<BTreeMap<String, ViewSet>>,
+    /// Failover tests' overlays, by export name.
+    overlays: RwLock<BTreeMap<String, Arc<Overlay<View>>>>,
 }
 
 impl Exports {
@@ -187,6 +129,7 @@ impl Exports {
             replicas,
             pool,
             views: RwLock::new(BTreeMap::new()),
+            overlays: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -194,9 +137,9 @@ impl Exports {
         &self.replicas
     }
 
-    /// Exports every volume of replica `vpg` at `checkpoint` (a sequence number, a tag,
-    /// or "latest"). Ready at once: nothing is copied.
-    pub fn export(&self, vpg: &str, checkpoint: &str) -> Result<CheckpointExport, AgentError> {
+    /// The replica of `vpg` and its checkpoint `checkpoint` (a sequence number, a tag, or
+    /// "latest"), or why not.
+    pub fn checkpoint_of(&self, vpg: &str, checkpoint: &str) -> Result<(Arc<Replica>, CheckpointInfo), AgentError> {
         self.replicas.check_loaded()?;
         let r = self.replicas.get(vpg).ok_or_else(|| {
             AgentError::Refused(format!(
@@ -219,28 +162,51 @@ impl Exports {
                 format!("replica {vpg:?} has no checkpoint {checkpoint:?}; `ferry checkpoint list {vpg}` shows them")
             })
         })?;
+        Ok((r, cp))
+    }
+
+    /// A read-only view of each volume of replica `r` at `cp` (the point pinned while any
+    /// of them lives), with the volume's name.
+    pub fn views_at(&self, r: &Arc<Replica>, cp: &CheckpointInfo) -> Result<Vec<(String, Arc<View>)>, AgentError> {
+        let pin = Arc::new(r.pin(cp.seq)?);
+        let vpg = r.spec().name;
+        Ok(r.volumes()
+            .into_iter()
+            .map(|(id, name, size)| {
+                let mut info = ExportInfo::new(size);
+                info.read_only = true;
+                info.can_trim = false;
+                info.can_fast_zero = false;
+                info.description = format!("VPG {vpg}, volume {name}, checkpoint {} {}", cp.seq, cp.tag);
+                let view = Arc::new(View {
+                    replica: r.clone(),
+                    volume: id,
+                    info,
+                    pool: self.pool.clone(),
+                    _pin: pin.clone(),
+                });
+                (name, view)
+            })
+            .collect())
+    }
+
+    pub fn pool(&self) -> &Arc<BufPool> {
+        &self.pool
+    }
+
+    /// Exports every volume of replica `vpg` at `checkpoint` (a sequence number, a tag,
+    /// or "latest"). Ready at once: nothing is copied.
+    pub fn export(&self, vpg: &str, checkpoint: &str) -> Result<CheckpointExport, AgentError> {
+        let (r, cp) = self.checkpoint_of(vpg, checkpoint)?;
         let key = format!("{vpg}@{}", cp.seq);
         if let Some((e, _)) = self.views.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(e.clone());
         }
-        let pin = Arc::new(r.pin(cp.seq)?);
-        let mut views = Vec::new();
-        let mut names = Vec::new();
-        for (id, name, size) in r.volumes() {
-            let mut info = ExportInfo::new(size);
-            info.read_only = true;
-            info.can_trim = false;
-            info.can_fast_zero = false;
-            info.description = format!("VPG {vpg}, volume {name}, checkpoint {} {}", cp.seq, cp.tag);
-            views.push(Arc::new(View {
-                replica: r.clone(),
-                volume: id,
-                info,
-                pool: self.pool.clone(),
-                _pin: pin.clone(),
-            }));
-            names.push((name.clone(), format!("{key}.{name}")));
-        }
+        let (names, views): (Vec<_>, Vec<_>) = self
+            .views_at(&r, &cp)?
+            .into_iter()
+            .map(|(name, v)| ((name.clone(), format!("{key}.{name}")), v))
+            .unzip();
         let e = CheckpointExport {
             vpg: vpg.into(),
             checkpoint: cp,
@@ -252,6 +218,19 @@ impl Exports {
             .insert(key, (e.clone(), views));
         tracing::info!(vpg, seq = e.checkpoint.seq, "checkpoint exported");
         Ok(e)
+    }
+
+    /// Serves `overlay` under `name` (a failover test's export).
+    pub fn add_overlay(&self, name: String, overlay: Arc<Overlay<View>>) {
+        self.overlays
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, overlay);
+    }
+
+    /// Stops serving the overlay `name`.
+    pub fn remove_overlay(&self, name: &str) -> Option<Arc<Overlay<View>>> {
+        self.overlays.write().unwrap_or_else(|e| e.into_inner()).remove(name)
     }
 
     /// Ends the exports of `vpg` (all of them, or the one at `seq`); connections open on
@@ -291,6 +270,9 @@ impl Catalog for Exports {
             return Some(Arc::new(Served::Volume(v)));
         }
         if name.contains('@') {
+            if let Some(o) = self.overlays.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+                return Some(Arc::new(Served::Overlay(o.clone())));
+            }
             return self.view(name).map(|v| Arc::new(Served::View(v)));
         }
         None
@@ -302,6 +284,9 @@ impl Catalog for Exports {
             for ((_, name), v) in e.exports.iter().zip(vs) {
                 out.push((name.clone(), v.info.description.clone()));
             }
+        }
+        for (name, o) in self.overlays.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push((name.clone(), o.info().description.clone()));
         }
         out
     }

@@ -1,0 +1,48 @@
+//! The failover routes (see [`crate::failover`]).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::{Api, ApiError};
+use crate::failover::{StopRequest, TestReport, TestRequest, TestRunning};
+
+pub(super) fn routes(r: Router<Api>) -> Router<Api> {
+    r.route("/v1/failover/tests", get(running_h))
+        .route("/v1/failover/{vpg}/test", post(test_h))
+        .route("/v1/failover/{vpg}/stop", post(stop_h))
+        .route("/v1/failover/{vpg}/reports", get(reports_h))
+}
+
+async fn running_h(State(api): State<Api>) -> Json<Vec<TestRunning>> {
+    Json(api.failover.running())
+}
+
+async fn test_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<TestRequest>,
+) -> Result<(StatusCode, Json<TestRunning>), ApiError> {
+    let f = api.failover.clone();
+    let t = tokio::task::spawn_blocking(move || f.start_test(&vpg, &req))
+        .await
+        .map_err(|e| crate::error::AgentError::Refused(e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+async fn stop_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<StopRequest>,
+) -> Result<Json<TestReport>, ApiError> {
+    let f = api.failover.clone();
+    let r = tokio::task::spawn_blocking(move || f.stop_test(&vpg, &req))
+        .await
+        .map_err(|e| crate::error::AgentError::Refused(e.to_string()))??;
+    Ok(Json(r))
+}
+
+async fn reports_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<Vec<TestReport>>, ApiError> {
+    Ok(Json(api.failover.reports(&vpg)?))
+}

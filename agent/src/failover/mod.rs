@@ -1,0 +1,315 @@
+//! Failover at the recovery site. A *failover test* brings up a checkpoint of a replica as
+//! read-write exports over copy-on-write overlays (scratch files on the recovery
+//! datastore, nothing copied), while replication goes on; its point is pinned, so aging
+//! never passes it. Stopping it closes the exports, deletes the scratch and records a
+//! report (checkpoint, times, result, note, steps). The replica, its history and the
+//! protected site are never written.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::overlay::{Budget, Overlay};
+use crate::catalog::{Exports, View};
+use crate::checkpoint::CheckpointInfo;
+use crate::clock::now_ms;
+use crate::error::AgentError;
+use crate::recover::replica::Replica;
+
+/// Scratch space of a test when none is given.
+pub const SCRATCH_MAX_DEFAULT: u64 = 8 << 30;
+/// Reports kept per VPG (the oldest go first).
+pub const REPORTS_KEPT: usize = 100;
+
+/// What `ferry failover test` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TestRequest {
+    /// A sequence number, a tag, or "latest" (the default).
+    #[serde(default)]
+    pub checkpoint: String,
+    /// The volumes to bring up (default: all of the VPG's).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Scratch space for the test's writes, in bytes (default [`SCRATCH_MAX_DEFAULT`]).
+    #[serde(default)]
+    pub scratch_max: Option<u64>,
+}
+
+/// One step of an operation and how it went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+    pub unix_ms: u64,
+}
+
+/// A test that runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestRunning {
+    pub vpg: String,
+    pub checkpoint: CheckpointInfo,
+    /// (volume, export name)
+    pub exports: Vec<(String, String)>,
+    pub started_unix_ms: u64,
+    /// From the request to the exports answering.
+    pub ready_after_ms: f64,
+    pub scratch_max_bytes: u64,
+    pub scratch_used_bytes: u64,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+}
+
+/// What `ferry failover stop` says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub result: Outcome,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A finished test, as `ferry failover report` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestReport {
+    pub vpg: String,
+    pub checkpoint: CheckpointInfo,
+    pub started_unix_ms: u64,
+    pub ready_after_ms: f64,
+    pub stopped_unix_ms: u64,
+    pub result: Outcome,
+    pub note: String,
+    pub volumes: Vec<String>,
+    pub scratch_used_bytes: u64,
+    pub steps: Vec<Step>,
+}
+
+struct Running {
+    shown: TestRunning,
+    replica: Arc<Replica>,
+    overlays: Vec<(String, Arc<Overlay<View>>)>,
+    budget: Arc<Budget>,
+}
+
+/// The failover operations of this agent.
+pub struct Failover {
+    exports: Arc<Exports>,
+    tests: Mutex<BTreeMap<String, Running>>,
+}
+
+impl std::fmt::Debug for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover").finish_non_exhaustive()
+    }
+}
+
+fn scratch_dir(r: &Replica) -> PathBuf {
+    r.dir.join("scratch")
+}
+
+fn reports_path(r: &Replica) -> PathBuf {
+    r.dir.join("failover-tests.json")
+}
+
+fn step(what: &str, ok: bool, detail: String) -> Step {
+    Step {
+        what: what.into(),
+        ok,
+        detail,
+        unix_ms: now_ms(),
+    }
+}
+
+impl Failover {
+    pub fn new(exports: Arc<Exports>) -> Arc<Failover> {
+        Arc::new(Failover {
+            exports,
+            tests: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Starts a failover test of `vpg`: each chosen volume served read-write as
+    /// `VPG@test.VOLUME` over an overlay on the checkpoint. Refused (nothing changed) for an
+    /// unknown VPG, checkpoint or volume, or while another test of the VPG runs.
+    pub fn start_test(&self, vpg: &str, req: &TestRequest) -> Result<TestRunning, AgentError> {
+        let t0 = Instant::now();
+        if self.tests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vpg) {
+            return Err(AgentError::Conflict(format!(
+                "a failover test of {vpg:?} runs already; stop it first (`ferry failover stop {vpg} --result pass|fail`)"
+            )));
+        }
+        let (r, cp) = self.exports.checkpoint_of(vpg, &req.checkpoint)?;
+        let mut views = self.exports.views_at(&r, &cp)?;
+        if !req.volumes.is_empty() {
+            if let Some(v) = req.volumes.iter().find(|v| !views.iter().any(|(n, _)| n == *v)) {
+                let have: Vec<&str> = views.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(AgentError::Refused(format!(
+                    "VPG {vpg:?} has no volume {v:?}; its volumes are {}",
+                    have.join(", ")
+                )));
+            }
+            views.retain(|(n, _)| req.volumes.contains(n));
+        }
+        let scratch_max = req.scratch_max.unwrap_or(SCRATCH_MAX_DEFAULT);
+        let mut steps = Vec::new();
+        // Scratch left by a test that a restart interrupted goes first.
+        let dir = scratch_dir(&r);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io("cannot delete old scratch", &dir, e))?;
+            let msg = "the scratch of a failover test interrupted by a restart was deleted".to_string();
+            r.push_event(msg.clone());
+            steps.push(step("old scratch", true, msg));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("cannot create scratch", &dir, e))?;
+        let budget = {
+            let r = r.clone();
+            Budget::new(
+                scratch_max,
+                Box::new(move |m| r.push_event(format!("failover test: {m}"))),
+            )
+        };
+        let mut overlays = Vec::new();
+        for (name, view) in views {
+            let mut info = ferry_nbd::ExportInfo::new(ferry_nbd::Export::info(&*view).size_bytes);
+            info.can_fast_zero = false;
+            info.description = format!("FAILOVER TEST of VPG {vpg}, volume {name}, checkpoint {}", cp.seq);
+            let path = dir.join(format!("{name}.scratch"));
+            let o = Overlay::create(view, path.clone(), info, self.exports.pool().clone(), budget.clone())
+                .map_err(|e| AgentError::io("cannot create scratch file", &path, e))?;
+            overlays.push((format!("{vpg}@test.{name}"), Arc::new(o)));
+        }
+        for (export, o) in &overlays {
+            self.exports.add_overlay(export.clone(), o.clone());
+        }
+        let ready_after_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        steps.push(step(
+            "exports up",
+            true,
+            format!("{} volume(s) at checkpoint {}", overlays.len(), cp.seq),
+        ));
+        let shown = TestRunning {
+            vpg: vpg.into(),
+            checkpoint: cp.clone(),
+            exports: overlays
+                .iter()
+                .map(|(e, _)| (e.rsplit_once('.').map_or("", |x| x.1).to_string(), e.clone()))
+                .collect(),
+            started_unix_ms: now_ms(),
+            ready_after_ms,
+            scratch_max_bytes: scratch_max,
+            scratch_used_bytes: 0,
+            steps,
+        };
+        r.push_event(format!(
+            "failover test started at checkpoint {} ({} volume(s), ready in {ready_after_ms:.0} ms); replication goes on",
+            cp.seq,
+            overlays.len()
+        ));
+        tracing::info!(vpg, seq = cp.seq, ready_ms = ready_after_ms, "failover test started");
+        self.tests.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            vpg.into(),
+            Running {
+                shown: shown.clone(),
+                replica: r,
+                overlays,
+                budget,
+            },
+        );
+        Ok(shown)
+    }
+
+    /// The tests that run.
+    pub fn running(&self) -> Vec<TestRunning> {
+        self.tests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|t| TestRunning {
+                scratch_used_bytes: t.budget.used_bytes(),
+                ..t.shown.clone()
+            })
+            .collect()
+    }
+
+    /// Stops the test of `vpg`: its exports end (their requests fail from now on), the
+    /// scratch is deleted and the report recorded.
+    pub fn stop_test(&self, vpg: &str, req: &StopRequest) -> Result<TestReport, AgentError> {
+        let t = self
+            .tests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(vpg)
+            .ok_or_else(|| {
+                AgentError::Refused(format!(
+                    "no failover test of {vpg:?} runs here (`ferry failover test {vpg}` starts one)"
+                ))
+            })?;
+        let used = t.budget.used_bytes();
+        let mut steps = t.shown.steps.clone();
+        for (export, o) in &t.overlays {
+            self.exports.remove_overlay(export);
+            if let Err(e) = o.close() {
+                steps.push(step("delete scratch", false, format!("{export}: {e}")));
+            }
+        }
+        let dir = scratch_dir(&t.replica);
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            steps.push(step("delete scratch", false, format!("{}: {e}", dir.display())));
+        }
+        steps.push(step(
+            "exports closed, scratch deleted",
+            true,
+            format!("{used} bytes of scratch were written"),
+        ));
+        let report = TestReport {
+            vpg: vpg.into(),
+            checkpoint: t.shown.checkpoint.clone(),
+            started_unix_ms: t.shown.started_unix_ms,
+            ready_after_ms: t.shown.ready_after_ms,
+            stopped_unix_ms: now_ms(),
+            result: req.result,
+            note: req.note.clone(),
+            volumes: t.shown.exports.iter().map(|(v, _)| v.clone()).collect(),
+            scratch_used_bytes: used,
+            steps,
+        };
+        let mut reports = self.reports(vpg).unwrap_or_default();
+        reports.push(report.clone());
+        let excess = reports.len().saturating_sub(REPORTS_KEPT);
+        reports.drain(..excess);
+        crate::meta::store(
+            &t.replica.dir,
+            &reports_path(&t.replica),
+            crate::meta::TEST_REPORTS,
+            &reports,
+        )?;
+        t.replica.push_event(format!(
+            "failover test of checkpoint {} stopped: {:?}{}",
+            report.checkpoint.seq,
+            report.result,
+            if report.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", report.note)
+            }
+        ));
+        tracing::info!(vpg, result = ?report.result, "failover test stopped");
+        Ok(report)
+    }
+
+    /// The recorded test reports of `vpg`, oldest first.
+    pub fn reports(&self, vpg: &str) -> Result<Vec<TestReport>, AgentError> {
+        let r = self.exports.replicas().get(vpg).ok_or_else(|| {
+            AgentError::Refused(format!("no replica of a VPG named {vpg:?} here (`ferry replica list`)"))
+        })?;
+        Ok(crate::meta::fetch_noting(&reports_path(&r), crate::meta::TEST_REPORTS)?.unwrap_or_default())
+    }
+}

@@ -1,0 +1,112 @@
+//! `ferry failover`: tests of a checkpoint at the recovery site, and their reports.
+
+use hyper::Method;
+
+use super::args::FailoverCmd;
+use super::client::Client;
+use super::export_uri;
+use ferry_agent::api::AgentStatus;
+use ferry_agent::failover::{Outcome, StopRequest, TestReport, TestRequest, TestRunning};
+use ferry_agent::size::{human, parse_size, utc};
+
+pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
+    let e = |e: super::client::ClientError| e.to_string();
+    match cmd {
+        FailoverCmd::Test {
+            vpg,
+            checkpoint,
+            volumes,
+            scratch_max,
+        } => {
+            let req = TestRequest {
+                checkpoint,
+                volumes,
+                scratch_max: scratch_max.as_deref().map(parse_size).transpose()?,
+            };
+            let t: TestRunning = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/test"), Some(&req))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let s: AgentStatus = c
+                .call(Method::GET, "/v1/status", None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let cp = &t.checkpoint;
+            println!(
+                "FAILOVER TEST of VPG {} at checkpoint {} ({}{}), ready in {:.0} ms; replication goes on.",
+                t.vpg,
+                cp.seq,
+                utc(cp.unix_ms),
+                if cp.tag.is_empty() {
+                    String::new()
+                } else {
+                    format!(", tag {:?}", cp.tag)
+                },
+                t.ready_after_ms
+            );
+            println!(
+                "Test exports (read-write, scratch up to {}; not production):",
+                human(t.scratch_max_bytes)
+            );
+            for (vol, name) in &t.exports {
+                println!("  {vol}: {}", export_uri(&s, name));
+            }
+            println!(
+                "End it with: ferry failover stop {} --result pass|fail [--note TEXT]",
+                t.vpg
+            );
+        }
+        FailoverCmd::Stop { vpg, result, note } => {
+            let req = StopRequest {
+                result: if result == "pass" { Outcome::Pass } else { Outcome::Fail },
+                note,
+            };
+            let r: TestReport = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/stop"), Some(&req))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            println!(
+                "failover test of VPG {} stopped: {:?}; exports closed, {} of scratch deleted",
+                r.vpg,
+                r.result,
+                human(r.scratch_used_bytes)
+            );
+        }
+        FailoverCmd::Report { vpg, json } => {
+            let rs: Vec<TestReport> = c
+                .call(Method::GET, &format!("/v1/failover/{vpg}/reports"), None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rs).expect("serialises"));
+            } else if rs.is_empty() {
+                println!("VPG {vpg} has no failover test reports yet (`ferry failover test {vpg}`)");
+            } else {
+                for r in &rs {
+                    println!(
+                        "{}  checkpoint {} ({}), ready in {:.0} ms, {} min, {:?}{}",
+                        utc(r.started_unix_ms),
+                        r.checkpoint.seq,
+                        utc(r.checkpoint.unix_ms),
+                        r.ready_after_ms,
+                        r.stopped_unix_ms.saturating_sub(r.started_unix_ms) / 60_000,
+                        r.result,
+                        if r.note.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.note)
+                        }
+                    );
+                    for s in &r.steps {
+                        println!("    {} {}: {}", if s.ok { "ok  " } else { "FAIL" }, s.what, s.detail);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
