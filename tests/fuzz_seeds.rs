@@ -17,6 +17,9 @@ mod journal_format;
 #[path = "../fuzz/checks/journal_recovery.rs"]
 #[allow(dead_code)]
 mod journal_recovery;
+#[path = "../fuzz/checks/meta_envelope.rs"]
+#[allow(dead_code)]
+mod meta_envelope;
 #[path = "../fuzz/checks/nbd_options.rs"]
 #[allow(dead_code)]
 mod nbd_options;
@@ -74,6 +77,11 @@ fn journal_format_seeds() {
 #[test]
 fn journal_recovery_seeds() {
     replay("journal_recovery", journal_recovery::run);
+}
+
+#[test]
+fn meta_envelope_seeds() {
+    replay("meta_envelope", meta_envelope::run);
 }
 
 #[test]

@@ -13,6 +13,7 @@
 
 pub mod capture;
 pub mod dirty;
+pub mod envelope;
 pub mod format;
 pub mod history;
 pub mod journal;
