@@ -191,3 +191,79 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
         2
     );
 }
+
+/// The drill: `--verify scripts/drill-fsck.sh --stop-after` is one command that brings up a
+/// checkpoint, checks its ext4 through nbdfuse and a loop device, and records the result;
+/// it passes on a clean filesystem and fails on one whose superblock was damaged after.
+#[test]
+fn a_drill_checks_the_filesystems_of_a_checkpoint_and_records_the_result() {
+    for t in ["mkfs.ext4", "nbdfuse", "losetup", "e2fsck", "fusermount3"] {
+        require(t);
+    }
+    let a = Agent::start("drill-a");
+    let key = new_key(&a.dir);
+    let (b, peer) = recovery_agent("drill-b", &key, "");
+    a.create("fs", "32M");
+    a.ferry_line(&format!(
+        "vpg create app --volume fs --journal-size 16M --peer {peer} --peer-key {} --wait",
+        key.display()
+    ));
+    // An ext4 made in a file, copied onto the protected volume through NBD.
+    let image = a.dir.join("fs.img");
+    std::fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
+    common::ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+    common::ok(
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&image)
+            .arg(a.tcp_uri("fs")),
+    );
+    tag_and_wait(&a, &b, "app", "clean");
+    // The primary superblock (at 1024) wiped on the protected side, later.
+    qemu_io(a.tcp_uri("fs"), &["write -z 1024 1024"]);
+    tag_and_wait(&a, &b, "app", "damaged");
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/drill-fsck.sh");
+    let drill = |cp: &str| {
+        run(b.cli().args([
+            "failover",
+            "test",
+            "app",
+            "--checkpoint",
+            cp,
+            "--verify",
+            script,
+            "--stop-after",
+            "--verify-timeout",
+            "60s",
+        ]))
+    };
+    let clean = drill("clean");
+    let said = String::from_utf8_lossy(&clean.stdout);
+    assert!(
+        clean.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(said.contains("fs: clean") && said.contains("PASS"), "{said}");
+
+    let damaged = drill("damaged");
+    let said = String::from_utf8_lossy(&damaged.stdout).into_owned() + &String::from_utf8_lossy(&damaged.stderr);
+    assert!(!damaged.status.success(), "{said}");
+    assert!(
+        said.contains("fs: FAIL: e2fsck exit") && said.contains("failed its verification"),
+        "{said}"
+    );
+
+    let reports = json(&b, &["failover", "report", "app", "--json"]);
+    let results: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["pass", "fail"], "{reports}");
+    assert_eq!(reports[1]["verify"]["state"], "failed");
+    assert!(reports[1]["note"].as_str().unwrap().contains("exited"), "{reports}");
+    assert!(b.ferry(&["status"]).lines().all(|l| !l.contains("FAILOVER TEST")));
+}

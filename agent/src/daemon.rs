@@ -416,7 +416,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                 vpgs.clone(),
                 exports.clone(),
                 shipping,
-                crate::failover::Failover::new(exports.clone()),
+                crate::failover::Failover::new(exports.clone(), {
+                    let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
+                    let sock = cfg.state_dir.join("nbd.sock");
+                    Box::new(move |name: &str| match &base {
+                        Some(l) => format!("{l}/{name}"),
+                        None => format!("nbd+unix:///{name}?socket={}", sock.display()),
+                    })
+                }),
                 status,
             ),
         )

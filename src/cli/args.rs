@@ -161,6 +161,17 @@ pub(super) enum FailoverCmd {
         /// Scratch space for the test's writes (past it they get ENOSPC), e.g. 2G.
         #[arg(long)]
         scratch_max: Option<String>,
+        /// A check run at the recovery site once the exports are up (`sh -c`; the exports
+        /// in $FERRY_EXPORT_URIS as VOLUME=URI): its exit code is the result. The command
+        /// waits for it. E.g. scripts/drill-fsck.sh
+        #[arg(long)]
+        verify: Option<String>,
+        /// End the test after the check, with its result: one command is a whole drill.
+        #[arg(long, requires = "verify")]
+        stop_after: bool,
+        /// The check's time limit, e.g. 5m (default 5m).
+        #[arg(long)]
+        verify_timeout: Option<String>,
     },
     /// End the failover test of a VPG: its exports close, its scratch is deleted, and a
     /// report is recorded.

@@ -19,6 +19,10 @@ use crate::clock::now_ms;
 use crate::error::AgentError;
 use crate::recover::replica::Replica;
 
+pub mod verify;
+
+use verify::{Verify, VerifyState};
+
 /// Scratch space of a test when none is given.
 pub const SCRATCH_MAX_DEFAULT: u64 = 8 << 30;
 /// Reports kept per VPG (the oldest go first).
@@ -36,6 +40,17 @@ pub struct TestRequest {
     /// Scratch space for the test's writes, in bytes (default [`SCRATCH_MAX_DEFAULT`]).
     #[serde(default)]
     pub scratch_max: Option<u64>,
+    /// A command run once the exports are up (`sh -c`, with `FERRY_VPG`,
+    /// `FERRY_OPERATION`, `FERRY_CHECKPOINT`, `FERRY_CHECKPOINT_TAG` and
+    /// `FERRY_EXPORT_URIS`, "VOLUME=URI" separated by spaces): its exit code is the result.
+    #[serde(default)]
+    pub verify: Option<String>,
+    /// End the test once the verification is done, with its result.
+    #[serde(default)]
+    pub stop_after: bool,
+    /// The verification's time limit in seconds (default 300).
+    #[serde(default)]
+    pub verify_timeout_s: Option<u64>,
 }
 
 /// One step of an operation and how it went.
@@ -60,6 +75,8 @@ pub struct TestRunning {
     pub scratch_max_bytes: u64,
     pub scratch_used_bytes: u64,
     pub steps: Vec<Step>,
+    #[serde(default)]
+    pub verify: Option<Verify>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +107,8 @@ pub struct TestReport {
     pub volumes: Vec<String>,
     pub scratch_used_bytes: u64,
     pub steps: Vec<Step>,
+    #[serde(default)]
+    pub verify: Option<Verify>,
 }
 
 struct Running {
@@ -103,6 +122,8 @@ struct Running {
 pub struct Failover {
     exports: Arc<Exports>,
     tests: Mutex<BTreeMap<String, Running>>,
+    /// The NBD URI of an export of this agent, by name.
+    export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -129,18 +150,24 @@ fn step(what: &str, ok: bool, detail: String) -> Step {
 }
 
 impl Failover {
-    pub fn new(exports: Arc<Exports>) -> Arc<Failover> {
+    pub fn new(exports: Arc<Exports>, export_uri: Box<dyn Fn(&str) -> String + Send + Sync>) -> Arc<Failover> {
         Arc::new(Failover {
             exports,
             tests: Mutex::new(BTreeMap::new()),
+            export_uri,
         })
     }
 
     /// Starts a failover test of `vpg`: each chosen volume served read-write as
     /// `VPG@test.VOLUME` over an overlay on the checkpoint. Refused (nothing changed) for an
     /// unknown VPG, checkpoint or volume, or while another test of the VPG runs.
-    pub fn start_test(&self, vpg: &str, req: &TestRequest) -> Result<TestRunning, AgentError> {
+    pub fn start_test(self: &Arc<Self>, vpg: &str, req: &TestRequest) -> Result<TestRunning, AgentError> {
         let t0 = Instant::now();
+        if req.stop_after && req.verify.is_none() {
+            return Err(AgentError::Refused(
+                "--stop-after ends the test after its verification: give one with --verify CMD".into(),
+            ));
+        }
         if self.tests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vpg) {
             return Err(AgentError::Conflict(format!(
                 "a failover test of {vpg:?} runs already; stop it first (`ferry failover stop {vpg} --result pass|fail`)"
@@ -207,6 +234,7 @@ impl Failover {
             scratch_max_bytes: scratch_max,
             scratch_used_bytes: 0,
             steps,
+            verify: req.verify.as_deref().map(Verify::running),
         };
         r.push_event(format!(
             "failover test started at checkpoint {} ({} volume(s), ready in {ready_after_ms:.0} ms); replication goes on",
@@ -223,7 +251,65 @@ impl Failover {
                 budget,
             },
         );
+        if let Some(cmd) = &req.verify {
+            self.spawn_verify(&shown, cmd.clone(), req);
+        }
         Ok(shown)
+    }
+
+    /// Runs the test's verification on a thread of its own; its outcome goes into the test
+    /// (and ends it, with `stop_after`).
+    fn spawn_verify(self: &Arc<Self>, t: &TestRunning, cmd: String, req: &TestRequest) {
+        let uris: Vec<String> = t
+            .exports
+            .iter()
+            .map(|(vol, name)| format!("{vol}={}", (self.export_uri)(name)))
+            .collect();
+        let env = vec![
+            ("FERRY_VPG".to_string(), t.vpg.clone()),
+            ("FERRY_OPERATION".to_string(), "test".to_string()),
+            ("FERRY_CHECKPOINT".to_string(), t.checkpoint.seq.to_string()),
+            ("FERRY_CHECKPOINT_TAG".to_string(), t.checkpoint.tag.clone()),
+            ("FERRY_EXPORT_URIS".to_string(), uris.join(" ")),
+        ];
+        let timeout = std::time::Duration::from_secs(req.verify_timeout_s.unwrap_or(verify::VERIFY_TIMEOUT_DEFAULT_S));
+        let (me, vpg, stop_after) = (self.clone(), t.vpg.clone(), req.stop_after);
+        let log = match self.tests.lock().unwrap_or_else(|e| e.into_inner()).get(&vpg) {
+            Some(r) => scratch_dir(&r.replica).join("verify.log"),
+            None => return,
+        };
+        let spawned = std::thread::Builder::new().name("ferry-verify".into()).spawn(move || {
+            let v = verify::run(&cmd, &env, &log, timeout);
+            let passed = v.state == VerifyState::Passed;
+            let detail = format!(
+                "`{cmd}` {} in {:.1} s{}",
+                match (v.timed_out, v.exit_code) {
+                    (true, _) => "timed out".to_string(),
+                    (false, Some(c)) => format!("exited {c}"),
+                    (false, None) => "was killed".to_string(),
+                },
+                v.seconds,
+                v.output_tail.lines().last().map_or(String::new(), |l| format!(": {l}"))
+            );
+            {
+                let mut tests = me.tests.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(t) = tests.get_mut(&vpg) else { return };
+                t.shown.steps.push(step("verify", passed, detail.clone()));
+                t.shown.verify = Some(v);
+            }
+            if stop_after {
+                let req = StopRequest {
+                    result: if passed { Outcome::Pass } else { Outcome::Fail },
+                    note: format!("verification: {detail}"),
+                };
+                if let Err(e) = me.stop_test(&vpg, &req) {
+                    tracing::warn!(vpg, error = %e, "cannot stop the test after its verification");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(vpg = %t.vpg, error = %e, "cannot start the verification");
+        }
     }
 
     /// The tests that run.
@@ -261,7 +347,7 @@ impl Failover {
             }
         }
         let dir = scratch_dir(&t.replica);
-        if let Err(e) = std::fs::remove_dir(&dir) {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
             steps.push(step("delete scratch", false, format!("{}: {e}", dir.display())));
         }
         steps.push(step(
@@ -280,6 +366,7 @@ impl Failover {
             volumes: t.shown.exports.iter().map(|(v, _)| v.clone()).collect(),
             scratch_used_bytes: used,
             steps,
+            verify: t.shown.verify.clone(),
         };
         let mut reports = self.reports(vpg).unwrap_or_default();
         reports.push(report.clone());
