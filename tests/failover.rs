@@ -88,6 +88,17 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
     assert!(err.contains("no replica"), "{err}");
     let err = b.ferry_fails(&["failover", "stop", "app", "--result", "pass"]);
     assert!(err.contains("no failover test of \"app\" runs"), "{err}");
+    let err = b.ferry_fails(&["failover", "test", "app", "--checkpoint", "2000-01-01 00:00:00"]);
+    assert!(
+        err.contains("holds nothing as old as") && err.contains("oldest checkpoint is"),
+        "{err}"
+    );
+    // A time picks the newest checkpoint at or before it.
+    let cps = json(&b, &["checkpoint", "list", "app", "--json"]);
+    let at = cps.as_array().unwrap().iter().find(|c| c["seq"] == before).unwrap()["unix_ms"]
+        .as_u64()
+        .unwrap();
+    let when_text = ferry_agent::size::utc(at);
 
     // The protected site writes on while the test runs.
     require("fio");
@@ -113,7 +124,7 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
         "test",
         "app",
         "--checkpoint",
-        "before",
+        &when_text,
         "--scratch-max",
         "1M",
     ]);
@@ -170,6 +181,13 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
     assert!(r["ready_after_ms"].as_f64().unwrap() < 1000.0, "{r}");
     assert!(r["scratch_used_bytes"].as_u64().unwrap() >= 64 << 10, "{r}");
     assert!(b.ferry(&["failover", "report", "app"]).contains("booted fine"));
+    let listed = b.ferry(&["checkpoint", "list", "app"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("before") && l.contains("(tested: pass at")),
+        "{listed}"
+    );
 
     // The checkpoint and the replica are as they were.
     assert!(checkpoints(&b, "app").iter().any(|(s, _)| *s == before));

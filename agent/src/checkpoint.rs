@@ -15,9 +15,9 @@ pub fn tag_problem(tag: &str) -> Option<String> {
             "checkpoint tag {tag:?} holds control characters; use printable text"
         ));
     }
-    if tag == "latest" || tag.bytes().all(|b| b.is_ascii_digit()) {
+    if tag == "latest" || tag.bytes().all(|b| b.is_ascii_digit()) || crate::size::parse_utc(tag).is_some() {
         return Some(format!(
-            "checkpoint tag {tag:?} would read as a checkpoint selector (`latest` or a sequence number); choose another"
+            "checkpoint tag {tag:?} would read as a checkpoint selector (`latest`, a sequence number or a time); choose another"
         ));
     }
     if tag.len() > ferry_journal::format::TAG_BYTES_MAX {
@@ -30,11 +30,15 @@ pub fn tag_problem(tag: &str) -> Option<String> {
     None
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CheckpointInfo {
     pub seq: u64,
     pub unix_ms: u64,
     pub tag: String,
+    /// At a recovery site: the last failover test of this checkpoint, "pass at TIME" or
+    /// "fail at TIME" (empty if never tested).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tested: String,
 }
 
 #[cfg(test)]

@@ -61,9 +61,63 @@ pub fn utc(ms: u64) -> String {
     )
 }
 
+/// The inverse of [`utc`]: milliseconds since the epoch of a UTC time written
+/// `YYYY-MM-DD HH:MM:SS[.mmm][ UTC]` or `YYYY-MM-DDTHH:MM:SS[.mmm]Z`; None for anything
+/// else.
+pub fn parse_utc(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t.strip_suffix(" UTC").or_else(|| t.strip_suffix('Z')).unwrap_or(t);
+    let (date, time) = t.split_once([' ', 'T'])?;
+    let num = |s: &str, n: usize| -> Option<i64> {
+        (s.len() == n && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    let mut d = date.split('-');
+    let (y, m, dd) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "000"));
+    let mut h = hms.split(':');
+    let (hh, mi, ss) = (num(h.next()?, 2)?, num(h.next()?, 2)?, num(h.next()?, 2)?);
+    if d.next().is_some() || h.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&dd) {
+        return None;
+    }
+    if hh > 23 || mi > 59 || ss > 59 {
+        return None;
+    }
+    let ms = num(frac, 3)?;
+    // Days since 1970-01-01 from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let total = ((days * 86400 + hh * 3600 + mi * 60 + ss) * 1000) + ms;
+    u64::try_from(total).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_times_read_back_as_written() {
+        for ms in [0u64, 1_000, 951_782_400_123, 1_796_280_492_999, 4_102_444_800_000] {
+            assert_eq!(parse_utc(&utc(ms)), Some(ms), "{}", utc(ms));
+        }
+        assert_eq!(
+            parse_utc("2026-12-03T07:00:00Z"),
+            parse_utc("2026-12-03 07:00:00.000 UTC")
+        );
+        for bad in [
+            "2026-13-01 00:00:00",
+            "2026-12-03",
+            "yesterday",
+            "2026-12-03 25:00:00",
+            "12",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_and_rejects() {

@@ -284,7 +284,12 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             } else {
                 println!("{:>12}  {:<27} TAG", "SEQ", "TIME");
                 for cp in &cps {
-                    println!("{:>12}  {:<27} {}", cp.seq, utc(cp.unix_ms), cp.tag);
+                    let tested = if cp.tested.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  (tested: {})", cp.tested)
+                    };
+                    println!("{:>12}  {:<27} {}{tested}", cp.seq, utc(cp.unix_ms), cp.tag);
                 }
             }
         }

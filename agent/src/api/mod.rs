@@ -360,7 +360,9 @@ async fn checkpoint_list_h(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<CheckpointInfo>>, ApiError> {
     if let Some(r) = api.exports.replicas().get(&name) {
-        return Ok(Json(r.checkpoints()));
+        let mut cps = r.checkpoints();
+        api.failover.mark_tested(&name, &mut cps);
+        return Ok(Json(cps));
     }
     if api.vpgs.get(&name).is_err() {
         api.exports.replicas().check_loaded()?;

@@ -147,11 +147,24 @@ impl Exports {
             ))
         })?;
         let cps = r.checkpoints();
+        let at = crate::size::parse_utc(checkpoint);
+        if let (Some(t), Some(oldest)) = (at, cps.first())
+            && t < oldest.unix_ms
+        {
+            return Err(AgentError::Refused(format!(
+                "replica {vpg:?} holds nothing as old as {}: its oldest checkpoint is {} at {}",
+                crate::size::utc(t),
+                oldest.seq,
+                crate::size::utc(oldest.unix_ms)
+            )));
+        }
         let cp = match checkpoint {
             "latest" | "" => cps.last(),
-            s => match s.parse::<u64>() {
-                Ok(seq) => cps.iter().find(|c| c.seq == seq),
-                Err(_) => cps.iter().rev().find(|c| c.tag == s),
+            s => match (s.parse::<u64>(), at) {
+                (Ok(seq), _) => cps.iter().find(|c| c.seq == seq),
+                // The newest checkpoint at or before the time.
+                (_, Some(t)) => cps.iter().rev().find(|c| c.unix_ms <= t),
+                _ => cps.iter().rev().find(|c| c.tag == s),
             },
         }
         .cloned()

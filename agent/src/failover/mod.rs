@@ -392,6 +392,20 @@ impl Failover {
         Ok(report)
     }
 
+    /// Notes on each of `cps` its last failover test here ("pass at TIME").
+    pub fn mark_tested(&self, vpg: &str, cps: &mut [CheckpointInfo]) {
+        let reports = self.reports(vpg).unwrap_or_default();
+        for cp in cps {
+            if let Some(r) = reports.iter().rev().find(|r| r.checkpoint.seq == cp.seq) {
+                cp.tested = format!(
+                    "{} at {}",
+                    if r.result == Outcome::Pass { "pass" } else { "fail" },
+                    crate::size::utc(r.stopped_unix_ms)
+                );
+            }
+        }
+    }
+
     /// The recorded test reports of `vpg`, oldest first.
     pub fn reports(&self, vpg: &str) -> Result<Vec<TestReport>, AgentError> {
         let r = self.exports.replicas().get(vpg).ok_or_else(|| {

@@ -230,6 +230,7 @@ impl Vpg {
                     seq: r.entry.seq,
                     unix_ms: r.entry.offset / 1_000_000,
                     tag: String::from_utf8_lossy(r.payload).into_owned(),
+                    tested: String::new(),
                 });
             }
         }
@@ -454,6 +455,7 @@ impl Vpg {
             seq,
             unix_ms: now_ms(),
             tag: tag.into(),
+            tested: String::new(),
         };
         let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
         if c.len() == CHECKPOINTS_KEPT {

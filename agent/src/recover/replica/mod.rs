@@ -397,6 +397,7 @@ impl Replica {
                             seq: r.seq,
                             unix_ms: r.offset / 1_000_000,
                             tag: tag.into_owned(),
+                            tested: String::new(),
                         },
                     );
                     continue;
@@ -594,6 +595,7 @@ impl Replica {
                         seq: r.seq,
                         unix_ms: r.offset / 1_000_000,
                         tag: String::from_utf8_lossy(r.data).into_owned(),
+                        tested: String::new(),
                     },
                 );
                 continue;
