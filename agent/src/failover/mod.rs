@@ -112,6 +112,8 @@ pub struct TestReport {
 }
 
 struct Running {
+    /// Tells this test from a later one of the same VPG.
+    id: u64,
     shown: TestRunning,
     replica: Arc<Replica>,
     overlays: Vec<(String, Arc<Overlay<View>>)>,
@@ -121,7 +123,11 @@ struct Running {
 /// The failover operations of this agent.
 pub struct Failover {
     exports: Arc<Exports>,
+    /// Held while a test starts or stops (across its file work: they are rare, and two at
+    /// once on the same VPG would share its scratch folder). Taken before `tests`.
+    op: Mutex<()>,
     tests: Mutex<BTreeMap<String, Running>>,
+    next_id: std::sync::atomic::AtomicU64,
     /// The NBD URI of an export of this agent, by name.
     export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
 }
@@ -153,7 +159,9 @@ impl Failover {
     pub fn new(exports: Arc<Exports>, export_uri: Box<dyn Fn(&str) -> String + Send + Sync>) -> Arc<Failover> {
         Arc::new(Failover {
             exports,
+            op: Mutex::new(()),
             tests: Mutex::new(BTreeMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
             export_uri,
         })
     }
@@ -168,6 +176,8 @@ impl Failover {
                 "--stop-after ends the test after its verification: give one with --verify CMD".into(),
             ));
         }
+        let _op = self.op.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.tests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vpg) {
             return Err(AgentError::Conflict(format!(
                 "a failover test of {vpg:?} runs already; stop it first (`ferry failover stop {vpg} --result pass|fail`)"
@@ -209,11 +219,16 @@ impl Failover {
             info.can_fast_zero = false;
             info.description = format!("FAILOVER TEST of VPG {vpg}, volume {name}, checkpoint {}", cp.seq);
             let path = dir.join(format!("{name}.scratch"));
-            let o = Overlay::create(view, path.clone(), info, self.exports.pool().clone(), budget.clone())
-                .map_err(|e| AgentError::io("cannot create scratch file", &path, e))?;
-            overlays.push((format!("{vpg}@test.{name}"), Arc::new(o)));
+            match Overlay::create(view, path.clone(), info, self.exports.pool().clone(), budget.clone()) {
+                Ok(o) => overlays.push((name.clone(), format!("{vpg}@test.{name}"), Arc::new(o))),
+                Err(e) => {
+                    // Nothing of the test stays behind.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(AgentError::io("cannot create scratch file", &path, e));
+                }
+            }
         }
-        for (export, o) in &overlays {
+        for (_, export, o) in &overlays {
             self.exports.add_overlay(export.clone(), o.clone());
         }
         let ready_after_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -225,10 +240,7 @@ impl Failover {
         let shown = TestRunning {
             vpg: vpg.into(),
             checkpoint: cp.clone(),
-            exports: overlays
-                .iter()
-                .map(|(e, _)| (e.rsplit_once('.').map_or("", |x| x.1).to_string(), e.clone()))
-                .collect(),
+            exports: overlays.iter().map(|(v, e, _)| (v.clone(), e.clone())).collect(),
             started_unix_ms: now_ms(),
             ready_after_ms,
             scratch_max_bytes: scratch_max,
@@ -245,21 +257,22 @@ impl Failover {
         self.tests.lock().unwrap_or_else(|e| e.into_inner()).insert(
             vpg.into(),
             Running {
+                id,
                 shown: shown.clone(),
                 replica: r,
-                overlays,
+                overlays: overlays.into_iter().map(|(_, e, o)| (e, o)).collect(),
                 budget,
             },
         );
         if let Some(cmd) = &req.verify {
-            self.spawn_verify(&shown, cmd.clone(), req);
+            self.spawn_verify(id, &shown, cmd.clone(), req);
         }
         Ok(shown)
     }
 
     /// Runs the test's verification on a thread of its own; its outcome goes into the test
     /// (and ends it, with `stop_after`).
-    fn spawn_verify(self: &Arc<Self>, t: &TestRunning, cmd: String, req: &TestRequest) {
+    fn spawn_verify(self: &Arc<Self>, id: u64, t: &TestRunning, cmd: String, req: &TestRequest) {
         let uris: Vec<String> = t
             .exports
             .iter()
@@ -293,7 +306,10 @@ impl Failover {
             );
             {
                 let mut tests = me.tests.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(t) = tests.get_mut(&vpg) else { return };
+                // Stopped meanwhile (by hand): the outcome has no test to go to.
+                let Some(t) = tests.get_mut(&vpg).filter(|t| t.id == id) else {
+                    return;
+                };
                 t.shown.steps.push(step("verify", passed, detail.clone()));
                 t.shown.verify = Some(v);
             }
@@ -302,7 +318,7 @@ impl Failover {
                     result: if passed { Outcome::Pass } else { Outcome::Fail },
                     note: format!("verification: {detail}"),
                 };
-                if let Err(e) = me.stop_test(&vpg, &req) {
+                if let Err(e) = me.stop(&vpg, Some(id), &req) {
                     tracing::warn!(vpg, error = %e, "cannot stop the test after its verification");
                 }
             }
@@ -328,16 +344,25 @@ impl Failover {
     /// Stops the test of `vpg`: its exports end (their requests fail from now on), the
     /// scratch is deleted and the report recorded.
     pub fn stop_test(&self, vpg: &str, req: &StopRequest) -> Result<TestReport, AgentError> {
-        let t = self
-            .tests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(vpg)
-            .ok_or_else(|| {
-                AgentError::Refused(format!(
-                    "no failover test of {vpg:?} runs here (`ferry failover test {vpg}` starts one)"
-                ))
-            })?;
+        self.stop(vpg, None, req)
+    }
+
+    /// Stops the test of `vpg` (only if it is test `only`, when given: a verification
+    /// ends its own test, never a later one).
+    fn stop(&self, vpg: &str, only: Option<u64>, req: &StopRequest) -> Result<TestReport, AgentError> {
+        let _op = self.op.lock().unwrap_or_else(|e| e.into_inner());
+        let t = {
+            let mut tests = self.tests.lock().unwrap_or_else(|e| e.into_inner());
+            match tests.get(vpg) {
+                Some(t) if only.is_none_or(|id| id == t.id) => tests.remove(vpg),
+                _ => None,
+            }
+        }
+        .ok_or_else(|| {
+            AgentError::Refused(format!(
+                "no failover test of {vpg:?} runs here (`ferry failover test {vpg}` starts one)"
+            ))
+        })?;
         let used = t.budget.used_bytes();
         let mut steps = t.shown.steps.clone();
         for (export, o) in &t.overlays {
