@@ -141,6 +141,9 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
     let err = b.ferry_fails(&["failover", "test", "app"]);
     assert!(err.contains("runs already"), "{err}");
     assert!(b.ferry(&["status"]).contains("FAILOVER TEST of app at checkpoint"));
+    assert_eq!(json(&b, &["replica", "show", "app", "--json"])["state"], "testing");
+    let err = b.ferry_fails(&["replica", "delete", "app", "--force"]);
+    assert!(err.contains("a failover test of replica \"app\" runs"), "{err}");
 
     // The test exports hold the checkpoint.
     for ((vol, uri), (_, file)) in exports.iter().zip(&copies) {
@@ -171,6 +174,7 @@ fn a_test_brings_up_a_checkpoint_read_write_while_replication_goes_on_and_leaves
     let gone = run(Command::new("qemu-io").args(["-f", "raw", "-c", "read 0 4k", d0]));
     assert!(!gone.status.success() || String::from_utf8_lossy(&gone.stdout).contains("error"));
     assert!(!std::path::Path::new(&replica_dir).join("scratch").exists());
+    assert_ne!(json(&b, &["replica", "show", "app", "--json"])["state"], "testing");
 
     // The report.
     let reports = json(&b, &["failover", "report", "app", "--json"]);

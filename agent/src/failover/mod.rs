@@ -146,6 +146,18 @@ fn reports_path(r: &Replica) -> PathBuf {
     r.dir.join("failover-tests.json")
 }
 
+/// The replica marked as tested while a test starts: a start that fails undoes the mark
+/// (`.1` is set once the test runs).
+struct TestMark(Arc<Replica>, bool);
+
+impl Drop for TestMark {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.change(crate::recover::state::Input::TestStopped);
+        }
+    }
+}
+
 fn step(what: &str, ok: bool, detail: String) -> Step {
     Step {
         what: what.into(),
@@ -185,6 +197,10 @@ impl Failover {
         }
         let (r, cp) = self.exports.checkpoint_of(vpg, &req.checkpoint)?;
         let mut views = self.exports.views_at(&r, &cp)?;
+        // The replica's state says a test runs (and refuses its deletion meanwhile).
+        r.try_change(crate::recover::state::Input::TestStarted)
+            .map_err(|why| AgentError::Conflict(format!("replica {vpg:?}: {why}")))?;
+        let mut mark = TestMark(r.clone(), false);
         if !req.volumes.is_empty() {
             if let Some(v) = req.volumes.iter().find(|v| !views.iter().any(|(n, _)| n == *v)) {
                 let have: Vec<&str> = views.iter().map(|(n, _)| n.as_str()).collect();
@@ -254,6 +270,7 @@ impl Failover {
             overlays.len()
         ));
         tracing::info!(vpg, seq = cp.seq, ready_ms = ready_after_ms, "failover test started");
+        mark.1 = true;
         self.tests.lock().unwrap_or_else(|e| e.into_inner()).insert(
             vpg.into(),
             Running {
@@ -363,6 +380,7 @@ impl Failover {
                 "no failover test of {vpg:?} runs here (`ferry failover test {vpg}` starts one)"
             ))
         })?;
+        t.replica.change(crate::recover::state::Input::TestStopped);
         let used = t.budget.used_bytes();
         let mut steps = t.shown.steps.clone();
         for (export, o) in &t.overlays {

@@ -228,6 +228,11 @@ impl Replicas {
             let Some(r) = map.get(name) else {
                 return Err(AgentError::Refused(format!("no replica named {name:?} here")));
             };
+            if r.life().testing {
+                return Err(AgentError::Refused(format!(
+                    "a failover test of replica {name:?} runs; stop it first (`ferry failover stop {name} --result pass|fail`)"
+                )));
+            }
             if r.is_pinned() {
                 return Err(AgentError::Refused(format!(
                     "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"

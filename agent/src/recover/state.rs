@@ -23,6 +23,8 @@ pub enum ReplicaState {
     Waiting,
     /// A protected site streams its VPG to it.
     Receiving,
+    /// A failover test of one of its checkpoints runs (replication goes on meanwhile).
+    Testing,
     /// Applying aged history to the images fails; every checkpoint is still served from
     /// history, and the apply is retried with backoff.
     ApplyFailing,
@@ -35,6 +37,7 @@ impl std::fmt::Display for ReplicaState {
         f.write_str(match self {
             ReplicaState::Waiting => "waiting for its protected site",
             ReplicaState::Receiving => "receiving",
+            ReplicaState::Testing => "testing (a failover test runs; replication goes on)",
             ReplicaState::ApplyFailing => "apply failing (retrying)",
             ReplicaState::Deleted => "deleted",
         })
@@ -61,6 +64,8 @@ pub struct Life {
     pub sessions: u32,
     pub apply: Apply,
     pub deleted: bool,
+    /// A failover test of the replica runs.
+    pub testing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub enum Input {
         now_ms: u64,
     },
     Delete,
+    TestStarted,
+    TestStopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +134,25 @@ pub fn step(life: &Life, input: Input) -> Result<(Life, Vec<Action>), String> {
             if life.deleted {
                 return Err("the replica was deleted already".into());
             }
+            if life.testing {
+                return Err("a failover test of the replica runs; stop it first (`ferry failover stop`)".into());
+            }
             next.deleted = true;
+        }
+        Input::TestStarted => {
+            if life.deleted {
+                return Err("the replica was deleted".into());
+            }
+            if life.testing {
+                return Err("a failover test of the replica runs already".into());
+            }
+            next.testing = true;
+        }
+        Input::TestStopped => {
+            if !life.testing {
+                return Err("no failover test of the replica runs".into());
+            }
+            next.testing = false;
         }
     }
     Ok((next, out))
@@ -143,12 +168,14 @@ pub fn apply_due(life: &Life, now_ms: u64) -> bool {
         }
 }
 
-/// The state as shown: deleted over a failing apply over receiving.
+/// The state as shown: deleted over a failing apply over testing over receiving.
 pub fn shown(life: &Life) -> ReplicaState {
     if life.deleted {
         ReplicaState::Deleted
     } else if matches!(life.apply, Apply::Failing { .. }) {
         ReplicaState::ApplyFailing
+    } else if life.testing {
+        ReplicaState::Testing
     } else if life.sessions > 0 {
         ReplicaState::Receiving
     } else {
@@ -200,6 +227,20 @@ mod tests {
         let (gone, _) = step(&open, Input::Delete).unwrap();
         let (closed, _) = step(&gone, Input::SessionClosed).unwrap();
         assert_eq!((closed.sessions, shown(&closed)), (0, ReplicaState::Deleted));
+    }
+
+    #[test]
+    fn a_test_starts_and_stops_once_and_a_tested_replica_cannot_be_deleted() {
+        let (open, _) = step(&Life::default(), Input::SessionOpened).unwrap();
+        let (testing, _) = step(&open, Input::TestStarted).unwrap();
+        assert_eq!(shown(&testing), ReplicaState::Testing);
+        assert!(step(&testing, Input::TestStarted).is_err(), "one test at a time");
+        assert!(step(&testing, Input::Delete).is_err());
+        let (done, _) = step(&testing, Input::TestStopped).unwrap();
+        assert_eq!(shown(&done), ReplicaState::Receiving);
+        assert!(step(&done, Input::TestStopped).is_err());
+        let (gone, _) = step(&done, Input::Delete).unwrap();
+        assert!(step(&gone, Input::TestStarted).is_err());
     }
 
     #[test]

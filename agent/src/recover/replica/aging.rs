@@ -214,20 +214,22 @@ impl Replica {
     /// Feeds the state machine; its events go to the replica's log. A refused input is a
     /// no-op (logged): the callers' own checks come first.
     pub(crate) fn change(&self, input: state::Input) {
-        let stepped = {
-            let mut g = self.life.lock().unwrap_or_else(|e| e.into_inner());
-            state::step(&g, input.clone()).map(|(next, actions)| {
-                *g = next;
-                actions
-            })
-        };
-        match stepped {
-            Ok(actions) => {
-                for state::Action::Event(e) in actions {
-                    self.push_event(format!("{e} (replica at {})", self.dir.display()));
-                }
-            }
-            Err(why) => tracing::debug!(replica = %self.dir.display(), ?input, %why, "replica state input refused"),
+        if let Err(why) = self.try_change(input.clone()) {
+            tracing::debug!(replica = %self.dir.display(), ?input, %why, "replica state input refused");
         }
+    }
+
+    /// Feeds the state machine, or says why the input is refused (nothing changes then).
+    pub fn try_change(&self, input: state::Input) -> Result<(), String> {
+        let actions = {
+            let mut g = self.life.lock().unwrap_or_else(|e| e.into_inner());
+            let (next, actions) = state::step(&g, input)?;
+            *g = next;
+            actions
+        };
+        for state::Action::Event(e) in actions {
+            self.push_event(format!("{e} (replica at {})", self.dir.display()));
+        }
+        Ok(())
     }
 }
