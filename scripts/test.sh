@@ -4,7 +4,7 @@
 # a bounded fuzzing run of every decoder of outside bytes (their seed corpora are also
 # replayed by `cargo test`, in tests/fuzz_seeds.rs).
 #
-#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 25; 0 skips fuzzing)
+#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
 #   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 45; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ if [ "$chaos_seconds" -gt 0 ]; then
   fi
 fi
 
-fuzz_seconds=${FERRY_FUZZ_SECONDS:-25}
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
   # cargo-fuzz wants nightly; where only stable is installed, let stable accept -Z flags.
