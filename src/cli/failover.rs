@@ -5,7 +5,6 @@ use hyper::Method;
 use super::args::FailoverCmd;
 use super::client::Client;
 use super::export_uri;
-use ferry_agent::api::AgentStatus;
 use ferry_agent::failover::verify::VerifyState;
 use ferry_agent::failover::{Outcome, StopRequest, TestReport, TestRequest, TestRunning};
 use ferry_agent::size::{human, parse_size, utc};
@@ -104,22 +103,11 @@ pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
                 .await
                 .map_err(e)?
                 .ok_or("empty answer")?;
-            let s: AgentStatus = c
-                .call(Method::GET, "/v1/status", None::<&()>)
-                .await
-                .map_err(e)?
-                .ok_or("empty answer")?;
-            let cp = &t.checkpoint;
+            let s = super::agent_status(c).await?;
             println!(
-                "FAILOVER TEST of VPG {} at checkpoint {} ({}{}), ready in {:.0} ms; replication goes on.",
+                "FAILOVER TEST of VPG {} at checkpoint {}, ready in {:.0} ms; replication goes on.",
                 t.vpg,
-                cp.seq,
-                utc(cp.unix_ms),
-                if cp.tag.is_empty() {
-                    String::new()
-                } else {
-                    format!(", tag {:?}", cp.tag)
-                },
+                super::checkpoint_words(&t.checkpoint),
                 t.ready_after_ms
             );
             println!(

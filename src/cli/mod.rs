@@ -155,6 +155,24 @@ async fn pause(c: &Client, name: &str, paused: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The agent's status (its listeners, state directory, what it holds).
+async fn agent_status(c: &Client) -> Result<AgentStatus, String> {
+    c.call(Method::GET, "/v1/status", None::<&()>)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "empty answer".to_string())
+}
+
+/// A checkpoint as a line names it: `SEQ (TIME, tag "TAG")`.
+fn checkpoint_words(cp: &CheckpointInfo) -> String {
+    let tag = if cp.tag.is_empty() {
+        String::new()
+    } else {
+        format!(", tag {:?}", cp.tag)
+    };
+    format!("{} ({}{tag})", cp.seq, utc(cp.unix_ms))
+}
+
 /// The NBD URI of export `name` on the agent that answered `s`: its first TCP listener,
 /// else its unix socket.
 fn export_uri(s: &AgentStatus, name: &str) -> String {
@@ -303,22 +321,11 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 .await
                 .map_err(e)?
                 .ok_or("empty answer")?;
-            let s: AgentStatus = c
-                .call(Method::GET, "/v1/status", None::<&()>)
-                .await
-                .map_err(e)?
-                .ok_or("empty answer")?;
-            let cp = &x.checkpoint;
+            let s = agent_status(&c).await?;
             println!(
-                "VPG {} at checkpoint {} ({}{}), read-only:",
+                "VPG {} at checkpoint {}, read-only:",
                 x.vpg,
-                cp.seq,
-                utc(cp.unix_ms),
-                if cp.tag.is_empty() {
-                    String::new()
-                } else {
-                    format!(", tag {:?}", cp.tag)
-                }
+                checkpoint_words(&x.checkpoint)
             );
             for (vol, name) in &x.exports {
                 println!("  {vol}: {}", export_uri(&s, name));
@@ -430,11 +437,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             println!("checkpoint {:?} of VPG {vpg} at sequence {}", cp.tag, cp.seq);
         }
         Command::Status => {
-            let s: AgentStatus = c
-                .call(Method::GET, "/v1/status", None::<&()>)
-                .await
-                .map_err(e)?
-                .ok_or("empty answer")?;
+            let s = agent_status(&c).await?;
             println!("ferry agent {} (state {})", s.version, s.state_dir.display());
             println!("datastore I/O: {}", s.io_engine);
             for l in &s.nbd_listen {

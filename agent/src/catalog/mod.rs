@@ -24,6 +24,34 @@ use crate::protect::volumes::Volumes;
 use crate::recover::replica::Replica;
 use crate::recover::replicas::Replicas;
 
+/// Fills a read's buffer with `fill` (blocking I/O, off the reactor): the buffer back, or
+/// the error as an NBD error naming `what`.
+pub(crate) async fn read_off_reactor(
+    what: &'static str,
+    buf: IoBuf,
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()> + Send + 'static,
+) -> ExportResult<IoBuf> {
+    let Some(mut b) = buf.into_plain() else {
+        return Err(ferry_nbd::ExportError::new(
+            ferry_nbd::wire::Errno::EIO,
+            "internal: read into a write buffer",
+        ));
+    };
+    let res = tokio::task::spawn_blocking(move || {
+        let r = fill(b.as_mut());
+        (r, b)
+    })
+    .await;
+    match res {
+        Ok((Ok(()), b)) => Ok(IoBuf::Plain(b)),
+        Ok((Err(e), _)) => Err(ferry_nbd::ExportError::from_io(what, &e)),
+        Err(e) => Err(ferry_nbd::ExportError::new(
+            ferry_nbd::wire::Errno::EIO,
+            format!("{what} failed: {e}"),
+        )),
+    }
+}
+
 /// What the NBD server hands a connection: a volume, a checkpoint view, or a test's
 /// overlay on one.
 #[derive(Debug)]

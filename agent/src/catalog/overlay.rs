@@ -313,20 +313,11 @@ impl<B: Base + std::fmt::Debug> Export for Overlay<B> {
 
     async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
         self.check_open()?;
-        let Some(mut b) = buf.into_plain() else {
-            return Err(ExportError::new(Errno::EIO, "internal: read into a write buffer"));
-        };
         let (base, scratch, map) = (self.base.clone(), self.scratch.clone(), self.map.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let r = Self::read_blocking(&base, &scratch, &map, offset, b.as_mut());
-            (r, b)
+        super::read_off_reactor("overlay read", buf, move |b| {
+            Self::read_blocking(&base, &scratch, &map, offset, b)
         })
-        .await;
-        match res {
-            Ok((Ok(()), b)) => Ok(IoBuf::Plain(b)),
-            Ok((Err(e), _)) => Err(ExportError::from_io("overlay read", &e)),
-            Err(e) => Err(ExportError::new(Errno::EIO, format!("overlay read failed: {e}"))),
-        }
+        .await
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, _fua: bool) -> ExportResult<()> {

@@ -36,20 +36,8 @@ impl Export for View {
     }
 
     async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
-        let Some(mut b) = buf.into_plain() else {
-            return Err(ExportError::new(Errno::EIO, "internal: read into a write buffer"));
-        };
         let (r, vol, below) = (self.replica.clone(), self.volume, self._pin.seq);
-        let res = tokio::task::spawn_blocking(move || {
-            let res = r.read_at(vol, offset, b.as_mut(), below);
-            (res, b)
-        })
-        .await;
-        match res {
-            Ok((Ok(()), b)) => Ok(IoBuf::Plain(b)),
-            Ok((Err(e), _)) => Err(ExportError::from_io("checkpoint read", &e)),
-            Err(e) => Err(ExportError::new(Errno::EIO, format!("checkpoint read failed: {e}"))),
-        }
+        super::read_off_reactor("checkpoint read", buf, move |b| r.read_at(vol, offset, b, below)).await
     }
 
     async fn write(&self, _offset: u64, _buf: IoBuf, _fua: bool) -> ExportResult<()> {
