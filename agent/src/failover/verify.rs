@@ -134,6 +134,7 @@ mod tests {
         let v = run("echo bad superblock >&2; exit 8", &env, &log(), Duration::from_secs(10));
         assert_eq!((v.state, v.exit_code), (VerifyState::Failed, Some(8)));
         assert!(v.output_tail.contains("bad superblock"));
+        std::fs::remove_file(log()).unwrap();
     }
 
     #[test]
@@ -142,5 +143,6 @@ mod tests {
         assert!(v.timed_out && v.state == VerifyState::Failed, "{v:?}");
         assert!(v.seconds < 5.0);
         assert!(v.output_tail.contains("killed after"));
+        std::fs::remove_file(log()).unwrap();
     }
 }
