@@ -21,7 +21,9 @@ pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// The replication protocol versions this agent speaks.
 /// 2: a VPG's lineage travels in `Open` (see [`crate::message`]); 1 is refused with the
 /// version error (no agent that speaks only 1 knows lineages).
-pub const VERSIONS: (u16, u16) = (2, 2);
+/// 3: the failover plan travels in `Open` and `Settings`, and a live failover fences the
+/// protected site (`Fence`, `Fenced`, `Unfence`); 2 is refused (it could not be fenced).
+pub const VERSIONS: (u16, u16) = (3, 3);
 const HELLO_MAGIC: &[u8; 4] = b"FYH1";
 const REPLY_MAGIC: &[u8; 4] = b"FYR1";
 /// Noise's largest message.
@@ -265,19 +267,24 @@ mod tests {
         assert_eq!(init.finish(&reply).unwrap().version, 3);
     }
 
-    /// An agent of version 1 (before lineages) meets this one: both say which versions
-    /// each speaks and which agent to upgrade.
+    /// Agents of versions 1 (before lineages) and 2 (before fencing) meet this one: both
+    /// sides say which versions each speaks and which agent to upgrade.
     #[test]
-    fn an_agent_of_version_1_gets_a_clear_version_error() {
-        let (old, hello) = initiate_with(&PSK, (1, 1)).unwrap();
-        let (reply, outcome) = respond(&PSK, &hello).unwrap();
-        let here = outcome.unwrap_err().to_string();
-        assert!(
-            here.contains("we speak 2..=2, the peer 1..=1; upgrade the older agent"),
-            "{here}"
-        );
-        let there = old.finish(&reply).unwrap_err().to_string();
-        assert!(there.contains("we speak 1..=1, the peer 2..=2"), "{there}");
+    fn older_agents_get_a_clear_version_error() {
+        for v in [1, 2] {
+            let (old, hello) = initiate_with(&PSK, (v, v)).unwrap();
+            let (reply, outcome) = respond(&PSK, &hello).unwrap();
+            let here = outcome.unwrap_err().to_string();
+            assert!(
+                here.contains(&format!("we speak 3..=3, the peer {v}..={v}; upgrade the older agent")),
+                "{here}"
+            );
+            let there = old.finish(&reply).unwrap_err().to_string();
+            assert!(
+                there.contains(&format!("we speak {v}..={v}, the peer 3..=3")),
+                "{there}"
+            );
+        }
     }
 
     #[test]

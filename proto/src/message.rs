@@ -2,7 +2,9 @@
 //! encoded with postcard (the enum's variant index as a varint, then its fields in order;
 //! integers as varints, strings as a varint length and UTF-8, fixed arrays as their bytes).
 //! A new variant or field is a new protocol version ([`crate::handshake::VERSIONS`]);
-//! [`decode`] refuses trailing bytes. Version 2 added [`VpgSpec::lineage`].
+//! [`decode`] refuses trailing bytes. Version 2 added [`VpgSpec::lineage`]; version 3
+//! [`VpgSpec::plan`] and the messages of a live failover (`Settings`, `Fence`, `Fenced`,
+//! `Unfence`).
 //!
 //! ```text
 //! protected site                          recovery site
@@ -14,6 +16,10 @@
 //!   Ping                     ──►            Pong   (either side, to keep the link alive)
 //!   Resync { vpg, from_seq } ──►            Ack { vpg, from_seq }  (history lost acked records)
 //!   SumsRequest { … }        ──►            Sums { … }  (delta sync of a pre-seeded replica)
+//!   Settings { vpg, plan }   ──►            (the failover plan changed: `ferry vpg edit`)
+//!                            ◄──            Fence { vpg, epoch, shutdown, reason }
+//!   Fenced { vpg, epoch, final_seq } ──►    (a live failover: writes there stop)
+//!                            ◄──            Unfence { vpg, epoch }  (rolled back: resume)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +53,46 @@ pub struct VpgSpec {
     pub datastore: String,
     pub history_secs: u64,
     pub history_bytes_max: u64,
+    /// How the recovery site brings the VPG up (members, boot order, scripts): it acts on
+    /// it when the protected site is gone. Version 3.
+    #[serde(default)]
+    pub plan: Plan,
+}
+
+/// Volumes that start together (a VM, an application), in boot order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub volumes: Vec<String>,
+}
+
+/// What a failover runs at the recovery site, set at the protected site.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// In boot order; a volume in none is a member of its own, after these.
+    pub members: Vec<Member>,
+    /// Between one member's start and the next.
+    pub boot_delay_ms: u64,
+    /// Commands run once per member before and after it starts (empty: none).
+    pub pre_script: String,
+    pub post_script: String,
+    /// A script's time limit; 0: the default (5 minutes).
+    pub script_timeout_s: u64,
+    /// Passed to the scripts, for the operator's own re-IP or port-group logic.
+    pub test_network: String,
+    pub failover_network: String,
+}
+
+/// What a live failover does to the protected site's writes before it is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shutdown {
+    /// Production keeps writing there (not fenced; its writes are not in the failover).
+    None,
+    /// Writes in flight finish and are shipped, a final checkpoint is taken, then fenced.
+    #[default]
+    Graceful,
+    /// Fenced at once.
+    Force,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +146,33 @@ pub enum Message {
         offset: u64,
         sums: Vec<[u8; 16]>,
     },
+    /// The VPG's failover plan changed (version 3).
+    Settings {
+        vpg: u64,
+        plan: Plan,
+    },
+    /// The VPG now runs at the recovery site at `epoch` (a live failover): apply
+    /// `shutdown`, fence the VPG's volumes (reads go on, writes are refused with `reason`),
+    /// take the epoch, and answer `Fenced`. Also the answer to an `Open` of an older epoch
+    /// (with `Shutdown::Force`).
+    Fence {
+        vpg: u64,
+        epoch: u64,
+        shutdown: Shutdown,
+        reason: String,
+    },
+    /// Done: every record the protected site will send of this VPG is below `final_seq`
+    /// (a graceful shutdown's final checkpoint included).
+    Fenced {
+        vpg: u64,
+        epoch: u64,
+        final_seq: u64,
+    },
+    /// The failover was rolled back: take `epoch`, take writes again, and go on shipping.
+    Unfence {
+        vpg: u64,
+        epoch: u64,
+    },
 }
 
 /// A delta-sync region's checksum: SHA-256, first 16 bytes.
@@ -141,10 +214,10 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    /// Version 2, byte for byte (postcard: variant index, then varints, length-prefixed
+    /// Version 3, byte for byte (postcard: variant index, then varints, length-prefixed
     /// strings and the lineage's 16 bytes as they are).
     #[test]
-    fn golden_messages_v2() {
+    fn golden_messages_v3() {
         let open = Message::Open(VpgSpec {
             id: 300,
             name: "app".into(),
@@ -157,13 +230,47 @@ mod tests {
             datastore: String::new(),
             history_secs: 3600,
             history_bytes_max: 0,
+            plan: Plan {
+                members: vec![Member {
+                    name: "db".into(),
+                    volumes: vec!["d0".into()],
+                }],
+                boot_delay_ms: 10_000,
+                pre_script: "/p".into(),
+                post_script: String::new(),
+                script_timeout_s: 300,
+                test_network: "t".into(),
+                failover_network: String::new(),
+            },
         });
-        // Open, id 300, "app", epoch 1, the lineage, then volumes and the rest as in v1.
+        // Open, id 300, "app", epoch 1, the lineage, then volumes and the rest as in v1,
+        // then the plan: one member "db" of "d0", 10000 ms, "/p", "", 300, "t", "".
         let lineage = "11".repeat(16);
         assert_eq!(
             hex(&encode(&open)),
-            format!("00ac0203617070{}{lineage}0102643080804000901c00", "01")
+            format!(
+                "00ac0203617070{}{lineage}0102643080804000901c00{}",
+                "01",
+                "0102646201026430904e022f7000ac020174 00".replace(' ', "")
+            )
         );
+        let fence = Message::Fence {
+            vpg: 1,
+            epoch: 2,
+            shutdown: Shutdown::Force,
+            reason: "r".into(),
+        };
+        assert_eq!(hex(&encode(&fence)), "0c0102020172");
+        assert_eq!(
+            hex(&encode(&Message::Fenced {
+                vpg: 1,
+                epoch: 2,
+                final_seq: 300
+            })),
+            "0d0102ac02"
+        );
+        assert_eq!(hex(&encode(&Message::Unfence { vpg: 1, epoch: 3 })), "0e0103");
+        assert_eq!(decode(&encode(&fence)), Ok(fence));
         assert_eq!(
             hex(&encode(&Message::Ack {
                 vpg: 300,

@@ -14,6 +14,8 @@ pub(super) struct Cli {
     pub(super) command: Command,
 }
 
+// Parsed once per run.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(super) enum Command {
     /// Run the agent (serves volumes over NBD; controlled through its socket).
@@ -100,6 +102,15 @@ pub(super) enum VpgCmd {
         /// Stay and show the initial (or delta) sync's progress until it is done.
         #[arg(long, requires = "peer")]
         wait: bool,
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+    /// Change a VPG's failover plan: members and boot order, scripts, networks (it travels
+    /// to the recovery site, which acts on it even when this site is gone).
+    Edit {
+        name: String,
+        #[command(flatten)]
+        plan: PlanArgs,
     },
     /// Show a protected VPG's initial or delta sync as a progress bar until it is done.
     Wait { name: String },
@@ -120,6 +131,71 @@ pub(super) enum VpgCmd {
     },
     /// Delete a VPG and its journal (the volumes stay, no longer captured).
     Delete { name: String },
+}
+
+/// A VPG's failover plan, as `vpg create` and `vpg edit` take it.
+#[derive(clap::Args, Debug, Default)]
+pub(super) struct PlanArgs {
+    /// Volumes that start together, in boot order: NAME=VOLUME[,VOLUME…] (repeat; replaces
+    /// the members given before). A volume in none starts on its own, after them.
+    #[arg(long = "member")]
+    pub members: Vec<String>,
+    /// Between one member's start and the next, e.g. 10s (default 0).
+    #[arg(long)]
+    pub boot_delay: Option<String>,
+    /// Run at the recovery site before each member starts (`sh -c`); its failure stops the
+    /// operation. Environment: FERRY_VPG, FERRY_OPERATION (test, live, move),
+    /// FERRY_CHECKPOINT, FERRY_MEMBER, FERRY_EXPORT_URIS, FERRY_NETWORK. "" clears it.
+    #[arg(long)]
+    pub pre_script: Option<String>,
+    /// Run at the recovery site after each member started (`sh -c`); "" clears it.
+    #[arg(long)]
+    pub post_script: Option<String>,
+    /// A script's time limit, e.g. 2m (default 5m).
+    #[arg(long)]
+    pub script_timeout: Option<String>,
+    /// The network name passed to the scripts of a failover test.
+    #[arg(long)]
+    pub test_network: Option<String>,
+    /// The network name passed to the scripts of a live failover or move.
+    #[arg(long)]
+    pub failover_network: Option<String>,
+}
+
+impl PlanArgs {
+    pub(super) fn edit(self) -> Result<ferry_agent::protect::vpg::PlanEdit, String> {
+        let members = if self.members.is_empty() {
+            None
+        } else {
+            Some(
+                self.members
+                    .iter()
+                    .map(|m| {
+                        let (name, vols) = m
+                            .split_once('=')
+                            .ok_or_else(|| format!("--member {m:?}: give it as NAME=VOLUME[,VOLUME…]"))?;
+                        Ok(ferry_agent::protect::vpg::Member {
+                            name: name.trim().into(),
+                            volumes: vols
+                                .split(',')
+                                .map(|v| v.trim().to_string())
+                                .filter(|v| !v.is_empty())
+                                .collect(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
+        };
+        Ok(ferry_agent::protect::vpg::PlanEdit {
+            members,
+            boot_delay_ms: self.boot_delay.as_deref().map(parse_seconds_ms).transpose()?,
+            pre_script: self.pre_script,
+            post_script: self.post_script,
+            script_timeout_s: self.script_timeout.as_deref().map(parse_duration_s).transpose()?,
+            test_network: self.test_network,
+            failover_network: self.failover_network,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]

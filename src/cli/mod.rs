@@ -213,6 +213,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             preseeded,
             throttle_rpo,
             wait,
+            plan,
         }) => {
             let protect = match (peer, peer_key) {
                 (Some(peer), Some(key)) => Some(ProtectArgs {
@@ -234,6 +235,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 volumes,
                 journal_bytes: journal_size.as_deref().map(parse_size).transpose()?,
                 protect,
+                plan: plan.edit()?,
             };
             let v: VpgStatus = c
                 .call(Method::POST, "/v1/vpgs", Some(&body))
@@ -417,6 +419,15 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             } else {
                 print_vpg(&v);
             }
+        }
+        Command::Vpg(VpgCmd::Edit { name, plan }) => {
+            let v: VpgStatus = c
+                .call(Method::PATCH, &format!("/v1/vpgs/{name}"), Some(&plan.edit()?))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            println!("VPG {name}: failover plan changed");
+            print_plan(&v.plan, &v.volumes.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
         }
         Command::Vpg(VpgCmd::Delete { name }) => {
             c.call::<serde_json::Value>(Method::DELETE, &format!("/v1/vpgs/{name}"), None::<&()>)

@@ -153,6 +153,44 @@ pub(super) fn print_vpgs(vpgs: &[VpgStatus]) {
     }
 }
 
+/// A failover plan: members in boot order, then scripts and networks if set.
+pub(super) fn print_plan(p: &ferry_agent::protect::vpg::Plan, volumes: &[String]) {
+    let order = ferry_agent::protect::vpg::boot_order(p, volumes);
+    let members: Vec<String> = order
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.volumes.join(",")))
+        .collect();
+    println!(
+        "failover: members in boot order {}{}",
+        members.join(" → "),
+        if p.boot_delay_ms > 0 {
+            format!(", {:.1} s apart", p.boot_delay_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        }
+    );
+    for (what, v) in [
+        ("pre-script", &p.pre_script),
+        ("post-script", &p.post_script),
+        ("test network", &p.test_network),
+        ("failover network", &p.failover_network),
+    ] {
+        if !v.is_empty() {
+            println!("  {what}: {v}");
+        }
+    }
+    if !p.pre_script.is_empty() || !p.post_script.is_empty() {
+        println!(
+            "  script timeout: {} s",
+            if p.script_timeout_s == 0 {
+                300
+            } else {
+                p.script_timeout_s
+            }
+        );
+    }
+}
+
 pub(super) fn print_vpg(v: &VpgStatus) {
     let j = &v.journal;
     println!("VPG {}: {}", v.name, v.state);
@@ -224,6 +262,7 @@ pub(super) fn print_vpg(v: &VpgStatus) {
             );
         }
     }
+    print_plan(&v.plan, &v.volumes.iter().map(|m| m.name.clone()).collect::<Vec<_>>());
     println!("volumes:");
     for m in &v.volumes {
         println!(

@@ -11,6 +11,7 @@
 //! | GET    | /v1/vpgs               | `[VpgStatus]` |
 //! | POST   | /v1/vpgs               | `CreateVpg` → `VpgStatus` |
 //! | GET    | /v1/vpgs/{name}        | `VpgStatus` |
+//! | PATCH  | /v1/vpgs/{name}        | `PlanEdit` → `VpgStatus` (the failover plan) |
 //! | DELETE | /v1/vpgs/{name}        | — |
 //! | POST   | /v1/vpgs/{name}/checkpoints | `TagCheckpoint` → `CheckpointInfo` |
 //! | POST   | /v1/vpgs/{name}/journal/read | `ReadJournal` → `[TailRecord]` |
@@ -36,7 +37,7 @@ mod failover;
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::protect::volumes::{VolumeStatus, Volumes};
-use crate::protect::vpg::{ProtectArgs, TailRecord, VpgStatus, Vpgs};
+use crate::protect::vpg::{PlanEdit, ProtectArgs, TailRecord, VpgStatus, Vpgs};
 use crate::recover::replica::ReplicaStatus;
 use crate::replication::shipper::{LinkStatus, Shipping};
 
@@ -48,6 +49,9 @@ pub struct CreateVpg {
     /// Replicate to a recovery site.
     #[serde(default)]
     pub protect: Option<ProtectArgs>,
+    /// Members, boot order, scripts and networks of a failover.
+    #[serde(default)]
+    pub plan: PlanEdit,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -217,7 +221,10 @@ pub fn router(
         .route("/v1/volumes/adopt", post(adopt_h))
         .route("/v1/volumes/{name}", delete(delete_h))
         .route("/v1/vpgs", get(vpg_list_h).post(vpg_create_h))
-        .route("/v1/vpgs/{name}", get(vpg_show_h).delete(vpg_delete_h))
+        .route(
+            "/v1/vpgs/{name}",
+            get(vpg_show_h).delete(vpg_delete_h).patch(vpg_edit_h),
+        )
         .route("/v1/vpgs/{name}/checkpoints", post(checkpoint_h))
         .route("/v1/vpgs/{name}/journal/read", post(journal_read_h))
         .route("/v1/vpgs/{name}/pause", post(pause_h))
@@ -248,13 +255,27 @@ async fn vpg_create_h(
 ) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
     let v = api
         .vpgs
-        .create(&req.name, &req.volumes, req.journal_bytes, req.protect.as_ref())
+        .create(
+            &req.name,
+            &req.volumes,
+            req.journal_bytes,
+            req.protect.as_ref(),
+            &req.plan,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn vpg_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
     Ok(Json(api.vpgs.get(&name)?.status()))
+}
+
+async fn vpg_edit_h(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Json(req): Json<PlanEdit>,
+) -> Result<Json<VpgStatus>, ApiError> {
+    Ok(Json(api.vpgs.edit(&name, &req).await?))
 }
 
 async fn vpg_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

@@ -15,6 +15,8 @@
 //! | delta-sync | delta-compared | initializing (the differing regions are sent) | persist, event |
 //! | not paused | pause | paused | persist, event |
 //! | paused | resume | not paused | persist, event |
+//! | any | fence(e ≥ epoch, why) | fenced at e | persist, event |
+//! | fenced | unfence(e ≥ epoch) | not fenced, at e | persist, event |
 //!
 //! Every other pair is refused with the reason (pausing a paused VPG, a delta comparison
 //! ending when none runs, …), except acknowledgements, which are facts: one that changes
@@ -79,6 +81,18 @@ pub struct Lifecycle {
     /// after a restart (a new journal starts its sequence again).
     #[serde(skip)]
     pub initial_end_seq: Option<u64>,
+    /// The VPG runs at its recovery site since a live failover: writes here are refused
+    /// with this reason (reads go on), and nothing more is captured. Survives restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
+    /// The epoch taken from the recovery site by a fence or an unfence (0: the one the
+    /// VPG was created with).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Lifecycle {
@@ -93,6 +107,8 @@ impl Lifecycle {
             },
             paused: false,
             initial_end_seq: None,
+            fenced: None,
+            epoch: 0,
         }
     }
 }
@@ -111,6 +127,49 @@ pub enum Input {
     DeltaCompared,
     Pause,
     Resume,
+}
+
+/// The recovery site's word on a live failover (an input of its own: it carries a reason).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fencing {
+    /// The VPG now runs at the recovery site at `epoch`.
+    Fence { epoch: u64, why: String },
+    /// The failover was rolled back: writes are taken again, at `epoch`.
+    Unfence { epoch: u64 },
+}
+
+/// Fencing's transition: the new state and what to do, or why it is refused (an epoch
+/// older than the one held: a stale message).
+pub fn fence_step(state: &Lifecycle, input: Fencing) -> Result<(Lifecycle, Vec<Action>), String> {
+    let mut next = state.clone();
+    let (epoch, event) = match input {
+        Fencing::Fence { epoch, why } => {
+            let event = format!("fenced at epoch {epoch}: {why}. Reads go on; writes are refused");
+            next.fenced = Some(why);
+            (epoch, event)
+        }
+        Fencing::Unfence { epoch } => {
+            if state.fenced.is_none() {
+                next.epoch = state.epoch.max(epoch);
+                return Ok((
+                    next.clone(),
+                    if next == *state { vec![] } else { vec![Action::Persist] },
+                ));
+            }
+            next.fenced = None;
+            (
+                epoch,
+                format!(
+                    "unfenced at epoch {epoch}: the failover was rolled back; writes are taken and replication resumes"
+                ),
+            )
+        }
+    };
+    if epoch < state.epoch {
+        return Err(format!("epoch {epoch} is older than this VPG's {}", state.epoch));
+    }
+    next.epoch = epoch;
+    Ok((next, vec![Action::Persist, Action::Event(event)]))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,6 +256,9 @@ pub struct Live {
 /// The state an operator sees, most pressing first: a datastore failure, a paused VPG, a
 /// peer's refusal, the sync phases, dirty-region tracking, then protecting.
 pub fn shown(state: &Lifecycle, live: &Live) -> VpgState {
+    if state.fenced.is_some() {
+        return VpgState::Fenced;
+    }
     if live.datastore_error {
         return VpgState::Error;
     }
@@ -230,7 +292,46 @@ mod tests {
             sync,
             paused,
             initial_end_seq: end,
+            fenced: None,
+            epoch: 0,
         }
+    }
+
+    #[test]
+    fn fencing_persists_tells_and_never_goes_back_an_epoch() {
+        let s = at(SyncPhase::InSync, false, None);
+        let (f, a) = fence_step(
+            &s,
+            Fencing::Fence {
+                epoch: 2,
+                why: "runs at B".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!((f.fenced.as_deref(), f.epoch), (Some("runs at B"), 2));
+        assert_eq!(a[0], Action::Persist);
+        assert!(events(&a)[0].starts_with("fenced at epoch 2: runs at B"));
+        assert_eq!(shown(&f, &Live::default()), VpgState::Fenced);
+        // A stale fence or unfence (an older epoch) is refused and changes nothing.
+        assert!(fence_step(&f, Fencing::Unfence { epoch: 1 }).is_err());
+        assert!(
+            fence_step(
+                &f,
+                Fencing::Fence {
+                    epoch: 1,
+                    why: String::new()
+                }
+            )
+            .is_err()
+        );
+        let (u, a) = fence_step(&f, Fencing::Unfence { epoch: 3 }).unwrap();
+        assert_eq!((u.fenced.clone(), u.epoch), (None, 3));
+        assert!(events(&a)[0].starts_with("unfenced at epoch 3"));
+        // An unfence of a VPG that is not fenced takes the epoch, silently.
+        let (u2, a) = fence_step(&u, Fencing::Unfence { epoch: 4 }).unwrap();
+        assert_eq!((u2.epoch, a), (4, vec![Action::Persist]));
+        let (_, a) = fence_step(&u2, Fencing::Unfence { epoch: 4 }).unwrap();
+        assert!(a.is_empty(), "nothing new: nothing to persist");
     }
 
     fn events(a: &[Action]) -> Vec<&str> {

@@ -274,9 +274,16 @@ impl Replicas {
         crate::meta::store(&dir, &tombstones_path(ds), crate::meta::TOMBSTONES, &list)
     }
 
-    /// Changes whenever a replica is deleted (sessions wait on it).
+    /// Changes whenever a replica is deleted or has a message for its protected site
+    /// (sessions wait on it).
     pub fn removals(&self) -> tokio::sync::watch::Receiver<u64> {
         self.removals.subscribe()
+    }
+
+    /// Wakes the sessions: a replica has a message for its protected site
+    /// ([`Replica::tell_peer`]).
+    pub fn nudge(&self) {
+        self.removals.send_modify(|n| *n += 1);
     }
 
     pub fn by_id(&self, id: u64) -> Option<Arc<Replica>> {

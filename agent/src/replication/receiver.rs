@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
-use crate::recover::replica::{PeerSeen, SessionHold};
+use crate::recover::replica::{PeerSeen, SessionHold, ToPeer};
 use crate::recover::replicas::Replicas;
 use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
 use crate::replication::session::recovery::{Action, Input, RecoverySession};
@@ -115,6 +115,7 @@ async fn serve(
                     return Ok(());
                 }
                 s.end_removed(&mut wr).await?;
+                s.deliver(&mut wr).await?;
                 continue;
             }
             f = rx.recv() => match f {
@@ -176,7 +177,7 @@ impl Shell<'_> {
                     None
                 }
                 Action::Open(spec) => {
-                    let id = spec.id;
+                    let (id, their_epoch) = (spec.id, spec.epoch);
                     let (replicas, seen) = (self.replicas.clone(), self.seen.clone());
                     let r = blocking(move || replicas.open(&spec, &seen)).await?;
                     let result = match r {
@@ -195,6 +196,25 @@ impl Shell<'_> {
                             Err(reason)
                         }
                     };
+                    // A live failover runs the VPG here: the protected site fences itself;
+                    // one rolled back: it takes the epoch and writes again.
+                    if let Some(r) = self.replicas.by_id(id) {
+                        if let Some((epoch, reason)) = r.fence_answer(their_epoch) {
+                            warn!(vpg = %r.spec().name, their_epoch, epoch, "protected site of an older epoch: fenced");
+                            work.extend(self.core.on(
+                                self.now(),
+                                Input::Fence {
+                                    vpg: id,
+                                    epoch,
+                                    shutdown: ferry_proto::message::Shutdown::Force,
+                                    reason,
+                                },
+                            ));
+                        } else if let Some(epoch) = r.unfence_answer(their_epoch) {
+                            info!(vpg = %r.spec().name, epoch, "the protected site takes the epoch of a rolled-back failover");
+                            work.extend(self.core.on(self.now(), Input::Unfence { vpg: id, epoch }));
+                        }
+                    }
                     Some(Input::Opened { vpg: id, result })
                 }
                 Action::Append { vpg } => {
@@ -261,11 +281,54 @@ impl Shell<'_> {
                     };
                     Some(Input::RemoveDone { vpg, result })
                 }
+                Action::Fenced { vpg, epoch, final_seq } => {
+                    if let Some(r) = self.replicas.by_id(vpg) {
+                        info!(vpg = %r.spec().name, epoch, final_seq, "the protected site fenced the VPG");
+                        r.note_peer_fenced(epoch, final_seq);
+                    }
+                    None
+                }
+                Action::Settings { vpg, plan } => {
+                    if let Some(h) = self.opened.get(&vpg) {
+                        let r = h.replica().clone();
+                        if let Err(e) = blocking(move || r.set_plan(plan)).await? {
+                            warn!(vpg, error = %e, "cannot record the VPG's failover plan");
+                        }
+                    }
+                    None
+                }
                 Action::End(why) => return Err(LinkError::Content(why)),
             };
             if let Some(input) = result {
                 let now = self.now();
                 work.extend(self.core.on(now, input));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the replicas open here have for the protected site (a live failover's
+    /// fence, a rollback's unfence).
+    async fn deliver(&mut self, wr: &mut link::LinkWriter) -> Result<(), LinkError> {
+        let open: Vec<(u64, Arc<crate::recover::replica::Replica>)> =
+            self.opened.iter().map(|(&id, h)| (id, h.replica().clone())).collect();
+        for (vpg, r) in open {
+            for m in r.take_for_peer() {
+                let input = match m {
+                    ToPeer::Fence {
+                        epoch,
+                        shutdown,
+                        reason,
+                    } => Input::Fence {
+                        vpg,
+                        epoch,
+                        shutdown,
+                        reason,
+                    },
+                    ToPeer::Unfence { epoch } => Input::Unfence { vpg, epoch },
+                };
+                let actions = self.core.on(self.now(), input);
+                self.act(actions, wr).await?;
             }
         }
         Ok(())

@@ -85,7 +85,7 @@ pub struct ShipState {
 
 /// A member volume as the VPG sees it.
 #[derive(Debug, Clone)]
-struct Member {
+struct Attached {
     name: String,
     file: Option<Arc<File>>,
 }
@@ -95,7 +95,7 @@ pub struct Vpg {
     dir: PathBuf,
     /// The write side: capture, ordering, events, datastore failures, the throttle's hold.
     pub cap: Arc<VpgCapture>,
-    members: RwLock<BTreeMap<u32, Member>>,
+    members: RwLock<BTreeMap<u32, Attached>>,
     engine: Arc<Engine>,
     consumer: tokio::sync::Mutex<Option<Consumer<MmapStorage>>>,
     checkpoints: Mutex<VecDeque<CheckpointInfo>>,
@@ -105,6 +105,8 @@ pub struct Vpg {
     /// persisted in `vpgs/NAME/state.json`.
     lifecycle: Mutex<Lifecycle>,
     pub ship: Mutex<ShipState>,
+    /// The failover plan as last edited (`record.plan` is as the VPG was opened).
+    plan: Mutex<Plan>,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
     /// When this agent opened the VPG; its RPO is only judged once the link was up, or
@@ -175,6 +177,8 @@ fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentErro
                 sync,
                 paused: p.is_some_and(|p| p.paused),
                 initial_end_seq: None,
+                fenced: None,
+                epoch: 0,
             };
             save_lifecycle(dir, &l)?;
             Ok(l)
@@ -263,6 +267,53 @@ impl Vpg {
         }
         self.cap.wake_shipper();
         Ok(())
+    }
+
+    /// The VPG's generation: as created, or as a fence or an unfence from the recovery
+    /// site raised it.
+    pub fn epoch(&self) -> u64 {
+        self.record
+            .epoch
+            .max(self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).epoch)
+    }
+
+    /// Why writes are refused (a live failover runs the VPG at its recovery site), if so.
+    pub fn fenced(&self) -> Option<String> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).fenced.clone()
+    }
+
+    /// Takes the recovery site's word on a live failover into the state machine
+    /// (persisted and told), or says why not. The volumes are the registry's to fence.
+    pub(super) fn apply_fencing(&self, input: crate::protect::state::Fencing) -> Result<(), String> {
+        let actions = {
+            let mut g = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
+            let (next, actions) = crate::protect::state::fence_step(&g, input)?;
+            if actions.contains(&Action::Persist)
+                && let Err(e) = save_lifecycle(&self.dir, &next)
+            {
+                return Err(format!("cannot record the VPG's new state: {e}"));
+            }
+            *g = next;
+            actions
+        };
+        for a in actions {
+            if let Action::Event(e) = a {
+                self.event(e);
+            }
+        }
+        self.cap.wake_shipper();
+        Ok(())
+    }
+
+    /// The failover plan (members, boot order, scripts) as it stands.
+    pub fn plan(&self) -> Plan {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_plan(&self, plan: Plan) {
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan;
+        // The shipper tells the recovery site.
+        self.cap.wake_shipper();
     }
 
     pub fn is_paused(&self) -> bool {

@@ -163,6 +163,7 @@ impl Vpgs {
             .values()
             .map(|v| {
                 let mut r = v.record.clone();
+                r.plan = v.plan();
                 if let Some(p) = &mut r.protection {
                     p.paused = v.is_paused();
                 }
@@ -296,6 +297,7 @@ impl Vpgs {
         lifecycle: Lifecycle,
     ) -> Arc<Vpg> {
         let record_name = record.name.clone();
+        let plan = record.plan.clone();
         let vpg = Arc::new(Vpg {
             members: RwLock::new(
                 record
@@ -305,7 +307,7 @@ impl Vpgs {
                     .map(|(i, v)| {
                         (
                             i as u32 + 1,
-                            Member {
+                            Attached {
                                 name: v.clone(),
                                 file: None,
                             },
@@ -328,6 +330,7 @@ impl Vpgs {
             cfg: self.cfg.clone(),
             lifecycle: Mutex::new(lifecycle),
             ship: Mutex::new(ShipState::default()),
+            plan: Mutex::new(plan),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             opened_ms: now_ms(),
             link_seen: std::sync::atomic::AtomicBool::new(false),
@@ -357,11 +360,15 @@ impl Vpgs {
     /// Connects each member volume that is online to the VPG: its writes are captured from
     /// now on.
     fn attach_all(&self, vpg: &Arc<Vpg>) {
+        let fenced = vpg.fenced();
         let mut members = vpg.members.write().unwrap_or_else(|e| e.into_inner());
         for (&id, m) in members.iter_mut() {
             match self.volumes.get(&m.name) {
                 Some(v) => {
                     m.file = Some(v.file());
+                    if let Some(why) = &fenced {
+                        v.fence(why.clone());
+                    }
                     v.set_member(Some((vpg.cap.clone(), id)));
                 }
                 None => {
@@ -374,6 +381,28 @@ impl Vpgs {
                 }
             }
         }
+    }
+
+    /// The VPG whose journal (and stream) is `ring_id`.
+    pub fn by_ring(&self, ring_id: u64) -> Option<Arc<Vpg>> {
+        self.all().into_iter().find(|v| v.record.ring_id == ring_id)
+    }
+
+    /// The recovery site's word on a live failover of `vpg`: fenced, its volumes refuse
+    /// writes from now on (reads go on); unfenced, they take writes again. Refused for a
+    /// stale epoch.
+    pub fn fencing(&self, vpg: &Arc<Vpg>, input: crate::protect::state::Fencing) -> Result<(), String> {
+        vpg.apply_fencing(input)?;
+        let fenced = vpg.fenced();
+        for name in &vpg.record.volumes {
+            if let Some(v) = self.volumes.get(name) {
+                match &fenced {
+                    Some(why) => v.fence(why.clone()),
+                    None => v.unfence(),
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Vpg>, AgentError> {
@@ -428,6 +457,28 @@ impl Vpgs {
         Ok(vpg.status())
     }
 
+    /// Changes a VPG's failover plan (members, boot order, scripts, networks); it travels
+    /// to the recovery site in the stream.
+    pub async fn edit(&self, name: &str, edit: &PlanEdit) -> Result<VpgStatus, AgentError> {
+        let _g = self.change.lock().await;
+        self.check_frozen()?;
+        let vpg = self.get(name)?;
+        if edit.is_empty() {
+            return Err(AgentError::Refused(
+                "nothing to change: give --member, --boot-delay, --pre-script, --post-script, --script-timeout, --test-network or --failover-network".into(),
+            ));
+        }
+        let next = edit.apply(&vpg.plan(), &vpg.record.volumes)?;
+        let before = vpg.plan();
+        vpg.set_plan(next);
+        if let Err(e) = self.save(&self.records()) {
+            vpg.set_plan(before);
+            return Err(e);
+        }
+        vpg.event("failover plan changed (`ferry vpg show` lists it)".into());
+        Ok(vpg.status())
+    }
+
     /// The VPG a volume is in, if any.
     pub fn vpg_of(&self, volume: &str) -> Option<String> {
         self.records()
@@ -442,9 +493,11 @@ impl Vpgs {
         volumes: &[String],
         journal_bytes: Option<u64>,
         protect: Option<&ProtectArgs>,
+        plan: &PlanEdit,
     ) -> Result<VpgStatus, AgentError> {
         check_vpg_name(name)?;
         let protection = protect.map(|p| p.check()).transpose()?;
+        let plan = plan.apply(&Plan::default(), volumes)?;
         let _g = self.change.lock().await;
         self.check_frozen()?;
         if self.vpgs.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
@@ -489,6 +542,7 @@ impl Vpgs {
             created_unix_ms: now_ms(),
             lineage: Lineage::new()?,
             epoch: 1,
+            plan,
             protection,
         };
         let dir = self.dir(name);

@@ -4,6 +4,8 @@
 
 use super::*;
 
+pub use ferry_proto::message::{Member, Plan};
+
 /// One VPG as the registry keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VpgRecord {
@@ -23,6 +25,123 @@ pub struct VpgRecord {
     /// Replication to a recovery site; none: capture only.
     #[serde(default)]
     pub protection: Option<Protection>,
+    /// How the recovery site brings it up: members in boot order, scripts, networks.
+    #[serde(default)]
+    pub plan: Plan,
+}
+
+/// Changes to a VPG's failover plan (`ferry vpg create` and `ferry vpg edit`): what is
+/// given replaces what was; an empty string clears a script or network.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PlanEdit {
+    #[serde(default)]
+    pub members: Option<Vec<Member>>,
+    #[serde(default)]
+    pub boot_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub pre_script: Option<String>,
+    #[serde(default)]
+    pub post_script: Option<String>,
+    #[serde(default)]
+    pub script_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub test_network: Option<String>,
+    #[serde(default)]
+    pub failover_network: Option<String>,
+}
+
+/// A boot delay longer than this is surely a mistake.
+pub const BOOT_DELAY_MAX_MS: u64 = 3_600_000;
+
+impl PlanEdit {
+    pub fn is_empty(&self) -> bool {
+        self.members.is_none()
+            && self.boot_delay_ms.is_none()
+            && self.pre_script.is_none()
+            && self.post_script.is_none()
+            && self.script_timeout_s.is_none()
+            && self.test_network.is_none()
+            && self.failover_network.is_none()
+    }
+
+    /// `plan` with these changes, checked against the VPG's `volumes`: members are named,
+    /// each once, of the VPG's volumes, none of which is in two members.
+    pub fn apply(&self, plan: &Plan, volumes: &[String]) -> Result<Plan, AgentError> {
+        let refuse = |m: String| Err(AgentError::Refused(m));
+        let mut next = plan.clone();
+        if let Some(members) = &self.members {
+            let mut names = std::collections::BTreeSet::new();
+            let mut taken = std::collections::BTreeMap::new();
+            for m in members {
+                if m.name.is_empty() || m.name.contains(['=', ',', '/']) || m.volumes.is_empty() {
+                    return refuse(format!(
+                        "--member {:?}: give it as NAME=VOLUME[,VOLUME…] (a name without '=', ',' or '/', and at least one volume)",
+                        m.name
+                    ));
+                }
+                if !names.insert(m.name.as_str()) {
+                    return refuse(format!("member {:?} is named twice", m.name));
+                }
+                for v in &m.volumes {
+                    if !volumes.contains(v) {
+                        return refuse(format!(
+                            "member {:?}: {v:?} is not a volume of this VPG ({})",
+                            m.name,
+                            volumes.join(", ")
+                        ));
+                    }
+                    if let Some(other) = taken.insert(v.as_str(), m.name.as_str()) {
+                        return refuse(format!(
+                            "volume {v:?} is in members {other:?} and {:?}; a volume starts with one member",
+                            m.name
+                        ));
+                    }
+                }
+            }
+            next.members = members.clone();
+        }
+        if let Some(d) = self.boot_delay_ms {
+            if d > BOOT_DELAY_MAX_MS {
+                return refuse(format!("--boot-delay {} s is over an hour", d / 1000));
+            }
+            next.boot_delay_ms = d;
+        }
+        if let Some(t) = self.script_timeout_s {
+            if t == 0 {
+                return refuse("--script-timeout must be at least one second".into());
+            }
+            next.script_timeout_s = t;
+        }
+        for (to, from) in [
+            (&mut next.pre_script, &self.pre_script),
+            (&mut next.post_script, &self.post_script),
+            (&mut next.test_network, &self.test_network),
+            (&mut next.failover_network, &self.failover_network),
+        ] {
+            if let Some(v) = from {
+                if v.len() > 4096 || v.contains('\0') {
+                    return refuse(format!("{v:?} is too long or holds a NUL byte"));
+                }
+                *to = v.trim().to_string();
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// The members of `plan` in boot order, each with its volumes: those named, then each
+/// volume of `volumes` in none as a member of its own (named after it).
+pub fn boot_order(plan: &Plan, volumes: &[String]) -> Vec<Member> {
+    let mut out: Vec<Member> = plan.members.clone();
+    for v in volumes {
+        if !out.iter().any(|m| m.volumes.contains(v)) {
+            out.push(Member {
+                name: v.clone(),
+                volumes: vec![v.clone()],
+            });
+        }
+    }
+    out
 }
 
 fn first_epoch() -> u64 {

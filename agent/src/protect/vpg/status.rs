@@ -31,6 +31,9 @@ pub struct VpgStatus {
     pub journal: JournalStatus,
     pub last_checkpoint: Option<CheckpointInfo>,
     pub checkpoints: Vec<CheckpointInfo>,
+    /// Members in boot order, scripts and networks of a failover.
+    #[serde(default)]
+    pub plan: Plan,
     pub events: Vec<Event>,
     /// Replication, for a protected VPG.
     #[serde(default)]
@@ -160,7 +163,13 @@ impl Vpg {
             meeting_sla: protection.as_ref().is_some_and(|p| p.meeting_sla),
         };
         let state_kind = shown(&self.lifecycle(), &live);
+        let fenced = self.fenced();
         let state = match (state_kind, &datastore_error) {
+            (VpgState::Fenced, _) => format!(
+                "fenced at epoch {}: {}",
+                self.epoch(),
+                fenced.as_deref().unwrap_or("the VPG runs at its recovery site")
+            ),
             (VpgState::Error, Some(d)) => format!(
                 "error: datastore I/O failed ({}; {} time(s), last {} s ago): those writes were refused to the client and not shipped",
                 d.message,
@@ -177,7 +186,8 @@ impl Vpg {
             format: STATUS_FORMAT_VERSION,
             name: self.record.name.clone(),
             lineage: self.record.lineage,
-            epoch: self.record.epoch,
+            epoch: self.epoch(),
+            plan: self.plan(),
             state_kind: Some(state_kind),
             state,
             volumes: self

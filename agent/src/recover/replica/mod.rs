@@ -54,10 +54,12 @@ use crate::recover::state::{self, Life, ReplicaState};
 mod aging;
 mod index;
 mod pins;
+mod role;
 
 use index::VolumeIndex;
 pub use pins::Pin;
 use pins::Pins;
+pub use role::ToPeer;
 
 /// A segment is closed and a new one begun past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -75,6 +77,14 @@ pub struct ReplicaMeta {
     /// The protected site as last seen.
     #[serde(default)]
     pub peer: Option<PeerSeen>,
+    /// The VPG runs here since a live failover at this epoch (needing commit, or
+    /// committed): a protected site of an older epoch is told to fence itself.
+    #[serde(default)]
+    pub runs_here: Option<u64>,
+    /// A live failover at this epoch was rolled back: the protected site, at an older
+    /// epoch, is told to take this one and write again.
+    #[serde(default)]
+    pub unfence_due: Option<u64>,
 }
 
 /// A protected site as the recovery site saw it open a VPG: where from, and which pairing
@@ -165,6 +175,8 @@ pub struct Replica {
     last_received_ms: Mutex<u64>,
     /// Its state machine ([`crate::recover::state`]): sessions, the apply, deleted.
     life: Mutex<Life>,
+    /// What a live failover has for the protected site, and its answer.
+    role: role::Role,
 }
 
 /// A replication session's hold on a replica (see [`Replica::in_session`]).
@@ -264,6 +276,8 @@ impl Replica {
             applying_until: 0,
             created_unix_ms: now_ms(),
             peer: Some(peer.clone()),
+            runs_here: None,
+            unfence_due: None,
         };
         crate::meta::store(dir, &Self::meta_path(dir), crate::meta::REPLICA, &meta)?;
         Self::open(dir)
@@ -314,6 +328,7 @@ impl Replica {
             events: EventLog::default(),
             last_received_ms: Mutex::new(0),
             life: Mutex::new(Life::default()),
+            role: role::Role::default(),
         };
         r.load_history(meta.applied_seq)?;
         if meta.applying_until > meta.applied_seq {
@@ -443,70 +458,6 @@ impl Replica {
     /// It was deleted: a session must stop writing to it and let it go.
     pub fn is_removed(&self) -> bool {
         self.life().deleted
-    }
-
-    /// A protected site opens this replica again with `spec`: the lineage must be the
-    /// replica's (a replica made before lineages takes the first it is sent) and the epoch
-    /// no older than the replica's. A newer epoch and the peer as seen now are recorded.
-    /// Refusals and changes are events of the replica.
-    pub fn admit(&self, spec: &VpgSpec, peer: &PeerSeen) -> Result<(), String> {
-        let mut events = Vec::new();
-        let result = {
-            let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-            let have = Lineage(meta.spec.lineage);
-            let theirs = Lineage(spec.lineage);
-            if have.is_known() && have != theirs {
-                Err(format!(
-                    "VPG {:?} from {} has lineage {theirs}, but this replica belongs to lineage {have}: it is another VPG of the same name. Delete this replica (`ferry replica delete {}`) to take the new VPG, or give the new VPG another name",
-                    spec.name, peer.address, spec.name
-                ))
-            } else if spec.epoch < meta.spec.epoch {
-                Err(format!(
-                    "VPG {:?} from {} is at epoch {}, older than this replica's {}: that site was failed over from and must not replicate here (resolve it there)",
-                    spec.name, peer.address, spec.epoch, meta.spec.epoch
-                ))
-            } else {
-                let mut next = meta.clone();
-                if !have.is_known() {
-                    events.push(format!(
-                        "lineage {theirs} recorded (the replica was made before lineages)"
-                    ));
-                }
-                if spec.epoch > meta.spec.epoch {
-                    events.push(format!("epoch {} → {}", meta.spec.epoch, spec.epoch));
-                }
-                if let Some(before) = &meta.peer
-                    && before.key_fingerprint != peer.key_fingerprint
-                {
-                    events.push(format!(
-                        "the protected site now proves pairing key {} (was {})",
-                        peer.key_fingerprint, before.key_fingerprint
-                    ));
-                }
-                next.spec.lineage = spec.lineage;
-                next.spec.epoch = next.spec.epoch.max(spec.epoch);
-                next.peer = Some(peer.clone());
-                self.save_meta(&next).map_err(|e| e.to_string())?;
-                *meta = next;
-                Ok(())
-            }
-        };
-        if let Err(why) = &result {
-            events.push(format!("refused: {why}"));
-        }
-        for e in events {
-            self.push_event(e);
-        }
-        result
-    }
-
-    /// The protected site as last seen.
-    pub fn peer(&self) -> Option<PeerSeen> {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner()).peer.clone()
-    }
-
-    pub fn spec(&self) -> VpgSpec {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner()).spec.clone()
     }
 
     /// Where the next batch must start.

@@ -36,6 +36,10 @@ pub fn name_of(m: &Message) -> &'static str {
         Message::Resync { .. } => "Resync",
         Message::SumsRequest { .. } => "SumsRequest",
         Message::Sums { .. } => "Sums",
+        Message::Settings { .. } => "Settings",
+        Message::Fence { .. } => "Fence",
+        Message::Fenced { .. } => "Fenced",
+        Message::Unfence { .. } => "Unfence",
     }
 }
 
@@ -50,7 +54,11 @@ pub fn vpg_of(m: &Message) -> u64 {
         | Message::Removed { vpg }
         | Message::Resync { vpg, .. }
         | Message::SumsRequest { vpg, .. }
-        | Message::Sums { vpg, .. } => *vpg,
+        | Message::Sums { vpg, .. }
+        | Message::Settings { vpg, .. }
+        | Message::Fence { vpg, .. }
+        | Message::Fenced { vpg, .. }
+        | Message::Unfence { vpg, .. } => *vpg,
         Message::Ping | Message::Pong => 0,
     }
 }

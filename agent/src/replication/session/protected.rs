@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use ferry_proto::message::{Message, VpgSpec};
+use ferry_proto::message::{Message, Plan, Shutdown, VpgSpec};
 
 use super::{Micros, name_of};
 
@@ -61,12 +61,33 @@ pub enum Input {
     },
     /// A delta sync of `vpg` starts: compare these volumes (id, size) region by region.
     StartDelta { vpg: u64, volumes: Vec<(u32, u64)> },
+    /// The VPG's failover plan changed: tell the recovery site (if the VPG is open; an
+    /// `Open` carries it otherwise).
+    Settings { vpg: u64, plan: Plan },
+    /// [`Action::Fence`] done: every record of `vpg` that will be sent is below
+    /// `final_seq`.
+    FenceDone { vpg: u64, epoch: u64, final_seq: u64 },
     /// Time passed.
     Tick,
 }
 
+// A `Message` with a VPG's spec (its plan) is large; these are made once per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// A live failover runs `vpg` at the recovery site at `epoch`: apply `shutdown`, fence
+    /// its volumes with `reason`; answer with [`Input::FenceDone`].
+    Fence {
+        vpg: u64,
+        epoch: u64,
+        shutdown: Shutdown,
+        reason: String,
+    },
+    /// The failover was rolled back: take `epoch` and take writes again.
+    Unfence {
+        vpg: u64,
+        epoch: u64,
+    },
     Send(Message),
     /// The recovery site holds `vpg` below `next_seq`: send from there. `resync` when it
     /// lost records this journal had released (every block is sent again, and no
@@ -291,6 +312,17 @@ impl ProtectedSession {
                 self.last_sent = now;
                 vec![]
             }
+            Input::Settings { vpg, plan } => match self.vpgs.get(&vpg) {
+                Some(s) if s.phase == Phase::Open => {
+                    self.last_sent = now;
+                    vec![Action::Send(Message::Settings { vpg, plan })]
+                }
+                _ => vec![],
+            },
+            Input::FenceDone { vpg, epoch, final_seq } => {
+                self.last_sent = now;
+                vec![Action::Send(Message::Fenced { vpg, epoch, final_seq })]
+            }
             Input::StartDelta { vpg, volumes } => {
                 if let Some(s) = self.vpgs.get_mut(&vpg) {
                     s.delta = Some(Delta {
@@ -392,6 +424,29 @@ impl ProtectedSession {
                     next_seq,
                     plain_bytes: plain,
                 }]
+            }
+            // Whatever the VPG's phase here: a fence answers an `Open` too.
+            Message::Fence {
+                vpg,
+                epoch,
+                shutdown,
+                reason,
+            } => {
+                if !self.vpgs.contains_key(&vpg) {
+                    return vec![];
+                }
+                vec![Action::Fence {
+                    vpg,
+                    epoch,
+                    shutdown,
+                    reason,
+                }]
+            }
+            Message::Unfence { vpg, epoch } => {
+                if !self.vpgs.contains_key(&vpg) {
+                    return vec![];
+                }
+                vec![Action::Unfence { vpg, epoch }]
             }
             Message::Refused { vpg, reason } => {
                 if !self.vpgs.contains_key(&vpg) {

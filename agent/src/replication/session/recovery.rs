@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ferry_proto::message::{Message, VpgSpec};
+use ferry_proto::message::{Message, Plan, Shutdown, VpgSpec};
 
 use super::Micros;
 
@@ -26,6 +26,8 @@ pub const ACK_EVERY: Micros = 50_000;
 pub const IDLE_TIMEOUT: Micros = 60_000_000;
 
 /// What the peer sent, or what the shell did.
+// A `Message` with a VPG's spec (its plan) is large; these are made once per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A control message from the peer.
@@ -48,6 +50,17 @@ pub enum Input {
     Removed { vpg: u64, name: String },
     /// [`Action::Remove`] done (the peer asked for it).
     RemoveDone { vpg: u64, result: Result<(), String> },
+    /// A live failover of `vpg` here: ask the protected site to fence it (sent whether or
+    /// not the VPG is open in this session: it also answers an `Open` of an older epoch).
+    Fence {
+        vpg: u64,
+        epoch: u64,
+        shutdown: Shutdown,
+        reason: String,
+    },
+    /// A live failover of `vpg` was rolled back: the protected site takes `epoch` and
+    /// writes again.
+    Unfence { vpg: u64, epoch: u64 },
     /// Time passed (the shell wakes at [`RecoverySession::deadline`]).
     Tick,
 }
@@ -80,6 +93,11 @@ pub enum Action {
     /// Delete the replica (the protected site deleted its VPG); answer with
     /// [`Input::RemoveDone`].
     Remove { vpg: u64 },
+    /// The protected site fenced `vpg` at `epoch`: it sends nothing at or past
+    /// `final_seq`.
+    Fenced { vpg: u64, epoch: u64, final_seq: u64 },
+    /// The VPG's failover plan changed at the protected site: keep it.
+    Settings { vpg: u64, plan: Plan },
     /// End the session: the peer broke the protocol or went silent.
     End(String),
 }
@@ -271,6 +289,18 @@ impl RecoverySession {
                 Ok(()) => Message::Removed { vpg },
                 Err(reason) => Message::Refused { vpg, reason },
             })],
+            Input::Fence {
+                vpg,
+                epoch,
+                shutdown,
+                reason,
+            } => vec![Action::Send(Message::Fence {
+                vpg,
+                epoch,
+                shutdown,
+                reason,
+            })],
+            Input::Unfence { vpg, epoch } => vec![Action::Send(Message::Unfence { vpg, epoch })],
             Input::Tick => {
                 if now.saturating_sub(self.last_heard) >= IDLE_TIMEOUT {
                     return vec![Action::End(format!(
@@ -297,6 +327,13 @@ impl RecoverySession {
                 vec![Action::Open(spec)]
             }
             Message::Ping => vec![Action::Send(Message::Pong)],
+            Message::Settings { vpg, plan } => match self.vpgs.get(&vpg) {
+                Some(Vpg::Open { .. }) => vec![Action::Settings { vpg, plan }],
+                Some(Vpg::Gone) => vec![],
+                _ => self.broke(format!("settings for VPG {vpg:#x}, which was not opened")),
+            },
+            // Answers a fence this side asked for; the shell matches it with the failover.
+            Message::Fenced { vpg, epoch, final_seq } => vec![Action::Fenced { vpg, epoch, final_seq }],
             Message::Pong => vec![],
             Message::Remove { vpg } => {
                 if self.vpgs.contains_key(&vpg) {

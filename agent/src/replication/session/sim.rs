@@ -200,7 +200,11 @@ impl World {
                     let j = &mut self.journals[idx(vpg)];
                     j.released = j.released.max(next_seq);
                 }
-                protected::Action::Compare { .. } | protected::Action::DeltaDone { .. } => {}
+                // No failover runs in the simulation (tests.rs drives fencing).
+                protected::Action::Compare { .. }
+                | protected::Action::DeltaDone { .. }
+                | protected::Action::Fence { .. }
+                | protected::Action::Unfence { .. } => {}
                 protected::Action::End(why) => {
                     self.cut(&why);
                     return;
@@ -249,7 +253,10 @@ impl World {
                 recovery::Action::Resync { vpg, from_seq } => {
                     rec.on(self.now, recovery::Input::Resynced { vpg, durable: from_seq })
                 }
-                recovery::Action::Sums { .. } | recovery::Action::Remove { .. } => vec![],
+                recovery::Action::Sums { .. }
+                | recovery::Action::Remove { .. }
+                | recovery::Action::Fenced { .. }
+                | recovery::Action::Settings { .. } => vec![],
                 recovery::Action::End(why) => {
                     self.cut(&why);
                     return;

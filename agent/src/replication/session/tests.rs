@@ -19,7 +19,116 @@ pub(super) fn spec(id: u64) -> VpgSpec {
         datastore: String::new(),
         history_secs: 60,
         history_bytes_max: 1 << 30,
+        plan: Default::default(),
     }
+}
+
+/// A live failover's messages through both cores: the recovery site's fence reaches the
+/// protected shell (whatever the VPG's phase), its answer comes back to the recovery
+/// shell; a plan change is sent only while the VPG is open; an unfence goes through.
+#[test]
+fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
+    use ferry_proto::message::{Plan, Shutdown};
+    let mut r = RecoverySession::new("p".into(), 0);
+    let fence = r.on(
+        0,
+        recovery::Input::Fence {
+            vpg: 1,
+            epoch: 2,
+            shutdown: Shutdown::Graceful,
+            reason: "runs at B".into(),
+        },
+    );
+    let recovery::Action::Send(m) = &fence[0] else {
+        panic!("{fence:?}")
+    };
+    // Announced, not open yet: the fence still applies (it may answer the Open).
+    let mut p = announced("r");
+    let plan = Plan {
+        boot_delay_ms: 5,
+        ..Default::default()
+    };
+    assert!(
+        p.on(
+            1,
+            protected::Input::Settings {
+                vpg: 1,
+                plan: plan.clone()
+            }
+        )
+        .is_empty(),
+        "the Open carries the plan"
+    );
+    let a = p.on(
+        1,
+        protected::Input::Message {
+            message: m.clone(),
+            journal: None,
+        },
+    );
+    assert_eq!(
+        a,
+        vec![protected::Action::Fence {
+            vpg: 1,
+            epoch: 2,
+            shutdown: Shutdown::Graceful,
+            reason: "runs at B".into()
+        }]
+    );
+    // A fence for a VPG not shipped here is ignored.
+    let other = Message::Fence {
+        vpg: 9,
+        epoch: 2,
+        shutdown: Shutdown::Force,
+        reason: String::new(),
+    };
+    assert!(
+        p.on(
+            1,
+            protected::Input::Message {
+                message: other,
+                journal: None
+            }
+        )
+        .is_empty()
+    );
+    let done = p.on(
+        2,
+        protected::Input::FenceDone {
+            vpg: 1,
+            epoch: 2,
+            final_seq: 77,
+        },
+    );
+    let protected::Action::Send(answer) = &done[0] else {
+        panic!("{done:?}")
+    };
+    // The recovery core passes the answer to its shell.
+    assert_eq!(
+        r.on(3, recovery::Input::Message(answer.clone())),
+        vec![recovery::Action::Fenced {
+            vpg: 1,
+            epoch: 2,
+            final_seq: 77
+        }]
+    );
+    let unfence = r.on(4, recovery::Input::Unfence { vpg: 1, epoch: 2 });
+    let recovery::Action::Send(u) = &unfence[0] else {
+        panic!("{unfence:?}")
+    };
+    assert_eq!(
+        p.on(
+            5,
+            protected::Input::Message {
+                message: u.clone(),
+                journal: None
+            }
+        ),
+        vec![protected::Action::Unfence { vpg: 1, epoch: 2 }]
+    );
+    // Settings from a peer for a VPG it never opened break the protocol.
+    let bad = r.on(6, recovery::Input::Message(Message::Settings { vpg: 1, plan }));
+    assert!(ends_naming_peer(&bad, "p"), "{bad:?}");
 }
 
 fn ends_naming_peer(actions: &[impl std::fmt::Debug], peer: &str) -> bool {

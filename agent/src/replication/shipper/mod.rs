@@ -170,7 +170,7 @@ impl Shipping {
         VpgSpec {
             id: v.record.ring_id,
             name: v.record.name.clone(),
-            epoch: v.record.epoch,
+            epoch: v.epoch(),
             lineage: v.record.lineage.0,
             // Sizes as the VPG's dirty maps know them: right even while a volume is offline.
             volumes: v
@@ -186,6 +186,7 @@ impl Shipping {
             datastore: p.recovery_datastore.clone(),
             history_secs: p.history_s,
             history_bytes_max: p.history_bytes_max,
+            plan: v.plan(),
         }
     }
 

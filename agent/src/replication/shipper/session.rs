@@ -11,6 +11,10 @@ use super::*;
 use crate::replication::session::protected::{self, Action, Input, JournalView, ProtectedSession};
 use crate::replication::session::{Micros, vpg_of};
 
+/// A graceful shutdown waits this long at most for writes in flight to settle.
+const GRACEFUL_SETTLE: Duration = Duration::from_secs(10);
+use ferry_proto::message::Shutdown;
+
 /// After an idle spell, how long records may gather before the first batch is built.
 const LINGER: Duration = Duration::from_millis(5);
 
@@ -31,6 +35,8 @@ pub(super) struct Shipped {
     skip_checkpoints_below: u64,
     batch_seq: u64,
     rate_mark: (Instant, u64),
+    /// The failover plan the recovery site was last sent.
+    plan_sent: ferry_proto::message::Plan,
 }
 
 pub(super) struct Session<'a> {
@@ -142,7 +148,13 @@ impl<'a> Session<'a> {
         }
         for v in now {
             let id = v.record.ring_id;
-            if self.vpgs.contains_key(&id) {
+            if let Some(sv) = self.vpgs.get_mut(&id) {
+                let plan = sv.vpg.plan();
+                if plan != sv.plan_sent {
+                    sv.plan_sent = plan.clone();
+                    let actions = self.core.on(self.now(), Input::Settings { vpg: id, plan });
+                    self.act(actions, wr).await?;
+                }
                 continue;
             }
             let weight =
@@ -162,6 +174,7 @@ impl<'a> Session<'a> {
                     released_at: Instant::now(),
                     batch_seq: 0,
                     rate_mark: (Instant::now(), 0),
+                    plan_sent: spec.plan.clone(),
                 },
             );
             let actions = self.core.on(self.now(), Input::Announce { spec, weight });
@@ -234,10 +247,75 @@ impl<'a> Session<'a> {
                     sv.skip_checkpoints_below = sv.vpg.journal_stats().next_seq;
                     info!(vpg = %sv.vpg.record.name, "delta sync comparison finished");
                 }
+                Action::Fence {
+                    vpg,
+                    epoch,
+                    shutdown,
+                    reason,
+                } => {
+                    let Some(sv) = self.vpgs.get(&vpg) else { continue };
+                    let v = sv.vpg.clone();
+                    let final_seq = self.fence(&v, epoch, shutdown, reason).await;
+                    let actions = self.core.on(self.now(), Input::FenceDone { vpg, epoch, final_seq });
+                    Box::pin(self.act(actions, wr)).await?;
+                }
+                Action::Unfence { vpg, epoch } => {
+                    let Some(sv) = self.vpgs.get(&vpg) else { continue };
+                    let v = sv.vpg.clone();
+                    match self
+                        .shipping
+                        .vpgs
+                        .fencing(&v, crate::protect::state::Fencing::Unfence { epoch })
+                    {
+                        Ok(()) => info!(vpg = %v.record.name, epoch, "unfenced: the failover was rolled back"),
+                        Err(why) => warn!(vpg = %v.record.name, epoch, %why, "unfence refused"),
+                    }
+                }
                 Action::End(why) => return Err(LinkError::Content(why)),
             }
         }
         Ok(())
+    }
+
+    /// A live failover at the recovery site: applies the shutdown policy to `v` and fences
+    /// it; the sequence below which everything it will send lies.
+    async fn fence(&self, v: &Arc<Vpg>, epoch: u64, shutdown: Shutdown, reason: String) -> u64 {
+        let name = v.record.name.clone();
+        if shutdown == Shutdown::None {
+            let msg = format!(
+                "live failover to {} at epoch {epoch} with shutdown none: production goes on writing here, and those writes are not part of the failover",
+                self.key.0
+            );
+            warn!(vpg = %name, "{msg}");
+            v.event(msg);
+            return v.journal_stats().next_seq;
+        }
+        if let Err(why) = self
+            .shipping
+            .vpgs
+            .fencing(v, crate::protect::state::Fencing::Fence { epoch, why: reason })
+        {
+            warn!(vpg = %name, epoch, %why, "fence refused");
+        }
+        if shutdown == Shutdown::Graceful {
+            // Writes that got past the fence settle (bounded), then a final checkpoint.
+            let until = Instant::now() + GRACEFUL_SETTLE;
+            while Instant::now() < until {
+                let st = v.journal_stats();
+                if st.settled_seq >= st.next_seq {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            match v.checkpoint("before failover") {
+                Ok(cp) => {
+                    info!(vpg = %name, seq = cp.seq, "final checkpoint before the failover");
+                    return cp.seq + 1;
+                }
+                Err(e) => warn!(vpg = %name, error = %e, "no final checkpoint before the failover"),
+            }
+        }
+        v.journal_stats().next_seq
     }
 
     /// The recovery site holds `vpg` below `next_seq`: read its journal from there (after
@@ -417,7 +495,7 @@ impl<'a> Session<'a> {
             kind: FrameKind::Batch,
             flags: if b.compressed { FLAG_ZSTD } else { 0 },
             vpg: id,
-            epoch: sv.vpg.record.epoch,
+            epoch: sv.vpg.epoch(),
             batch_seq: sv.batch_seq,
             first_seq: b.first_seq,
             record_count: (b.end_seq - b.first_seq) as u32,

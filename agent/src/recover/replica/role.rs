@@ -1,0 +1,202 @@
+//! A replica's part in a live failover: the epoch the VPG runs at, whether it runs here
+//! (a live failover, needing commit or committed) or must be handed back (rolled back),
+//! what the protected site is to be told (fence, unfence) and its answer. The session
+//! (`replication::receiver`) carries the messages; `failover` decides.
+
+use super::*;
+
+/// What the recovery site has to tell the protected site about a live failover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToPeer {
+    Fence {
+        epoch: u64,
+        shutdown: ferry_proto::message::Shutdown,
+        reason: String,
+    },
+    Unfence {
+        epoch: u64,
+    },
+}
+
+/// Messages waiting for a session, and the protected site's answer to a fence.
+#[derive(Debug, Default)]
+pub(super) struct Role {
+    to_peer: Mutex<Vec<ToPeer>>,
+    /// (epoch, final sequence) of the last `Fenced` from the protected site.
+    fenced: std::sync::OnceLock<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
+}
+
+impl Role {
+    fn fenced(&self) -> &tokio::sync::watch::Sender<Option<(u64, u64)>> {
+        self.fenced.get_or_init(|| tokio::sync::watch::Sender::new(None))
+    }
+}
+
+impl Replica {
+    /// A protected site opens this replica again with `spec`: the lineage must be the
+    /// replica's (a replica made before lineages takes the first it is sent) and the epoch
+    /// no older than the replica's. A newer epoch and the peer as seen now are recorded.
+    /// Refusals and changes are events of the replica.
+    pub fn admit(&self, spec: &VpgSpec, peer: &PeerSeen) -> Result<(), String> {
+        let mut events = Vec::new();
+        let result = {
+            let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            let have = Lineage(meta.spec.lineage);
+            let theirs = Lineage(spec.lineage);
+            if have.is_known() && have != theirs {
+                Err(format!(
+                    "VPG {:?} from {} has lineage {theirs}, but this replica belongs to lineage {have}: it is another VPG of the same name. Delete this replica (`ferry replica delete {}`) to take the new VPG, or give the new VPG another name",
+                    spec.name, peer.address, spec.name
+                ))
+            } else if spec.epoch < meta.spec.epoch && meta.unfence_due != Some(meta.spec.epoch) {
+                Err(format!(
+                    "VPG {:?} from {} is at epoch {}, older than this replica's {}: that site was failed over from and must not replicate here (resolve it there)",
+                    spec.name, peer.address, spec.epoch, meta.spec.epoch
+                ))
+            } else {
+                let mut next = meta.clone();
+                if !have.is_known() {
+                    events.push(format!(
+                        "lineage {theirs} recorded (the replica was made before lineages)"
+                    ));
+                }
+                if spec.epoch > meta.spec.epoch {
+                    events.push(format!("epoch {} → {}", meta.spec.epoch, spec.epoch));
+                }
+                if let Some(before) = &meta.peer
+                    && before.key_fingerprint != peer.key_fingerprint
+                {
+                    events.push(format!(
+                        "the protected site now proves pairing key {} (was {})",
+                        peer.key_fingerprint, before.key_fingerprint
+                    ));
+                }
+                next.spec.lineage = spec.lineage;
+                next.spec.epoch = next.spec.epoch.max(spec.epoch);
+                next.spec.plan = spec.plan.clone();
+                next.peer = Some(peer.clone());
+                // The protected site took the epoch of a rolled-back failover.
+                if next.unfence_due.is_some_and(|e| spec.epoch >= e) {
+                    next.unfence_due = None;
+                }
+                self.save_meta(&next).map_err(|e| e.to_string())?;
+                *meta = next;
+                Ok(())
+            }
+        };
+        if let Err(why) = &result {
+            events.push(format!("refused: {why}"));
+        }
+        for e in events {
+            self.push_event(e);
+        }
+        result
+    }
+
+    /// The protected site as last seen.
+    pub fn peer(&self) -> Option<PeerSeen> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).peer.clone()
+    }
+
+    pub fn spec(&self) -> VpgSpec {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).spec.clone()
+    }
+
+    /// A live failover here: the epoch is raised, and from now on the VPG runs here (a
+    /// protected site of an older epoch is told to fence itself). The new epoch.
+    pub fn raise_epoch(&self) -> Result<u64, AgentError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = meta.clone();
+        next.spec.epoch += 1;
+        next.runs_here = Some(next.spec.epoch);
+        next.unfence_due = None;
+        self.save_meta(&next)?;
+        *meta = next;
+        Ok(meta.spec.epoch)
+    }
+
+    /// The live failover was rolled back: the VPG runs at its protected site again, which
+    /// is told (now, or when it next connects) to take the epoch and write again.
+    pub fn hand_back(&self) -> Result<u64, AgentError> {
+        let epoch = {
+            let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = meta.clone();
+            next.runs_here = None;
+            next.unfence_due = Some(next.spec.epoch);
+            self.save_meta(&next)?;
+            *meta = next;
+            meta.spec.epoch
+        };
+        let mut q = self.role.to_peer.lock().unwrap_or_else(|e| e.into_inner());
+        q.retain(|m| !matches!(m, ToPeer::Fence { .. }));
+        q.push(ToPeer::Unfence { epoch });
+        Ok(epoch)
+    }
+
+    /// The epoch of the live failover that runs the VPG here, if one does.
+    pub fn runs_here(&self) -> Option<u64> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).runs_here
+    }
+
+    /// What to answer a protected site that opens the VPG at `their_epoch`: a fence (the
+    /// VPG runs here at a newer epoch), with its reason.
+    pub fn fence_answer(&self, their_epoch: u64) -> Option<(u64, String)> {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let e = meta.runs_here?;
+        (their_epoch < e).then(|| {
+            (
+                e,
+                format!(
+                    "VPG {:?} runs at its recovery site since a live failover (epoch {e}); this site was fenced so that the two never both write",
+                    meta.spec.name
+                ),
+            )
+        })
+    }
+
+    /// The epoch a protected site at `their_epoch` is to take (a rolled-back failover).
+    pub fn unfence_answer(&self, their_epoch: u64) -> Option<u64> {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        meta.unfence_due.filter(|&e| their_epoch < e)
+    }
+
+    /// Queues a message for the protected site (the session delivers it; see
+    /// [`crate::recover::replicas::Replicas::nudge`]).
+    pub fn tell_peer(&self, m: ToPeer) {
+        self.role.to_peer.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+    }
+
+    /// The messages waiting for the protected site.
+    pub fn take_for_peer(&self) -> Vec<ToPeer> {
+        std::mem::take(&mut *self.role.to_peer.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The protected site fenced the VPG at `epoch`: it sends nothing at or past
+    /// `final_seq`.
+    pub fn note_peer_fenced(&self, epoch: u64, final_seq: u64) {
+        self.role.fenced().send_replace(Some((epoch, final_seq)));
+        self.push_event(format!(
+            "the protected site fenced the VPG at epoch {epoch}; its stream ends before seq {final_seq}"
+        ));
+    }
+
+    /// Watches the protected site's answers to fences.
+    pub fn peer_fenced(&self) -> tokio::sync::watch::Receiver<Option<(u64, u64)>> {
+        self.role.fenced().subscribe()
+    }
+
+    /// The failover plan changed at the protected site.
+    pub fn set_plan(&self, plan: ferry_proto::message::Plan) -> Result<(), AgentError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if meta.spec.plan == plan {
+            return Ok(());
+        }
+        let mut next = meta.clone();
+        next.spec.plan = plan;
+        self.save_meta(&next)?;
+        *meta = next;
+        drop(meta);
+        self.push_event("the failover plan changed at the protected site".into());
+        Ok(())
+    }
+}
