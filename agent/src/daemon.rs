@@ -407,7 +407,20 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         replicas_loading: true,
         metadata_problems: vec![],
         failover_tests: vec![],
+        live_failovers: vec![],
     };
+    let failover = crate::failover::Failover::new(exports.clone(), {
+        let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
+        let sock = cfg.state_dir.join("nbd.sock");
+        Box::new(move |name: &str| match &base {
+            Some(l) => format!("{l}/{name}"),
+            None => format!("nbd+unix:///{name}?socket={}", sock.display()),
+        })
+    });
+    // Live failovers the last run left: their names are held back before NBD serves
+    // anything, and served again once the replicas are loaded.
+    failover.hold_names_on_start();
+    tokio::spawn(failover.clone().resume_live());
     let api = tokio::spawn(
         axum::serve(
             control,
@@ -416,14 +429,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                 vpgs.clone(),
                 exports.clone(),
                 shipping,
-                crate::failover::Failover::new(exports.clone(), {
-                    let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
-                    let sock = cfg.state_dir.join("nbd.sock");
-                    Box::new(move |name: &str| match &base {
-                        Some(l) => format!("{l}/{name}"),
-                        None => format!("nbd+unix:///{name}?socket={}", sock.display()),
-                    })
-                }),
+                failover.clone(),
                 status,
             ),
         )

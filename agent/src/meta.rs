@@ -135,6 +135,12 @@ pub const TEST_REPORTS: MetaKind = MetaKind {
     version: 1,
 };
 
+/// `replicas/NAME/live-failover.json`: a live failover of the VPG at this site.
+pub const LIVE_FAILOVER: MetaKind = MetaKind {
+    name: "live-failover",
+    version: 1,
+};
+
 /// Writes `value` as a metadata file of `kind`: enveloped, atomically, keeping the copy
 /// it replaces as `PATH.prev` (read when the file itself is damaged or gone).
 pub fn store<T: Serialize>(dir: &Path, path: &Path, kind: MetaKind, value: &T) -> Result<(), AgentError> {

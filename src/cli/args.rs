@@ -265,6 +265,43 @@ pub(super) enum FailoverCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Fail a VPG over for real, at the recovery site: the protected site is shut down
+    /// and fenced (if reachable), the epoch raised, and each volume served read-write
+    /// under its production name from the checkpoint, member by member. It then needs
+    /// commit (or rollback).
+    Live {
+        vpg: String,
+        /// A sequence number, a tag, a time (UTC), or latest (after a graceful shutdown:
+        /// the final checkpoint it took).
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+        /// What happens when --commit-after has passed: none, auto-commit, auto-rollback.
+        #[arg(long, default_value = "none")]
+        commit_policy: String,
+        /// When the commit policy acts, e.g. 60m (default 60m).
+        #[arg(long)]
+        commit_after: Option<String>,
+        /// At the protected site: graceful (writes in flight finish and are shipped, a
+        /// final checkpoint), force (writes stop at once), none (production goes on).
+        #[arg(long, default_value = "graceful")]
+        shutdown: String,
+    },
+    /// Make a live failover final: its volumes become this agent's volumes, copied in the
+    /// background while served (the command shows the progress).
+    Commit {
+        vpg: String,
+        /// Return at once (`ferry failover status` shows the progress).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Undo a live failover: its exports close, what was written to them is discarded,
+    /// and the protected site takes writes again; replication resumes where it stopped.
+    Rollback { vpg: String },
+    /// Live failovers at this site: needing commit (with the timer), committing, committed.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

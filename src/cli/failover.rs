@@ -6,7 +6,10 @@ use super::args::FailoverCmd;
 use super::client::Client;
 use super::export_uri;
 use ferry_agent::failover::verify::VerifyState;
-use ferry_agent::failover::{Outcome, StopRequest, TestReport, TestRequest, TestRunning};
+use ferry_agent::failover::{
+    CommitPolicy, LiveFailover, LivePhase, LiveRequest, Outcome, ShutdownPolicy, StopRequest, TestReport,
+    TestRequest, TestRunning,
+};
 use ferry_agent::size::{human, parse_size, utc};
 
 /// Waits for the test's verification and prints its outcome (and, with `stop_after`, waits
@@ -78,9 +81,160 @@ async fn wait_verify(c: &Client, vpg: &str, stop_after: bool) -> Result<(), Stri
     }
 }
 
+/// A live failover in a few lines: phase, timer, exports, protected site, warnings, steps.
+pub(super) fn print_live(l: &LiveFailover, s: &ferry_agent::api::AgentStatus) {
+    let phase = match l.phase {
+        LivePhase::NeedsCommit => match l.commit_at_unix_ms {
+            Some(at) => format!(
+                "NEEDS COMMIT ({} at {}, in {} min)",
+                match l.commit_policy {
+                    CommitPolicy::AutoRollback => "automatic rollback",
+                    _ => "automatic commit",
+                },
+                utc(at),
+                at.saturating_sub(ferry_agent::clock::now_ms()) / 60_000
+            ),
+            None => "NEEDS COMMIT (`ferry failover commit` or `rollback`)".into(),
+        },
+        LivePhase::Committing => {
+            let p = l.commit.clone().unwrap_or_default();
+            format!(
+                "COMMITTING: {} of {} copied",
+                human(p.copied_bytes),
+                human(p.total_bytes)
+            )
+        }
+        LivePhase::Committed => "COMMITTED: its volumes are this agent's".into(),
+        LivePhase::RolledBack => "rolled back".into(),
+    };
+    println!(
+        "LIVE FAILOVER of VPG {} at checkpoint {} (epoch {}): {phase}",
+        l.vpg,
+        super::checkpoint_words(&l.checkpoint),
+        l.epoch
+    );
+    if l.phase != LivePhase::RolledBack {
+        println!("  served in {:.0} ms under the production names:", l.ready_after_ms);
+        for (vol, name) in &l.exports {
+            println!("    {vol}: {}", export_uri(s, name));
+        }
+    }
+    println!("  protected site: {}", l.protected_site);
+    if let Some(p) = &l.commit
+        && p.done_unix_ms.is_some()
+    {
+        println!(
+            "  commit: {} in {} passes at {}/s; longest client pause {:.1} ms",
+            human(p.total_bytes),
+            p.passes,
+            human(p.rate_bytes_per_s as u64),
+            p.longest_pause_ms
+        );
+    }
+    for w in &l.warnings {
+        println!("  WARNING: {w}");
+    }
+    for st in &l.steps {
+        println!("    {} {}: {}", if st.ok { "ok  " } else { "FAIL" }, st.what, st.detail);
+    }
+}
+
+async fn lives(c: &Client) -> Result<Vec<LiveFailover>, String> {
+    Ok(c
+        .call(Method::GET, "/v1/failover/live", None::<&()>)
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default())
+}
+
 pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
     let e = |e: super::client::ClientError| e.to_string();
     match cmd {
+        FailoverCmd::Live {
+            vpg,
+            checkpoint,
+            commit_policy,
+            commit_after,
+            shutdown,
+        } => {
+            let req = LiveRequest {
+                checkpoint,
+                commit_policy: CommitPolicy::parse(&commit_policy)?,
+                commit_after_s: commit_after.as_deref().map(super::parse_duration_s).transpose()?,
+                shutdown: ShutdownPolicy::parse(&shutdown)?,
+            };
+            println!("failing VPG {vpg} over to this site (shutdown {shutdown}) …");
+            let l: LiveFailover = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/live"), Some(&req))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let s = super::agent_status(c).await?;
+            print_live(&l, &s);
+            println!("Decide with: ferry failover commit {vpg}   or   ferry failover rollback {vpg}");
+        }
+        FailoverCmd::Commit { vpg, no_wait } => {
+            let l: LiveFailover = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/commit"), None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            if no_wait {
+                println!("commit of VPG {vpg} started: the volumes are copied while served (`ferry failover status`)");
+                return Ok(());
+            }
+            let bar = indicatif::ProgressBar::new(l.commit.as_ref().map_or(0, |p| p.total_bytes).max(1));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("committing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+                    .expect("a valid template"),
+            );
+            let done = loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let Some(l) = lives(c).await?.into_iter().find(|l| l.vpg == vpg) else {
+                    return Err(format!("the live failover of {vpg} is gone"));
+                };
+                if let Some(p) = &l.commit {
+                    bar.set_length(p.total_bytes.max(1));
+                    bar.set_position(p.copied_bytes);
+                }
+                match l.phase {
+                    LivePhase::Committing => continue,
+                    LivePhase::Committed => break l,
+                    _ => {
+                        bar.abandon();
+                        let why = l.steps.last().map(|s| s.detail.clone()).unwrap_or_default();
+                        return Err(format!("the commit of {vpg} failed: {why}"));
+                    }
+                }
+            };
+            bar.finish_and_clear();
+            let s = super::agent_status(c).await?;
+            print_live(&done, &s);
+        }
+        FailoverCmd::Rollback { vpg } => {
+            let l: LiveFailover = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/rollback"), None::<&()>)
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            println!(
+                "live failover of VPG {vpg} rolled back: its exports here are closed and their writes discarded; the protected site takes writes again at epoch {} and replication resumes",
+                l.epoch
+            );
+        }
+        FailoverCmd::Status { json } => {
+            let ls = lives(c).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ls).expect("serialises"));
+            } else if ls.is_empty() {
+                println!("no live failover here");
+            } else {
+                let s = super::agent_status(c).await?;
+                for l in &ls {
+                    print_live(l, &s);
+                }
+            }
+        }
         FailoverCmd::Test {
             vpg,
             checkpoint,

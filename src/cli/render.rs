@@ -80,6 +80,9 @@ pub(super) fn print_status_vpgs(s: &AgentStatus) {
             human(t.scratch_max_bytes)
         );
     }
+    for l in &s.live_failovers {
+        super::failover::print_live(l, s);
+    }
 }
 
 pub(super) fn print_replica_line(r: &ReplicaStatus) {

@@ -6,13 +6,37 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{Api, ApiError};
-use crate::failover::{StopRequest, TestReport, TestRequest, TestRunning};
+use crate::failover::{LiveFailover, LiveRequest, StopRequest, TestReport, TestRequest, TestRunning};
 
 pub(super) fn routes(r: Router<Api>) -> Router<Api> {
     r.route("/v1/failover/tests", get(running_h))
         .route("/v1/failover/{vpg}/test", post(test_h))
         .route("/v1/failover/{vpg}/stop", post(stop_h))
         .route("/v1/failover/{vpg}/reports", get(reports_h))
+        .route("/v1/failover/live", get(lives_h))
+        .route("/v1/failover/{vpg}/live", post(live_h))
+        .route("/v1/failover/{vpg}/commit", post(commit_h))
+        .route("/v1/failover/{vpg}/rollback", post(rollback_h))
+}
+
+async fn lives_h(State(api): State<Api>) -> Json<Vec<LiveFailover>> {
+    Json(api.failover.lives())
+}
+
+async fn live_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<LiveRequest>,
+) -> Result<(StatusCode, Json<LiveFailover>), ApiError> {
+    Ok((StatusCode::CREATED, Json(api.failover.start_live(&vpg, &req).await?)))
+}
+
+async fn commit_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<LiveFailover>, ApiError> {
+    Ok(Json(api.failover.commit(&vpg).await?))
+}
+
+async fn rollback_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<LiveFailover>, ApiError> {
+    Ok(Json(api.failover.rollback(&vpg).await?))
 }
 
 async fn running_h(State(api): State<Api>) -> Json<Vec<TestRunning>> {

@@ -19,6 +19,10 @@
 //! | POST   | /v1/failover/{vpg}/stop | `StopRequest` → `TestReport` |
 //! | GET    | /v1/failover/{vpg}/reports | `[TestReport]` |
 //! | GET    | /v1/failover/tests     | `[TestRunning]` |
+//! | POST   | /v1/failover/{vpg}/live | `LiveRequest` → `LiveFailover` (recovery site) |
+//! | POST   | /v1/failover/{vpg}/commit | → `LiveFailover` (the copy goes on in the background) |
+//! | POST   | /v1/failover/{vpg}/rollback | → `LiveFailover` |
+//! | GET    | /v1/failover/live      | `[LiveFailover]` |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -157,6 +161,9 @@ pub struct AgentStatus {
     /// Failover tests that run here.
     #[serde(default)]
     pub failover_tests: Vec<crate::failover::TestRunning>,
+    /// Live failovers here: needing commit, committing, or committed.
+    #[serde(default)]
+    pub live_failovers: Vec<crate::failover::LiveFailover>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -328,6 +335,7 @@ async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     s.replicas_loading = api.exports.replicas().check_loaded().is_err();
     s.metadata_problems = crate::meta::problems();
     s.failover_tests = api.failover.running();
+    s.live_failovers = api.failover.lives();
     Json(s)
 }
 

@@ -4,11 +4,13 @@
 //! [`overlay`]).
 
 pub mod overlay;
+pub mod switch;
 pub mod view;
 
 pub use view::View;
 
 use overlay::Overlay;
+use switch::Switch;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -59,6 +61,7 @@ pub enum Served {
     Volume(Arc<Volume>),
     View(Arc<View>),
     Overlay(Arc<overlay::Overlay<View>>),
+    Live(Arc<Switch>),
 }
 
 macro_rules! both {
@@ -67,6 +70,7 @@ macro_rules! both {
             Served::Volume($e) => $body,
             Served::View($e) => $body,
             Served::Overlay($e) => $body,
+            Served::Live($e) => $body,
         }
     };
 }
@@ -148,6 +152,10 @@ pub struct Exports {
     views: RwLock<BTreeMap<String, ViewSet>>,
     /// Failover tests' overlays, by export name.
     overlays: RwLock<BTreeMap<String, Arc<Overlay<View>>>>,
+    /// Live failovers' volumes, by production name (found before this agent's volumes).
+    live: RwLock<BTreeMap<String, Arc<Switch>>>,
+    /// Names not served for now (a live failover not yet found again after a start).
+    reserved: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Exports {
@@ -158,7 +166,42 @@ impl Exports {
             pool,
             views: RwLock::new(BTreeMap::new()),
             overlays: RwLock::new(BTreeMap::new()),
+            live: RwLock::new(BTreeMap::new()),
+            reserved: RwLock::new(std::collections::BTreeSet::new()),
         })
+    }
+
+    /// Serves nothing under `name` until [`Exports::unreserve`].
+    pub fn reserve(&self, name: &str) {
+        self.reserved.write().unwrap_or_else(|e| e.into_inner()).insert(name.into());
+    }
+
+    pub fn unreserve(&self, name: &str) {
+        self.reserved.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    pub fn unreserve_all(&self) {
+        self.reserved.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
+    /// Serves a live failover's volume under its production name `name`.
+    pub fn add_live(&self, name: String, s: Arc<Switch>) {
+        self.live.write().unwrap_or_else(|e| e.into_inner()).insert(name, s);
+    }
+
+    /// Stops serving the live failover's volume `name` (new connections then find this
+    /// agent's volume of that name, if it has one).
+    pub fn remove_live(&self, name: &str) -> Option<Arc<Switch>> {
+        self.live.write().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+
+    /// Whether `name` is taken by a volume of this agent or a live failover.
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).contains_key(name) || self.volumes.get(name).is_some()
     }
 
     pub fn replicas(&self) -> &Arc<Replicas> {
@@ -307,6 +350,12 @@ impl Catalog for Exports {
     type Export = Served;
 
     fn open(&self, name: &str) -> Option<Arc<Served>> {
+        if self.reserved.read().unwrap_or_else(|e| e.into_inner()).contains(name) {
+            return None;
+        }
+        if let Some(s) = self.live.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Some(Arc::new(Served::Live(s.clone())));
+        }
         if let Some(v) = self.volumes.open(name) {
             return Some(Arc::new(Served::Volume(v)));
         }
@@ -320,7 +369,15 @@ impl Catalog for Exports {
     }
 
     fn list(&self) -> Vec<(String, String)> {
-        let mut out = Catalog::list(&*self.volumes);
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, String)> = Catalog::list(&*self.volumes)
+            .into_iter()
+            .filter(|(n, _)| !live.contains_key(n))
+            .collect();
+        for (name, s) in live.iter() {
+            out.push((name.clone(), s.info().description.clone()));
+        }
+        drop(live);
         for (e, vs) in self.views.read().unwrap_or_else(|e| e.into_inner()).values() {
             for ((_, name), v) in e.exports.iter().zip(vs) {
                 out.push((name.clone(), v.info.description.clone()));

@@ -11,6 +11,14 @@
 //! Writes take the overlay's write lock (a block's read-modify-write must not interleave
 //! with another write to the same block); it is held across the scratch file's I/O, and
 //! only writes wait on it. Reads take no lock.
+//!
+//! A live failover's overlay is *durable*: zeroes are written, never punched, so that the
+//! scratch file alone tells which blocks were written (its data extents) and the overlay
+//! can be opened again after a restart ([`Overlay::reopen`]). Its commit copies it out
+//! while it is served: every write marks its blocks *dirty*, the copy takes the dirty
+//! blocks pass after pass, and the last pass runs under the write lock, after which the
+//! overlay is *sealed* (its writes answer [`SEALED`]: the caller writes to where the
+//! volume went).
 
 use std::fs::File;
 use std::io;
@@ -26,6 +34,9 @@ use crate::io::{BufPool, IoBuf};
 
 /// The overlay's unit: a write of part of a block reads the rest of it first.
 pub const BLOCK: u64 = 4096;
+
+/// What a write to a sealed overlay answers (its volume was committed elsewhere).
+pub const SEALED: &str = "the overlay was sealed by its commit";
 
 /// What an overlay lies over: read-only bytes (a checkpoint view).
 pub trait Base: Send + Sync + 'static {
@@ -98,6 +109,8 @@ impl std::fmt::Debug for Budget {
 struct Map {
     present: Vec<u64>,
     counted: Vec<u64>,
+    /// Written since the last [`Overlay::take_dirty`].
+    dirty: Vec<u64>,
 }
 
 fn bit(v: &[u64], i: u64) -> bool {
@@ -126,6 +139,10 @@ pub struct Overlay<B: Base> {
     writing: tokio::sync::Mutex<()>,
     /// Stopped: every request fails (the test ended).
     closed: AtomicBool,
+    /// Zeroes are written, not punched (see the module's notes).
+    durable: bool,
+    /// Committed: writes answer [`SEALED`].
+    sealed: Arc<AtomicBool>,
 }
 
 impl<B: Base + std::fmt::Debug> Overlay<B> {
@@ -151,10 +168,119 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
             map: Arc::new(Mutex::new(Map {
                 present: vec![0; words],
                 counted: vec![0; words],
+                dirty: vec![0; words],
             })),
             writing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            durable: false,
+            sealed: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Makes it durable: zeroes are written, never punched (a live failover's overlay).
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+
+    /// A durable overlay's scratch file found again (after a restart): the blocks it holds
+    /// are its data extents.
+    pub fn reopen(
+        base: Arc<B>,
+        path: PathBuf,
+        info: ExportInfo,
+        pool: Arc<BufPool>,
+        budget: Arc<Budget>,
+    ) -> io::Result<Overlay<B>> {
+        let scratch = File::options().read(true).write(true).open(&path)?;
+        if scratch.metadata()?.len() != info.size_bytes {
+            scratch.set_len(info.size_bytes)?;
+        }
+        let words = info.size_bytes.div_ceil(BLOCK).div_ceil(64) as usize;
+        let mut present = vec![0u64; words];
+        let mut at = 0u64;
+        let mut held = 0u64;
+        while at < info.size_bytes {
+            let data = match rustix::fs::seek(&scratch, rustix::fs::SeekFrom::Data(at)) {
+                Ok(d) => d,
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let hole = rustix::fs::seek(&scratch, rustix::fs::SeekFrom::Hole(data))?.min(info.size_bytes);
+            for b in data / BLOCK..hole.div_ceil(BLOCK) {
+                set(&mut present, b, true);
+                held += 1;
+            }
+            at = hole.max(data + 1);
+        }
+        if !budget.take(held * BLOCK) {
+            return Err(io::Error::other(format!(
+                "{}: its {} bytes pass the overlay's bound",
+                path.display(),
+                held * BLOCK
+            )));
+        }
+        Ok(Overlay {
+            base,
+            scratch: Arc::new(scratch),
+            path,
+            info,
+            pool,
+            budget,
+            map: Arc::new(Mutex::new(Map {
+                counted: present.clone(),
+                present,
+                dirty: vec![0; words],
+            })),
+            writing: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+            durable: true,
+            sealed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `offset` as the overlay's clients see them (blocking).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        Self::read_blocking(&self.base, &self.scratch, &self.map, offset, buf)
+    }
+
+    /// The blocks written since the last call (and forgets them).
+    pub fn take_dirty(&self) -> Vec<u64> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (i, w) in m.dirty.iter_mut().enumerate() {
+            let mut bits = std::mem::take(w);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                out.push(i as u64 * 64 + b);
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
+    /// Runs `last` under the write lock (no write is under way, none starts), then seals
+    /// the overlay: writes that waited answer [`SEALED`]. `last`'s result.
+    pub async fn seal_after<R: Send + 'static>(
+        self: &Arc<Self>,
+        last: impl FnOnce(&Overlay<B>) -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let _w = self.writing.lock().await;
+        let me = self.clone();
+        let r = tokio::task::spawn_blocking(move || last(&me))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.sealed.store(true, Ordering::Release);
+        Ok(r)
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// The scratch file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Ends the overlay: its requests fail from now on and its scratch file is deleted
@@ -221,18 +347,23 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
     async fn write_range(&self, offset: u64, len: u64, data: Option<Vec<u8>>) -> ExportResult<()> {
         self.check_open()?;
         let _w = self.writing.lock().await;
+        if self.is_sealed() {
+            return Err(ExportError::new(Errno::ESHUTDOWN, SEALED));
+        }
         let (base, scratch, map, budget) = (
             self.base.clone(),
             self.scratch.clone(),
             self.map.clone(),
             self.budget.clone(),
         );
+        let durable = self.durable;
         let res = tokio::task::spawn_blocking(move || -> Result<(), ExportError> {
             let start = offset / BLOCK * BLOCK;
             let end = (offset + len).div_ceil(BLOCK) * BLOCK;
             let blocks = start / BLOCK..end / BLOCK;
             // Data blocks not yet counted take budget first.
-            let zero_whole = |b: u64| data.is_none() && b * BLOCK >= offset && (b + 1) * BLOCK <= offset + len;
+            let zero_whole =
+                |b: u64| !durable && data.is_none() && b * BLOCK >= offset && (b + 1) * BLOCK <= offset + len;
             let new: u64 = {
                 let m = map.lock().unwrap_or_else(|e| e.into_inner());
                 blocks
@@ -284,6 +415,7 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
             let mut freed = 0;
             for b in blocks {
                 set(&mut m.present, b, true);
+                set(&mut m.dirty, b, true);
                 let was = bit(&m.counted, b);
                 let now = !punched.contains(&b);
                 if was && !now {
@@ -376,6 +508,46 @@ mod tests {
         let mut v = vec![0; size];
         Pattern.read_base(0, &mut v).unwrap();
         v
+    }
+
+    #[tokio::test]
+    async fn a_durable_overlay_reopens_from_its_scratch_file_and_its_dirty_blocks_are_taken_once() {
+        let (o, _) = overlay(64 << 10, 1 << 20);
+        let o = Arc::new(o.durable());
+        write(&o, 100, &[0xaa; 10]).await.unwrap();
+        // Zeroes over whole blocks are written (they must survive a reopen as zeroes).
+        o.write_zeroes(
+            8192,
+            8192,
+            ZeroMode {
+                may_trim: true,
+                fast_only: false,
+                fua: false,
+            },
+        )
+        .await
+        .unwrap();
+        write(&o, 40960, &[0xbb; 4096]).await.unwrap();
+        assert_eq!(o.take_dirty(), vec![0, 2, 3, 10]);
+        assert!(o.take_dirty().is_empty(), "taken once");
+        let before = read_all(&o).await;
+        o.flush().await.unwrap();
+        let again = Overlay::reopen(
+            Arc::new(Pattern),
+            o.path.clone(),
+            ExportInfo::new(64 << 10),
+            BufPool::new(1 << 20),
+            Budget::new(1 << 20, Box::new(|_| {})),
+        )
+        .unwrap();
+        assert_eq!(read_all(&again).await, before);
+        assert_eq!(again.scratch_bytes(), 4 * BLOCK);
+        // Sealed: a write answers SEALED, and what the last pass read stays.
+        let n = o.seal_after(|o| o.take_dirty().len()).await.unwrap();
+        assert_eq!(n, 0);
+        let e = write(&o, 0, &[1; 512]).await.unwrap_err();
+        assert_eq!((e.errno, e.message.as_str()), (Errno::ESHUTDOWN, SEALED));
+        o.close().unwrap();
     }
 
     fn overlay(size: u64, budget: u64) -> (Overlay<Pattern>, Arc<std::sync::Mutex<Vec<String>>>) {

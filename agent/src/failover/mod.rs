@@ -19,7 +19,12 @@ use crate::clock::now_ms;
 use crate::error::AgentError;
 use crate::recover::replica::Replica;
 
+pub mod commit;
+pub mod live;
+pub mod plan;
 pub mod verify;
+
+pub use live::{CommitPolicy, LiveFailover, LivePhase, LiveRequest, ShutdownPolicy};
 
 use verify::{Verify, VerifyState};
 
@@ -130,6 +135,10 @@ pub struct Failover {
     next_id: std::sync::atomic::AtomicU64,
     /// The NBD URI of an export of this agent, by name.
     export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
+    /// Live failovers, by VPG (those committed here stay).
+    lives: Mutex<BTreeMap<String, Arc<live::Live>>>,
+    /// Held while a live failover starts, commits or rolls back.
+    live_op: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -158,7 +167,7 @@ impl Drop for TestMark {
     }
 }
 
-fn step(what: &str, ok: bool, detail: String) -> Step {
+pub(crate) fn step(what: &str, ok: bool, detail: String) -> Step {
     Step {
         what: what.into(),
         ok,
@@ -175,6 +184,8 @@ impl Failover {
             tests: Mutex::new(BTreeMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
             export_uri,
+            lives: Mutex::new(BTreeMap::new()),
+            live_op: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -189,6 +200,7 @@ impl Failover {
             ));
         }
         let _op = self.op.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_no_live(vpg)?;
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.tests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vpg) {
             return Err(AgentError::Conflict(format!(
@@ -196,6 +208,8 @@ impl Failover {
             )));
         }
         let (r, cp) = self.exports.checkpoint_of(vpg, &req.checkpoint)?;
+        let vpg_plan = r.spec().plan;
+        plan::check_scripts(&vpg_plan)?;
         let mut views = self.exports.views_at(&r, &cp)?;
         // The replica's state says a test runs (and refuses its deletion meanwhile).
         r.try_change(crate::recover::state::Input::TestStarted)
@@ -244,8 +258,57 @@ impl Failover {
                 }
             }
         }
-        for (_, export, o) in &overlays {
-            self.exports.add_overlay(export.clone(), o.clone());
+        // Member by member in boot order, with the plan's scripts.
+        let all: Vec<String> = r.spec().volumes.iter().map(|v| v.name.clone()).collect();
+        let chosen: Vec<String> = overlays.iter().map(|(v, _, _)| v.clone()).collect();
+        let members = plan::members(&vpg_plan, &all, &chosen);
+        let bring = plan::BringUp {
+            vpg,
+            operation: "test",
+            checkpoint: &cp,
+            plan: &vpg_plan,
+            log_dir: dir.clone(),
+            uri: &*self.export_uri,
+        };
+        let brought = bring.run(
+            &members,
+            |m| {
+                overlays
+                    .iter()
+                    .filter(|(v, _, _)| m.volumes.contains(v))
+                    .map(|(v, export, o)| {
+                        self.exports.add_overlay(export.clone(), o.clone());
+                        (v.clone(), export.clone())
+                    })
+                    .collect()
+            },
+            &mut steps,
+        );
+        if let Err(why) = brought {
+            for (_, export, o) in &overlays {
+                self.exports.remove_overlay(export);
+                let _ = o.close();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            steps.push(step("stopped", false, why.clone()));
+            let report = TestReport {
+                vpg: vpg.into(),
+                checkpoint: cp.clone(),
+                started_unix_ms: now_ms(),
+                ready_after_ms: 0.0,
+                stopped_unix_ms: now_ms(),
+                result: Outcome::Fail,
+                note: "the operation stopped: a pre-script failed".into(),
+                volumes: chosen,
+                scratch_used_bytes: 0,
+                steps,
+                verify: None,
+            };
+            r.push_event(format!("failover test of checkpoint {} stopped: {why}", cp.seq));
+            self.record(&r, report)?;
+            return Err(AgentError::Refused(format!(
+                "{why} (recorded: `ferry failover report {vpg}`)"
+            )));
         }
         let ready_after_ms = t0.elapsed().as_secs_f64() * 1000.0;
         steps.push(step(
@@ -411,16 +474,7 @@ impl Failover {
             steps,
             verify: t.shown.verify.clone(),
         };
-        let mut reports = self.reports(vpg).unwrap_or_default();
-        reports.push(report.clone());
-        let excess = reports.len().saturating_sub(REPORTS_KEPT);
-        reports.drain(..excess);
-        crate::meta::store(
-            &t.replica.dir,
-            &reports_path(&t.replica),
-            crate::meta::TEST_REPORTS,
-            &reports,
-        )?;
+        self.record(&t.replica, report.clone())?;
         t.replica.push_event(format!(
             "failover test of checkpoint {} stopped: {:?}{}",
             report.checkpoint.seq,
@@ -433,6 +487,15 @@ impl Failover {
         ));
         tracing::info!(vpg, result = ?report.result, "failover test stopped");
         Ok(report)
+    }
+
+    /// Adds `report` to the replica's reports (the oldest go past [`REPORTS_KEPT`]).
+    fn record(&self, r: &Replica, report: TestReport) -> Result<(), AgentError> {
+        let mut reports = self.reports(&report.vpg).unwrap_or_default();
+        reports.push(report);
+        let excess = reports.len().saturating_sub(REPORTS_KEPT);
+        reports.drain(..excess);
+        crate::meta::store(&r.dir, &reports_path(r), crate::meta::TEST_REPORTS, &reports)
     }
 
     /// Notes on each of `cps` its last failover test here ("pass at TIME").

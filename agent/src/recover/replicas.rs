@@ -133,6 +133,17 @@ impl Replicas {
         ))
     }
 
+    /// The folders of the replicas on disk (loaded or not), found without reading them.
+    pub fn dirs_on_disk(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for ds in &self.datastores {
+            if let Ok(rd) = std::fs::read_dir(replicas_dir(ds)) {
+                out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        out
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Replica>> {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }

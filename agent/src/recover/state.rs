@@ -30,6 +30,11 @@ pub enum ReplicaState {
     ApplyFailing,
     /// Deleted here: sessions let it go.
     Deleted,
+    /// A live failover serves the VPG here from one of its checkpoints; it waits for a
+    /// commit or a rollback.
+    NeedsCommit,
+    /// The VPG was failed over to this site and committed: its volumes are this agent's.
+    FailedOver,
 }
 
 impl std::fmt::Display for ReplicaState {
@@ -40,6 +45,8 @@ impl std::fmt::Display for ReplicaState {
             ReplicaState::Testing => "testing (a failover test runs; replication goes on)",
             ReplicaState::ApplyFailing => "apply failing (retrying)",
             ReplicaState::Deleted => "deleted",
+            ReplicaState::NeedsCommit => "needs commit (a live failover serves the VPG here)",
+            ReplicaState::FailedOver => "failed over here (committed)",
         })
     }
 }
@@ -66,6 +73,17 @@ pub struct Life {
     pub deleted: bool,
     /// A failover test of the replica runs.
     pub testing: bool,
+    /// Where a live failover of the VPG stands here.
+    pub live: LiveMark,
+}
+
+/// A live failover of the replica's VPG, as its state shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LiveMark {
+    #[default]
+    None,
+    NeedsCommit,
+    Committed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +100,10 @@ pub enum Input {
     Delete,
     TestStarted,
     TestStopped,
+    /// A live failover serves the VPG here (started, or found again after a restart).
+    LiveStarted,
+    LiveCommitted,
+    LiveRolledBack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +159,12 @@ pub fn step(life: &Life, input: Input) -> Result<(Life, Vec<Action>), String> {
             if life.testing {
                 return Err("a failover test of the replica runs; stop it first (`ferry failover stop`)".into());
             }
+            if life.live == LiveMark::NeedsCommit {
+                return Err(
+                    "a live failover serves the VPG from it; commit or roll it back first (`ferry failover commit|rollback`)"
+                        .into(),
+                );
+            }
             next.deleted = true;
         }
         Input::TestStarted => {
@@ -153,6 +181,25 @@ pub fn step(life: &Life, input: Input) -> Result<(Life, Vec<Action>), String> {
                 return Err("no failover test of the replica runs".into());
             }
             next.testing = false;
+        }
+        Input::LiveStarted => {
+            if life.deleted {
+                return Err("the replica was deleted".into());
+            }
+            if life.live == LiveMark::NeedsCommit {
+                return Err("a live failover of the VPG needs commit or rollback already".into());
+            }
+            next.live = LiveMark::NeedsCommit;
+        }
+        Input::LiveCommitted | Input::LiveRolledBack => {
+            if life.live != LiveMark::NeedsCommit {
+                return Err("no live failover of the VPG needs commit or rollback".into());
+            }
+            next.live = if input == Input::LiveCommitted {
+                LiveMark::Committed
+            } else {
+                LiveMark::None
+            };
         }
     }
     Ok((next, out))
@@ -174,6 +221,10 @@ pub fn shown(life: &Life) -> ReplicaState {
         ReplicaState::Deleted
     } else if matches!(life.apply, Apply::Failing { .. }) {
         ReplicaState::ApplyFailing
+    } else if life.live == LiveMark::NeedsCommit {
+        ReplicaState::NeedsCommit
+    } else if life.live == LiveMark::Committed {
+        ReplicaState::FailedOver
     } else if life.testing {
         ReplicaState::Testing
     } else if life.sessions > 0 {
@@ -186,6 +237,20 @@ pub fn shown(life: &Life) -> ReplicaState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_failover_needs_commit_until_committed_or_rolled_back_and_holds_off_deletion() {
+        let (l, _) = step(&Life::default(), Input::LiveStarted).unwrap();
+        assert_eq!(shown(&l), ReplicaState::NeedsCommit);
+        assert!(step(&l, Input::LiveStarted).is_err(), "one at a time");
+        assert!(step(&l, Input::Delete).unwrap_err().contains("commit or roll it back"));
+        let (back, _) = step(&l, Input::LiveRolledBack).unwrap();
+        assert_eq!(shown(&back), ReplicaState::Waiting);
+        assert!(step(&back, Input::LiveCommitted).is_err(), "nothing pending");
+        let (done, _) = step(&l, Input::LiveCommitted).unwrap();
+        assert_eq!(shown(&done), ReplicaState::FailedOver);
+        step(&done, Input::Delete).unwrap();
+    }
 
     fn failing(backoff_ms: u64, retry_at_ms: u64) -> Life {
         Life {

@@ -1,0 +1,361 @@
+//! Committing a live failover: each overlay and the checkpoint view under it become a
+//! plain volume of this agent, copied in the background while the volume is served.
+//!
+//! For each volume: a new volume of this agent is made (hidden behind the live export of
+//! the same name); a first pass copies every block (zero runs are left sparse), later
+//! passes copy the blocks written meanwhile, until few are left; the last pass runs under
+//! the overlay's write lock (writes wait, reads go on: the longest pause a client sees),
+//! and in it the export moves to the volume. The overlay is then deleted and the
+//! checkpoint unpinned. The protected site is fenced for good (also after a shutdown-none
+//! failover).
+//!
+//! A restart in the middle starts the copy again; the volume's file is emptied first.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::live::{CommitProgress, Live, LiveFailover, LivePhase, nothing_pending, overlay_dir};
+use super::{Failover, step};
+use crate::catalog::View;
+use crate::catalog::overlay::{BLOCK, Overlay};
+use crate::catalog::switch::Switch;
+use crate::clock::now_ms;
+use crate::error::AgentError;
+use crate::recover::replica::ToPeer;
+use crate::recover::state::Input as ReplicaInput;
+
+/// Bytes read and written at a time by the copy.
+const CHUNK: u64 = 1 << 20;
+/// Later passes go on while more than this many blocks were written meanwhile.
+const FEW_BLOCKS: usize = 256;
+/// Passes before the last one at most (a client writing faster than the copy gets its
+/// last pass under the lock anyway).
+const PASSES_MAX: u32 = 8;
+
+/// Copies `blocks` (sorted block numbers) from the overlay to `out`, runs at a time;
+/// bytes copied.
+fn copy_blocks(o: &Overlay<View>, out: &File, blocks: &[u64], buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut i = 0;
+    let mut bytes = 0;
+    while i < blocks.len() {
+        let first = blocks[i];
+        let mut n = 1;
+        while i + n < blocks.len() && blocks[i + n] == first + n as u64 && (n as u64 + 1) * BLOCK <= CHUNK {
+            n += 1;
+        }
+        let len = (n as u64 * BLOCK).min(o.info_size().saturating_sub(first * BLOCK)) as usize;
+        o.read_at(first * BLOCK, &mut buf[..len])?;
+        out.write_all_at(&buf[..len], first * BLOCK)?;
+        bytes += len as u64;
+        i += n;
+    }
+    Ok(bytes)
+}
+
+/// The first pass: every block, zero chunks left as holes (the file was emptied).
+fn copy_all(o: &Overlay<View>, out: &File, progress: &Mutex<CommitProgress>) -> std::io::Result<()> {
+    let size = o.info_size();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(CHUNK) as usize;
+        o.read_at(at, &mut buf[..n])?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.write_all_at(&buf[..n], at)?;
+        }
+        at += n as u64;
+        progress.lock().unwrap_or_else(|e| e.into_inner()).copied_bytes += n as u64;
+    }
+    Ok(())
+}
+
+impl Overlay<View> {
+    fn info_size(&self) -> u64 {
+        ferry_nbd::Export::info(self).size_bytes
+    }
+}
+
+impl Failover {
+    /// Commits the live failover of `vpg`: its volumes become this agent's, copied in the
+    /// background while served (`ferry failover status` shows the progress). Refused when
+    /// nothing needs commit.
+    pub async fn commit(self: &Arc<Self>, vpg: &str) -> Result<LiveFailover, AgentError> {
+        let _op = self.live_op.lock().await;
+        let live = self
+            .live_of(vpg)
+            .filter(|l| l.shown().phase == LivePhase::NeedsCommit)
+            .ok_or_else(|| nothing_pending(vpg, "commit"))?;
+        live.timer.cancel();
+        live.update(|l| {
+            l.phase = LivePhase::Committing;
+            l.commit = Some(CommitProgress {
+                started_unix_ms: now_ms(),
+                ..Default::default()
+            });
+        });
+        live.save()?;
+        live.replica.push_event(
+            "commit started: the volumes are copied into volumes of this agent while they are served".into(),
+        );
+        let me = self.clone();
+        tokio::spawn(async move { me.materialize(live).await });
+        Ok(self.live_of(vpg).map(|l| l.shown()).expect("present"))
+    }
+
+    /// The commit's work (see the module's notes); the outcome goes into the failover.
+    pub(super) async fn materialize(self: Arc<Self>, live: Arc<Live>) {
+        let t0 = Instant::now();
+        let vpg = live.shown().vpg;
+        let total: u64 = live
+            .switches
+            .iter()
+            .filter_map(|(_, s)| s.overlay())
+            .map(|o| o.info_size())
+            .sum();
+        let progress = Arc::new(Mutex::new(CommitProgress {
+            total_bytes: total,
+            started_unix_ms: now_ms(),
+            ..Default::default()
+        }));
+        let result = self.copy_out(&live, &progress).await;
+        let p = {
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            p.done_unix_ms = Some(now_ms());
+            p.rate_bytes_per_s = total as f64 / t0.elapsed().as_secs_f64().max(1e-6);
+            p
+        };
+        match result {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(overlay_dir(&live.replica));
+                live.replica.change(ReplicaInput::LiveCommitted);
+                // The protected site is fenced for good (it was not, after shutdown none).
+                let epoch = live.shown().epoch;
+                live.replica.tell_peer(ToPeer::Fence {
+                    epoch,
+                    shutdown: ferry_proto::message::Shutdown::Force,
+                    reason: format!("VPG {vpg:?} was failed over to its recovery site and committed (epoch {epoch})"),
+                });
+                self.exports.replicas().nudge();
+                live.update(|l| {
+                    l.phase = LivePhase::Committed;
+                    l.ended_unix_ms = Some(now_ms());
+                    l.steps.push(step(
+                        "committed",
+                        true,
+                        format!(
+                            "{} copied in {:.1} s ({:.0} MiB/s); the longest pause a client saw was {:.1} ms",
+                            crate::size::human(total),
+                            t0.elapsed().as_secs_f64(),
+                            p.rate_bytes_per_s / (1 << 20) as f64,
+                            p.longest_pause_ms
+                        ),
+                    ));
+                    l.commit = Some(p.clone());
+                });
+                if let Err(e) = live.save() {
+                    tracing::error!(vpg, error = %e, "cannot record the commit");
+                }
+                live.replica.push_event(format!(
+                    "live failover committed: the VPG's volumes are volumes of this agent now ({:.0} MiB/s, longest pause {:.1} ms)",
+                    p.rate_bytes_per_s / (1 << 20) as f64,
+                    p.longest_pause_ms
+                ));
+            }
+            Err(e) => {
+                // Still served from the overlays: the commit can be asked for again.
+                live.update(|l| {
+                    l.phase = LivePhase::NeedsCommit;
+                    l.steps.push(step("commit", false, e.to_string()));
+                    l.commit = Some(p);
+                });
+                let _ = live.save();
+                live.replica.push_event(format!(
+                    "the commit failed ({e}); the volumes are still served from the failover's overlays: fix it and commit again"
+                ));
+            }
+        }
+    }
+
+    async fn copy_out(&self, live: &Arc<Live>, progress: &Arc<Mutex<CommitProgress>>) -> Result<(), AgentError> {
+        let spec = live.replica.spec();
+        let datastore = (!spec.datastore.is_empty()).then_some(spec.datastore.as_str());
+        for (name, switch) in &live.switches {
+            let Some(o) = switch.overlay() else {
+                continue; // moved before a restart
+            };
+            let size = o.info_size();
+            let volumes = self.exports.volumes();
+            let vol = match volumes.get(name) {
+                // Made by a commit that a restart interrupted.
+                Some(v) if v.record.size_bytes == size => v,
+                Some(v) => {
+                    return Err(AgentError::Refused(format!(
+                        "volume {name:?} of this agent has {} bytes, not the {size} of the failed-over volume",
+                        v.record.size_bytes
+                    )));
+                }
+                None => {
+                    volumes.create(name, Some(size), datastore, Some(false)).await?;
+                    volumes
+                        .get(name)
+                        .ok_or_else(|| AgentError::NoVolume(name.clone()))?
+                }
+            };
+            let path = vol.record.path.clone();
+            let out = Arc::new(
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| AgentError::io("cannot open the new volume", &path, e))?,
+            );
+            // Empty: a fresh copy writes no zeroes.
+            rustix::fs::fallocate(
+                &*out,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                0,
+                size,
+            )
+            .map_err(|e| AgentError::io("cannot empty the new volume", &path, e.into()))?;
+            let (o2, out2, p2) = (o.clone(), out.clone(), progress.clone());
+            let io = |e: std::io::Error| AgentError::io("commit copy", &path, e);
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                o2.take_dirty();
+                copy_all(&o2, &out2, &p2)?;
+                let mut buf = vec![0u8; CHUNK as usize];
+                for _ in 0..PASSES_MAX {
+                    let d = o2.take_dirty();
+                    p2.lock().unwrap_or_else(|e| e.into_inner()).passes += 1;
+                    let few = d.len() <= FEW_BLOCKS;
+                    copy_blocks(&o2, &out2, &d, &mut buf)?;
+                    if few {
+                        break;
+                    }
+                }
+                out2.sync_all()
+            })
+            .await
+            .map_err(|e| AgentError::Refused(e.to_string()))?
+            .map_err(io)?;
+            // The last pass, under the write lock; the export moves to the volume in it.
+            let (out3, sw, v) = (out.clone(), switch.clone(), vol.clone());
+            let last = o
+                .seal_after(move |o| -> std::io::Result<f64> {
+                    let t = Instant::now();
+                    let d = o.take_dirty();
+                    let mut buf = vec![0u8; CHUNK as usize];
+                    copy_blocks(o, &out3, &d, &mut buf)?;
+                    out3.sync_all()?;
+                    sw.move_to(v);
+                    Ok(t.elapsed().as_secs_f64() * 1000.0)
+                })
+                .await
+                .map_err(AgentError::Refused)?
+                .map_err(io)?;
+            {
+                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                p.passes += 1;
+                p.longest_pause_ms = p.longest_pause_ms.max(last);
+            }
+            self.exports.remove_live(name);
+            let _ = o.close();
+            tracing::info!(vpg = %spec.name, volume = %name, pause_ms = last, "volume committed");
+            live.update(|l| l.commit = Some(progress.lock().unwrap_or_else(|e| e.into_inner()).clone()));
+        }
+        Ok(())
+    }
+
+    /// After a start: finds the live failovers the last run left (needing commit, or in
+    /// the middle of a commit) and serves them again; a commit goes on.
+    pub async fn resume_live(self: Arc<Self>) {
+        // The replicas load off the start-up path.
+        while self.exports.replicas().check_loaded().is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for r in self.exports.replicas().all() {
+            let l = match super::live::load(&r) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(replica = %r.dir.display(), error = %e, "cannot read the live failover's state");
+                    continue;
+                }
+            };
+            match l.phase {
+                LivePhase::RolledBack => continue,
+                LivePhase::Committed => {
+                    r.change(ReplicaInput::LiveStarted);
+                    r.change(ReplicaInput::LiveCommitted);
+                    self.keep(&r, l, vec![]);
+                    continue;
+                }
+                LivePhase::NeedsCommit | LivePhase::Committing => {}
+            }
+            let switches = match super::live::reopen_switches(&self, &r, &l) {
+                Ok(s) => s,
+                Err(e) => {
+                    let m = format!(
+                        "the live failover of {:?} cannot be served again after the restart: {e}",
+                        l.vpg
+                    );
+                    tracing::error!("{m}");
+                    r.push_event(m);
+                    continue;
+                }
+            };
+            for (v, s) in &switches {
+                self.exports.add_live(v.clone(), s.clone());
+            }
+            for (v, _) in &l.exports {
+                self.exports.unreserve(v);
+            }
+            r.change(ReplicaInput::LiveStarted);
+            let committing = l.phase == LivePhase::Committing;
+            let live = self.keep(&r, l, switches);
+            live.replica.push_event(format!(
+                "live failover served again after the restart ({})",
+                if committing { "its commit starts again" } else { "it needs commit" }
+            ));
+            if committing {
+                tokio::spawn(self.clone().materialize(live));
+            } else {
+                let vpg = live.shown().vpg;
+                self.arm_timer(&vpg, &live);
+            }
+        }
+        // Whatever could not be served again is no longer held back.
+        self.exports.unreserve_all();
+    }
+
+    /// Before NBD serves anything at a start: the production names of the live failovers
+    /// the last run left are held back (no client may write to a volume a commit had not
+    /// finished) until [`Failover::resume_live`] serves them again.
+    pub fn hold_names_on_start(&self) {
+        for dir in self.exports.replicas().dirs_on_disk() {
+            let path = dir.join("live-failover.json");
+            if let Ok(Some(l)) = crate::meta::fetch_noting::<LiveFailover>(&path, crate::meta::LIVE_FAILOVER)
+                && matches!(l.phase, LivePhase::NeedsCommit | LivePhase::Committing)
+            {
+                for (v, _) in &l.exports {
+                    self.exports.reserve(v);
+                }
+            }
+        }
+    }
+
+    fn keep(&self, r: &Arc<crate::recover::replica::Replica>, l: LiveFailover, switches: Vec<(String, Arc<Switch>)>) -> Arc<Live> {
+        let vpg = l.vpg.clone();
+        let live = Arc::new(Live {
+            shown: Mutex::new(l),
+            replica: r.clone(),
+            switches,
+            timer: tokio_util::sync::CancellationToken::new(),
+        });
+        self.lives
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vpg, live.clone());
+        live
+    }
+}
