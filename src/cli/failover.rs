@@ -7,8 +7,8 @@ use super::client::Client;
 use super::export_uri;
 use ferry_agent::failover::verify::VerifyState;
 use ferry_agent::failover::{
-    CommitPolicy, LiveFailover, LivePhase, LiveRequest, Outcome, ShutdownPolicy, StopRequest, TestReport,
-    TestRequest, TestRunning,
+    CommitPolicy, LiveFailover, LivePhase, LiveRequest, Outcome, ShutdownPolicy, StopRequest, TestReport, TestRequest,
+    TestRunning,
 };
 use ferry_agent::size::{human, parse_size, utc};
 
@@ -140,8 +140,7 @@ pub(super) fn print_live(l: &LiveFailover, s: &ferry_agent::api::AgentStatus) {
 }
 
 async fn lives(c: &Client) -> Result<Vec<LiveFailover>, String> {
-    Ok(c
-        .call(Method::GET, "/v1/failover/live", None::<&()>)
+    Ok(c.call(Method::GET, "/v1/failover/live", None::<&()>)
         .await
         .map_err(|e| e.to_string())?
         .unwrap_or_default())
@@ -185,8 +184,10 @@ pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
             }
             let bar = indicatif::ProgressBar::new(l.commit.as_ref().map_or(0, |p| p.total_bytes).max(1));
             bar.set_style(
-                indicatif::ProgressStyle::with_template("committing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
-                    .expect("a valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "committing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+                )
+                .expect("a valid template"),
             );
             let done = loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

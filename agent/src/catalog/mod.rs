@@ -173,7 +173,10 @@ impl Exports {
 
     /// Serves nothing under `name` until [`Exports::unreserve`].
     pub fn reserve(&self, name: &str) {
-        self.reserved.write().unwrap_or_else(|e| e.into_inner()).insert(name.into());
+        self.reserved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into());
     }
 
     pub fn unreserve(&self, name: &str) {

@@ -198,9 +198,7 @@ impl Failover {
                 }
                 None => {
                     volumes.create(name, Some(size), datastore, Some(false)).await?;
-                    volumes
-                        .get(name)
-                        .ok_or_else(|| AgentError::NoVolume(name.clone()))?
+                    volumes.get(name).ok_or_else(|| AgentError::NoVolume(name.clone()))?
                 }
             };
             let path = vol.record.path.clone();
@@ -315,7 +313,11 @@ impl Failover {
             let live = self.keep(&r, l, switches);
             live.replica.push_event(format!(
                 "live failover served again after the restart ({})",
-                if committing { "its commit starts again" } else { "it needs commit" }
+                if committing {
+                    "its commit starts again"
+                } else {
+                    "it needs commit"
+                }
             ));
             if committing {
                 tokio::spawn(self.clone().materialize(live));
@@ -344,7 +346,12 @@ impl Failover {
         }
     }
 
-    fn keep(&self, r: &Arc<crate::recover::replica::Replica>, l: LiveFailover, switches: Vec<(String, Arc<Switch>)>) -> Arc<Live> {
+    fn keep(
+        &self,
+        r: &Arc<crate::recover::replica::Replica>,
+        l: LiveFailover,
+        switches: Vec<(String, Arc<Switch>)>,
+    ) -> Arc<Live> {
         let vpg = l.vpg.clone();
         let live = Arc::new(Live {
             shown: Mutex::new(l),

@@ -60,7 +60,9 @@ impl CommitPolicy {
             "none" => Ok(CommitPolicy::None),
             "auto-commit" => Ok(CommitPolicy::AutoCommit),
             "auto-rollback" => Ok(CommitPolicy::AutoRollback),
-            _ => Err(format!("commit policy {s:?} must be none, auto-commit or auto-rollback")),
+            _ => Err(format!(
+                "commit policy {s:?} must be none, auto-commit or auto-rollback"
+            )),
         }
     }
 }
@@ -208,7 +210,10 @@ pub(super) fn overlay_dir(r: &Replica) -> std::path::PathBuf {
 fn budget(r: &Arc<Replica>) -> Arc<Budget> {
     let r = r.clone();
     // Bounded by the datastore's free space (ENOSPC from the file system), not by a quota.
-    Budget::new(u64::MAX / 4, Box::new(move |m| r.push_event(format!("live failover: {m}"))))
+    Budget::new(
+        u64::MAX / 4,
+        Box::new(move |m| r.push_event(format!("live failover: {m}"))),
+    )
 }
 
 fn overlay_info(vpg: &str, name: &str, cp: &CheckpointInfo, size: u64) -> ferry_nbd::ExportInfo {
@@ -300,7 +305,9 @@ impl Failover {
             }
         };
         steps.push(step("epoch", true, format!("raised to {epoch}: the VPG runs here now")));
-        let protected_site = self.fence_protected(&r, vpg, epoch, req.shutdown, &mut steps, &mut warnings).await;
+        let protected_site = self
+            .fence_protected(&r, vpg, epoch, req.shutdown, &mut steps, &mut warnings)
+            .await;
         // 2. The checkpoint: "latest" is taken after the protected site's final one.
         let latest = matches!(req.checkpoint.as_str(), "" | "latest");
         let cp = if latest {
@@ -449,8 +456,14 @@ impl Failover {
         };
         let what = match shutdown {
             ShutdownPolicy::None => "not fenced (shutdown none)".to_string(),
-            ShutdownPolicy::Graceful => format!("shut down gracefully and fenced; its final checkpoint is seq {}", final_seq.saturating_sub(1)),
-            ShutdownPolicy::Force => "fenced at once (shutdown force)".to_string(),
+            ShutdownPolicy::Graceful => format!(
+                "shut down gracefully and fenced; its final checkpoint is seq {}",
+                final_seq.saturating_sub(1)
+            ),
+            ShutdownPolicy::Force => format!(
+                "fenced at once (shutdown force); its final checkpoint is seq {}",
+                final_seq.saturating_sub(1)
+            ),
         };
         steps.push(step("protected site", true, what.clone()));
         // What it still had to send arrives (bounded).
@@ -497,7 +510,13 @@ impl Failover {
         for (name, view) in views {
             let size = ferry_nbd::Export::info(&*view).size_bytes;
             let path = dir.join(format!("{name}.scratch"));
-            match Overlay::create(view, path.clone(), overlay_info(vpg, &name, cp, size), self.exports.pool().clone(), budget.clone()) {
+            match Overlay::create(
+                view,
+                path.clone(),
+                overlay_info(vpg, &name, cp, size),
+                self.exports.pool().clone(),
+                budget.clone(),
+            ) {
                 Ok(o) => switches.push((name, Arc::new(Switch::new(Arc::new(o.durable()))))),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -505,7 +524,11 @@ impl Failover {
                 }
             }
         }
-        steps.push(step("overlays", true, format!("{} volume(s) over checkpoint {}", switches.len(), cp.seq)));
+        steps.push(step(
+            "overlays",
+            true,
+            format!("{} volume(s) over checkpoint {}", switches.len(), cp.seq),
+        ));
         let spec = r.spec();
         let all: Vec<String> = spec.volumes.iter().map(|v| v.name.clone()).collect();
         let members = plan::members(&spec.plan, &all, &all);
@@ -557,7 +580,11 @@ impl Failover {
         let (Some(at), policy) = (l.commit_at_unix_ms, l.commit_policy) else {
             return;
         };
-        let what = if policy == CommitPolicy::AutoCommit { "commit" } else { "rollback" };
+        let what = if policy == CommitPolicy::AutoCommit {
+            "commit"
+        } else {
+            "rollback"
+        };
         live.event(format!(
             "commit timer started: automatic {what} at {} (in {})",
             crate::size::utc(at),
@@ -669,8 +696,14 @@ pub(super) fn reopen_switches(
             // Committed before the restart: the volume serves itself.
             continue;
         }
-        let o = Overlay::reopen(view, path.clone(), overlay_info(&l.vpg, &name, &l.checkpoint, size), f.exports.pool().clone(), budget.clone())
-            .map_err(|e| AgentError::io("cannot open the live failover's overlay", &path, e))?;
+        let o = Overlay::reopen(
+            view,
+            path.clone(),
+            overlay_info(&l.vpg, &name, &l.checkpoint, size),
+            f.exports.pool().clone(),
+            budget.clone(),
+        )
+        .map_err(|e| AgentError::io("cannot open the live failover's overlay", &path, e))?;
         out.push((name, Arc::new(Switch::new(Arc::new(o)))));
     }
     Ok(out)

@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(names, ["db", "web", "d3"]);
         // A test of some volumes: members left empty are dropped.
         let some = members(&plan, &vols, &["d0".to_string()]);
-        assert_eq!((some.len(), some[0].name.as_str(), some[0].volumes.clone()), (1, "web", vec!["d0".to_string()]));
+        assert_eq!(
+            (some.len(), some[0].name.as_str(), some[0].volumes.clone()),
+            (1, "web", vec!["d0".to_string()])
+        );
     }
 
     #[test]
@@ -201,7 +204,12 @@ mod tests {
             pre_script: "/no/such/script --x".into(),
             ..Default::default()
         };
-        assert!(check_scripts(&plan).unwrap_err().to_string().contains("\"/no/such/script\""));
+        assert!(
+            check_scripts(&plan)
+                .unwrap_err()
+                .to_string()
+                .contains("\"/no/such/script\"")
+        );
         plan.pre_script = "no-such-program-of-ferry arg".into();
         assert!(check_scripts(&plan).is_err());
         plan.pre_script = "sh -c true".into();

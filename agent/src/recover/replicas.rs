@@ -244,6 +244,11 @@ impl Replicas {
                     "a failover test of replica {name:?} runs; stop it first (`ferry failover stop {name} --result pass|fail`)"
                 )));
             }
+            if r.life().live == crate::recover::state::LiveMark::NeedsCommit {
+                return Err(AgentError::Refused(format!(
+                    "a live failover serves VPG {name:?} from this replica; commit or roll it back first (`ferry failover commit|rollback {name}`)"
+                )));
+            }
             if r.is_pinned() {
                 return Err(AgentError::Refused(format!(
                     "replica {name:?} has checkpoint exports; stop them first (`ferry checkpoint unexport {name}`)"

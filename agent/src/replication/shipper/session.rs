@@ -298,7 +298,7 @@ impl<'a> Session<'a> {
             warn!(vpg = %name, epoch, %why, "fence refused");
         }
         if shutdown == Shutdown::Graceful {
-            // Writes that got past the fence settle (bounded), then a final checkpoint.
+            // Writes that got past the fence settle (bounded) before the final checkpoint.
             let until = Instant::now() + GRACEFUL_SETTLE;
             while Instant::now() < until {
                 let st = v.journal_stats();
@@ -307,15 +307,18 @@ impl<'a> Session<'a> {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            match v.checkpoint("before failover") {
-                Ok(cp) => {
-                    info!(vpg = %name, seq = cp.seq, "final checkpoint before the failover");
-                    return cp.seq + 1;
-                }
-                Err(e) => warn!(vpg = %name, error = %e, "no final checkpoint before the failover"),
+        }
+        // A final checkpoint (after a forced fence, of what was acknowledged by then).
+        match v.checkpoint("before failover") {
+            Ok(cp) => {
+                info!(vpg = %name, seq = cp.seq, "final checkpoint before the failover");
+                cp.seq + 1
+            }
+            Err(e) => {
+                warn!(vpg = %name, error = %e, "no final checkpoint before the failover");
+                v.journal_stats().next_seq
             }
         }
-        v.journal_stats().next_seq
     }
 
     /// The recovery site holds `vpg` below `next_seq`: read its journal from there (after
