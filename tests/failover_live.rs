@@ -139,3 +139,109 @@ fn a_graceful_live_failover_fences_the_protected_site_and_a_rollback_loses_nothi
         "{events}"
     );
 }
+
+#[test]
+fn a_commit_makes_the_checkpoint_plus_what_was_written_the_recovery_sites_volumes_across_a_restart() {
+    let (mut a, mut b) = protected_pair("lv-cm", "");
+    let pre = tag_and_wait(&a, &b, "app", "pre");
+    // What the checkpoint holds.
+    let ex = export(&b, "app", "pre");
+    let want: Vec<(String, std::path::PathBuf)> = ex
+        .iter()
+        .map(|(v, uri)| {
+            let f = b.dir.join(format!("{v}.want.raw"));
+            copy(uri, &f);
+            (v.clone(), f)
+        })
+        .collect();
+    b.ferry(&["checkpoint", "unexport", "app"]);
+    // Written after the checkpoint at the protected site: not part of this failover.
+    qemu_io(a.tcp_uri("d1"), &["write -P 0x77 0 64k"]);
+    let out = b.ferry(&[
+        "failover",
+        "live",
+        "app",
+        "--checkpoint",
+        &pre.to_string(),
+        "--shutdown",
+        "force",
+    ]);
+    assert!(out.contains("fenced at once"), "{out}");
+    assert_eq!(live(&b, "app").unwrap()["checkpoint"]["seq"], pre);
+    assert_eq!(vpg_state(&a, "app"), "fenced");
+    // Written during needs-commit, at the recovery site (also into the wanted copy).
+    qemu_io(b.tcp_uri("d0"), &["write -P 0x66 1M 1M", "write -z 12M 64k"]);
+    qemu_io(b.tcp_uri("d1"), &["write -P 0x67 7M 4k"]);
+    for (v, f) in &want {
+        let cmds: &[&str] = if v == "d0" {
+            &["write -P 0x66 1M 1M", "write -z 12M 64k"]
+        } else {
+            &["write -P 0x67 7M 4k"]
+        };
+        qemu_io(f, cmds);
+    }
+    // Commit while a client writes on (its writes go to the volume after the switch).
+    require("fio");
+    let mut fio = Command::new("fio")
+        .current_dir(&b.dir)
+        .args([
+            "--name=during",
+            "--ioengine=nbd",
+            &format!("--uri={}", b.tcp_uri("d1")),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=2",
+            "--offset=4M",
+            "--size=2M",
+            "--time_based",
+            "--runtime=3",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = b.ferry(&["failover", "commit", "app"]);
+    assert!(out.contains("COMMITTED"), "{out}");
+    assert!(out.contains("longest client pause"), "{out}");
+    assert!(
+        fio.wait().unwrap().success(),
+        "every write of the client during the commit was answered"
+    );
+    // fio's region is its own; everything else is the checkpoint plus the writes above.
+    let l = live(&b, "app").unwrap();
+    assert_eq!(l["phase"], "committed");
+    let vols = b.ferry(&["volume", "list"]);
+    assert!(vols.contains("d0") && vols.contains("d1"), "{vols}");
+    let check = |b: &Agent| {
+        for (v, f) in &want {
+            let got = b.dir.join(format!("{v}.got.raw"));
+            copy(&b.tcp_uri(v), &got);
+            if v == "d1" {
+                // Outside fio's 4M..6M.
+                let (g, w) = (std::fs::read(&got).unwrap(), std::fs::read(f).unwrap());
+                assert!(
+                    g[..4 << 20] == w[..4 << 20] && g[6 << 20..] == w[6 << 20..],
+                    "d1 differs"
+                );
+            } else {
+                let r = compare(&got, f);
+                assert!(r.contains("Images are identical"), "{v}: {r}");
+            }
+        }
+    };
+    check(&b);
+    // The protected site's writes after the checkpoint are not there.
+    let d1 = std::fs::read(b.dir.join("d1.got.raw")).unwrap();
+    assert_ne!(d1[..65536], [0x77u8; 65536][..]);
+    // After a restart of the recovery agent: the same volumes, still committed.
+    b.stop();
+    b.spawn();
+    check(&b);
+    assert!(wait_for(30, || live(&b, "app").is_some_and(|l| l["phase"] == "committed")));
+    // The protected site stays fenced across its own restart.
+    a.stop();
+    a.spawn();
+    assert_eq!(vpg_state(&a, "app"), "fenced");
+    let (ok, text) = try_write(&a.tcp_uri("d0"), "write -P 0x99 0 4k");
+    assert!(!ok && text.contains("Operation not permitted"), "{text}");
+}
