@@ -245,3 +245,183 @@ fn a_commit_makes_the_checkpoint_plus_what_was_written_the_recovery_sites_volume
     let (ok, text) = try_write(&a.tcp_uri("d0"), "write -P 0x99 0 4k");
     assert!(!ok && text.contains("Operation not permitted"), "{text}");
 }
+
+#[test]
+fn commit_policies_act_when_their_timer_runs_out() {
+    let (a, b) = protected_pair("lv-tm", "");
+    let out = b.ferry(&[
+        "failover",
+        "live",
+        "app",
+        "--commit-policy",
+        "auto-rollback",
+        "--commit-after",
+        "2s",
+    ]);
+    assert!(out.contains("automatic rollback at"), "{out}");
+    let events = b.ferry(&["replica", "show", "app"]);
+    assert!(events.contains("commit timer started: automatic rollback"), "{events}");
+    assert!(wait_for(30, || live(&b, "app").is_none()), "rolled back by its timer");
+    assert!(wait_for(30, || vpg_state(&a, "app") != "fenced"), "unfenced");
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x12 0 4k"]);
+    tag_and_wait(&a, &b, "app", "resumed");
+
+    b.ferry(&[
+        "failover",
+        "live",
+        "app",
+        "--commit-policy",
+        "auto-commit",
+        "--commit-after",
+        "2s",
+    ]);
+    assert!(
+        wait_for(60, || live(&b, "app").is_some_and(|l| l["phase"] == "committed")),
+        "committed by its timer: {}",
+        b.ferry(&["failover", "status"])
+    );
+    assert_eq!(vpg_state(&a, "app"), "fenced");
+    let events = b.ferry(&["replica", "show", "app"]);
+    assert!(
+        events.contains("the commit timer ran out: automatic commit"),
+        "{events}"
+    );
+    let r = compare(a.volume_path("d0"), b.tcp_uri("d0"));
+    assert!(r.contains("Images are identical"), "{r}");
+}
+
+#[test]
+fn a_protected_site_killed_before_the_failover_fences_itself_when_it_comes_back() {
+    let (mut a, b) = protected_pair("lv-ds", "");
+    a.kill9();
+    let out = b.ferry(&["failover", "live", "app"]);
+    assert!(out.contains("not connected"), "{out}");
+    assert!(out.contains("WARNING"), "{out}");
+    let r = compare(a.volume_path("d0"), b.tcp_uri("d0"));
+    assert!(r.contains("Images are identical"), "{r}");
+    a.spawn();
+    assert!(
+        wait_for(30, || vpg_state(&a, "app") == "fenced"),
+        "the old protected site learns the new epoch: {}",
+        a.ferry(&["vpg", "show", "app"])
+    );
+    let shown = json(&a, &["vpg", "show", "app", "--json"]);
+    assert_eq!(shown["epoch"], 2);
+    let (ok, text) = try_write(&a.tcp_uri("d0"), "write -P 0x99 0 4k");
+    assert!(!ok && text.contains("Operation not permitted"), "{text}");
+    // The recovery site took none of its stream.
+    b.ferry(&["failover", "commit", "app"]);
+    let r = compare(a.volume_path("d0"), b.tcp_uri("d0"));
+    assert!(r.contains("Images are identical"), "{r}");
+}
+
+#[test]
+fn members_start_in_boot_order_with_their_scripts_and_a_failing_pre_script_stops_the_operation() {
+    let dir = common::scratch_dir("lv-sc-scripts");
+    let log = dir.join("scripts.log");
+    let script = dir.join("note.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$FERRY_PHASE $FERRY_MEMBER $FERRY_OPERATION net=$FERRY_NETWORK vols=$FERRY_MEMBER_VOLUMES uris=$FERRY_EXPORT_URIS t=$(date +%s.%N)\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let failing = dir.join("fail.sh");
+    std::fs::write(&failing, "#!/bin/sh\necho no network for $FERRY_MEMBER; exit 3\n").unwrap();
+    for s in [&script, &failing] {
+        run(Command::new("chmod").arg("+x").arg(s));
+    }
+    let plan = format!(
+        "--member db=d1 --member web=d0 --boot-delay 1s --pre-script {} --post-script {} --test-network testnet --failover-network prodnet",
+        script.display(),
+        script.display()
+    );
+    let (a, b) = protected_pair("lv-sc", &plan);
+    let shown = a.ferry(&["vpg", "show", "app"]);
+    assert!(
+        shown.contains("members in boot order db=d1 → web=d0, 1.0 s apart"),
+        "{shown}"
+    );
+    // Bad edits are refused.
+    let err = a.ferry_fails(&["vpg", "edit", "app", "--member", "x=nope"]);
+    assert!(err.contains("\"nope\" is not a volume of this VPG"), "{err}");
+    let err = a.ferry_fails(&["vpg", "edit", "app", "--member", "x=d0", "--member", "y=d0"]);
+    assert!(err.contains("in members \"x\" and \"y\""), "{err}");
+
+    // A test: pre and post per member, in order, the delay between members.
+    b.ferry(&["failover", "test", "app"]);
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let heads: Vec<String> = lines
+        .iter()
+        .map(|l| l.split(" net=").next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        heads,
+        ["pre db test", "post db test", "pre web test", "post web test"],
+        "{lines:?}"
+    );
+    assert!(
+        lines[0].contains("net=testnet vols=d1 uris= "),
+        "pre: nothing of it served yet: {}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("uris=d1=nbd://") && lines[1].contains("app@test.d1"),
+        "{}",
+        lines[1]
+    );
+    let t = |l: &str| l.rsplit("t=").next().unwrap().parse::<f64>().unwrap();
+    assert!(t(&lines[2]) - t(&lines[1]) >= 0.9, "the boot delay: {lines:?}");
+    b.ferry(&["failover", "stop", "app", "--result", "pass"]);
+
+    // The plan travels with an edit; a failing pre-script stops the operation and is
+    // reported in its steps.
+    a.ferry(&["vpg", "edit", "app", "--pre-script", &failing.display().to_string()]);
+    assert!(
+        wait_for(30, || b
+            .ferry(&["replica", "show", "app"])
+            .contains("failover plan changed")),
+        "the plan reached the recovery site"
+    );
+    let err = b.ferry_fails(&["failover", "test", "app"]);
+    assert!(
+        err.contains("the pre-script failed") && err.contains("exited 3"),
+        "{err}"
+    );
+    let report = b.ferry(&["failover", "report", "app"]);
+    assert!(
+        report.contains("FAIL pre-script") && report.contains("no network for db"),
+        "{report}"
+    );
+    let err = b.ferry_fails(&["failover", "live", "app"]);
+    assert!(err.contains("the pre-script failed"), "{err}");
+    assert!(live(&b, "app").is_none());
+    assert!(
+        wait_for(30, || vpg_state(&a, "app") != "fenced"),
+        "handed back after the stopped failover"
+    );
+    // A script that does not exist at the recovery site is refused up front.
+    a.ferry(&["vpg", "edit", "app", "--pre-script", "/no/such/script.sh"]);
+    assert!(wait_for(30, || {
+        let out = run(b.cli().args(["failover", "test", "app"]));
+        String::from_utf8_lossy(&out.stderr).contains("\"/no/such/script.sh\" does not exist")
+    }));
+    // A live failover with the scripts, by the failover network.
+    a.ferry(&["vpg", "edit", "app", "--pre-script", &script.display().to_string()]);
+    assert!(wait_for(30, || {
+        std::fs::remove_file(&log).ok();
+        run(b.cli().args(["failover", "live", "app"])).status.success()
+    }));
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        lines.contains("pre db live net=prodnet") && lines.contains("post web live"),
+        "{lines}"
+    );
+    b.ferry(&["failover", "rollback", "app"]);
+}
