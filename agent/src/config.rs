@@ -58,6 +58,15 @@ pub struct ReplicationConfig {
     /// Bandwidth shares of high, medium and low priority VPGs under congestion.
     #[serde(default = "default_weights")]
     pub priority_weights: [u32; 3],
+    /// At a start, a protected VPG's writes wait up to this long (seconds) for its
+    /// recovery site to confirm that the VPG was not failed over meanwhile (a site that
+    /// was is fenced before it takes a write); past it they are taken. 0: no wait.
+    #[serde(default = "default_confirm_epoch")]
+    pub confirm_epoch_s: f64,
+}
+
+fn default_confirm_epoch() -> f64 {
+    10.0
 }
 
 fn default_compression() -> i32 {
@@ -168,6 +177,7 @@ impl JournalConfig {
             checkpoint_interval: Duration::from_secs_f64(self.checkpoint_interval_s),
             sync_interval: Duration::from_secs_f64(self.sync_interval_s),
             dirty_granularity: g as u32,
+            confirm_epoch: Duration::from_secs_f64(default_confirm_epoch()),
         })
     }
 }
@@ -486,4 +496,6 @@ pub struct CaptureConfig {
     pub checkpoint_interval: Duration,
     pub sync_interval: Duration,
     pub dirty_granularity: u32,
+    /// See [`ReplicationConfig::confirm_epoch_s`].
+    pub confirm_epoch: Duration,
 }

@@ -314,6 +314,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         path: "[replication]".into(),
         why,
     })?;
+    let mut capture_cfg = capture_cfg;
+    if !(0.0..=600.0).contains(&cfg.replication.confirm_epoch_s) {
+        return Err(AgentError::Config {
+            path: "[replication]".into(),
+            why: "replication.confirm_epoch_s must be from 0 to 600".into(),
+        });
+    }
+    capture_cfg.confirm_epoch = std::time::Duration::from_secs_f64(cfg.replication.confirm_epoch_s);
     let vpgs = Vpgs::load(
         &cfg.state_dir,
         volumes.clone(),

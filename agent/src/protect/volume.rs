@@ -50,6 +50,10 @@ pub struct Volume {
     /// Writes are refused (reads served) while set: why, for the client's error.
     fence: std::sync::Mutex<Option<String>>,
     fenced: std::sync::atomic::AtomicBool,
+    /// Writes wait while set (until the recovery site confirms the VPG's epoch at a start,
+    /// or the wait's end).
+    held: std::sync::atomic::AtomicBool,
+    held_change: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Volume {
@@ -141,6 +145,8 @@ impl Volume {
             deleted: std::sync::atomic::AtomicBool::new(false),
             fence: std::sync::Mutex::new(None),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::atomic::AtomicBool::new(false),
+            held_change: tokio::sync::Notify::new(),
         })
     }
 
@@ -173,6 +179,29 @@ impl Volume {
             return None;
         }
         self.fence.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Holds writes (they wait; reads go on) until [`Volume::release_writes`].
+    pub fn hold_writes(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn release_writes(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::Release);
+        self.held_change.notify_waiters();
+    }
+
+    /// Waits while writes are held.
+    async fn unheld(&self) {
+        while self.held.load(std::sync::atomic::Ordering::Acquire) {
+            let changed = self.held_change.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.held.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            changed.await;
+        }
     }
 
     /// [`Volume::live`], and not fenced.
@@ -358,6 +387,7 @@ impl Export for Volume {
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
+        self.unheld().await;
         self.writable()?;
         let buf = match Captured::from_io(buf) {
             Ok(mut c) => {
@@ -392,6 +422,7 @@ impl Export for Volume {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
+        self.unheld().await;
         self.writable()?;
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         self.captured_op(ferry_journal::Kind::Trim, offset, len, || async {
@@ -406,6 +437,7 @@ impl Export for Volume {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
+        self.unheld().await;
         self.writable()?;
         self.captured_op(ferry_journal::Kind::WriteZeroes, offset, len, || {
             self.zero_range(offset, len, mode)

@@ -107,6 +107,8 @@ pub struct Vpg {
     pub ship: Mutex<ShipState>,
     /// The failover plan as last edited (`record.plan` is as the VPG was opened).
     plan: Mutex<Plan>,
+    /// Its writes are held at a start until the recovery site confirms the epoch.
+    pub(super) confirming: std::sync::atomic::AtomicBool,
     /// The RPO was within its target at the last look.
     sla_met: std::sync::atomic::AtomicBool,
     /// When this agent opened the VPG; its RPO is only judged once the link was up, or

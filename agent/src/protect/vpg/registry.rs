@@ -106,6 +106,7 @@ impl Vpgs {
             let name = record.name.clone();
             match me.open(record.clone()) {
                 Ok(v) => {
+                    me.hold_until_confirmed(&v);
                     me.vpgs.write().unwrap_or_else(|e| e.into_inner()).insert(name, v);
                 }
                 Err(e) => {
@@ -331,6 +332,7 @@ impl Vpgs {
             lifecycle: Mutex::new(lifecycle),
             ship: Mutex::new(ShipState::default()),
             plan: Mutex::new(plan),
+            confirming: std::sync::atomic::AtomicBool::new(false),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             opened_ms: now_ms(),
             link_seen: std::sync::atomic::AtomicBool::new(false),
@@ -378,6 +380,52 @@ impl Vpgs {
                     );
                     warn!(vpg = %vpg.record.name, "{msg}");
                     vpg.cap.push_event(msg);
+                }
+            }
+        }
+    }
+
+    /// At a start: a protected VPG's writes wait until its recovery site confirms that it
+    /// was not failed over meanwhile (the session opens it, or fences it), for
+    /// `confirm_epoch` at most, so that a site that was failed over from is fenced before
+    /// it takes a write.
+    fn hold_until_confirmed(self: &Arc<Self>, vpg: &Arc<Vpg>) {
+        let wait = self.cfg.confirm_epoch;
+        let shipping = vpg.record.protection.as_ref().is_some_and(|p| !p.paused);
+        if wait.is_zero() || !shipping || vpg.fenced().is_some() {
+            return;
+        }
+        vpg.confirming.store(true, std::sync::atomic::Ordering::Release);
+        for name in &vpg.record.volumes {
+            if let Some(v) = self.volumes.get(name) {
+                v.hold_writes();
+            }
+        }
+        let (me, weak) = (Arc::downgrade(self), Arc::downgrade(vpg));
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let (Some(me), Some(v)) = (me.upgrade(), weak.upgrade())
+                && v.confirming.load(std::sync::atomic::Ordering::Acquire)
+            {
+                let m = format!(
+                    "the recovery site did not confirm epoch {} within {:.0} s of the start: writes are taken without it (were the VPG failed over meanwhile, the sites would diverge)",
+                    v.epoch(),
+                    wait.as_secs_f64()
+                );
+                warn!(vpg = %v.record.name, "{m}");
+                v.event(m);
+                me.confirmed(&v);
+            }
+        });
+    }
+
+    /// The recovery site answered for `vpg` (opened, fenced, unfenced or refused it):
+    /// writes held at the start go on (or meet the fence).
+    pub fn confirmed(&self, vpg: &Vpg) {
+        if vpg.confirming.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            for name in &vpg.record.volumes {
+                if let Some(v) = self.volumes.get(name) {
+                    v.release_writes();
                 }
             }
         }

@@ -207,9 +207,15 @@ impl<'a> Session<'a> {
         for a in actions {
             match a {
                 Action::Send(m) => wr.send(vpg_of(&m), &m).await?,
-                Action::Resume { vpg, next_seq, resync } => self.resume(vpg, next_seq, resync).await?,
+                Action::Resume { vpg, next_seq, resync } => {
+                    if let Some(sv) = self.vpgs.get(&vpg) {
+                        self.shipping.vpgs.confirmed(&sv.vpg);
+                    }
+                    self.resume(vpg, next_seq, resync).await?
+                }
                 Action::Halt { vpg, why } => {
                     if let Some(sv) = self.vpgs.get_mut(&vpg) {
+                        self.shipping.vpgs.confirmed(&sv.vpg);
                         sv.vpg.event(why.clone());
                         sv.vpg.ship_update(|s| s.error = Some(why));
                         sv.delta_files.clear();
@@ -256,6 +262,7 @@ impl<'a> Session<'a> {
                     let Some(sv) = self.vpgs.get(&vpg) else { continue };
                     let v = sv.vpg.clone();
                     let final_seq = self.fence(&v, epoch, shutdown, reason).await;
+                    self.shipping.vpgs.confirmed(&v);
                     let actions = self.core.on(self.now(), Input::FenceDone { vpg, epoch, final_seq });
                     Box::pin(self.act(actions, wr)).await?;
                 }
@@ -270,6 +277,7 @@ impl<'a> Session<'a> {
                         Ok(()) => info!(vpg = %v.record.name, epoch, "unfenced: the failover was rolled back"),
                         Err(why) => warn!(vpg = %v.record.name, epoch, %why, "unfence refused"),
                     }
+                    self.shipping.vpgs.confirmed(&v);
                 }
                 Action::End(why) => return Err(LinkError::Content(why)),
             }
