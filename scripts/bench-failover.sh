@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Failover benchmark, the failover-test part: a VPG of VOLUMES volumes of SIZE each,
+# Failover benchmark: a VPG of VOLUMES volumes of SIZE each,
 # replicated between two local agents, with HISTORY bytes of random 64k writes in the
 # recovery site's history; then, ROUNDS times, `ferry failover test` at the newest
 # checkpoint, timed until every test export answers NBD (nbdinfo), and the same for a
 # read-only checkpoint export as the baseline; then a 4k random-read pass over one test
 # export with fio against the same pass over the checkpoint export (the overlay's cost on
-# reads). A benchmark, not a test: it asserts nothing.
+# reads). Then a live failover (graceful) at the same checkpoint, timed until every volume
+# takes a write under its production name at the recovery site; 256M of writes to it; and
+# its commit while fio writes 4k at QD1 to one volume: the commit's copy rate against
+# `qemu-img convert` of the same checkpoint view in the same run, and the longest pause a
+# client saw (the commit's own figure and fio's largest write latency).
+# A benchmark, not a test: it asserts nothing.
 #
 #   VOLUMES=4  SIZE=4G  HISTORY=2G  ROUNDS=5  BENCH_DIR=/var/tmp/ferry-bench-failover
 set -euo pipefail
@@ -15,7 +20,7 @@ SIZE=${SIZE:-4G}
 HISTORY=${HISTORY:-2G}
 ROUNDS=${ROUNDS:-5}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ferry-bench-failover}
-for t in fio nbdinfo python3; do
+for t in fio nbdinfo python3 qemu-img qemu-io; do
   command -v "$t" >/dev/null || { echo "bench-failover.sh: $t is missing; scripts/test.sh installs it" >&2; exit 1; }
 done
 cargo build --release --quiet
@@ -99,13 +104,54 @@ read_iops "$view_uri" >/dev/null
 ti=$(read_iops "$test_uri"); vi=$(read_iops "$view_uri")
 B failover stop bench --result pass >/dev/null
 
-python3 - "$VOLUMES" "$SIZE" "$HISTORY" "$ti" "$vi" "${test_ms[*]}" "${view_ms[*]}" <<'PY'
-import statistics, sys
+# The baseline copy: qemu-img convert of the same checkpoint's views, every volume.
+B checkpoint unexport bench >/dev/null 2>&1 || true
+mapfile -t curis < <(B checkpoint export bench --checkpoint loaded | uris_of)
+t0=$(now)
+for u in "${curis[@]}"; do qemu-img convert -f raw -O raw "$u" "$BENCH_DIR/convert.img"; rm -f "$BENCH_DIR/convert.img"; done
+t1=$(now)
+convert_s=$(python3 -c "print($t1 - $t0)")
+B checkpoint unexport bench >/dev/null
+
+# Live failover: until every volume takes a write under its production name.
+t0=$(now)
+B failover live bench --checkpoint loaded --shutdown graceful >/dev/null
+for i in $(seq 0 $((VOLUMES - 1))); do
+  until qemu-io -f raw "nbd+unix:///d$i?socket=$BENCH_DIR/b/nbd.sock" -c "write 0 4k" >/dev/null 2>&1; do sleep 0.005; done
+done
+t1=$(now)
+live_ms=$(python3 -c "print(($t1 - $t0) * 1000)")
+fio --name=w --ioengine=nbd --uri="nbd+unix:///d0?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=64k --iodepth=8 \
+  --size="$SIZE" --io_size=256M --output-format=terse >/dev/null
+# The commit under a client writing 4k at QD1.
+fio --name=c --ioengine=nbd --uri="nbd+unix:///d1?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
+  --size="$SIZE" --time_based --runtime=3600 --output-format=json >"$BENCH_DIR/commit-fio.json" 2>/dev/null & fpid=$!
+sleep 1
+B failover commit bench >/dev/null
+kill -INT "$fpid"; wait "$fpid" || true
+B failover status --json >"$BENCH_DIR/live.json"
+
+python3 - "$VOLUMES" "$SIZE" "$HISTORY" "$ti" "$vi" "${test_ms[*]}" "${view_ms[*]}" "$live_ms" "$convert_s" \
+  "$BENCH_DIR/live.json" "$BENCH_DIR/commit-fio.json" <<'PY'
+import json, statistics, sys
 vols, size, hist, ti, vi = sys.argv[1:6]
 t = [float(x) for x in sys.argv[6].split()]
 v = [float(x) for x in sys.argv[7].split()]
+live_ms, convert_s = float(sys.argv[8]), float(sys.argv[9])
+commit = [l for l in json.load(open(sys.argv[10])) if l["vpg"] == "bench"][0]["commit"]
+text = open(sys.argv[11]).read()
+job = json.loads(text[text.index("{"):])["jobs"][0]["write"]
+fio_max_ms = job["clat_ns"]["max"] / 1e6
+copied = commit["total_bytes"]
 print(f"VPG of {vols} volumes of {size}, {hist} of writes in history; medians of {len(t)} rounds")
 print(f"{'':40} {'ferry test':>12} {'checkpoint export':>18} {'ratio':>7}")
 print(f"{'request to every export answering NBD':40} {statistics.median(t):>10.0f}ms {statistics.median(v):>16.0f}ms {statistics.median(t)/statistics.median(v):>7.2f}")
 print(f"{'4k random reads, QD8 (IOPS)':40} {int(ti):>12} {int(vi):>18} {int(ti)/int(vi):>7.2f}")
+print()
+print(f"live failover: request to every volume taking a write under its name: {live_ms:.0f} ms (target < 5000)")
+rate, crate = commit["rate_bytes_per_s"] / 2**20, copied / convert_s / 2**20
+print(f"{'':40} {'ferry commit':>12} {'qemu-img convert':>18} {'ratio':>7}")
+print(f"{'copy rate of the volumes (MiB/s)':40} {rate:>12.0f} {crate:>18.0f} {rate/crate:>7.2f}")
+print(f"longest client pause in the commit: {commit['longest_pause_ms']:.1f} ms (ferry's last pass); "
+      f"fio's largest 4k QD1 write latency meanwhile: {fio_max_ms:.1f} ms, over {job['total_ios']} writes")
 PY

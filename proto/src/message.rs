@@ -97,7 +97,7 @@ pub enum Shutdown {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    Open(VpgSpec),
+    Open(Box<VpgSpec>),
     /// The recovery site holds every record below `next_seq` durably; send from there.
     Opened {
         vpg: u64,
@@ -218,7 +218,7 @@ mod tests {
     /// strings and the lineage's 16 bytes as they are).
     #[test]
     fn golden_messages_v3() {
-        let open = Message::Open(VpgSpec {
+        let open = Message::Open(Box::new(VpgSpec {
             id: 300,
             name: "app".into(),
             epoch: 1,
@@ -242,7 +242,7 @@ mod tests {
                 test_network: "t".into(),
                 failover_network: String::new(),
             },
-        });
+        }));
         // Open, id 300, "app", epoch 1, the lineage, then volumes and the rest as in v1,
         // then the plan: one member "db" of "d0", 10000 ms, "/p", "", 300, "t", "".
         let lineage = "11".repeat(16);

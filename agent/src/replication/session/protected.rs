@@ -71,8 +71,6 @@ pub enum Input {
     Tick,
 }
 
-// A `Message` with a VPG's spec (its plan) is large; these are made once per message.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A live failover runs `vpg` at the recovery site at `epoch`: apply `shutdown`, fence
@@ -278,7 +276,7 @@ impl ProtectedSession {
                     },
                 );
                 self.last_sent = now;
-                vec![Action::Send(Message::Open(spec))]
+                vec![Action::Send(Message::Open(Box::new(spec)))]
             }
             Input::Forget { vpg } => {
                 self.drop_inflight(vpg);

@@ -26,8 +26,6 @@ pub const ACK_EVERY: Micros = 50_000;
 pub const IDLE_TIMEOUT: Micros = 60_000_000;
 
 /// What the peer sent, or what the shell did.
-// A `Message` with a VPG's spec (its plan) is large; these are made once per message.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A control message from the peer.
@@ -71,7 +69,7 @@ pub enum Action {
     /// Send a control message.
     Send(Message),
     /// Open (or make) the replica of `spec`; answer with [`Input::Opened`].
-    Open(VpgSpec),
+    Open(Box<VpgSpec>),
     /// Append the batch just given to `vpg`'s history (written, not yet synced).
     Append { vpg: u64 },
     /// The batch just given is for a replica deleted here: drop it.

@@ -263,7 +263,7 @@ fn a_message_only_the_protected_site_sends_ends_the_session_there() {
     let a = p.on(
         0,
         protected::Input::Message {
-            message: Message::Open(spec(1)),
+            message: Message::Open(Box::new(spec(1))),
             journal: None,
         },
     );
@@ -288,8 +288,8 @@ fn pings_follow_silence_and_a_silent_peer_ends_the_session() {
 fn recovery_open() -> RecoverySession {
     let mut r = RecoverySession::new("10.0.0.1:51000".into(), 0);
     assert_eq!(
-        r.on(0, recovery::Input::Message(Message::Open(spec(1)))),
-        vec![recovery::Action::Open(spec(1))]
+        r.on(0, recovery::Input::Message(Message::Open(Box::new(spec(1))))),
+        vec![recovery::Action::Open(Box::new(spec(1)))]
     );
     assert_eq!(
         r.on(0, recovery::Input::Opened { vpg: 1, result: Ok(10) }),
