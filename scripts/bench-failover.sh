@@ -6,10 +6,10 @@
 # read-only checkpoint export as the baseline; then a 4k random-read pass over one test
 # export with fio against the same pass over the checkpoint export (the overlay's cost on
 # reads). Then a live failover (graceful) at the same checkpoint, timed until every volume
-# takes a write under its production name at the recovery site; 256M of writes to it; and
-# its commit while fio writes 4k at QD1 to one volume: the commit's copy rate against
-# `qemu-img convert` of the same checkpoint view in the same run, and the longest pause a
-# client saw (the commit's own figure and fio's largest write latency).
+# takes a write under its production name at the recovery site; 256M of writes to it; then,
+# each while fio writes 4k at QD1 to one live volume, `qemu-img convert` of the same
+# checkpoint's views and the failover's commit: the copy rates, and the client's write
+# latencies during each (the longest is the longest pause it saw).
 # A benchmark, not a test: it asserts nothing.
 #
 #   VOLUMES=4  SIZE=4G  HISTORY=2G  ROUNDS=5  BENCH_DIR=/var/tmp/ferry-bench-failover
@@ -30,6 +30,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # KEEP_LOGS=DIR keeps the agents' logs and the commit's fio latency log.
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$BENCH_DIR"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$BENCH_DIR"
 }
 trap cleanup EXIT
@@ -104,15 +106,6 @@ read_iops "$view_uri" >/dev/null
 ti=$(read_iops "$test_uri"); vi=$(read_iops "$view_uri")
 B failover stop bench --result pass >/dev/null
 
-# The baseline copy: qemu-img convert of the same checkpoint's views, every volume.
-B checkpoint unexport bench >/dev/null 2>&1 || true
-mapfile -t curis < <(B checkpoint export bench --checkpoint loaded | uris_of)
-t0=$(now)
-for u in "${curis[@]}"; do qemu-img convert -f raw -O raw "$u" "$BENCH_DIR/convert.img"; rm -f "$BENCH_DIR/convert.img"; done
-t1=$(now)
-convert_s=$(python3 -c "print($t1 - $t0)")
-B checkpoint unexport bench >/dev/null
-
 # Live failover: until every volume takes a write under its production name.
 t0=$(now)
 B failover live bench --checkpoint loaded --shutdown graceful >/dev/null
@@ -123,25 +116,41 @@ t1=$(now)
 live_ms=$(python3 -c "print(($t1 - $t0) * 1000)")
 fio --name=w --ioengine=nbd --uri="nbd+unix:///d0?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=64k --iodepth=8 \
   --size="$SIZE" --io_size=256M --output-format=terse >/dev/null
+# The same client writing 4k at QD1 to a live volume, during the baseline copy: qemu-img
+# convert of the same checkpoint's views, every volume (both copies run under the same load).
+fio --name=b --ioengine=nbd --uri="nbd+unix:///d1?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
+  --size="$SIZE" --time_based --runtime=3600 --output-format=json >"$BENCH_DIR/before-fio.json" 2>/dev/null & fpid=$!
+sleep 1
+mapfile -t curis < <(B checkpoint export bench --checkpoint loaded | uris_of)
+t0=$(now)
+for u in "${curis[@]}"; do qemu-img convert -f raw -O raw "$u" "$BENCH_DIR/convert.img"; rm -f "$BENCH_DIR/convert.img"; done
+t1=$(now)
+convert_s=$(python3 -c "print($t1 - $t0)")
+kill -INT "$fpid"; wait "$fpid" || true
+B checkpoint unexport bench >/dev/null
 # The commit under a client writing 4k at QD1.
 fio --name=c --ioengine=nbd --uri="nbd+unix:///d1?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
-  --size="$SIZE" --time_based --runtime=3600 --output-format=json >"$BENCH_DIR/commit-fio.json" 2>/dev/null & fpid=$!
+  --size="$SIZE" --time_based --runtime=3600 --write_lat_log="$BENCH_DIR/commit" --log_unix_epoch=1 \
+  --output-format=json >"$BENCH_DIR/commit-fio.json" 2>/dev/null & fpid=$!
 sleep 1
 B failover commit bench >/dev/null
 kill -INT "$fpid"; wait "$fpid" || true
 B failover status --json >"$BENCH_DIR/live.json"
 
 python3 - "$VOLUMES" "$SIZE" "$HISTORY" "$ti" "$vi" "${test_ms[*]}" "${view_ms[*]}" "$live_ms" "$convert_s" \
-  "$BENCH_DIR/live.json" "$BENCH_DIR/commit-fio.json" <<'PY'
+  "$BENCH_DIR/live.json" "$BENCH_DIR/commit-fio.json" "$BENCH_DIR/before-fio.json" <<'PY'
 import json, statistics, sys
 vols, size, hist, ti, vi = sys.argv[1:6]
 t = [float(x) for x in sys.argv[6].split()]
 v = [float(x) for x in sys.argv[7].split()]
 live_ms, convert_s = float(sys.argv[8]), float(sys.argv[9])
 commit = [l for l in json.load(open(sys.argv[10])) if l["vpg"] == "bench"][0]["commit"]
-text = open(sys.argv[11]).read()
-job = json.loads(text[text.index("{"):])["jobs"][0]["write"]
-fio_max_ms = job["clat_ns"]["max"] / 1e6
+def fio(path):
+    text = open(path).read()
+    return json.loads(text[text.index("{"):])["jobs"][0]["write"]
+job, before = fio(sys.argv[11]), fio(sys.argv[12])
+def p99(j):
+    return j["clat_ns"]["percentile"]["99.000000"] / 1e6
 copied = commit["total_bytes"]
 print(f"VPG of {vols} volumes of {size}, {hist} of writes in history; medians of {len(t)} rounds")
 print(f"{'':40} {'ferry test':>12} {'checkpoint export':>18} {'ratio':>7}")
@@ -152,6 +161,9 @@ print(f"live failover: request to every volume taking a write under its name: {l
 rate, crate = commit["rate_bytes_per_s"] / 2**20, copied / convert_s / 2**20
 print(f"{'':40} {'ferry commit':>12} {'qemu-img convert':>18} {'ratio':>7}")
 print(f"{'copy rate of the volumes (MiB/s)':40} {rate:>12.0f} {crate:>18.0f} {rate/crate:>7.2f}")
-print(f"longest client pause in the commit: {commit['longest_pause_ms']:.1f} ms (ferry's last pass); "
-      f"fio's largest 4k QD1 write latency meanwhile: {fio_max_ms:.1f} ms, over {job['total_ios']} writes")
+print(f"longest pause the commit's last pass (under the write lock) imposed: {commit['longest_pause_ms']:.1f} ms")
+print(f"{'a client writing 4k at QD1 (ms)':40} {'during commit':>13} {'during convert':>17}")
+print(f"{'  p99 write latency':40} {p99(job):>13.2f} {p99(before):>17.2f}")
+print(f"{'  largest write latency':40} {job['clat_ns']['max']/1e6:>13.1f} {before['clat_ns']['max']/1e6:>17.1f}")
+print(f"{'  writes':40} {job['total_ios']:>13} {before['total_ios']:>17}")
 PY

@@ -180,6 +180,16 @@ fn a_commit_makes_the_checkpoint_plus_what_was_written_the_recovery_sites_volume
         };
         qemu_io(f, cmds);
     }
+    // A restart of the recovery agent during needs-commit: the overlays are found again.
+    b.stop();
+    b.spawn();
+    assert!(wait_for(30, || live(&b, "app").is_some_and(|l| l["phase"] == "needs-commit")));
+    assert!(
+        wait_for(30, || compare(&want[0].1, b.tcp_uri(&want[0].0))
+            .contains("Images are identical")),
+        "{}",
+        compare(&want[0].1, b.tcp_uri(&want[0].0))
+    );
     // Commit while a client writes on (its writes go to the volume after the switch).
     require("fio");
     let mut fio = Command::new("fio")

@@ -35,6 +35,9 @@ use crate::io::{BufPool, IoBuf};
 /// The overlay's unit: a write of part of a block reads the rest of it first.
 pub const BLOCK: u64 = 4096;
 
+/// A scratch file is cut down by this much at a time when it is deleted.
+const TRUNCATE_STEP: u64 = 64 << 20;
+
 /// What a write to a sealed overlay answers (its volume was committed elsewhere).
 pub const SEALED: &str = "the overlay was sealed by its commit";
 
@@ -292,6 +295,14 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
             m.counted.iter().map(|w| u64::from(w.count_ones())).sum()
         };
         self.budget.give(counted * BLOCK);
+        // A large scratch file is cut down a step at a time before it is unlinked: one
+        // unlink of gigabytes of extents is one long file-system transaction, which stalls
+        // the writers of other files on the same datastore (a committed volume's clients).
+        let mut len = self.scratch.metadata().map(|m| m.len()).unwrap_or(0);
+        while len > TRUNCATE_STEP {
+            len -= TRUNCATE_STEP;
+            self.scratch.set_len(len)?;
+        }
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::live::{CommitProgress, Live, LiveFailover, LivePhase, nothing_pending, overlay_dir};
+use super::live::{CommitProgress, Live, LiveFailover, LivePhase, blocking, nothing_pending, overlay_dir};
 use super::{Failover, step};
 use crate::catalog::View;
 use crate::catalog::overlay::{BLOCK, Overlay};
@@ -34,9 +34,76 @@ const FEW_BLOCKS: usize = 256;
 /// last pass under the lock anyway).
 const PASSES_MAX: u32 = 8;
 
+/// The copy's writeback goes in windows of this many bytes, at most [`WRITEBACK_AHEAD`]
+/// of them under way: the kernel's dirty-page throttling would otherwise stall every
+/// writer on the file system (the clients' included) once a copy of gigabytes had piled
+/// up dirty pages.
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+const WRITEBACK_AHEAD: usize = 16;
+
+/// Starts the writeback of each window of the copy once it is written and waits for the
+/// one [`WRITEBACK_AHEAD`] windows back: a copy holds few dirty pages at any time.
+struct Writeback<'a> {
+    file: &'a File,
+    /// The window being written: (start, end).
+    open: Option<(u64, u64)>,
+    started: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl<'a> Writeback<'a> {
+    fn new(file: &'a File) -> Writeback<'a> {
+        Writeback {
+            file,
+            open: None,
+            started: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn range(&self, (start, end): (u64, u64), flags: libc::c_uint) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a descriptor this struct borrows.
+        let r = unsafe { libc::sync_file_range(self.file.as_raw_fd(), start as i64, (end - start) as i64, flags) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn written(&mut self, off: u64, len: u64) -> std::io::Result<()> {
+        let (start, end) = match self.open {
+            Some((s, e)) if off >= s && off <= e + WRITEBACK_WINDOW => (s.min(off), e.max(off + len)),
+            Some(w) => {
+                self.start(w)?;
+                (off, off + len)
+            }
+            None => (off, off + len),
+        };
+        self.open = Some((start, end));
+        if end - start >= WRITEBACK_WINDOW {
+            self.open = None;
+            self.start((start, end))?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, w: (u64, u64)) -> std::io::Result<()> {
+        self.range(w, libc::SYNC_FILE_RANGE_WRITE)?;
+        self.started.push_back(w);
+        if self.started.len() > WRITEBACK_AHEAD {
+            let old = self.started.pop_front().expect("non-empty");
+            self.range(
+                old,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Copies `blocks` (sorted block numbers) from the overlay to `out`, runs at a time;
 /// bytes copied.
 fn copy_blocks(o: &Overlay<View>, out: &File, blocks: &[u64], buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut wb = Writeback::new(out);
     let mut i = 0;
     let mut bytes = 0;
     while i < blocks.len() {
@@ -48,27 +115,48 @@ fn copy_blocks(o: &Overlay<View>, out: &File, blocks: &[u64], buf: &mut [u8]) ->
         let len = (n as u64 * BLOCK).min(o.info_size().saturating_sub(first * BLOCK)) as usize;
         o.read_at(first * BLOCK, &mut buf[..len])?;
         out.write_all_at(&buf[..len], first * BLOCK)?;
+        wb.written(first * BLOCK, len as u64)?;
         bytes += len as u64;
         i += n;
     }
     Ok(bytes)
 }
 
+/// Threads of the first pass (reads of the view and writes overlap, as in
+/// `qemu-img convert`'s parallel requests).
+const COPIERS: usize = 2;
+
 /// The first pass: every block, zero chunks left as holes (the file was emptied).
 fn copy_all(o: &Overlay<View>, out: &File, progress: &Mutex<CommitProgress>) -> std::io::Result<()> {
     let size = o.info_size();
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(CHUNK) as usize;
-        o.read_at(at, &mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            out.write_all_at(&buf[..n], at)?;
-        }
-        at += n as u64;
-        progress.lock().unwrap_or_else(|e| e.into_inner()).copied_bytes += n as u64;
-    }
-    Ok(())
+    let next = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..COPIERS)
+            .map(|_| {
+                s.spawn(|| -> std::io::Result<()> {
+                    let mut buf = vec![0u8; CHUNK as usize];
+                    let mut wb = Writeback::new(out);
+                    loop {
+                        let at = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                        if at >= size {
+                            return Ok(());
+                        }
+                        let n = (size - at).min(CHUNK) as usize;
+                        o.read_at(at, &mut buf[..n])?;
+                        if buf[..n].iter().any(|&b| b != 0) {
+                            out.write_all_at(&buf[..n], at)?;
+                            wb.written(at, n as u64)?;
+                        }
+                        progress.lock().unwrap_or_else(|e| e.into_inner()).copied_bytes += n as u64;
+                    }
+                })
+            })
+            .collect();
+        // (The scope joins every worker, whichever failed first.)
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    })
 }
 
 impl Overlay<View> {
@@ -95,7 +183,8 @@ impl Failover {
                 ..Default::default()
             });
         });
-        live.save()?;
+        let l2 = live.clone();
+        blocking(move || l2.save()).await?;
         live.replica.push_event(
             "commit started: the volumes are copied into volumes of this agent while they are served".into(),
         );
@@ -128,7 +217,8 @@ impl Failover {
         };
         match result {
             Ok(()) => {
-                let _ = std::fs::remove_dir_all(overlay_dir(&live.replica));
+                let dir = overlay_dir(&live.replica);
+                blocking(move || std::fs::remove_dir_all(dir)).await.ok();
                 live.replica.change(ReplicaInput::LiveCommitted);
                 // The protected site is fenced for good (it was not, after shutdown none).
                 let epoch = live.shown().epoch;
@@ -154,7 +244,8 @@ impl Failover {
                     ));
                     l.commit = Some(p.clone());
                 });
-                if let Err(e) = live.save() {
+                let l2 = live.clone();
+                if let Err(e) = blocking(move || l2.save()).await {
                     tracing::error!(vpg, error = %e, "cannot record the commit");
                 }
                 live.replica.push_event(format!(
@@ -170,7 +261,8 @@ impl Failover {
                     l.steps.push(step("commit", false, e.to_string()));
                     l.commit = Some(p);
                 });
-                let _ = live.save();
+                let l2 = live.clone();
+                let _ = blocking(move || l2.save()).await;
                 live.replica.push_event(format!(
                     "the commit failed ({e}); the volumes are still served from the failover's overlays: fix it and commit again"
                 ));
@@ -257,7 +349,8 @@ impl Failover {
                 p.longest_pause_ms = p.longest_pause_ms.max(last);
             }
             self.exports.remove_live(name);
-            let _ = o.close();
+            let o2 = o.clone();
+            blocking(move || o2.close()).await.ok();
             tracing::info!(vpg = %spec.name, volume = %name, pause_ms = last, "volume committed");
             live.update(|l| l.commit = Some(progress.lock().unwrap_or_else(|e| e.into_inner()).clone()));
         }

@@ -223,6 +223,15 @@ fn overlay_info(vpg: &str, name: &str, cp: &CheckpointInfo, size: u64) -> ferry_
     info
 }
 
+/// Runs file work (unlinking gigabytes of scratch, fsyncs) off the reactor, whose threads
+/// serve the clients' I/O.
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
@@ -393,7 +402,8 @@ impl Failover {
             switches,
             timer: CancellationToken::new(),
         });
-        live.save()?;
+        let l2 = live.clone();
+        blocking(move || l2.save()).await?;
         live.event(format!(
             "LIVE FAILOVER at checkpoint {} (epoch {epoch}): {} volume(s) served under their production names in {ready_after_ms:.0} ms; it needs commit ({})",
             cp.seq,
@@ -630,15 +640,24 @@ impl Failover {
             .filter(|l| l.shown().phase == LivePhase::NeedsCommit)
             .ok_or_else(|| nothing_pending(vpg, "roll back"))?;
         live.timer.cancel();
-        for (v, s) in &live.switches {
-            self.exports.remove_live(v);
-            if let Some(o) = s.overlay() {
+        let overlays: Vec<_> = live
+            .switches
+            .iter()
+            .filter_map(|(v, s)| {
+                self.exports.remove_live(v);
+                s.overlay()
+            })
+            .collect();
+        let dir = overlay_dir(&live.replica);
+        let r = live.replica.clone();
+        let epoch = blocking(move || {
+            for o in overlays {
                 let _ = o.close();
             }
-        }
-        let dir = overlay_dir(&live.replica);
-        let _ = std::fs::remove_dir_all(&dir);
-        let epoch = live.replica.hand_back()?;
+            let _ = std::fs::remove_dir_all(&dir);
+            r.hand_back()
+        })
+        .await?;
         self.exports.replicas().nudge();
         live.replica.change(ReplicaInput::LiveRolledBack);
         live.update(|l| {
@@ -650,7 +669,8 @@ impl Failover {
                 format!("exports closed, overlays deleted; the protected site takes epoch {epoch} and writes again"),
             ));
         });
-        live.save()?;
+        let l2 = live.clone();
+        blocking(move || l2.save()).await?;
         live.event(format!(
             "live failover rolled back: the VPG runs at its protected site again (epoch {epoch}), and replication resumes where it stopped"
         ));
