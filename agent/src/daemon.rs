@@ -366,7 +366,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     );
     let bound = receiver.as_ref().map(|(_, bound, _)| bound.clone());
     {
-        let (replicas, shutdown) = (replicas.clone(), shutdown.clone());
+        let (replicas, shutdown, vpgs) = (replicas.clone(), shutdown.clone(), vpgs.clone());
         tokio::spawn(async move {
             let r = replicas.clone();
             if tokio::task::spawn_blocking(move || r.load_all()).await.is_err() {
@@ -382,7 +382,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
                         per_source_max: handshakes.1,
                     },
                 );
-                receiver::run(l, Arc::new(keys), replicas, gate, shutdown).await;
+                receiver::run(l, Arc::new(keys), replicas, vpgs, gate, shutdown).await;
             }
         });
     }
@@ -417,7 +417,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         failover_tests: vec![],
         live_failovers: vec![],
     };
-    let failover = crate::failover::Failover::new(exports.clone(), {
+    let failover = crate::failover::Failover::new(exports.clone(), vpgs.clone(), {
         let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
         let sock = cfg.state_dir.join("nbd.sock");
         Box::new(move |name: &str| match &base {

@@ -105,6 +105,26 @@ pub(super) enum VpgCmd {
         #[command(flatten)]
         plan: PlanArgs,
     },
+    /// Protect a VPG failed over to this site (and committed) back to the site it failed
+    /// over from: that site becomes its recovery site, its volumes the replica's images, and
+    /// only the regions that differ are sent.
+    Reverse {
+        name: String,
+        /// That site's replication address (it must accept this agent's pairing key).
+        #[arg(long)]
+        peer: String,
+        /// The pairing key file shared with that site.
+        #[arg(long)]
+        peer_key: PathBuf,
+        #[arg(long)]
+        priority: Option<String>,
+        /// RPO alert threshold, e.g. 5m.
+        #[arg(long)]
+        rpo: Option<String>,
+        /// Journal ring size, e.g. 1G.
+        #[arg(long)]
+        journal_size: Option<String>,
+    },
     /// Change a VPG's failover plan: members and boot order, scripts, networks (it travels
     /// to the recovery site, which acts on it even when this site is gone).
     Edit {

@@ -420,6 +420,31 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 print_vpg(&v);
             }
         }
+        Command::Vpg(VpgCmd::Reverse {
+            name,
+            peer,
+            peer_key,
+            priority,
+            rpo,
+            journal_size,
+        }) => {
+            let req = ferry_agent::failover::ReverseRequest {
+                peer,
+                pairing_key: std::path::absolute(&peer_key).map_err(|err| format!("{}: {err}", peer_key.display()))?,
+                priority,
+                rpo_s: rpo.as_deref().map(parse_duration_s).transpose()?,
+                journal_bytes: journal_size.as_deref().map(parse_size).transpose()?,
+            };
+            let v: VpgStatus = c
+                .call(Method::POST, &format!("/v1/failover/{name}/reverse"), Some(&req))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            println!(
+                "VPG {name} is protected from this site to {} now (epoch {}): a delta sync compares the volumes with theirs there and sends only what differs (`ferry vpg wait {name}`)",
+                req.peer, v.epoch
+            );
+        }
         Command::Vpg(VpgCmd::Edit { name, plan }) => {
             let v: VpgStatus = c
                 .call(Method::PATCH, &format!("/v1/vpgs/{name}"), Some(&plan.edit()?))

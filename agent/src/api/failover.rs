@@ -6,7 +6,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{Api, ApiError};
-use crate::failover::{LiveFailover, LiveRequest, StopRequest, TestReport, TestRequest, TestRunning};
+use crate::failover::{LiveFailover, LiveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning};
+use crate::protect::vpg::VpgStatus;
 
 pub(super) fn routes(r: Router<Api>) -> Router<Api> {
     r.route("/v1/failover/tests", get(running_h))
@@ -17,6 +18,15 @@ pub(super) fn routes(r: Router<Api>) -> Router<Api> {
         .route("/v1/failover/{vpg}/live", post(live_h))
         .route("/v1/failover/{vpg}/commit", post(commit_h))
         .route("/v1/failover/{vpg}/rollback", post(rollback_h))
+        .route("/v1/failover/{vpg}/reverse", post(reverse_h))
+}
+
+async fn reverse_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<ReverseRequest>,
+) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
+    Ok((StatusCode::CREATED, Json(api.failover.reverse(&vpg, &req).await?)))
 }
 
 async fn lives_h(State(api): State<Api>) -> Json<Vec<LiveFailover>> {

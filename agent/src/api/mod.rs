@@ -23,6 +23,7 @@
 //! | POST   | /v1/failover/{vpg}/commit | → `LiveFailover` (the copy goes on in the background) |
 //! | POST   | /v1/failover/{vpg}/rollback | → `LiveFailover` |
 //! | GET    | /v1/failover/live      | `[LiveFailover]` |
+//! | POST   | /v1/failover/{vpg}/reverse | `ReverseRequest` → `VpgStatus` (protected back) |
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -252,6 +252,8 @@ impl Failover {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            // (A failed-over replica deleted since: the VPG failed back and runs there.)
+            .filter(|l| !l.replica.is_removed())
             .map(|l| l.shown())
             .collect()
     }

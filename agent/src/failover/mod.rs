@@ -22,9 +22,11 @@ use crate::recover::replica::Replica;
 pub mod commit;
 pub mod live;
 pub mod plan;
+pub mod reverse;
 pub mod verify;
 
 pub use live::{CommitPolicy, LiveFailover, LivePhase, LiveRequest, ShutdownPolicy};
+pub use reverse::ReverseRequest;
 
 use verify::{Verify, VerifyState};
 
@@ -128,6 +130,8 @@ struct Running {
 /// The failover operations of this agent.
 pub struct Failover {
     exports: Arc<Exports>,
+    /// This agent's VPGs: reverse protection makes one of a committed failover.
+    vpgs: Arc<crate::protect::vpg::Vpgs>,
     /// Held while a test starts or stops (across its file work: they are rare, and two at
     /// once on the same VPG would share its scratch folder). Taken before `tests`.
     op: Mutex<()>,
@@ -177,9 +181,14 @@ pub(crate) fn step(what: &str, ok: bool, detail: String) -> Step {
 }
 
 impl Failover {
-    pub fn new(exports: Arc<Exports>, export_uri: Box<dyn Fn(&str) -> String + Send + Sync>) -> Arc<Failover> {
+    pub fn new(
+        exports: Arc<Exports>,
+        vpgs: Arc<crate::protect::vpg::Vpgs>,
+        export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
+    ) -> Arc<Failover> {
         Arc::new(Failover {
             exports,
+            vpgs,
             op: Mutex::new(()),
             tests: Mutex::new(BTreeMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),

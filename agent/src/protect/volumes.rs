@@ -399,10 +399,8 @@ impl Volumes {
         None
     }
 
-    /// Removes a volume (and its file, unless adopted or a block device).
-    pub async fn delete(&self, name: &str, force: bool) -> Result<(), AgentError> {
-        let _g = self.change.lock().await;
-        self.check_frozen()?;
+    /// A volume (online, if it is) and its record, if it is in no VPG.
+    fn outside_vpgs(&self, name: &str) -> Result<(Option<Arc<Volume>>, VolumeRecord), AgentError> {
         let online = self.online.read().expect("lock").get(name).cloned();
         let record = match (&online, self.offline.read().expect("lock").get(name)) {
             (Some(v), _) => v.record.clone(),
@@ -415,6 +413,53 @@ impl Volumes {
                 vpg.name, vpg.name
             )));
         }
+        Ok((online, record))
+    }
+
+    /// No longer a volume here: connections still open on it fail from now on.
+    fn forget(&self, name: &str, online: Option<Arc<Volume>>) {
+        if let Some(v) = online {
+            v.deleted.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.online.write().expect("lock").remove(name);
+        self.offline.write().expect("lock").remove(name);
+    }
+
+    /// Hands a volume's file over to `to` (renamed there; the same file system): it is no
+    /// longer a volume of this agent, and connections still open on it fail from now on.
+    /// A reversed VPG's volumes become its replica's images this way. Refused for a volume
+    /// in a VPG, an adopted file and a block device (they are not the agent's to move).
+    pub async fn hand_over(&self, name: &str, to: &Path) -> Result<(), AgentError> {
+        let _g = self.change.lock().await;
+        self.check_frozen()?;
+        let (online, record) = self.outside_vpgs(name)?;
+        let is_device = std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());
+        if record.adopted || is_device {
+            return Err(AgentError::BadRequest(format!(
+                "volume {name:?} is {}: it cannot become a replica's image; copy it there by hand",
+                if is_device { "a block device" } else { "an adopted file" }
+            )));
+        }
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AgentError::io("cannot create", dir, e))?;
+        }
+        std::fs::rename(&record.path, to)
+            .map_err(|e| AgentError::io("cannot move the volume's file", &record.path, e))?;
+        if let Err(e) = self.save(None, Some(name)) {
+            // Put back: nothing changed.
+            let _ = std::fs::rename(to, &record.path);
+            return Err(e);
+        }
+        self.forget(name, online);
+        info!(volume = %name, to = %to.display(), "volume handed over");
+        Ok(())
+    }
+
+    /// Removes a volume (and its file, unless adopted or a block device).
+    pub async fn delete(&self, name: &str, force: bool) -> Result<(), AgentError> {
+        let _g = self.change.lock().await;
+        self.check_frozen()?;
+        let (online, record) = self.outside_vpgs(name)?;
         if let Some(v) = &online
             && Arc::strong_count(v) > 2
             && !force
@@ -422,11 +467,7 @@ impl Volumes {
             return Err(AgentError::VolumeInUse(name.into()));
         }
         self.save(None, Some(name))?;
-        if let Some(v) = online {
-            v.deleted.store(true, std::sync::atomic::Ordering::Release);
-        }
-        self.online.write().expect("lock").remove(name);
-        self.offline.write().expect("lock").remove(name);
+        self.forget(name, online);
         let is_device = std::fs::metadata(&record.path).is_ok_and(|m| m.file_type().is_block_device());
         if !record.adopted
             && !is_device

@@ -205,13 +205,7 @@ impl Replicas {
             r.admit(spec, peer)?;
             return Ok(r.clone());
         }
-        let ds = if spec.datastore.is_empty() {
-            self.datastores.first()
-        } else {
-            self.datastores.iter().find(|d| d.name == spec.datastore)
-        }
-        .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
-        let dir = replicas_dir(ds).join(&spec.name);
+        let dir = self.dir_for(spec)?;
         if let Some(why) = self.damaged.lock().unwrap_or_else(|e| e.into_inner()).get(&dir) {
             return Err(why.clone());
         }
@@ -228,6 +222,17 @@ impl Replicas {
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.name.clone(), r.clone());
         Ok(r)
+    }
+
+    /// Where the replica of `spec` lives (or would): its datastore's `replicas/NAME`.
+    pub fn dir_for(&self, spec: &VpgSpec) -> Result<PathBuf, String> {
+        let ds = if spec.datastore.is_empty() {
+            self.datastores.first()
+        } else {
+            self.datastores.iter().find(|d| d.name == spec.datastore)
+        }
+        .ok_or_else(|| format!("the recovery site has no datastore named {:?}", spec.datastore))?;
+        Ok(replicas_dir(ds).join(&spec.name))
     }
 
     /// Deletes a replica (its views' pins must be gone). A session writing to it ends its

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{AcceptBackoff, Gate};
 use crate::events::RateLimitedLog;
+use crate::protect::vpg::Vpgs;
 use crate::recover::replica::{PeerSeen, SessionHold, ToPeer};
 use crate::recover::replicas::Replicas;
 use crate::replication::link::{self, Frame, LinkError, LinkStats, Pace};
@@ -35,6 +36,7 @@ pub async fn run(
     listener: TcpListener,
     keys: Arc<Vec<[u8; 32]>>,
     replicas: Arc<Replicas>,
+    vpgs: Arc<Vpgs>,
     gate: Arc<Gate>,
     stop: CancellationToken,
 ) {
@@ -58,7 +60,13 @@ pub async fn run(
         let Some(pass) = gate.enter(&peer.ip().to_string()) else {
             continue;
         };
-        let (keys, replicas, stop, refused) = (keys.clone(), replicas.clone(), stop.clone(), refused.clone());
+        let (keys, replicas, stop, refused, vpgs) = (
+            keys.clone(),
+            replicas.clone(),
+            stop.clone(),
+            refused.clone(),
+            vpgs.clone(),
+        );
         tokio::spawn(async move {
             let stats = Arc::new(LinkStats::default());
             let accepted = link::accept(stream, &keys, Pace::new(0), stats).await;
@@ -78,7 +86,7 @@ pub async fn run(
                 key_fingerprint: ferry_proto::pairing::fingerprint(&keys[key]),
                 unix_ms: crate::clock::now_ms(),
             };
-            match serve(rd, wr, &replicas, &seen, stop).await {
+            match serve(rd, wr, &replicas, &vpgs, &seen, stop).await {
                 Ok(()) => info!(%peer, "replication peer disconnected"),
                 Err(e) => warn!(%peer, error = %e, "replication session ended"),
             }
@@ -91,6 +99,7 @@ async fn serve(
     rd: link::LinkReader,
     mut wr: link::LinkWriter,
     replicas: &Arc<Replicas>,
+    vpgs: &Arc<Vpgs>,
     seen: &PeerSeen,
     stop: CancellationToken,
 ) -> Result<(), LinkError> {
@@ -99,6 +108,7 @@ async fn serve(
         start: tokio::time::Instant::now(),
         opened: BTreeMap::new(),
         replicas,
+        vpgs,
         seen,
         batch: None,
     };
@@ -151,6 +161,7 @@ struct Shell<'a> {
     /// Each held while open here, so that `ferry replica delete` knows the peer is connected.
     opened: BTreeMap<u64, SessionHold>,
     replicas: &'a Arc<Replicas>,
+    vpgs: &'a Arc<Vpgs>,
     seen: &'a PeerSeen,
     batch: Option<(BatchHeader, Vec<u8>)>,
 }
@@ -178,8 +189,14 @@ impl Shell<'_> {
                 }
                 Action::Open(spec) => {
                     let (id, their_epoch) = (spec.id, spec.epoch);
+                    // The VPG was protected from here, failed over and is protected back
+                    // now (reverse protection): this site becomes its recovery site.
+                    let demoted = self.demote(&spec).await;
                     let (replicas, seen) = (self.replicas.clone(), self.seen.clone());
-                    let r = blocking(move || replicas.open(&spec, &seen)).await?;
+                    let r = match demoted {
+                        Ok(()) => blocking(move || replicas.open(&spec, &seen)).await?,
+                        Err(why) => Err(why),
+                    };
                     let result = match r {
                         Ok(r) => {
                             // Whole batches an earlier session wrote but had not acknowledged
@@ -304,6 +321,78 @@ impl Shell<'_> {
                 work.extend(self.core.on(now, input));
             }
         }
+        Ok(())
+    }
+
+    /// A VPG of this agent with `spec`'s lineage and an older epoch, fenced (it failed over
+    /// to the peer, which now protects it back here): its journal goes and its volumes
+    /// become the replica's images. Refused (the peer is told why) if it was never fenced:
+    /// it took writes after the failover, so both sites hold writes the other has not.
+    async fn demote(&self, spec: &ferry_proto::message::VpgSpec) -> Result<(), String> {
+        let Ok(v) = self.vpgs.get(&spec.name) else {
+            return Ok(());
+        };
+        if v.record.lineage.0 != spec.lineage {
+            return Err(format!(
+                "this site protects another VPG named {:?} (lineage {}); give one of them another name",
+                spec.name, v.record.lineage
+            ));
+        }
+        // Fenced at the peer's epoch (or an older one): it yielded the VPG to the peer.
+        match v.fenced() {
+            Some(_) if v.epoch() <= spec.epoch => {}
+            Some(_) => {
+                return Err(format!(
+                    "VPG {:?} was fenced here at epoch {}, newer than the peer's {}: the peer is behind",
+                    spec.name,
+                    v.epoch(),
+                    spec.epoch
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "VPG {:?} takes writes here at epoch {} while the peer protects it at epoch {}: both sites hold writes the other has not (split brain); nothing was overwritten",
+                    spec.name,
+                    v.epoch(),
+                    spec.epoch
+                ));
+            }
+        }
+        let dir = self.replicas.dir_for(spec)?;
+        let names: Vec<String> = v.record.volumes.clone();
+        for vol in &spec.volumes {
+            if !names.contains(&vol.name) {
+                return Err(format!("VPG {:?} has no volume {:?} here", spec.name, vol.name));
+            }
+        }
+        drop(v);
+        // A replica here of this VPG from before (it failed over here from the peer and was
+        // committed, then failed back): its history ended with that failover, and the
+        // stream starts anew from the images.
+        if let Some(old) = self.replicas.get(&spec.name) {
+            if old.spec().lineage != spec.lineage || old.runs_here().is_none() {
+                return Err(format!(
+                    "this site holds a replica named {:?} of another VPG; delete it (`ferry replica delete {}`) first",
+                    spec.name, spec.name
+                ));
+            }
+            let (replicas, name) = (self.replicas.clone(), spec.name.clone());
+            blocking(move || replicas.remove(&name, false))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        self.vpgs.delete(&spec.name).await.map_err(|e| e.to_string())?;
+        let volumes = self.vpgs.volumes();
+        for vol in &spec.volumes {
+            let to = dir.join(format!("{}.img", vol.name));
+            volumes.hand_over(&vol.name, &to).await.map_err(|e| e.to_string())?;
+        }
+        warn!(
+            vpg = %spec.name,
+            epoch = spec.epoch,
+            "VPG protected back from its peer (reverse protection): this site is its recovery site now; its volumes became the replica's images"
+        );
         Ok(())
     }
 

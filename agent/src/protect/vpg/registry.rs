@@ -431,6 +431,11 @@ impl Vpgs {
         }
     }
 
+    /// This agent's volumes.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
     /// The VPG whose journal (and stream) is `ring_id`.
     pub fn by_ring(&self, ring_id: u64) -> Option<Arc<Vpg>> {
         self.all().into_iter().find(|v| v.record.ring_id == ring_id)
@@ -543,6 +548,20 @@ impl Vpgs {
         protect: Option<&ProtectArgs>,
         plan: &PlanEdit,
     ) -> Result<VpgStatus, AgentError> {
+        self.create_as(name, volumes, journal_bytes, protect, plan, None).await
+    }
+
+    /// [`Vpgs::create`] of a VPG that exists already elsewhere: it keeps its lineage and
+    /// epoch (`identity`), as reverse protection makes it at the site it failed over to.
+    pub async fn create_as(
+        self: &Arc<Self>,
+        name: &str,
+        volumes: &[String],
+        journal_bytes: Option<u64>,
+        protect: Option<&ProtectArgs>,
+        plan: &PlanEdit,
+        identity: Option<(Lineage, u64)>,
+    ) -> Result<VpgStatus, AgentError> {
         check_vpg_name(name)?;
         let protection = protect.map(|p| p.check()).transpose()?;
         let plan = plan.apply(&Plan::default(), volumes)?;
@@ -588,8 +607,11 @@ impl Vpgs {
             journal_bytes,
             ring_id: random_u64(),
             created_unix_ms: now_ms(),
-            lineage: Lineage::new()?,
-            epoch: 1,
+            lineage: match identity {
+                Some((l, _)) => l,
+                None => Lineage::new()?,
+            },
+            epoch: identity.map_or(1, |(_, e)| e),
             plan,
             protection,
         };

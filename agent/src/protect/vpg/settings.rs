@@ -54,6 +54,19 @@ pub struct PlanEdit {
 pub const BOOT_DELAY_MAX_MS: u64 = 3_600_000;
 
 impl PlanEdit {
+    /// The edit that sets all of `p`.
+    pub fn from_plan(p: &Plan) -> PlanEdit {
+        PlanEdit {
+            members: Some(p.members.clone()),
+            boot_delay_ms: Some(p.boot_delay_ms),
+            pre_script: Some(p.pre_script.clone()),
+            post_script: Some(p.post_script.clone()),
+            script_timeout_s: (p.script_timeout_s > 0).then_some(p.script_timeout_s),
+            test_network: Some(p.test_network.clone()),
+            failover_network: Some(p.failover_network.clone()),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.members.is_none()
             && self.boot_delay_ms.is_none()

@@ -1,0 +1,106 @@
+//! Reverse protection: after a committed live failover, the VPG is protected from this
+//! site back to the one it failed over from. The committed volumes become a VPG of this
+//! agent with the VPG's lineage and its new epoch; at the other site (its next `Open`),
+//! the fenced VPG of the older epoch is demoted: its journal goes, its volumes become the
+//! replica's images (see `replication::receiver`), and a delta sync compares them region by
+//! region, so only what differs travels.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::live::{LiveFailover, LivePhase, blocking};
+use super::{Failover, step};
+use crate::clock::now_ms;
+use crate::error::AgentError;
+use crate::meta::Lineage;
+use crate::protect::vpg::{PlanEdit, ProtectArgs, VpgStatus};
+
+/// What `ferry vpg reverse` asks for: where the VPG is protected to now (the site it
+/// failed over from, which must accept this agent as a peer).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReverseRequest {
+    /// That site's replication address (HOST:PORT).
+    pub peer: String,
+    /// The pairing key file shared with it (absolute; the agent reads it).
+    pub pairing_key: PathBuf,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub rpo_s: Option<u64>,
+    #[serde(default)]
+    pub journal_bytes: Option<u64>,
+}
+
+impl Failover {
+    /// Protects the committed VPG `vpg` back to `req.peer`. Refused unless a live failover
+    /// of it was committed here, and once its VPG exists here.
+    pub async fn reverse(
+        self: &std::sync::Arc<Self>,
+        vpg: &str,
+        req: &ReverseRequest,
+    ) -> Result<VpgStatus, AgentError> {
+        let _op = self.live_op.lock().await;
+        let live = self.live_of(vpg).ok_or_else(|| {
+            AgentError::Refused(format!(
+                "no live failover of {vpg:?} was committed here: reverse protection follows `ferry failover live {vpg}` and `ferry failover commit {vpg}`"
+            ))
+        })?;
+        let shown: LiveFailover = live.shown();
+        if shown.phase != LivePhase::Committed {
+            return Err(AgentError::Refused(format!(
+                "the live failover of {vpg:?} is not committed yet (`ferry failover commit {vpg}` first)"
+            )));
+        }
+        if self.vpgs.get(vpg).is_ok() {
+            return Err(AgentError::Conflict(format!(
+                "VPG {vpg:?} is protected from this site already (`ferry vpg show {vpg}`)"
+            )));
+        }
+        let spec = live.replica.spec();
+        let protect = ProtectArgs {
+            peer: req.peer.clone(),
+            pairing_key: req.pairing_key.clone(),
+            recovery_datastore: None,
+            priority: req.priority.clone(),
+            rpo_s: req.rpo_s,
+            history_s: Some(spec.history_secs),
+            history_bytes_max: Some(spec.history_bytes_max),
+            // The other site holds the volumes as they were: a delta sync sends only what
+            // differs.
+            preseeded: true,
+            throttle_rpo_ms: None,
+        };
+        let volumes: Vec<String> = spec.volumes.iter().map(|v| v.name.clone()).collect();
+        let st = self
+            .vpgs
+            .create_as(
+                vpg,
+                &volumes,
+                req.journal_bytes,
+                Some(&protect),
+                &PlanEdit::from_plan(&spec.plan),
+                Some((Lineage(spec.lineage), shown.epoch)),
+            )
+            .await?;
+        live.update(|l| {
+            l.steps.push(step(
+                "reverse protection",
+                true,
+                format!(
+                    "protected from this site to {} at epoch {}; a delta sync sends only the regions that differ",
+                    req.peer, shown.epoch
+                ),
+            ));
+        });
+        let l2 = live.clone();
+        blocking(move || l2.save()).await?;
+        live.replica.push_event(format!(
+            "reverse protection: VPG {vpg:?} is protected from this site to {} (epoch {}) since {}",
+            req.peer,
+            shown.epoch,
+            crate::size::utc(now_ms())
+        ));
+        Ok(st)
+    }
+}
