@@ -120,3 +120,68 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
     qemu_io(a.tcp_uri("d1"), &["read -P 0x77 0 1M"]);
     qemu_io(a.tcp_uri("d0"), &["read -P 0x66 5M 1M"]);
 }
+
+#[test]
+fn a_move_and_a_move_back_lose_nothing_and_protect_in_reverse_each_time() {
+    let keydir = common::scratch_dir("move-key");
+    let key = keydir.join("pairing.key");
+    ok(Command::new(common::FERRY).arg("pair").arg(&key));
+    let mut a = site("move-a", &key);
+    let b = site("move-b", &key);
+    let (a_addr, b_addr) = (replication_addr(&a), replication_addr(&b));
+    let k = key.display().to_string();
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --peer {b_addr} --peer-key {k} --wait"
+    ));
+    same_at_both(&a, &b, "app", "start");
+    // Written just before the move: a move loses nothing.
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x31 1M 1M"]);
+    let out = b.ferry(&[
+        "failover",
+        "move",
+        "app",
+        "--reverse-protection",
+        "--peer",
+        &a_addr,
+        "--peer-key",
+        &k,
+    ]);
+    assert!(out.contains("COMMITTED"), "{out}");
+    qemu_io(b.tcp_uri("d0"), &["read -P 0x31 1M 1M"]);
+    assert!(
+        wait_for(60, || run_ok(&b, &["vpg", "show", "app", "--json"])
+            && state(&b, "app") == "protecting"),
+        "{}",
+        b.ferry(&["status"])
+    );
+    qemu_io(b.tcp_uri("d0"), &["write -P 0x32 3M 1M"]);
+    same_at_both(&b, &a, "app", "moved");
+    // And back.
+    let out = a.ferry(&[
+        "failover",
+        "move",
+        "app",
+        "--reverse-protection",
+        "--peer",
+        &b_addr,
+        "--peer-key",
+        &k,
+    ]);
+    assert!(out.contains("COMMITTED"), "{out}");
+    qemu_io(a.tcp_uri("d0"), &["read -P 0x31 1M 1M", "read -P 0x32 3M 1M"]);
+    assert!(wait_for(60, || run_ok(&a, &["vpg", "show", "app", "--json"])
+        && state(&a, "app") == "protecting"));
+    assert_eq!(json(&a, &["vpg", "show", "app", "--json"])["epoch"], 3);
+    same_at_both(&a, &b, "app", "moved-back");
+    // A move needs the protected site: refused, nothing changed, when it is gone.
+    a.kill9();
+    assert!(wait_for(30, || !b.ferry(&["replica", "list"]).contains("receiving")));
+    let err = b.ferry_fails(&["failover", "move", "app"]);
+    assert!(err.contains("a move needs the protected site"), "{err}");
+    a.spawn();
+}
+
+fn run_ok(a: &Agent, args: &[&str]) -> bool {
+    common::run(a.cli().args(args)).status.success()
+}

@@ -153,6 +153,34 @@ pub(super) enum VpgCmd {
     Delete { name: String },
 }
 
+/// Reverse protection after a commit: `--reverse-protection --peer HOST:PORT --peer-key FILE`.
+#[derive(clap::Args, Debug, Default)]
+pub(super) struct ReverseArgs {
+    /// Once committed, protect the VPG back to the site it failed over from.
+    #[arg(long, requires_all = ["peer", "peer_key"])]
+    pub reverse_protection: bool,
+    /// That site's replication address.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// The pairing key file shared with it.
+    #[arg(long)]
+    pub peer_key: Option<PathBuf>,
+}
+
+impl ReverseArgs {
+    pub(super) fn request(self) -> Result<Option<ferry_agent::failover::ReverseRequest>, String> {
+        if !self.reverse_protection {
+            return Ok(None);
+        }
+        let key = self.peer_key.expect("required by clap");
+        Ok(Some(ferry_agent::failover::ReverseRequest {
+            peer: self.peer.expect("required by clap"),
+            pairing_key: std::path::absolute(&key).map_err(|err| format!("{}: {err}", key.display()))?,
+            ..Default::default()
+        }))
+    }
+}
+
 /// A VPG's failover plan, as `vpg create` and `vpg edit` take it.
 #[derive(clap::Args, Debug, Default)]
 pub(super) struct PlanArgs {
@@ -313,6 +341,23 @@ pub(super) enum FailoverCmd {
         /// Return at once (`ferry failover status` shows the progress).
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        reverse: ReverseArgs,
+    },
+    /// A planned failover with no data loss, at the recovery site: the protected site
+    /// shuts down gracefully and is fenced, its final checkpoint drains here, the VPG is
+    /// served here from it and committed (at once by default), and optionally protected
+    /// back. Rolled back, saying why, if the protected site cannot be fenced or drained.
+    /// Failback is a move back.
+    Move {
+        vpg: String,
+        #[arg(long, default_value = "auto-commit")]
+        commit_policy: String,
+        /// When the commit policy acts (default: auto-commit at once).
+        #[arg(long)]
+        commit_after: Option<String>,
+        #[command(flatten)]
+        reverse: ReverseArgs,
     },
     /// Undo a live failover: its exports close, what was written to them is discarded,
     /// and the protected site takes writes again; replication resumes where it stopped.

@@ -139,6 +139,36 @@ pub(super) fn print_live(l: &LiveFailover, s: &ferry_agent::api::AgentStatus) {
     }
 }
 
+/// Shows the commit's copy as a progress bar until it is done; the failover then.
+async fn wait_commit(c: &Client, vpg: &str, l: &LiveFailover) -> Result<LiveFailover, String> {
+    let bar = indicatif::ProgressBar::new(l.commit.as_ref().map_or(0, |p| p.total_bytes).max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("committing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .expect("a valid template"),
+    );
+    let done = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let Some(l) = lives(c).await?.into_iter().find(|l| l.vpg == vpg) else {
+            return Err(format!("the live failover of {vpg} is gone"));
+        };
+        if let Some(p) = &l.commit {
+            bar.set_length(p.total_bytes.max(1));
+            bar.set_position(p.copied_bytes);
+        }
+        match l.phase {
+            LivePhase::Committing => continue,
+            LivePhase::Committed => break l,
+            _ => {
+                bar.abandon();
+                let why = l.steps.last().map(|s| s.detail.clone()).unwrap_or_default();
+                return Err(format!("the commit of {vpg} failed: {why}"));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    Ok(done)
+}
+
 async fn lives(c: &Client) -> Result<Vec<LiveFailover>, String> {
     Ok(c.call(Method::GET, "/v1/failover/live", None::<&()>)
         .await
@@ -161,6 +191,7 @@ pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
                 commit_policy: CommitPolicy::parse(&commit_policy)?,
                 commit_after_s: commit_after.as_deref().map(super::parse_duration_s).transpose()?,
                 shutdown: ShutdownPolicy::parse(&shutdown)?,
+                ..Default::default()
             };
             println!("failing VPG {vpg} over to this site (shutdown {shutdown}) …");
             let l: LiveFailover = c
@@ -172,9 +203,40 @@ pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
             print_live(&l, &s);
             println!("Decide with: ferry failover commit {vpg}   or   ferry failover rollback {vpg}");
         }
-        FailoverCmd::Commit { vpg, no_wait } => {
+        FailoverCmd::Move {
+            vpg,
+            commit_policy,
+            commit_after,
+            reverse,
+        } => {
+            let req = ferry_agent::failover::MoveRequest {
+                commit_policy: CommitPolicy::parse(&commit_policy)?,
+                commit_after_s: commit_after.as_deref().map(super::parse_duration_s).transpose()?,
+                reverse: reverse.request()?,
+            };
+            println!("moving VPG {vpg} to this site: graceful shutdown there, final checkpoint, drain …");
             let l: LiveFailover = c
-                .call(Method::POST, &format!("/v1/failover/{vpg}/commit"), None::<&()>)
+                .call(Method::POST, &format!("/v1/failover/{vpg}/move"), Some(&req))
+                .await
+                .map_err(e)?
+                .ok_or("empty answer")?;
+            let l = if l.phase == LivePhase::Committing {
+                wait_commit(c, &vpg, &l).await?
+            } else {
+                l
+            };
+            let s = super::agent_status(c).await?;
+            print_live(&l, &s);
+            if let Some(r) = &req.reverse {
+                println!("reverse protection to {} follows (`ferry vpg show {vpg}`)", r.peer);
+            }
+        }
+        FailoverCmd::Commit { vpg, no_wait, reverse } => {
+            let body = ferry_agent::api::CommitRequest {
+                reverse: reverse.request()?,
+            };
+            let l: LiveFailover = c
+                .call(Method::POST, &format!("/v1/failover/{vpg}/commit"), Some(&body))
                 .await
                 .map_err(e)?
                 .ok_or("empty answer")?;
@@ -182,33 +244,7 @@ pub(super) async fn run(c: &Client, cmd: FailoverCmd) -> Result<(), String> {
                 println!("commit of VPG {vpg} started: the volumes are copied while served (`ferry failover status`)");
                 return Ok(());
             }
-            let bar = indicatif::ProgressBar::new(l.commit.as_ref().map_or(0, |p| p.total_bytes).max(1));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "committing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-                )
-                .expect("a valid template"),
-            );
-            let done = loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let Some(l) = lives(c).await?.into_iter().find(|l| l.vpg == vpg) else {
-                    return Err(format!("the live failover of {vpg} is gone"));
-                };
-                if let Some(p) = &l.commit {
-                    bar.set_length(p.total_bytes.max(1));
-                    bar.set_position(p.copied_bytes);
-                }
-                match l.phase {
-                    LivePhase::Committing => continue,
-                    LivePhase::Committed => break l,
-                    _ => {
-                        bar.abandon();
-                        let why = l.steps.last().map(|s| s.detail.clone()).unwrap_or_default();
-                        return Err(format!("the commit of {vpg} failed: {why}"));
-                    }
-                }
-            };
-            bar.finish_and_clear();
+            let done = wait_commit(c, &vpg, &l).await?;
             let s = super::agent_status(c).await?;
             print_live(&done, &s);
         }

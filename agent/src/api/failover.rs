@@ -6,7 +6,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{Api, ApiError};
-use crate::failover::{LiveFailover, LiveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning};
+use crate::failover::{
+    LiveFailover, LiveRequest, MoveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning,
+};
 use crate::protect::vpg::VpgStatus;
 
 pub(super) fn routes(r: Router<Api>) -> Router<Api> {
@@ -19,6 +21,15 @@ pub(super) fn routes(r: Router<Api>) -> Router<Api> {
         .route("/v1/failover/{vpg}/commit", post(commit_h))
         .route("/v1/failover/{vpg}/rollback", post(rollback_h))
         .route("/v1/failover/{vpg}/reverse", post(reverse_h))
+        .route("/v1/failover/{vpg}/move", post(move_h))
+}
+
+async fn move_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<MoveRequest>,
+) -> Result<(StatusCode, Json<LiveFailover>), ApiError> {
+    Ok((StatusCode::CREATED, Json(api.failover.move_vpg(&vpg, &req).await?)))
 }
 
 async fn reverse_h(
@@ -41,8 +52,19 @@ async fn live_h(
     Ok((StatusCode::CREATED, Json(api.failover.start_live(&vpg, &req).await?)))
 }
 
-async fn commit_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<LiveFailover>, ApiError> {
-    Ok(Json(api.failover.commit(&vpg).await?))
+/// `ferry failover commit`: the body may ask for reverse protection once it is done.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CommitRequest {
+    #[serde(default)]
+    pub reverse: Option<ReverseRequest>,
+}
+
+async fn commit_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<CommitRequest>,
+) -> Result<Json<LiveFailover>, ApiError> {
+    Ok(Json(api.failover.commit_then(&vpg, req.reverse).await?))
 }
 
 async fn rollback_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<LiveFailover>, ApiError> {

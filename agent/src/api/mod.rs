@@ -20,7 +20,8 @@
 //! | GET    | /v1/failover/{vpg}/reports | `[TestReport]` |
 //! | GET    | /v1/failover/tests     | `[TestRunning]` |
 //! | POST   | /v1/failover/{vpg}/live | `LiveRequest` → `LiveFailover` (recovery site) |
-//! | POST   | /v1/failover/{vpg}/commit | → `LiveFailover` (the copy goes on in the background) |
+//! | POST   | /v1/failover/{vpg}/commit | `CommitRequest` → `LiveFailover` (the copy goes on in the background) |
+//! | POST   | /v1/failover/{vpg}/move | `MoveRequest` → `LiveFailover` |
 //! | POST   | /v1/failover/{vpg}/rollback | → `LiveFailover` |
 //! | GET    | /v1/failover/live      | `[LiveFailover]` |
 //! | POST   | /v1/failover/{vpg}/reverse | `ReverseRequest` → `VpgStatus` (protected back) |
@@ -39,12 +40,14 @@ use crate::catalog::{CheckpointExport, Exports};
 use crate::failover::Failover;
 
 mod failover;
+
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
 use crate::protect::volumes::{VolumeStatus, Volumes};
 use crate::protect::vpg::{PlanEdit, ProtectArgs, TailRecord, VpgStatus, Vpgs};
 use crate::recover::replica::ReplicaStatus;
 use crate::replication::shipper::{LinkStatus, Shipping};
+pub use failover::CommitRequest;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateVpg {

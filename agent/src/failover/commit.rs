@@ -170,11 +170,21 @@ impl Failover {
     /// background while served (`ferry failover status` shows the progress). Refused when
     /// nothing needs commit.
     pub async fn commit(self: &Arc<Self>, vpg: &str) -> Result<LiveFailover, AgentError> {
+        self.commit_then(vpg, None).await
+    }
+
+    /// [`Failover::commit`], then (with `reverse`) reverse protection once it is done.
+    pub async fn commit_then(
+        self: &Arc<Self>,
+        vpg: &str,
+        reverse: Option<super::ReverseRequest>,
+    ) -> Result<LiveFailover, AgentError> {
         let _op = self.live_op.lock().await;
         let live = self
             .live_of(vpg)
             .filter(|l| l.shown().phase == LivePhase::NeedsCommit)
             .ok_or_else(|| nothing_pending(vpg, "commit"))?;
+        *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = reverse;
         live.timer.cancel();
         live.update(|l| {
             l.phase = LivePhase::Committing;
@@ -253,6 +263,14 @@ impl Failover {
                     p.rate_bytes_per_s / (1 << 20) as f64,
                     p.longest_pause_ms
                 ));
+                let after = live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(req) = after
+                    && let Err(e) = self.reverse(&vpg, &req).await
+                {
+                    live.replica.push_event(format!(
+                        "reverse protection after the commit failed: {e} (`ferry vpg reverse {vpg}` tries again)"
+                    ));
+                }
             }
             Err(e) => {
                 // Still served from the overlays: the commit can be asked for again.
@@ -451,6 +469,7 @@ impl Failover {
             replica: r.clone(),
             switches,
             timer: tokio_util::sync::CancellationToken::new(),
+            reverse_after: Mutex::new(None),
         });
         self.lives
             .lock()

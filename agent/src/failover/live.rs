@@ -110,6 +110,9 @@ pub struct LiveRequest {
     pub commit_after_s: Option<u64>,
     #[serde(default)]
     pub shutdown: ShutdownPolicy,
+    /// Part of a move: the scripts see `FERRY_OPERATION=move`.
+    #[serde(skip)]
+    pub moving: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +175,8 @@ pub(super) struct Live {
     /// (volume, its export) in boot order.
     pub(super) switches: Vec<(String, Arc<Switch>)>,
     pub(super) timer: CancellationToken,
+    /// Reverse protection to start once the commit is done.
+    pub(super) reverse_after: Mutex<Option<super::ReverseRequest>>,
 }
 
 impl Live {
@@ -326,7 +331,7 @@ impl Failover {
         } else {
             asked
         };
-        let up = self.serve_live(&r, vpg, &cp, &mut steps).await;
+        let up = self.serve_live(&r, vpg, &cp, req.moving, &mut steps).await;
         let switches = match up {
             Ok(s) => s,
             Err(why) => {
@@ -403,6 +408,7 @@ impl Failover {
             replica: r.clone(),
             switches,
             timer: CancellationToken::new(),
+            reverse_after: Mutex::new(None),
         });
         let l2 = live.clone();
         blocking(move || l2.save()).await?;
@@ -509,6 +515,7 @@ impl Failover {
         r: &Arc<Replica>,
         vpg: &str,
         cp: &CheckpointInfo,
+        moving: bool,
         steps: &mut Vec<Step>,
     ) -> Result<Vec<(String, Arc<Switch>)>, String> {
         let views = self.exports.views_at(r, cp).map_err(|e| e.to_string())?;
@@ -549,7 +556,7 @@ impl Failover {
             let mut more = Vec::new();
             let bring = plan::BringUp {
                 vpg: &vpg2,
-                operation: "live",
+                operation: if moving { "move" } else { "live" },
                 checkpoint: &cp2,
                 plan: &spec.plan,
                 log_dir: dir2,

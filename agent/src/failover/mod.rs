@@ -26,7 +26,7 @@ pub mod reverse;
 pub mod verify;
 
 pub use live::{CommitPolicy, LiveFailover, LivePhase, LiveRequest, ShutdownPolicy};
-pub use reverse::ReverseRequest;
+pub use reverse::{MoveRequest, ReverseRequest};
 
 use verify::{Verify, VerifyState};
 

@@ -104,3 +104,81 @@ impl Failover {
         Ok(st)
     }
 }
+
+/// What `ferry failover move` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveRequest {
+    /// Default auto-commit at once (`commit_after_s` 0): a planned move needs no decision.
+    #[serde(default = "auto_commit")]
+    pub commit_policy: super::CommitPolicy,
+    #[serde(default)]
+    pub commit_after_s: Option<u64>,
+    /// Protect back to the site moved from, once committed.
+    #[serde(default)]
+    pub reverse: Option<ReverseRequest>,
+}
+
+fn auto_commit() -> super::CommitPolicy {
+    super::CommitPolicy::AutoCommit
+}
+
+impl Failover {
+    /// A planned failover with no data loss: the protected site shuts down gracefully
+    /// (fenced, final checkpoint), history drains to it, the VPG is served here at that
+    /// checkpoint, committed (at once by default) and, if asked, protected back. If the
+    /// protected site cannot be fenced or drained in time, the move is rolled back and
+    /// says why.
+    pub async fn move_vpg(
+        self: &std::sync::Arc<Self>,
+        vpg: &str,
+        req: &MoveRequest,
+    ) -> Result<LiveFailover, AgentError> {
+        let r = self.exports.replicas().get(vpg).ok_or_else(|| {
+            AgentError::Refused(format!("no replica of a VPG named {vpg:?} here (`ferry replica list`)"))
+        })?;
+        if r.life().sessions == 0 {
+            return Err(AgentError::Refused(format!(
+                "a move needs the protected site of {vpg:?} connected (it is shut down gracefully and drained): it is not; in a disaster, `ferry failover live {vpg}` fails over without it"
+            )));
+        }
+        let now = req.commit_policy == super::CommitPolicy::AutoCommit && req.commit_after_s.unwrap_or(0) == 0;
+        let live_req = super::LiveRequest {
+            checkpoint: "latest".into(),
+            commit_policy: if now {
+                super::CommitPolicy::None
+            } else {
+                req.commit_policy
+            },
+            commit_after_s: req.commit_after_s,
+            shutdown: super::ShutdownPolicy::Graceful,
+            moving: true,
+        };
+        let l = self.start_live(vpg, &live_req).await?;
+        let failed: Vec<String> = l
+            .steps
+            .iter()
+            .filter(|s| !s.ok && (s.what == "protected site" || s.what == "drained"))
+            .map(|s| format!("{}: {}", s.what, s.detail))
+            .collect();
+        if !failed.is_empty() {
+            let back = self.rollback(vpg).await;
+            return Err(AgentError::Refused(format!(
+                "the move of {vpg:?} was rolled back ({}), because {}",
+                match back {
+                    Ok(_) => "the protected site takes writes again".to_string(),
+                    Err(e) => format!("and its rollback failed too: {e}"),
+                },
+                failed.join("; ")
+            )));
+        }
+        if now {
+            return self.commit_then(vpg, req.reverse.clone()).await;
+        }
+        if let Some(rev) = &req.reverse
+            && let Some(live) = self.live_of(vpg)
+        {
+            *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(rev.clone());
+        }
+        Ok(l)
+    }
+}
