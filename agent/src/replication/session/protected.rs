@@ -26,8 +26,8 @@ pub const PEER_TIMEOUT: Micros = 30_000_000;
 /// The window is about this much of the link's measured rate.
 pub const WINDOW_TIME: Micros = 500_000;
 /// Delta sync: bytes per compared region, regions per request, requests in flight.
-pub const DELTA_REGION: u32 = 1 << 20;
-pub const DELTA_REGIONS_PER_REQUEST: u32 = 64;
+pub const DELTA_REGION: u32 = 64 << 10;
+pub const DELTA_REGIONS_PER_REQUEST: u32 = 1024;
 pub const DELTA_REQUESTS_MAX: usize = 4;
 
 /// Where a VPG's journal stands, as the shell reads it when the peer opens the VPG.
