@@ -24,6 +24,18 @@ fn site(tag: &str, key: &std::path::Path) -> Agent {
     Agent::start_with(tag, &cfg)
 }
 
+/// Two sites that accept each other (one pairing key), with their replication addresses
+/// and the key's path.
+fn two_sites(tag: &str) -> (Agent, Agent, String, String, String) {
+    let keydir = common::scratch_dir(&format!("{tag}-key"));
+    let key = keydir.join("pairing.key");
+    ok(Command::new(common::FERRY).arg("pair").arg(&key));
+    let a = site(&format!("{tag}-a"), &key);
+    let b = site(&format!("{tag}-b"), &key);
+    let (a_addr, b_addr) = (replication_addr(&a), replication_addr(&b));
+    (a, b, a_addr, b_addr, key.display().to_string())
+}
+
 fn state(a: &Agent, vpg: &str) -> String {
     json(a, &["vpg", "show", vpg, "--json"])["state_kind"]
         .as_str()
@@ -44,13 +56,7 @@ fn same_at_both(from: &Agent, to: &Agent, vpg: &str, tag: &str) {
 
 #[test]
 fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_resent() {
-    let keydir = common::scratch_dir("cycle-key");
-    let key = keydir.join("pairing.key");
-    ok(Command::new(common::FERRY).arg("pair").arg(&key));
-    let a = site("cycle-a", &key);
-    let b = site("cycle-b", &key);
-    let (a_addr, b_addr) = (replication_addr(&a), replication_addr(&b));
-    let k = key.display().to_string();
+    let (a, b, a_addr, b_addr, k) = two_sites("cycle");
     a.create("d0", "16M");
     a.create("d1", "8M");
     a.ferry_line(&format!(
@@ -60,9 +66,11 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
     qemu_io(a.tcp_uri("d1"), &["write -P 0x22 2M 2M"]);
     same_at_both(&a, &b, "app", "protected");
 
-    // Fail over to B and commit; B writes 1 MiB.
+    // Fail over to B and commit; B writes 1 MiB. A client connected during needs-commit
+    // stays connected through the commit and the reverse protection.
     b.ferry(&["failover", "live", "app", "--shutdown", "graceful"]);
     assert_eq!(state(&a, "app"), "fenced");
+    let mut held = HeldClient::connect(&b.tcp_uri("d0"));
     qemu_io(b.tcp_uri("d0"), &["write -P 0x66 5M 1M"]);
     let out = b.ferry(&["failover", "commit", "app"]);
     assert!(out.contains("COMMITTED"), "{out}");
@@ -96,7 +104,12 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
     );
     let vols = a.ferry(&["volume", "list"]);
     assert!(!vols.contains("d0"), "A's volumes are the replica's images now: {vols}");
+    // The client connected before the commit writes now: its write is captured and
+    // shipped like any other.
+    held.write_64k_at(10 << 20, 0x5a);
+    qemu_io(b.tcp_uri("d0"), &["read -P 0x5a 10M 64k"]);
     same_at_both(&b, &a, "app", "reversed");
+    drop(held);
 
     // Fail back: a live failover to A, commit, and protect A → B again.
     qemu_io(b.tcp_uri("d1"), &["write -P 0x77 0 1M"]);
@@ -123,13 +136,7 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
 
 #[test]
 fn a_move_and_a_move_back_lose_nothing_and_protect_in_reverse_each_time() {
-    let keydir = common::scratch_dir("move-key");
-    let key = keydir.join("pairing.key");
-    ok(Command::new(common::FERRY).arg("pair").arg(&key));
-    let mut a = site("move-a", &key);
-    let b = site("move-b", &key);
-    let (a_addr, b_addr) = (replication_addr(&a), replication_addr(&b));
-    let k = key.display().to_string();
+    let (mut a, b, a_addr, b_addr, k) = two_sites("move");
     a.create("d0", "16M");
     a.ferry_line(&format!(
         "vpg create app --volume d0 --journal-size 16M --peer {b_addr} --peer-key {k} --wait"
@@ -182,6 +189,70 @@ fn a_move_and_a_move_back_lose_nothing_and_protect_in_reverse_each_time() {
     a.spawn();
 }
 
+/// An NBD client (python3-libnbd) that stays connected and writes when told.
+struct HeldClient(std::process::Child, std::io::BufReader<std::process::ChildStdout>);
+
+impl HeldClient {
+    fn connect(uri: &str) -> HeldClient {
+        let script = "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint('ready', flush=True)\nfor line in sys.stdin:\n    off, byte = (int(x) for x in line.split())\n    h.pwrite(bytes([byte]) * 65536, off)\n    h.flush()\n    print('done', flush=True)\n";
+        let (child, out) = common::python_client(&["-c", script, uri]);
+        HeldClient(child, out)
+    }
+
+    fn write_64k_at(&mut self, off: u64, byte: u8) {
+        use std::io::{BufRead, Write};
+        writeln!(self.0.stdin.as_mut().unwrap(), "{off} {byte}").unwrap();
+        let mut line = String::new();
+        self.1.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done", "the held client's write failed");
+    }
+}
+
+impl Drop for HeldClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn run_ok(a: &Agent, args: &[&str]) -> bool {
     common::run(a.cli().args(args)).status.success()
+}
+
+#[test]
+fn a_site_holding_writes_its_peer_never_received_is_not_resynced_over() {
+    let (mut a, mut b, a_addr, b_addr, k) = two_sites("sb");
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --peer {b_addr} --peer-key {k} --wait"
+    ));
+    same_at_both(&a, &b, "app", "start");
+    // Restarts keep each site's replication address.
+    let keep = |x: &mut Agent, addr: &str| {
+        x.set_extra_config(&format!("[replication]\nlisten = {addr:?}\npairing_keys = [{k:?}]\n"));
+    };
+    keep(&mut a, &a_addr);
+    keep(&mut b, &b_addr);
+    // The recovery site goes away; the protected site writes on, then dies too.
+    b.stop();
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x71 2M 1M"]);
+    a.kill9();
+    // A disaster failover at B, committed and protected back.
+    b.spawn();
+    let out = b.ferry(&["failover", "live", "app"]);
+    assert!(out.contains("not connected"), "{out}");
+    b.ferry(&["failover", "commit", "app"]);
+    b.ferry(&["vpg", "reverse", "app", "--peer", &a_addr, "--peer-key", &k]);
+    // A comes back: B's reverse protection opens the VPG there, and A refuses to be
+    // resynced over the write B never received.
+    a.spawn();
+    assert!(
+        wait_for(30, || b.ferry(&["vpg", "show", "app"]).contains("never received")),
+        "{}",
+        b.ferry(&["vpg", "show", "app"])
+    );
+    let shown = b.ferry(&["vpg", "show", "app"]);
+    assert!(shown.contains("nothing was overwritten"), "{shown}");
+    // A's write is still there.
+    qemu_io(a.tcp_uri("d0"), &["read -P 0x71 2M 1M"]);
 }

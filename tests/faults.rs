@@ -322,22 +322,10 @@ fn the_agents_own_files_cannot_be_adopted() {
 fn a_volume_deleted_under_a_writer_fails_its_writes() {
     let a = Agent::start("delwriter");
     a.create("d0", "8M");
-    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/scripts/writer_after_delete.py"
-        ))
-        .arg(a.unix_uri("d0"))
-        .env("PATH", path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
+    let (mut child, mut out) = common::python_client(&[
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/writer_after_delete.py"),
+        &a.unix_uri("d0"),
+    ]);
     let err = a.ferry_fails(&["volume", "delete", "d0"]);
     assert!(err.contains("--force"), "{err}");
     a.ferry(&["volume", "delete", "d0", "--force"]);

@@ -299,6 +299,26 @@ pub fn patterned_file(path: &Path, len: usize, seed: u8) {
     std::fs::write(path, data).unwrap();
 }
 
+/// Starts a python3-libnbd client (with /usr/bin first on PATH) that talks on stdin and
+/// stdout, and waits for its "ready" line.
+pub fn python_client(args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    require("nbdsh");
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut child = Command::new("/usr/bin/python3")
+        .args(args)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    (child, out)
+}
+
 /// Runs nbdsh (python3-libnbd) with /usr/bin first on PATH, as the module lives there.
 pub fn nbdsh(script: &Path, args: &[&str]) -> Output {
     require("nbdsh");

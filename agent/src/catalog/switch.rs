@@ -55,6 +55,18 @@ impl Switch {
         }
     }
 
+    /// A write's bytes in a buffer `v` takes: a captured one if `v` is in a VPG (reverse
+    /// protection made one of it after connections were opened through the switch).
+    fn for_volume(v: &Volume, offset: u64, buf: IoBuf) -> IoBuf {
+        if matches!(buf, IoBuf::Plain(_)) && v.member().is_some() {
+            let mut b = v.write_buffer(offset, buf.len());
+            b.as_mut().copy_from_slice(buf.as_ref());
+            b
+        } else {
+            buf
+        }
+    }
+
     /// The volume, after the commit.
     fn volume(&self) -> ExportResult<Arc<Volume>> {
         match self.target() {
@@ -81,6 +93,13 @@ impl Export for Switch {
         }
     }
 
+    fn write_buffer(&self, offset: u64, len: usize) -> IoBuf {
+        match self.target() {
+            Target::Overlay(o) => o.buffer(len),
+            Target::Volume(v) => v.write_buffer(offset, len),
+        }
+    }
+
     async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
         match self.target() {
             Target::Overlay(o) => o.read(offset, buf).await,
@@ -99,11 +118,14 @@ impl Export for Switch {
                     return r;
                 }
                 let v = self.volume()?;
-                let mut b = v.buffer(data.len());
+                let mut b = v.write_buffer(offset, data.len());
                 b.as_mut().copy_from_slice(&data);
                 v.write(offset, b, fua).await
             }
-            Target::Volume(v) => v.write(offset, buf, fua).await,
+            Target::Volume(v) => {
+                let buf = Self::for_volume(&v, offset, buf);
+                v.write(offset, buf, fua).await
+            }
         }
     }
 

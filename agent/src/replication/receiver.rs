@@ -358,6 +358,19 @@ impl Shell<'_> {
                 ));
             }
         }
+        // Writes here the peer never received (taken before the fence reached this site,
+        // while the two were apart) would be overwritten by the resync: refused.
+        let st = v.journal_stats();
+        let acked = st.acked_seq.max(v.ship_update(|s| s.acked_seq));
+        let dirty: u64 = v.status().volumes.iter().map(|m| m.dirty_bytes).sum();
+        if st.next_seq > acked || dirty > 0 {
+            return Err(format!(
+                "VPG {:?} holds writes here its peer never received ({} record(s), {} dirty): a resync would overwrite them (split brain); nothing was overwritten",
+                spec.name,
+                st.next_seq.saturating_sub(acked),
+                crate::size::human(dirty)
+            ));
+        }
         let dir = self.replicas.dir_for(spec)?;
         let names: Vec<String> = v.record.volumes.clone();
         for vol in &spec.volumes {
