@@ -7,13 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{checkpoints, compare, export, new_key, recovery_agent, tag_and_wait, wait_for};
+use common::sites::{checkpoints, compare, copy, export, json, new_key, recovery_agent, tag_and_wait, wait_for};
 use common::{Agent, qemu_io, require, run};
-use serde_json::Value;
-
-fn json(a: &Agent, args: &[&str]) -> Value {
-    serde_json::from_str(&a.ferry(args)).unwrap()
-}
 
 /// The (volume, URI) pairs `ferry failover test` printed.
 fn test_exports(out: &str) -> Vec<(String, String)> {
@@ -23,15 +18,6 @@ fn test_exports(out: &str) -> Vec<(String, String)> {
             Some((vol.to_string(), format!("nbd://{uri}")))
         })
         .collect()
-}
-
-/// A copy of an NBD export in a file.
-fn copy(uri: &str, to: &std::path::Path) {
-    require("qemu-img");
-    let out = run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw", uri])
-        .arg(to));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn sha_of_images(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {

@@ -7,13 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{compare, export, replication_addr, tag_and_wait, wait_for};
+use common::sites::{compare, export, json, replication_addr, tag_and_wait, wait_for};
 use common::{Agent, ok, qemu_io};
-use serde_json::Value;
-
-fn json(a: &Agent, args: &[&str]) -> Value {
-    serde_json::from_str(&a.ferry(args)).unwrap()
-}
 
 /// An agent that accepts holders of `key` as a recovery site, and can protect to them.
 fn site(tag: &str, key: &std::path::Path) -> Agent {

@@ -8,13 +8,9 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{compare, export, new_key, recovery_agent, tag_and_wait, wait_for};
+use common::sites::{compare, copy, export, json, new_key, recovery_agent, tag_and_wait, wait_for};
 use common::{Agent, qemu_io, require, run};
 use serde_json::Value;
-
-fn json(a: &Agent, args: &[&str]) -> Value {
-    serde_json::from_str(&a.ferry(args)).unwrap()
-}
 
 fn vpg_state(a: &Agent, vpg: &str) -> String {
     json(a, &["vpg", "show", vpg, "--json"])["state_kind"]
@@ -31,15 +27,6 @@ fn live(b: &Agent, vpg: &str) -> Option<Value> {
         .iter()
         .find(|l| l["vpg"] == vpg)
         .cloned()
-}
-
-/// A copy of an NBD export in a file.
-fn copy(uri: &str, to: &std::path::Path) {
-    require("qemu-img");
-    let out = run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "raw", uri])
-        .arg(to));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A qemu-io write; whether it went through, and what qemu-io said.

@@ -97,3 +97,17 @@ pub fn compare(a: impl AsRef<std::ffi::OsStr>, b: impl AsRef<std::ffi::OsStr>) -
         .arg(b));
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// A command's `--json` output.
+pub fn json(a: &Agent, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&a.ferry(args)).unwrap()
+}
+
+/// A copy of an NBD export in a file.
+pub fn copy(uri: &str, to: &Path) {
+    require("qemu-img");
+    let out = run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", uri])
+        .arg(to));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

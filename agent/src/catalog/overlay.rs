@@ -161,7 +161,21 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
         let scratch = File::options().create_new(true).read(true).write(true).open(&path)?;
         scratch.set_len(info.size_bytes)?;
         let words = info.size_bytes.div_ceil(BLOCK).div_ceil(64) as usize;
-        Ok(Overlay {
+        Ok(Self::assemble(base, scratch, path, info, pool, budget, vec![0; words]))
+    }
+
+    /// An overlay with its scratch file open and the blocks it holds (`present`).
+    fn assemble(
+        base: Arc<B>,
+        scratch: File,
+        path: PathBuf,
+        info: ExportInfo,
+        pool: Arc<BufPool>,
+        budget: Arc<Budget>,
+        present: Vec<u64>,
+    ) -> Overlay<B> {
+        let words = present.len();
+        Overlay {
             base,
             scratch: Arc::new(scratch),
             path,
@@ -169,15 +183,15 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
             pool,
             budget,
             map: Arc::new(Mutex::new(Map {
-                present: vec![0; words],
-                counted: vec![0; words],
+                counted: present.clone(),
+                present,
                 dirty: vec![0; words],
             })),
             writing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             durable: false,
             sealed: Arc::new(AtomicBool::new(false)),
-        })
+        }
     }
 
     /// Makes it durable: zeroes are written, never punched (a live failover's overlay).
@@ -223,23 +237,7 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
                 held * BLOCK
             )));
         }
-        Ok(Overlay {
-            base,
-            scratch: Arc::new(scratch),
-            path,
-            info,
-            pool,
-            budget,
-            map: Arc::new(Mutex::new(Map {
-                counted: present.clone(),
-                present,
-                dirty: vec![0; words],
-            })),
-            writing: tokio::sync::Mutex::new(()),
-            closed: AtomicBool::new(false),
-            durable: true,
-            sealed: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(Self::assemble(base, scratch, path, info, pool, budget, present).durable())
     }
 
     /// Reads `buf.len()` bytes at `offset` as the overlay's clients see them (blocking).

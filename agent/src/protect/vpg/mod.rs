@@ -251,9 +251,18 @@ impl Vpg {
     /// Feeds the state machine: the transition is taken, persisted and told, or refused
     /// with the reason (nothing changes then).
     pub fn apply(&self, input: Input) -> Result<(), String> {
+        self.transition(|l| step(l, input))
+    }
+
+    /// Takes the transition `to` gives from the state as it stands: persisted (when it
+    /// says so), then told; or its refusal, with nothing changed.
+    fn transition(
+        &self,
+        to: impl FnOnce(&Lifecycle) -> Result<(Lifecycle, Vec<Action>), String>,
+    ) -> Result<(), String> {
         let actions = {
             let mut g = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
-            let (next, actions) = step(&g, input)?;
+            let (next, actions) = to(&g)?;
             if actions.contains(&Action::Persist)
                 && let Err(e) = save_lifecycle(&self.dir, &next)
             {
@@ -287,24 +296,7 @@ impl Vpg {
     /// Takes the recovery site's word on a live failover into the state machine
     /// (persisted and told), or says why not. The volumes are the registry's to fence.
     pub(super) fn apply_fencing(&self, input: crate::protect::state::Fencing) -> Result<(), String> {
-        let actions = {
-            let mut g = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
-            let (next, actions) = crate::protect::state::fence_step(&g, input)?;
-            if actions.contains(&Action::Persist)
-                && let Err(e) = save_lifecycle(&self.dir, &next)
-            {
-                return Err(format!("cannot record the VPG's new state: {e}"));
-            }
-            *g = next;
-            actions
-        };
-        for a in actions {
-            if let Action::Event(e) = a {
-                self.event(e);
-            }
-        }
-        self.cap.wake_shipper();
-        Ok(())
+        self.transition(|l| crate::protect::state::fence_step(l, input))
     }
 
     /// The failover plan (members, boot order, scripts) as it stands.
