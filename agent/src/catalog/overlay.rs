@@ -525,17 +525,7 @@ mod tests {
         let o = Arc::new(o.durable());
         write(&o, 100, &[0xaa; 10]).await.unwrap();
         // Zeroes over whole blocks are written (they must survive a reopen as zeroes).
-        o.write_zeroes(
-            8192,
-            8192,
-            ZeroMode {
-                may_trim: true,
-                fast_only: false,
-                fua: false,
-            },
-        )
-        .await
-        .unwrap();
+        zeroes(&o, 8192, 8192).await;
         write(&o, 40960, &[0xbb; 4096]).await.unwrap();
         assert_eq!(o.take_dirty(), vec![0, 2, 3, 10]);
         assert!(o.take_dirty().is_empty(), "taken once");
@@ -584,6 +574,16 @@ mod tests {
         b.as_ref().to_vec()
     }
 
+    /// A write of zeroes that may trim.
+    async fn zeroes(o: &Overlay<Pattern>, offset: u64, len: u64) {
+        let mode = ZeroMode {
+            may_trim: true,
+            fast_only: false,
+            fua: false,
+        };
+        o.write_zeroes(offset, len, mode).await.unwrap();
+    }
+
     async fn write(o: &Overlay<Pattern>, offset: u64, data: &[u8]) -> ExportResult<()> {
         let mut b = o.buffer(data.len());
         b.as_mut().copy_from_slice(data);
@@ -624,17 +624,7 @@ mod tests {
         assert_eq!(o.budget.used_bytes(), 16384);
         // Zeroes from the middle of block 0 to the middle of block 3: blocks 1 and 2 are
         // punched (their budget freed), blocks 0 and 3 rewritten.
-        o.write_zeroes(
-            2048,
-            12288,
-            ZeroMode {
-                may_trim: true,
-                fast_only: false,
-                fua: false,
-            },
-        )
-        .await
-        .unwrap();
+        zeroes(&o, 2048, 12288).await;
         let mut want = expected(64 << 10);
         want[..16384].fill(1);
         want[2048..14336].fill(0);

@@ -581,16 +581,29 @@ impl Failover {
         .map_err(|e| e.to_string())?;
         steps.extend(more);
         if let Err(why) = brought {
-            for (v, s) in &switches {
-                self.exports.remove_live(v);
-                if let Some(o) = s.overlay() {
-                    let _ = o.close();
-                }
-            }
-            let _ = std::fs::remove_dir_all(&dir);
+            self.take_down(&switches, dir).await;
             return Err(why);
         }
         Ok(switches)
+    }
+
+    /// Stops serving a live failover's volumes and deletes their overlays and `dir` (off
+    /// the reactor: unlinking scratch files can take long). Clients get ESHUTDOWN.
+    async fn take_down(&self, switches: &[(String, Arc<Switch>)], dir: std::path::PathBuf) {
+        let overlays: Vec<_> = switches
+            .iter()
+            .filter_map(|(v, s)| {
+                self.exports.remove_live(v);
+                s.overlay()
+            })
+            .collect();
+        blocking(move || {
+            for o in overlays {
+                let _ = o.close();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .await;
     }
 
     /// The commit policy's timer: an event 10 minutes before, then the action.
@@ -649,24 +662,9 @@ impl Failover {
             .filter(|l| l.shown().phase == LivePhase::NeedsCommit)
             .ok_or_else(|| nothing_pending(vpg, "roll back"))?;
         live.timer.cancel();
-        let overlays: Vec<_> = live
-            .switches
-            .iter()
-            .filter_map(|(v, s)| {
-                self.exports.remove_live(v);
-                s.overlay()
-            })
-            .collect();
-        let dir = overlay_dir(&live.replica);
+        self.take_down(&live.switches, overlay_dir(&live.replica)).await;
         let r = live.replica.clone();
-        let epoch = blocking(move || {
-            for o in overlays {
-                let _ = o.close();
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-            r.hand_back()
-        })
-        .await?;
+        let epoch = blocking(move || r.hand_back()).await?;
         self.exports.replicas().nudge();
         live.replica.change(ReplicaInput::LiveRolledBack);
         live.update(|l| {
