@@ -19,14 +19,7 @@ if [ $# -eq 0 ]; then
   cargo build --release --quiet
   set -- "this=$PWD/target/release/ferry"
 fi
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$BENCH_DIR"
-}
-trap cleanup EXIT
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+. scripts/bench-common.sh
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 

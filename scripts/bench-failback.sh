@@ -19,17 +19,9 @@ done
 cargo build --release --quiet
 FERRY=$PWD/target/release/ferry
 rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR/a" "$BENCH_DIR/b"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$BENCH_DIR"
-}
-trap cleanup EXIT
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+. scripts/bench-common.sh
 A() { FERRY_CONTROL=$BENCH_DIR/a/control.sock "$FERRY" "$@"; }
 B() { FERRY_CONTROL=$BENCH_DIR/b/control.sock "$FERRY" "$@"; }
-now() { date +%s.%N; }
 state() { "$1" vpg show "$2" --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['state_kind'])" 2>/dev/null || true; }
 acked() { "$1" vpg show "$2" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['protection']['ship']['acked_bytes'])"; }
 until_protecting() { for _ in $(seq 6000); do [ "$(state "$1" "$2")" = protecting ] && return 0; sleep 0.1; done; echo "$2 never protecting" >&2; exit 1; }

@@ -26,19 +26,9 @@ done
 cargo build --release --quiet
 FERRY=$PWD/target/release/ferry
 rm -rf "$BENCH_DIR"; mkdir -p "$BENCH_DIR/a" "$BENCH_DIR/b"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  # KEEP_LOGS=DIR keeps the agents' logs and the commit's fio latency log.
-  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$BENCH_DIR"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
-  rm -rf "$BENCH_DIR"
-}
-trap cleanup EXIT
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+. scripts/bench-common.sh
 A() { FERRY_CONTROL=$BENCH_DIR/a/control.sock "$FERRY" "$@"; }
 B() { FERRY_CONTROL=$BENCH_DIR/b/control.sock "$FERRY" "$@"; }
-now() { date +%s.%N; }
 
 "$FERRY" pair "$BENCH_DIR/key" --force >/dev/null
 printf 'state_dir = "%s"\n[nbd]\nlisten = []\n' "$BENCH_DIR/a" >"$BENCH_DIR/a.toml"
@@ -116,9 +106,11 @@ t1=$(now)
 live_ms=$(python3 -c "print(($t1 - $t0) * 1000)")
 fio --name=w --ioengine=nbd --uri="nbd+unix:///d0?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=64k --iodepth=8 \
   --size="$SIZE" --io_size=256M --output-format=terse >/dev/null
+# The QD1 client's volume: the second (the first took the 256M above), or the only one.
+client=$(( VOLUMES > 1 ? 1 : 0 ))
 # The same client writing 4k at QD1 to a live volume, during the baseline copy: qemu-img
 # convert of the same checkpoint's views, every volume (both copies run under the same load).
-fio --name=b --ioengine=nbd --uri="nbd+unix:///d1?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
+fio --name=b --ioengine=nbd --uri="nbd+unix:///d$client?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
   --size="$SIZE" --time_based --runtime=3600 --output-format=json >"$BENCH_DIR/before-fio.json" 2>/dev/null & fpid=$!
 sleep 1
 mapfile -t curis < <(B checkpoint export bench --checkpoint loaded | uris_of)
@@ -126,15 +118,15 @@ t0=$(now)
 for u in "${curis[@]}"; do qemu-img convert -f raw -O raw "$u" "$BENCH_DIR/convert.img"; rm -f "$BENCH_DIR/convert.img"; done
 t1=$(now)
 convert_s=$(python3 -c "print($t1 - $t0)")
-kill -INT "$fpid"; wait "$fpid" || true
+kill -INT "$fpid" 2>/dev/null || true; wait "$fpid" || true
 B checkpoint unexport bench >/dev/null
 # The commit under a client writing 4k at QD1.
-fio --name=c --ioengine=nbd --uri="nbd+unix:///d1?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
+fio --name=c --ioengine=nbd --uri="nbd+unix:///d$client?socket=$BENCH_DIR/b/nbd.sock" --rw=randwrite --bs=4k --iodepth=1 \
   --size="$SIZE" --time_based --runtime=3600 --write_lat_log="$BENCH_DIR/commit" --log_unix_epoch=1 \
   --output-format=json >"$BENCH_DIR/commit-fio.json" 2>/dev/null & fpid=$!
 sleep 1
 B failover commit bench >/dev/null
-kill -INT "$fpid"; wait "$fpid" || true
+kill -INT "$fpid" 2>/dev/null || true; wait "$fpid" || true
 B failover status --json >"$BENCH_DIR/live.json"
 
 python3 - "$VOLUMES" "$SIZE" "$HISTORY" "$ti" "$vi" "${test_ms[*]}" "${view_ms[*]}" "$live_ms" "$convert_s" \
