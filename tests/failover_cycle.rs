@@ -9,6 +9,7 @@ use std::process::Command;
 
 use common::sites::{compare, export, json, replication_addr, tag_and_wait, wait_for};
 use common::{Agent, ok, qemu_io};
+use serde_json::Value;
 
 /// An agent that accepts holders of `key` as a recovery site, and can protect to them.
 fn site(tag: &str, key: &std::path::Path) -> Agent {
@@ -36,6 +37,23 @@ fn state(a: &Agent, vpg: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Waits until `to` protects `app` to `peer` at `epoch`, having resent at most 1 MiB
+/// plus a region's granularity; its `vpg show --json`.
+fn protecting_again(to: &Agent, peer: &Agent, epoch: u64, what: &str) -> Value {
+    assert!(
+        wait_for(60, || state(to, "app") == "protecting"),
+        "{}\n{}",
+        to.ferry(&["vpg", "show", "app"]),
+        peer.ferry(&["status"])
+    );
+    let shown = json(to, &["vpg", "show", "app", "--json"]);
+    assert_eq!(shown["epoch"], epoch);
+    let sent = shown["protection"]["ship"]["acked_bytes"].as_u64().unwrap();
+    eprintln!("{what}: {sent} bytes of records sent for 24 MiB of volumes");
+    assert!(sent <= (2 << 20) + 4096, "{what}: {sent}");
+    shown
 }
 
 /// Every volume of `vpg` at `from` (its volumes) equals the newest checkpoint at `to`
@@ -79,18 +97,8 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
     assert!(out.contains("protected from this site"), "{out}");
     let err = b.ferry_fails(&["vpg", "reverse", "app", "--peer", &a_addr, "--peer-key", &k]);
     assert!(err.contains("protected from this site already"), "{err}");
-    assert!(
-        wait_for(60, || state(&b, "app") == "protecting"),
-        "{}\n{}",
-        b.ferry(&["vpg", "show", "app"]),
-        a.ferry(&["status"])
-    );
-    let shown = json(&b, &["vpg", "show", "app", "--json"]);
-    assert_eq!(shown["epoch"], 2);
     // The bytes resynced: B's 1 MiB write, at most a region's granularity more.
-    let sent = shown["protection"]["ship"]["acked_bytes"].as_u64().unwrap();
-    eprintln!("reverse protection: {sent} bytes of records sent for 24 MiB of volumes");
-    assert!(sent <= (2 << 20) + 4096, "{sent}");
+    let shown = protecting_again(&b, &a, 2, "reverse protection");
     assert!(
         shown
             .to_string()
@@ -112,17 +120,8 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
     assert_eq!(state(&b, "app"), "fenced");
     a.ferry(&["failover", "commit", "app"]);
     a.ferry(&["vpg", "reverse", "app", "--peer", &b_addr, "--peer-key", &k]);
-    assert!(
-        wait_for(60, || state(&a, "app") == "protecting"),
-        "{}\n{}",
-        a.ferry(&["vpg", "show", "app"]),
-        b.ferry(&["status"])
-    );
-    let shown = json(&a, &["vpg", "show", "app", "--json"]);
-    assert_eq!(shown["epoch"], 3);
-    let sent = shown["protection"]["ship"]["acked_bytes"].as_u64().unwrap();
-    eprintln!("failback: {sent} bytes of records sent for 24 MiB of volumes");
-    assert!(sent <= (2 << 20) + 4096, "only B's 1 MiB write since: {sent}");
+    // Only B's 1 MiB write since.
+    protecting_again(&a, &b, 3, "failback");
     qemu_io(a.tcp_uri("d0"), &["write -P 0x88 8M 1M"]);
     same_at_both(&a, &b, "app", "failed-back");
     qemu_io(a.tcp_uri("d1"), &["read -P 0x77 0 1M"]);
