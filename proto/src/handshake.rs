@@ -23,7 +23,9 @@ pub const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// version error (no agent that speaks only 1 knows lineages).
 /// 3: the failover plan travels in `Open` and `Settings`, and a live failover fences the
 /// protected site (`Fence`, `Fenced`, `Unfence`); 2 is refused (it could not be fenced).
-pub const VERSIONS: (u16, u16) = (3, 3);
+/// 4: a fenced site reports the writes a failover missed (`Diverged`: split brain); 3 is
+/// refused (it would fence itself and say nothing of them).
+pub const VERSIONS: (u16, u16) = (4, 4);
 const HELLO_MAGIC: &[u8; 4] = b"FYH1";
 const REPLY_MAGIC: &[u8; 4] = b"FYR1";
 /// Noise's largest message.
@@ -267,21 +269,22 @@ mod tests {
         assert_eq!(init.finish(&reply).unwrap().version, 3);
     }
 
-    /// Agents of versions 1 (before lineages) and 2 (before fencing) meet this one: both
+    /// Agents of versions 1 (before lineages), 2 (before fencing) and 3 (before split-brain
+    /// reports) meet this one: both
     /// sides say which versions each speaks and which agent to upgrade.
     #[test]
     fn older_agents_get_a_clear_version_error() {
-        for v in [1, 2] {
+        for v in [1, 2, 3] {
             let (old, hello) = initiate_with(&PSK, (v, v)).unwrap();
             let (reply, outcome) = respond(&PSK, &hello).unwrap();
             let here = outcome.unwrap_err().to_string();
             assert!(
-                here.contains(&format!("we speak 3..=3, the peer {v}..={v}; upgrade the older agent")),
+                here.contains(&format!("we speak 4..=4, the peer {v}..={v}; upgrade the older agent")),
                 "{here}"
             );
             let there = old.finish(&reply).unwrap_err().to_string();
             assert!(
-                there.contains(&format!("we speak {v}..={v}, the peer 3..=3")),
+                there.contains(&format!("we speak {v}..={v}, the peer 4..=4")),
                 "{there}"
             );
         }

@@ -4,7 +4,7 @@
 //! A new variant or field is a new protocol version ([`crate::handshake::VERSIONS`]);
 //! [`decode`] refuses trailing bytes. Version 2 added [`VpgSpec::lineage`]; version 3
 //! [`VpgSpec::plan`] and the messages of a live failover (`Settings`, `Fence`, `Fenced`,
-//! `Unfence`).
+//! `Unfence`); version 4 `Diverged` (split brain).
 //!
 //! ```text
 //! protected site                          recovery site
@@ -20,6 +20,7 @@
 //!                            ◄──            Fence { vpg, epoch, shutdown, reason }
 //!   Fenced { vpg, epoch, final_seq } ──►    (a live failover: writes there stop)
 //!                            ◄──            Unfence { vpg, epoch }  (rolled back: resume)
+//!   Diverged { vpg, epoch, bytes } ──►     (split brain: writes there the failover missed)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -173,6 +174,14 @@ pub enum Message {
         vpg: u64,
         epoch: u64,
     },
+    /// Split brain (version 4): fenced at `epoch` by a failover it was not there for, the
+    /// protected site holds `bytes` of writes the recovery site never received (or, with 0,
+    /// no longer: an operator kept the recovery site's side and the writes were salvaged).
+    Diverged {
+        vpg: u64,
+        epoch: u64,
+        bytes: u64,
+    },
 }
 
 /// A delta-sync region's checksum: SHA-256, first 16 bytes.
@@ -214,10 +223,10 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
-    /// Version 3, byte for byte (postcard: variant index, then varints, length-prefixed
+    /// Version 4, byte for byte (postcard: variant index, then varints, length-prefixed
     /// strings and the lineage's 16 bytes as they are).
     #[test]
-    fn golden_messages_v3() {
+    fn golden_messages_v4() {
         let open = Message::Open(Box::new(VpgSpec {
             id: 300,
             name: "app".into(),
@@ -270,6 +279,14 @@ mod tests {
             "0d0102ac02"
         );
         assert_eq!(hex(&encode(&Message::Unfence { vpg: 1, epoch: 3 })), "0e0103");
+        assert_eq!(
+            hex(&encode(&Message::Diverged {
+                vpg: 1,
+                epoch: 2,
+                bytes: 300
+            })),
+            "0f0102ac02"
+        );
         assert_eq!(decode(&encode(&fence)), Ok(fence));
         assert_eq!(
             hex(&encode(&Message::Ack {

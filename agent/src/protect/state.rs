@@ -16,7 +16,9 @@
 //! | not paused | pause | paused | persist, event |
 //! | paused | resume | not paused | persist, event |
 //! | any | fence(e ≥ epoch, why) | fenced at e | persist, event |
-//! | fenced | unfence(e ≥ epoch) | not fenced, at e | persist, event |
+//! | fenced | unfence(e ≥ epoch) | not fenced, at e (split brain over: kept here) | persist, event |
+//! | any | split-brain(e ≥ epoch, bytes, why) | fenced at e, split brain | persist, event |
+//! | split brain at e | settle(e) | fenced at e, settled at e (its writes salvaged) | persist, event |
 //!
 //! Every other pair is refused with the reason (pausing a paused VPG, a delta comparison
 //! ending when none runs, …), except acknowledgements, which are facts: one that changes
@@ -89,6 +91,23 @@ pub struct Lifecycle {
     /// VPG was created with).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub epoch: u64,
+    /// Fenced by a failover this site was not there for, after it had taken writes the
+    /// recovery site never received: replication stops until an operator settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<SplitBrain>,
+    /// The epoch of a split brain settled for the other site: this site's diverged writes
+    /// were salvaged, and a resync from there may overwrite them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<u64>,
+}
+
+/// Both sites took writes after a failover that one of them was not there for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitBrain {
+    /// The epoch the other site took.
+    pub epoch: u64,
+    /// Written here and never received there, when it was found.
+    pub bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -109,6 +128,8 @@ impl Lifecycle {
             initial_end_seq: None,
             fenced: None,
             epoch: 0,
+            split_brain: None,
+            settled: None,
         }
     }
 }
@@ -136,6 +157,11 @@ pub enum Fencing {
     Fence { epoch: u64, why: String },
     /// The failover was rolled back: writes are taken again, at `epoch`.
     Unfence { epoch: u64 },
+    /// A fence from a failover this site was not there for, while it holds `bytes` of
+    /// writes the recovery site never received.
+    SplitBrain { epoch: u64, bytes: u64, why: String },
+    /// An operator kept the other site's side: this site's diverged writes were salvaged.
+    Settle { epoch: u64 },
 }
 
 /// Fencing's transition: the new state and what to do, or why it is refused (an epoch
@@ -157,10 +183,34 @@ pub fn fence_step(state: &Lifecycle, input: Fencing) -> Result<(Lifecycle, Vec<A
                 ));
             }
             next.fenced = None;
+            next.split_brain = None;
             (
                 epoch,
                 format!(
                     "unfenced at epoch {epoch}: the failover was rolled back; writes are taken and replication resumes"
+                ),
+            )
+        }
+        Fencing::SplitBrain { epoch, bytes, why } => {
+            let event = format!(
+                "split brain since epoch {epoch}: {} written here that the recovery site never received, while it took the VPG over; replication stops and nothing is overwritten. Writes here are refused ({why}). Settle it with `ferry vpg resolve VPG --keep here|peer`",
+                crate::size::human(bytes)
+            );
+            next.fenced = Some(why);
+            next.split_brain = Some(SplitBrain { epoch, bytes });
+            next.settled = None;
+            (epoch, event)
+        }
+        Fencing::Settle { epoch } => {
+            if state.split_brain.as_ref().map(|b| b.epoch) != Some(epoch) {
+                return Err(format!("there is no split brain at epoch {epoch} here"));
+            }
+            next.split_brain = None;
+            next.settled = Some(epoch);
+            (
+                epoch,
+                format!(
+                    "split brain of epoch {epoch} settled for the other site: this site's diverged writes were salvaged (`ferry vpg diverged`), and a resync from there may overwrite them"
                 ),
             )
         }
@@ -256,6 +306,9 @@ pub struct Live {
 /// The state an operator sees, most pressing first: a datastore failure, a paused VPG, a
 /// peer's refusal, the sync phases, dirty-region tracking, then protecting.
 pub fn shown(state: &Lifecycle, live: &Live) -> VpgState {
+    if state.split_brain.is_some() {
+        return VpgState::SplitBrain;
+    }
     if state.fenced.is_some() {
         return VpgState::Fenced;
     }
@@ -294,7 +347,36 @@ mod tests {
             initial_end_seq: end,
             fenced: None,
             epoch: 0,
+            split_brain: None,
+            settled: None,
         }
+    }
+
+    #[test]
+    fn split_brain_fences_stays_until_settled_or_unfenced() {
+        let s = at(SyncPhase::InSync, false, None);
+        let (b, a) = fence_step(
+            &s,
+            Fencing::SplitBrain {
+                epoch: 2,
+                bytes: 3 << 20,
+                why: "runs at B".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(b.fenced.as_deref(), Some("runs at B"));
+        assert_eq!(b.split_brain, Some(SplitBrain { epoch: 2, bytes: 3 << 20 }));
+        assert!(events(&a)[0].starts_with("split brain since epoch 2: 3.0 MiB written here"), "{a:?}");
+        assert_eq!(shown(&b, &Live::default()), VpgState::SplitBrain);
+        // Settling another epoch's split brain is refused.
+        assert!(fence_step(&b, Fencing::Settle { epoch: 3 }).is_err());
+        let (k, _) = fence_step(&b, Fencing::Settle { epoch: 2 }).unwrap();
+        assert_eq!((k.split_brain.clone(), k.settled, k.fenced.is_some()), (None, Some(2), true));
+        assert_eq!(shown(&k, &Live::default()), VpgState::Fenced);
+        assert!(fence_step(&k, Fencing::Settle { epoch: 2 }).is_err());
+        // Kept here instead: the other site rolled back and unfenced this one.
+        let (u, _) = fence_step(&b, Fencing::Unfence { epoch: 2 }).unwrap();
+        assert_eq!((u.split_brain, u.fenced), (None, None));
     }
 
     #[test]

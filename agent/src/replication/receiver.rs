@@ -305,6 +305,15 @@ impl Shell<'_> {
                     }
                     None
                 }
+                Action::Diverged { vpg, epoch, bytes } => {
+                    if let Some(r) = self.replicas.by_id(vpg) {
+                        warn!(vpg = %r.spec().name, epoch, bytes, "the protected site reports split brain");
+                        if let Err(e) = blocking(move || r.note_diverged(epoch, bytes)).await? {
+                            warn!(vpg, error = %e, "cannot record the split brain");
+                        }
+                    }
+                    None
+                }
                 Action::Settings { vpg, plan } => {
                     if let Some(h) = self.opened.get(&vpg) {
                         let r = h.replica().clone();
@@ -358,12 +367,22 @@ impl Shell<'_> {
                 ));
             }
         }
+        let life = v.lifecycle();
+        if let Some(b) = &life.split_brain {
+            return Err(format!(
+                "split brain since epoch {}: this site holds {} of writes its peer never received; nothing was overwritten. Settle it first: `ferry vpg resolve {} --keep here|peer`",
+                b.epoch,
+                crate::size::human(b.bytes),
+                spec.name
+            ));
+        }
         // Writes here the peer never received (taken before the fence reached this site,
-        // while the two were apart) would be overwritten by the resync: refused.
+        // while the two were apart) would be overwritten by the resync: refused, unless an
+        // operator settled the split brain for the peer (they were salvaged).
         let st = v.journal_stats();
         let acked = st.acked_seq.max(v.ship_update(|s| s.acked_seq));
         let dirty: u64 = v.status().volumes.iter().map(|m| m.dirty_bytes).sum();
-        if st.next_seq > acked || dirty > 0 {
+        if life.settled.is_none_or(|e| e < spec.epoch) && (st.next_seq > acked || dirty > 0) {
             return Err(format!(
                 "VPG {:?} holds writes here its peer never received ({} record(s), {} dirty): a resync would overwrite them (split brain); nothing was overwritten",
                 spec.name,

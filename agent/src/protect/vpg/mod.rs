@@ -181,6 +181,8 @@ fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentErro
                 initial_end_seq: None,
                 fenced: None,
                 epoch: 0,
+                split_brain: None,
+                settled: None,
             };
             save_lifecycle(dir, &l)?;
             Ok(l)

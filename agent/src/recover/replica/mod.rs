@@ -85,6 +85,20 @@ pub struct ReplicaMeta {
     /// epoch, is told to take this one and write again.
     #[serde(default)]
     pub unfence_due: Option<u64>,
+    /// Split brain: the protected site, fenced by a failover here that it was not there
+    /// for, holds writes this site never received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<SplitBrainSeen>,
+}
+
+/// A split brain as the site that took the VPG over sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitBrainSeen {
+    /// The epoch of the failover here.
+    pub epoch: u64,
+    /// Written at the protected site and never received here.
+    pub there_bytes: u64,
+    pub since_unix_ms: u64,
 }
 
 /// A protected site as the recovery site saw it open a VPG: where from, and which pairing
@@ -232,6 +246,9 @@ pub struct ReplicaStatus {
     /// Its state (absent from older agents' answers).
     #[serde(default)]
     pub state: ReplicaState,
+    /// Both sites hold writes the other has not (see [`SplitBrainSeen`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<SplitBrainSeen>,
 }
 
 pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Error) -> AgentError + 'a {
@@ -278,6 +295,7 @@ impl Replica {
             peer: Some(peer.clone()),
             runs_here: None,
             unfence_due: None,
+            split_brain: None,
         };
         crate::meta::store(dir, &Self::meta_path(dir), crate::meta::REPLICA, &meta)?;
         Self::open(dir)
@@ -671,6 +689,7 @@ impl Replica {
                 .collect(),
             events: self.events.list(),
             state: state::shown(&self.life()),
+            split_brain: m.split_brain.clone(),
         }
     }
 

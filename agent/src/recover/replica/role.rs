@@ -24,6 +24,8 @@ pub(super) struct Role {
     to_peer: Mutex<Vec<ToPeer>>,
     /// (epoch, final sequence) of the last `Fenced` from the protected site.
     fenced: std::sync::OnceLock<tokio::sync::watch::Sender<Option<(u64, u64)>>>,
+    /// The last refusal told (a refused site asks again now and then: told once).
+    last_refusal: Mutex<Option<String>>,
 }
 
 impl Role {
@@ -84,9 +86,16 @@ impl Replica {
                 Ok(())
             }
         };
-        if let Err(why) = &result {
-            events.push(format!("refused: {why}"));
+        let mut last = self.role.last_refusal.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err(why) if last.as_ref() != Some(why) => {
+                events.push(format!("refused: {why}"));
+                *last = Some(why.clone());
+            }
+            Err(_) => {}
+            Ok(()) => *last = None,
         }
+        drop(last);
         for e in events {
             self.push_event(e);
         }
@@ -174,7 +183,9 @@ impl Replica {
     /// The protected site fenced the VPG at `epoch`: it sends nothing at or past
     /// `final_seq`.
     pub fn note_peer_fenced(&self, epoch: u64, final_seq: u64) {
-        self.role.fenced().send_replace(Some((epoch, final_seq)));
+        if self.role.fenced().send_replace(Some((epoch, final_seq))) == Some((epoch, final_seq)) {
+            return;
+        }
         self.push_event(format!(
             "the protected site fenced the VPG at epoch {epoch}; its stream ends before seq {final_seq}"
         ));
@@ -183,6 +194,61 @@ impl Replica {
     /// Watches the protected site's answers to fences.
     pub fn peer_fenced(&self) -> tokio::sync::watch::Receiver<Option<(u64, u64)>> {
         self.role.fenced().subscribe()
+    }
+
+    /// The protected site reports split brain (`bytes` > 0: writes there this site never
+    /// received, made while the VPG was taken over here) or that it settled it for this
+    /// site (0: its writes salvaged there). Recorded and told; replication stays stopped
+    /// (the protected site's epoch is older) until an operator settles it.
+    pub fn note_diverged(&self, epoch: u64, bytes: u64) -> Result<(), AgentError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = meta.split_brain.as_ref().map(|b| (b.epoch, b.there_bytes));
+        let next_sb = (bytes > 0).then(|| SplitBrainSeen {
+            epoch,
+            there_bytes: bytes,
+            since_unix_ms: meta
+                .split_brain
+                .as_ref()
+                .filter(|b| b.epoch == epoch)
+                .map_or_else(now_ms, |b| b.since_unix_ms),
+        });
+        if seen == next_sb.as_ref().map(|b| (b.epoch, b.there_bytes)) {
+            return Ok(());
+        }
+        let mut next = meta.clone();
+        next.split_brain = next_sb;
+        self.save_meta(&next)?;
+        *meta = next;
+        let name = meta.spec.name.clone();
+        drop(meta);
+        self.push_event(if bytes > 0 {
+            format!(
+                "split brain since epoch {epoch}: the protected site wrote {} that never reached this site while the VPG ran here; replication stops and nothing is overwritten. Settle it with `ferry vpg resolve {name} --keep here|peer`",
+                crate::size::human(bytes)
+            )
+        } else {
+            format!(
+                "split brain of epoch {epoch} settled at the protected site for this one: its diverged writes were salvaged there"
+            )
+        });
+        Ok(())
+    }
+
+    /// Forgets a split brain settled here (for either side).
+    pub fn clear_split_brain(&self) -> Result<(), AgentError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        if meta.split_brain.is_none() {
+            return Ok(());
+        }
+        let mut next = meta.clone();
+        next.split_brain = None;
+        self.save_meta(&next)?;
+        *meta = next;
+        Ok(())
+    }
+
+    pub fn split_brain(&self) -> Option<SplitBrainSeen> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner()).split_brain.clone()
     }
 
     /// The failover plan changed at the protected site.

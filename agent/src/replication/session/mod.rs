@@ -40,6 +40,7 @@ pub fn name_of(m: &Message) -> &'static str {
         Message::Fence { .. } => "Fence",
         Message::Fenced { .. } => "Fenced",
         Message::Unfence { .. } => "Unfence",
+        Message::Diverged { .. } => "Diverged",
     }
 }
 
@@ -58,7 +59,8 @@ pub fn vpg_of(m: &Message) -> u64 {
         | Message::Settings { vpg, .. }
         | Message::Fence { vpg, .. }
         | Message::Fenced { vpg, .. }
-        | Message::Unfence { vpg, .. } => *vpg,
+        | Message::Unfence { vpg, .. }
+        | Message::Diverged { vpg, .. } => *vpg,
         Message::Ping | Message::Pong => 0,
     }
 }

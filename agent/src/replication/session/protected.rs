@@ -65,8 +65,14 @@ pub enum Input {
     /// `Open` carries it otherwise).
     Settings { vpg: u64, plan: Plan },
     /// [`Action::Fence`] done: every record of `vpg` that will be sent is below
-    /// `final_seq`.
-    FenceDone { vpg: u64, epoch: u64, final_seq: u64 },
+    /// `final_seq`. `diverged`: split brain, with the bytes written here that the
+    /// recovery site never received (`Some(0)`: settled here).
+    FenceDone {
+        vpg: u64,
+        epoch: u64,
+        final_seq: u64,
+        diverged: Option<u64>,
+    },
     /// Time passed.
     Tick,
 }
@@ -80,6 +86,9 @@ pub enum Action {
         epoch: u64,
         shutdown: Shutdown,
         reason: String,
+        /// The answer to this session's `Open`: the failover happened without this site
+        /// (whatever it wrote since the last record the recovery site took is not in it).
+        missed: bool,
     },
     /// The failover was rolled back: take `epoch` and take writes again.
     Unfence {
@@ -96,9 +105,12 @@ pub enum Action {
         resync: bool,
     },
     /// Shipping `vpg` cannot go on in this session: why (shown, with an event).
+    /// `refused`: the recovery site said no and forgot the open, so the shell may open it
+    /// again later (the refusal's cause may be settled there meanwhile).
     Halt {
         vpg: u64,
         why: String,
+        refused: bool,
     },
     /// Records of `vpg` below `next_seq` are durable at the recovery site: `plain_bytes`
     /// of records left the window.
@@ -317,9 +329,18 @@ impl ProtectedSession {
                 }
                 _ => vec![],
             },
-            Input::FenceDone { vpg, epoch, final_seq } => {
+            Input::FenceDone {
+                vpg,
+                epoch,
+                final_seq,
+                diverged,
+            } => {
                 self.last_sent = now;
-                vec![Action::Send(Message::Fenced { vpg, epoch, final_seq })]
+                let mut out = vec![Action::Send(Message::Fenced { vpg, epoch, final_seq })];
+                if let Some(bytes) = diverged {
+                    out.push(Action::Send(Message::Diverged { vpg, epoch, bytes }));
+                }
+                out
             }
             Input::StartDelta { vpg, volumes } => {
                 if let Some(s) = self.vpgs.get_mut(&vpg) {
@@ -371,6 +392,7 @@ impl ProtectedSession {
                             "the recovery site holds records up to seq {next_seq}, past this journal's end ({}): it holds another copy of this VPG; delete that replica there (`ferry replica delete {}`)",
                             j.next_seq, s.name
                         ),
+                        refused: false,
                     }];
                 }
                 s.phase = Phase::Open;
@@ -430,14 +452,15 @@ impl ProtectedSession {
                 shutdown,
                 reason,
             } => {
-                if !self.vpgs.contains_key(&vpg) {
+                let Some(s) = self.vpgs.get(&vpg) else {
                     return vec![];
-                }
+                };
                 vec![Action::Fence {
                     vpg,
                     epoch,
                     shutdown,
                     reason,
+                    missed: s.phase == Phase::Opening,
                 }]
             }
             Message::Unfence { vpg, epoch } => {
@@ -457,6 +480,7 @@ impl ProtectedSession {
                 vec![Action::Halt {
                     vpg,
                     why: format!("the recovery site refused it: {reason}"),
+                    refused: true,
                 }]
             }
             Message::Sums {

@@ -94,6 +94,9 @@ pub enum Action {
     /// The protected site fenced `vpg` at `epoch`: it sends nothing at or past
     /// `final_seq`.
     Fenced { vpg: u64, epoch: u64, final_seq: u64 },
+    /// Split brain: the protected site, fenced at `epoch`, holds `bytes` of writes this
+    /// site never received (0: no longer; they were salvaged there).
+    Diverged { vpg: u64, epoch: u64, bytes: u64 },
     /// The VPG's failover plan changed at the protected site: keep it.
     Settings { vpg: u64, plan: Plan },
     /// End the session: the peer broke the protocol or went silent.
@@ -332,6 +335,7 @@ impl RecoverySession {
             },
             // Answers a fence this side asked for; the shell matches it with the failover.
             Message::Fenced { vpg, epoch, final_seq } => vec![Action::Fenced { vpg, epoch, final_seq }],
+            Message::Diverged { vpg, epoch, bytes } => vec![Action::Diverged { vpg, epoch, bytes }],
             Message::Pong => vec![],
             Message::Remove { vpg } => {
                 if self.vpgs.contains_key(&vpg) {

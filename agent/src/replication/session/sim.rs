@@ -195,7 +195,7 @@ impl World {
                     // The recovery site holds everything below: released.
                     j.released = j.released.max(next_seq);
                 }
-                protected::Action::Halt { vpg, why } => self.note(format!("halt {vpg:x}: {why}")),
+                protected::Action::Halt { vpg, why, .. } => self.note(format!("halt {vpg:x}: {why}")),
                 protected::Action::Acked { vpg, next_seq, .. } => {
                     let j = &mut self.journals[idx(vpg)];
                     j.released = j.released.max(next_seq);

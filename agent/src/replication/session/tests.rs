@@ -72,7 +72,8 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             vpg: 1,
             epoch: 2,
             shutdown: Shutdown::Graceful,
-            reason: "runs at B".into()
+            reason: "runs at B".into(),
+            missed: true,
         }]
     );
     // A fence for a VPG not shipped here is ignored.
@@ -98,11 +99,24 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             vpg: 1,
             epoch: 2,
             final_seq: 77,
+            diverged: Some(5),
         },
     );
     let protected::Action::Send(answer) = &done[0] else {
         panic!("{done:?}")
     };
+    // Split brain: the bytes written there that the failover missed follow the answer.
+    let protected::Action::Send(diverged) = &done[1] else {
+        panic!("{done:?}")
+    };
+    assert_eq!(
+        r.on(3, recovery::Input::Message(diverged.clone())),
+        vec![recovery::Action::Diverged {
+            vpg: 1,
+            epoch: 2,
+            bytes: 5
+        }]
+    );
     // The recovery core passes the answer to its shell.
     assert_eq!(
         r.on(3, recovery::Input::Message(answer.clone())),
@@ -234,7 +248,7 @@ fn a_recovery_site_ahead_of_the_journal_halts_the_vpg_and_one_behind_what_was_re
             journal: j,
         },
     );
-    assert!(matches!(&a[..], [protected::Action::Halt { vpg: 1, why }] if why.contains("another copy")));
+    assert!(matches!(&a[..], [protected::Action::Halt { vpg: 1, why, refused: false }] if why.contains("another copy")));
 
     let mut p = announced("peer");
     let a = p.on(

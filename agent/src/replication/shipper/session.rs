@@ -17,6 +17,8 @@ use ferry_proto::message::Shutdown;
 
 /// After an idle spell, how long records may gather before the first batch is built.
 const LINGER: Duration = Duration::from_millis(5);
+/// A VPG the recovery site refused is opened again after this long.
+const REOPEN_REFUSED: Duration = Duration::from_secs(10);
 
 /// One VPG within a session: what the shell holds for it (the core holds the stream).
 pub(super) struct Shipped {
@@ -37,6 +39,8 @@ pub(super) struct Shipped {
     rate_mark: (Instant, u64),
     /// The failover plan the recovery site was last sent.
     plan_sent: ferry_proto::message::Plan,
+    /// When the recovery site refused it (it is opened again after [`REOPEN_REFUSED`]).
+    refused_at: Option<Instant>,
 }
 
 pub(super) struct Session<'a> {
@@ -148,6 +152,12 @@ impl<'a> Session<'a> {
         }
         for v in now {
             let id = v.record.ring_id;
+            // Refused a while ago: asked again (what it was refused for may be settled at the
+            // recovery site by now: a split brain resolved, a replica deleted).
+            if self.vpgs.get(&id).is_some_and(|sv| sv.refused_at.is_some_and(|t| t.elapsed() >= REOPEN_REFUSED)) {
+                self.vpgs.remove(&id);
+                self.core.on(self.now(), Input::Forget { vpg: id });
+            }
             if let Some(sv) = self.vpgs.get_mut(&id) {
                 let plan = sv.vpg.plan();
                 if plan != sv.plan_sent {
@@ -175,6 +185,7 @@ impl<'a> Session<'a> {
                     batch_seq: 0,
                     rate_mark: (Instant::now(), 0),
                     plan_sent: spec.plan.clone(),
+                    refused_at: None,
                 },
             );
             let actions = self.core.on(self.now(), Input::Announce { spec, weight });
@@ -213,10 +224,16 @@ impl<'a> Session<'a> {
                     }
                     self.resume(vpg, next_seq, resync).await?
                 }
-                Action::Halt { vpg, why } => {
+                Action::Halt { vpg, why, refused } => {
                     if let Some(sv) = self.vpgs.get_mut(&vpg) {
+                        if refused {
+                            sv.refused_at = Some(Instant::now());
+                        }
                         self.shipping.vpgs.confirmed(&sv.vpg);
-                        sv.vpg.event(why.clone());
+                        // Told once (a refused VPG is asked again now and then).
+                        if sv.vpg.ship_update(|s| s.error.as_ref() != Some(&why)) {
+                            sv.vpg.event(why.clone());
+                        }
                         sv.vpg.ship_update(|s| s.error = Some(why));
                         sv.delta_files.clear();
                         // What was in flight is read again from the journal if the VPG is
@@ -258,12 +275,26 @@ impl<'a> Session<'a> {
                     epoch,
                     shutdown,
                     reason,
+                    missed,
                 } => {
                     let Some(sv) = self.vpgs.get(&vpg) else { continue };
                     let v = sv.vpg.clone();
-                    let final_seq = self.fence(&v, epoch, shutdown, reason).await;
+                    let diverged = if missed { self.split_brain(&v, epoch, &reason) } else { None };
+                    let final_seq = if diverged.is_some() {
+                        v.journal_stats().next_seq
+                    } else {
+                        self.fence(&v, epoch, shutdown, reason).await
+                    };
                     self.shipping.vpgs.confirmed(&v);
-                    let actions = self.core.on(self.now(), Input::FenceDone { vpg, epoch, final_seq });
+                    let actions = self.core.on(
+                        self.now(),
+                        Input::FenceDone {
+                            vpg,
+                            epoch,
+                            final_seq,
+                            diverged,
+                        },
+                    );
                     Box::pin(self.act(actions, wr)).await?;
                 }
                 Action::Unfence { vpg, epoch } => {
@@ -285,10 +316,55 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// A failover at the recovery site that this site was not there for (the fence
+    /// answers its `Open`): if it took writes the recovery site never received (journal
+    /// records not acknowledged, dirty regions), that is split brain. It is fenced as
+    /// split brain (nothing overwritten, replication stopped), or stays so; the bytes
+    /// are reported (0 once settled for the other site). `None`: no split brain, a plain
+    /// fence follows.
+    fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str) -> Option<u64> {
+        let l = v.lifecycle();
+        if let Some(b) = l.split_brain.as_ref().filter(|b| b.epoch == epoch) {
+            return Some(b.bytes);
+        }
+        if l.settled == Some(epoch) {
+            return Some(0);
+        }
+        if l.fenced.is_some() && l.epoch >= epoch {
+            return None;
+        }
+        let st = v.journal_stats();
+        let acked = st.acked_seq.max(v.ship_update(|s| s.acked_seq));
+        let dirty: u64 = v.status().volumes.iter().map(|m| m.dirty_bytes).sum();
+        if st.next_seq <= acked && dirty == 0 {
+            return None;
+        }
+        let bytes = st.data_used_bytes + dirty;
+        let why = reason.to_string();
+        match self
+            .shipping
+            .vpgs
+            .fencing(v, crate::protect::state::Fencing::SplitBrain { epoch, bytes, why })
+        {
+            Ok(()) => {
+                warn!(vpg = %v.record.name, epoch, bytes, "split brain: the recovery site took the VPG over while this site was writing; both sides keep their writes until `ferry vpg resolve`");
+                Some(bytes)
+            }
+            Err(why) => {
+                warn!(vpg = %v.record.name, epoch, %why, "split brain not recorded");
+                None
+            }
+        }
+    }
+
     /// A live failover at the recovery site: applies the shutdown policy to `v` and fences
     /// it; the sequence below which everything it will send lies.
     async fn fence(&self, v: &Arc<Vpg>, epoch: u64, shutdown: Shutdown, reason: String) -> u64 {
         let name = v.record.name.clone();
+        // Fenced already (a refused VPG opened again): the answer stands.
+        if v.fenced().is_some() && v.epoch() >= epoch {
+            return v.journal_stats().next_seq;
+        }
         if shutdown == Shutdown::None {
             let msg = format!(
                 "live failover to {} at epoch {epoch} with shutdown none: production goes on writing here, and those writes are not part of the failover",
