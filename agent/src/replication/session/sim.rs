@@ -256,6 +256,7 @@ impl World {
                 recovery::Action::Sums { .. }
                 | recovery::Action::Remove { .. }
                 | recovery::Action::Fenced { .. }
+                | recovery::Action::Diverged { .. }
                 | recovery::Action::Settings { .. } => vec![],
                 recovery::Action::End(why) => {
                     self.cut(&why);
