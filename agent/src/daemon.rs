@@ -424,7 +424,8 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
             Some(l) => format!("{l}/{name}"),
             None => format!("nbd+unix:///{name}?socket={}", sock.display()),
         })
-    });
+    }, cfg.state_dir.join("diverged"));
+    failover.serve_diverged_on_start();
     // Live failovers the last run left: their names are held back before NBD serves
     // anything, and served again once the replicas are loaded.
     failover.hold_names_on_start();

@@ -45,6 +45,7 @@ pub mod failover;
 pub mod io;
 pub mod meta;
 pub mod protect;
+pub mod ranges;
 pub mod recover;
 pub mod replication;
 pub mod size;

@@ -141,6 +141,12 @@ pub const LIVE_FAILOVER: MetaKind = MetaKind {
     version: 1,
 };
 
+/// `diverged/VPG/epoch-N/diverged.json`: diverged writes kept for salvage.
+pub const DIVERGED: MetaKind = MetaKind {
+    name: "diverged",
+    version: 1,
+};
+
 /// Writes `value` as a metadata file of `kind`: enveloped, atomically, keeping the copy
 /// it replaces as `PATH.prev` (read when the file itself is damaged or gone).
 pub fn store<T: Serialize>(dir: &Path, path: &Path, kind: MetaKind, value: &T) -> Result<(), AgentError> {

@@ -125,6 +125,33 @@ pub(super) enum VpgCmd {
         #[arg(long)]
         journal_size: Option<String>,
     },
+    /// Settle a split brain (both sites took writes after a failover one was not there
+    /// for). Run it at the site whose writes are given up, with `--keep peer`: they are kept
+    /// for salvage first (`ferry vpg diverged`).
+    Resolve {
+        name: String,
+        /// The side whose writes win: `peer` (the other site) or `here`.
+        #[arg(long, value_parser = ["here", "peer"])]
+        keep: String,
+        /// The most to keep for salvage, e.g. 64G (default 16G).
+        #[arg(long)]
+        salvage_max: Option<String>,
+        /// Give up this site's diverged writes without keeping them.
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Diverged writes kept for salvage here: their regions, files and read-only exports.
+    Diverged {
+        name: String,
+        /// Delete them (those of one epoch with --epoch).
+        #[arg(long)]
+        delete: bool,
+        #[arg(long, requires = "delete")]
+        epoch: Option<u64>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a VPG's failover plan: members and boot order, scripts, networks (it travels
     /// to the recovery site, which acts on it even when this site is gone).
     Edit {

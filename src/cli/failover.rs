@@ -120,6 +120,9 @@ pub(super) fn print_live(l: &LiveFailover, s: &ferry_agent::api::AgentStatus) {
         }
     }
     println!("  protected site: {}", l.protected_site);
+    if let Some(w) = l.split_brain_words() {
+        println!("  SPLIT BRAIN: {w}");
+    }
     if let Some(p) = &l.commit
         && p.done_unix_ms.is_some()
     {

@@ -6,6 +6,7 @@ mod client;
 mod failover;
 mod journal_tool;
 mod render;
+mod split_brain;
 
 use args::*;
 use render::*;
@@ -445,6 +446,18 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 req.peer, v.epoch
             );
         }
+        Command::Vpg(VpgCmd::Resolve {
+            name,
+            keep,
+            salvage_max,
+            discard,
+        }) => split_brain::resolve(&c, &name, &keep, salvage_max.as_deref(), discard).await?,
+        Command::Vpg(VpgCmd::Diverged {
+            name,
+            delete,
+            epoch,
+            json,
+        }) => split_brain::diverged(&c, &name, delete, epoch, json).await?,
         Command::Vpg(VpgCmd::Edit { name, plan }) => {
             let v: VpgStatus = c
                 .call(Method::PATCH, &format!("/v1/vpgs/{name}"), Some(&plan.edit()?))

@@ -103,6 +103,14 @@ pub(super) fn print_replica_line(r: &ReplicaStatus) {
         r.history_secs,
         r.checkpoints.len()
     );
+    if let Some(b) = &r.split_brain {
+        println!(
+            "    SPLIT BRAIN since epoch {}: the old protected site wrote {} that never reached here; replication stops (`ferry vpg resolve {} --keep here|peer`)",
+            b.epoch,
+            human(b.there_bytes),
+            r.name
+        );
+    }
 }
 
 pub(super) fn print_volumes(vols: &[VolumeStatus]) {

@@ -1,6 +1,6 @@
 //! The failover routes (see [`crate::failover`]).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -9,6 +9,8 @@ use super::{Api, ApiError};
 use crate::failover::{
     LiveFailover, LiveRequest, MoveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning,
 };
+use crate::failover::diverged::DivergedSet;
+use crate::failover::resolve::{ResolveRequest, Resolved};
 use crate::protect::vpg::VpgStatus;
 
 pub(super) fn routes(r: Router<Api>) -> Router<Api> {
@@ -22,6 +24,38 @@ pub(super) fn routes(r: Router<Api>) -> Router<Api> {
         .route("/v1/failover/{vpg}/rollback", post(rollback_h))
         .route("/v1/failover/{vpg}/reverse", post(reverse_h))
         .route("/v1/failover/{vpg}/move", post(move_h))
+        .route("/v1/failover/{vpg}/resolve", post(resolve_h))
+        .route("/v1/failover/{vpg}/diverged", get(diverged_h).delete(diverged_delete_h))
+}
+
+async fn resolve_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<Json<Resolved>, ApiError> {
+    Ok(Json(api.failover.resolve(&vpg, &req).await?))
+}
+
+async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec<DivergedSet>> {
+    let f = api.failover.clone();
+    Json(tokio::task::spawn_blocking(move || f.diverged(Some(&vpg))).await.unwrap_or_default())
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EpochQuery {
+    epoch: Option<u64>,
+}
+
+async fn diverged_delete_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+    Query(q): Query<EpochQuery>,
+) -> Result<Json<Vec<DivergedSet>>, ApiError> {
+    let f = api.failover.clone();
+    let sets = tokio::task::spawn_blocking(move || f.delete_diverged(&vpg, q.epoch))
+        .await
+        .map_err(|e| crate::error::AgentError::Refused(e.to_string()))??;
+    Ok(Json(sets))
 }
 
 async fn move_h(

@@ -25,6 +25,9 @@
 //! | POST   | /v1/failover/{vpg}/rollback | → `LiveFailover` |
 //! | GET    | /v1/failover/live      | `[LiveFailover]` |
 //! | POST   | /v1/failover/{vpg}/reverse | `ReverseRequest` → `VpgStatus` (protected back) |
+//! | POST   | /v1/failover/{vpg}/resolve | `ResolveRequest` → `Resolved` (a split brain settled) |
+//! | GET    | /v1/failover/{vpg}/diverged | `[DivergedSet]` (diverged writes kept for salvage) |
+//! | DELETE | /v1/failover/{vpg}/diverged?epoch=N | → `[DivergedSet]` deleted |
 
 use std::path::PathBuf;
 use std::sync::Arc;

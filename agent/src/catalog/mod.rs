@@ -1,8 +1,9 @@
 //! Everything this agent serves over NBD: its volumes, checkpoint views of the replicas it
 //! holds for its peers (read-only, named `VPG@SEQ.VOLUME`, in [`view`]), and overlays:
 //! copy-on-write scratch layers over a view that a failover test writes to (in
-//! [`overlay`]).
+//! [`overlay`]), and files kept read-only (diverged writes, in [`file`]).
 
+pub mod file;
 pub mod overlay;
 pub mod switch;
 pub mod view;
@@ -62,6 +63,7 @@ pub enum Served {
     View(Arc<View>),
     Overlay(Arc<overlay::Overlay<View>>),
     Live(Arc<Switch>),
+    File(Arc<file::FileExport>),
 }
 
 macro_rules! both {
@@ -71,6 +73,7 @@ macro_rules! both {
             Served::View($e) => $body,
             Served::Overlay($e) => $body,
             Served::Live($e) => $body,
+            Served::File($e) => $body,
         }
     };
 }
@@ -154,6 +157,8 @@ pub struct Exports {
     overlays: RwLock<BTreeMap<String, Arc<Overlay<View>>>>,
     /// Live failovers' volumes, by production name (found before this agent's volumes).
     live: RwLock<BTreeMap<String, Arc<Switch>>>,
+    /// Files served read-only by export name (diverged writes kept for salvage).
+    files: RwLock<BTreeMap<String, Arc<file::FileExport>>>,
     /// Names not served for now (a live failover not yet found again after a start).
     reserved: RwLock<std::collections::BTreeSet<String>>,
 }
@@ -167,6 +172,7 @@ impl Exports {
             views: RwLock::new(BTreeMap::new()),
             overlays: RwLock::new(BTreeMap::new()),
             live: RwLock::new(BTreeMap::new()),
+            files: RwLock::new(BTreeMap::new()),
             reserved: RwLock::new(std::collections::BTreeSet::new()),
         })
     }
@@ -315,6 +321,19 @@ impl Exports {
             .insert(name, overlay);
     }
 
+    /// Serves a file read-only under `name` (replacing one of that name).
+    pub fn add_file(&self, name: String, f: Arc<file::FileExport>) {
+        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(name, f);
+    }
+
+    /// Stops serving the files whose names start with `prefix`; how many.
+    pub fn remove_files(&self, prefix: &str) -> usize {
+        let mut f = self.files.write().unwrap_or_else(|e| e.into_inner());
+        let before = f.len();
+        f.retain(|n, _| !n.starts_with(prefix));
+        before - f.len()
+    }
+
     /// Stops serving the overlay `name`.
     pub fn remove_overlay(&self, name: &str) -> Option<Arc<Overlay<View>>> {
         self.overlays.write().unwrap_or_else(|e| e.into_inner()).remove(name)
@@ -366,6 +385,9 @@ impl Catalog for Exports {
             if let Some(o) = self.overlays.read().unwrap_or_else(|e| e.into_inner()).get(name) {
                 return Some(Arc::new(Served::Overlay(o.clone())));
             }
+            if let Some(f) = self.files.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+                return Some(Arc::new(Served::File(f.clone())));
+            }
             return self.view(name).map(|v| Arc::new(Served::View(v)));
         }
         None
@@ -388,6 +410,9 @@ impl Catalog for Exports {
         }
         for (name, o) in self.overlays.read().unwrap_or_else(|e| e.into_inner()).iter() {
             out.push((name.clone(), o.info().description.clone()));
+        }
+        for (name, f) in self.files.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push((name.clone(), f.info().description.clone()));
         }
         out
     }

@@ -245,6 +245,26 @@ impl<B: Base + std::fmt::Debug> Overlay<B> {
         Self::read_blocking(&self.base, &self.scratch, &self.map, offset, buf)
     }
 
+    /// Every region the overlay's clients wrote (whole blocks, merged): what it holds over
+    /// its checkpoint.
+    pub fn written_ranges(&self) -> Vec<(u64, u64)> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, &w) in m.present.iter().enumerate() {
+            let mut bits = w;
+            while bits != 0 {
+                let b = i as u64 * 64 + u64::from(bits.trailing_zeros());
+                let (off, end) = (b * BLOCK, ((b + 1) * BLOCK).min(self.info.size_bytes));
+                match out.last_mut() {
+                    Some((o, l)) if *o + *l == off => *l = end - *o,
+                    _ => out.push((off, end - off)),
+                }
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
     /// The blocks written since the last call (and forgets them).
     pub fn take_dirty(&self) -> Vec<u64> {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());

@@ -166,6 +166,27 @@ pub struct LiveFailover {
     pub commit: Option<CommitProgress>,
     #[serde(default)]
     pub ended_unix_ms: Option<u64>,
+    /// Written here since the failover (its overlays, while it needs commit).
+    #[serde(default)]
+    pub written_bytes: u64,
+    /// Split brain: the old protected site holds writes this site never received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<crate::recover::replica::SplitBrainSeen>,
+}
+
+impl LiveFailover {
+    /// "split brain since epoch N: X written here, Y there", if there is one.
+    pub fn split_brain_words(&self) -> Option<String> {
+        self.split_brain.as_ref().map(|b| {
+            format!(
+                "split brain since epoch {}: {} written here, {} there (the old protected site; never received here). Replication stops; settle it with `ferry vpg resolve {} --keep here|peer`",
+                b.epoch,
+                crate::size::human(self.written_bytes),
+                crate::size::human(b.there_bytes),
+                self.vpg
+            )
+        })
+    }
 }
 
 /// A live failover this agent runs.
@@ -181,7 +202,12 @@ pub(super) struct Live {
 
 impl Live {
     pub(super) fn shown(&self) -> LiveFailover {
-        self.shown.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut l = self.shown.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if l.phase == LivePhase::NeedsCommit {
+            l.written_bytes = self.switches.iter().filter_map(|(_, s)| s.overlay()).map(|o| o.scratch_bytes()).sum();
+        }
+        l.split_brain = self.replica.split_brain();
+        l
     }
 
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut LiveFailover) -> R) -> R {
@@ -367,6 +393,8 @@ impl Failover {
                     steps,
                     commit: None,
                     ended_unix_ms: Some(now_ms()),
+                    written_bytes: 0,
+                    split_brain: None,
                 };
                 let _ = save(&r, &l);
                 r.push_event(format!("live failover stopped: {why}"));
@@ -402,6 +430,8 @@ impl Failover {
             steps,
             commit: None,
             ended_unix_ms: None,
+                written_bytes: 0,
+                split_brain: None,
         };
         let live = Arc::new(Live {
             shown: Mutex::new(shown),

@@ -20,6 +20,8 @@ use crate::error::AgentError;
 use crate::recover::replica::Replica;
 
 pub mod commit;
+pub mod diverged;
+pub mod resolve;
 pub mod live;
 pub mod plan;
 pub mod reverse;
@@ -143,6 +145,8 @@ pub struct Failover {
     lives: Mutex<BTreeMap<String, Arc<live::Live>>>,
     /// Held while a live failover starts, commits or rolls back.
     live_op: tokio::sync::Mutex<()>,
+    /// Where diverged writes are kept (`STATE_DIR/diverged`).
+    diverged_root: PathBuf,
 }
 
 impl std::fmt::Debug for Failover {
@@ -185,6 +189,7 @@ impl Failover {
         exports: Arc<Exports>,
         vpgs: Arc<crate::protect::vpg::Vpgs>,
         export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
+        diverged_root: PathBuf,
     ) -> Arc<Failover> {
         Arc::new(Failover {
             exports,
@@ -195,6 +200,7 @@ impl Failover {
             export_uri,
             lives: Mutex::new(BTreeMap::new()),
             live_op: tokio::sync::Mutex::new(()),
+            diverged_root,
         })
     }
 

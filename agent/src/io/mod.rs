@@ -280,6 +280,40 @@ impl Engine {
     }
 }
 
+/// A file's allocation from `offset` for `len` bytes, from `lseek(SEEK_DATA/SEEK_HOLE)`:
+/// holes as NBD's hole-and-zero extents, at most `max` extents.
+pub fn file_extents(file: &File, offset: u64, len: u64, max: usize) -> io::Result<Vec<ferry_nbd::Extent>> {
+    use ferry_nbd::wire::{STATE_HOLE, STATE_ZERO};
+    use rustix::fs::SeekFrom;
+    let end = offset + len;
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end && out.len() < max {
+        let data = match rustix::fs::seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => end,
+            Err(e) => return Err(e.into()),
+        };
+        if data > pos {
+            let stop = data.min(end);
+            out.push(ferry_nbd::Extent {
+                length: stop - pos,
+                flags: STATE_HOLE | STATE_ZERO,
+            });
+            pos = stop;
+            continue;
+        }
+        let hole = rustix::fs::seek(file, SeekFrom::Hole(pos))?;
+        let stop = hole.min(end).max(pos + 1);
+        out.push(ferry_nbd::Extent {
+            length: stop - pos,
+            flags: 0,
+        });
+        pos = stop;
+    }
+    Ok(out)
+}
+
 /// pread of the whole buffer from `offset`; bytes past the end of the file read as zeroes.
 pub fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0;

@@ -14,7 +14,7 @@ use std::num::NonZeroU64;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::{Arc, RwLock};
 
-use ferry_nbd::wire::{Errno, STATE_HOLE, STATE_ZERO};
+use ferry_nbd::wire::Errno;
 use ferry_nbd::{Export, ExportError, ExportInfo, ExportResult, Extent, ZeroMode};
 use rustix::fs::{Advice, SeekFrom};
 use tracing::error;
@@ -301,36 +301,10 @@ impl Volume {
 
     /// Allocation map from `lseek(SEEK_DATA/SEEK_HOLE)`.
     fn extents(&self, offset: u64, len: u64, max: usize) -> io::Result<Vec<Extent>> {
-        let end = offset + len;
         if self.block_device {
             return Ok(vec![Extent { length: len, flags: 0 }]);
         }
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end && out.len() < max {
-            let data = match rustix::fs::seek(&*self.file, SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NXIO) => end,
-                Err(e) => return Err(e.into()),
-            };
-            if data > pos {
-                let stop = data.min(end);
-                out.push(Extent {
-                    length: stop - pos,
-                    flags: STATE_HOLE | STATE_ZERO,
-                });
-                pos = stop;
-                continue;
-            }
-            let hole = rustix::fs::seek(&*self.file, SeekFrom::Hole(pos))?;
-            let stop = hole.min(end).max(pos + 1);
-            out.push(Extent {
-                length: stop - pos,
-                flags: 0,
-            });
-            pos = stop;
-        }
-        Ok(out)
+        crate::io::file_extents(&self.file, offset, len, max)
     }
 }
 

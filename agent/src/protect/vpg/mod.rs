@@ -366,6 +366,30 @@ impl Vpg {
             .collect()
     }
 
+    /// The regions written here that the recovery site never received, by volume id
+    /// (sorted, merged): those of journal records not acknowledged, and dirty regions.
+    /// `None` while the journal's consumer is held (a link ships it, or `journal tail`).
+    pub async fn unshipped_regions(&self) -> Option<BTreeMap<u32, Vec<(u64, u64)>>> {
+        let mut c = self.consumer.lock().await.take().or_else(|| self.cap.capture.journal().consumer())?;
+        c.rewind();
+        let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        while let Some(r) = c.next_record() {
+            if matches!(r.entry.kind, Kind::Write | Kind::Trim | Kind::WriteZeroes) && r.entry.length > 0 {
+                out.entry(r.entry.volume).or_default().push((r.entry.offset, r.entry.length));
+            }
+        }
+        c.rewind();
+        self.put_consumer(c).await;
+        for (&id, m) in self.cap.capture.maps() {
+            out.entry(id).or_default().extend(m.dirty_ranges());
+        }
+        for v in out.values_mut() {
+            *v = crate::ranges::merge(std::mem::take(v));
+        }
+        out.retain(|_, v| !v.is_empty());
+        Some(out)
+    }
+
     /// Delta sync: a region that differs from the replica's is marked dirty (sent later).
     pub fn mark_differing(&self, volume: u32, offset: u64, len: u64) {
         if let Some(m) = self.cap.capture.map(volume) {
