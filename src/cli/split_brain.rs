@@ -32,7 +32,13 @@ pub(super) async fn resolve(
     Ok(())
 }
 
-pub(super) async fn diverged(c: &Client, vpg: &str, delete: bool, epoch: Option<u64>, json: bool) -> Result<(), String> {
+pub(super) async fn diverged(
+    c: &Client,
+    vpg: &str,
+    delete: bool,
+    epoch: Option<u64>,
+    json: bool,
+) -> Result<(), String> {
     let path = match (delete, epoch) {
         (true, Some(e)) => format!("/v1/failover/{vpg}/diverged?epoch={e}"),
         _ => format!("/v1/failover/{vpg}/diverged"),
@@ -49,7 +55,11 @@ pub(super) async fn diverged(c: &Client, vpg: &str, delete: bool, epoch: Option<
     }
     if delete {
         for s in &sets {
-            println!("deleted: diverged writes of {vpg} from epoch {} ({})", s.epoch, human(s.bytes));
+            println!(
+                "deleted: diverged writes of {vpg} from epoch {} ({})",
+                s.epoch,
+                human(s.bytes)
+            );
         }
         return Ok(());
     }

@@ -6,11 +6,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{Api, ApiError};
+use crate::failover::diverged::DivergedSet;
+use crate::failover::resolve::{ResolveRequest, Resolved};
 use crate::failover::{
     LiveFailover, LiveRequest, MoveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning,
 };
-use crate::failover::diverged::DivergedSet;
-use crate::failover::resolve::{ResolveRequest, Resolved};
 use crate::protect::vpg::VpgStatus;
 
 pub(super) fn routes(r: Router<Api>) -> Router<Api> {
@@ -38,7 +38,11 @@ async fn resolve_h(
 
 async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec<DivergedSet>> {
     let f = api.failover.clone();
-    Json(tokio::task::spawn_blocking(move || f.diverged(Some(&vpg))).await.unwrap_or_default())
+    Json(
+        tokio::task::spawn_blocking(move || f.diverged(Some(&vpg)))
+            .await
+            .unwrap_or_default(),
+    )
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -59,8 +59,11 @@ pub struct Source {
     pub name: String,
     pub size_bytes: u64,
     pub regions: Vec<(u64, u64)>,
-    pub read: Box<dyn Fn(u64, &mut [u8]) -> io::Result<()> + Send>,
+    pub read: ReadAt,
 }
+
+/// Reads `buf.len()` bytes at an offset (blocking).
+pub type ReadAt = Box<dyn Fn(u64, &mut [u8]) -> io::Result<()> + Send>;
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,15 +119,16 @@ impl Failover {
         for s in sources {
             let path = tmp.join(format!("{}.img", s.name));
             let f = std::fs::File::create(&path).map_err(|e| AgentError::io("cannot create", &path, e))?;
-            f.set_len(s.size_bytes).map_err(|e| AgentError::io("cannot size", &path, e))?;
+            f.set_len(s.size_bytes)
+                .map_err(|e| AgentError::io("cannot size", &path, e))?;
             for &(off, len) in &s.regions {
                 let mut at = off;
                 while at < off + len {
                     let n = (off + len - at).min(CHUNK) as usize;
-                    (s.read)(at, &mut buf[..n]).map_err(|e| {
-                        AgentError::io("cannot read the diverged writes of", PathBuf::from(&s.name), e)
-                    })?;
-                    f.write_all_at(&buf[..n], at).map_err(|e| AgentError::io("cannot write", &path, e))?;
+                    (s.read)(at, &mut buf[..n])
+                        .map_err(|e| AgentError::io("cannot read the diverged writes of", PathBuf::from(&s.name), e))?;
+                    f.write_all_at(&buf[..n], at)
+                        .map_err(|e| AgentError::io("cannot write", &path, e))?;
                     at += n as u64;
                 }
             }
@@ -233,7 +237,9 @@ impl Failover {
             .collect();
         if sets.is_empty() {
             return Err(AgentError::Refused(match epoch {
-                Some(e) => format!("no diverged writes of {vpg:?} from epoch {e} are kept here (`ferry vpg diverged {vpg}`)"),
+                Some(e) => {
+                    format!("no diverged writes of {vpg:?} from epoch {e} are kept here (`ferry vpg diverged {vpg}`)")
+                }
                 None => format!("no diverged writes of {vpg:?} are kept here"),
             }));
         }

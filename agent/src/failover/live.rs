@@ -204,7 +204,12 @@ impl Live {
     pub(super) fn shown(&self) -> LiveFailover {
         let mut l = self.shown.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if l.phase == LivePhase::NeedsCommit {
-            l.written_bytes = self.switches.iter().filter_map(|(_, s)| s.overlay()).map(|o| o.scratch_bytes()).sum();
+            l.written_bytes = self
+                .switches
+                .iter()
+                .filter_map(|(_, s)| s.overlay())
+                .map(|o| o.scratch_bytes())
+                .sum();
         }
         l.split_brain = self.replica.split_brain();
         l
@@ -430,8 +435,8 @@ impl Failover {
             steps,
             commit: None,
             ended_unix_ms: None,
-                written_bytes: 0,
-                split_brain: None,
+            written_bytes: 0,
+            split_brain: None,
         };
         let live = Arc::new(Live {
             shown: Mutex::new(shown),

@@ -21,9 +21,9 @@ use crate::recover::replica::Replica;
 
 pub mod commit;
 pub mod diverged;
-pub mod resolve;
 pub mod live;
 pub mod plan;
+pub mod resolve;
 pub mod reverse;
 pub mod verify;
 

@@ -190,7 +190,9 @@ impl Failover {
             return Ok(None);
         }
         let (f, vpg) = (self.clone(), vpg.to_string());
-        Ok(Some(blocking(move || f.keep_diverged(&vpg, epoch, origin, sources, max)).await?))
+        Ok(Some(
+            blocking(move || f.keep_diverged(&vpg, epoch, origin, sources, max)).await?,
+        ))
     }
 }
 

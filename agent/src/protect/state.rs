@@ -365,13 +365,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(b.fenced.as_deref(), Some("runs at B"));
-        assert_eq!(b.split_brain, Some(SplitBrain { epoch: 2, bytes: 3 << 20 }));
-        assert!(events(&a)[0].starts_with("split brain since epoch 2: 3.0 MiB written here"), "{a:?}");
+        assert_eq!(
+            b.split_brain,
+            Some(SplitBrain {
+                epoch: 2,
+                bytes: 3 << 20
+            })
+        );
+        assert!(
+            events(&a)[0].starts_with("split brain since epoch 2: 3.0 MiB written here"),
+            "{a:?}"
+        );
         assert_eq!(shown(&b, &Live::default()), VpgState::SplitBrain);
         // Settling another epoch's split brain is refused.
         assert!(fence_step(&b, Fencing::Settle { epoch: 3 }).is_err());
         let (k, _) = fence_step(&b, Fencing::Settle { epoch: 2 }).unwrap();
-        assert_eq!((k.split_brain.clone(), k.settled, k.fenced.is_some()), (None, Some(2), true));
+        assert_eq!(
+            (k.split_brain.clone(), k.settled, k.fenced.is_some()),
+            (None, Some(2), true)
+        );
         assert_eq!(shown(&k, &Live::default()), VpgState::Fenced);
         assert!(fence_step(&k, Fencing::Settle { epoch: 2 }).is_err());
         // Kept here instead: the other site rolled back and unfenced this one.

@@ -370,12 +370,19 @@ impl Vpg {
     /// (sorted, merged): those of journal records not acknowledged, and dirty regions.
     /// `None` while the journal's consumer is held (a link ships it, or `journal tail`).
     pub async fn unshipped_regions(&self) -> Option<BTreeMap<u32, Vec<(u64, u64)>>> {
-        let mut c = self.consumer.lock().await.take().or_else(|| self.cap.capture.journal().consumer())?;
+        let mut c = self
+            .consumer
+            .lock()
+            .await
+            .take()
+            .or_else(|| self.cap.capture.journal().consumer())?;
         c.rewind();
         let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
         while let Some(r) = c.next_record() {
             if matches!(r.entry.kind, Kind::Write | Kind::Trim | Kind::WriteZeroes) && r.entry.length > 0 {
-                out.entry(r.entry.volume).or_default().push((r.entry.offset, r.entry.length));
+                out.entry(r.entry.volume)
+                    .or_default()
+                    .push((r.entry.offset, r.entry.length));
             }
         }
         c.rewind();

@@ -166,7 +166,10 @@ impl Vpg {
         let fenced = self.fenced();
         let state = match (state_kind, &datastore_error) {
             (VpgState::SplitBrain, _) => {
-                let b = self.lifecycle().split_brain.unwrap_or(crate::protect::state::SplitBrain { epoch: 0, bytes: 0 });
+                let b = self
+                    .lifecycle()
+                    .split_brain
+                    .unwrap_or(crate::protect::state::SplitBrain { epoch: 0, bytes: 0 });
                 format!(
                     "split brain since epoch {}: {} written here that the recovery site never received, while it ran the VPG (it took writes of its own). Writes are refused here and replication stops; nothing was overwritten. Settle it with `ferry vpg resolve {} --keep here|peer`",
                     b.epoch,

@@ -248,7 +248,9 @@ fn a_recovery_site_ahead_of_the_journal_halts_the_vpg_and_one_behind_what_was_re
             journal: j,
         },
     );
-    assert!(matches!(&a[..], [protected::Action::Halt { vpg: 1, why, refused: false }] if why.contains("another copy")));
+    assert!(
+        matches!(&a[..], [protected::Action::Halt { vpg: 1, why, refused: false }] if why.contains("another copy"))
+    );
 
     let mut p = announced("peer");
     let a = p.on(

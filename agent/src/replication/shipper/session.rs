@@ -154,7 +154,11 @@ impl<'a> Session<'a> {
             let id = v.record.ring_id;
             // Refused a while ago: asked again (what it was refused for may be settled at the
             // recovery site by now: a split brain resolved, a replica deleted).
-            if self.vpgs.get(&id).is_some_and(|sv| sv.refused_at.is_some_and(|t| t.elapsed() >= REOPEN_REFUSED)) {
+            if self
+                .vpgs
+                .get(&id)
+                .is_some_and(|sv| sv.refused_at.is_some_and(|t| t.elapsed() >= REOPEN_REFUSED))
+            {
                 self.vpgs.remove(&id);
                 self.core.on(self.now(), Input::Forget { vpg: id });
             }
@@ -279,7 +283,11 @@ impl<'a> Session<'a> {
                 } => {
                     let Some(sv) = self.vpgs.get(&vpg) else { continue };
                     let v = sv.vpg.clone();
-                    let diverged = if missed { self.split_brain(&v, epoch, &reason) } else { None };
+                    let diverged = if missed {
+                        self.split_brain(&v, epoch, &reason)
+                    } else {
+                        None
+                    };
                     let final_seq = if diverged.is_some() {
                         v.journal_stats().next_seq
                     } else {
