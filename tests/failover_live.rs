@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{compare, copy, export, json, new_key, recovery_agent, tag_and_wait, wait_for};
+use common::sites::{compare, copy, export, json, new_key, recovery_agent, tag_and_wait, try_write, wait_for};
 use common::{Agent, qemu_io, require, run};
 use serde_json::Value;
 
@@ -30,13 +30,6 @@ fn live(b: &Agent, vpg: &str) -> Option<Value> {
 }
 
 /// A qemu-io write; whether it went through, and what qemu-io said.
-fn try_write(uri: &str, cmd: &str) -> (bool, String) {
-    require("qemu-io");
-    let out = run(Command::new("qemu-io").args(["-f", "raw", uri, "-c", cmd]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success() && !text.contains("failed"), text)
-}
-
 /// Two agents protecting VPG `app` (d0 16 MiB, d1 8 MiB) A → B, in sync, with data.
 fn protected_pair(tag: &str, plan: &str) -> (Agent, Agent) {
     let a = Agent::start(&format!("{tag}-a"));
@@ -301,7 +294,13 @@ fn a_protected_site_killed_before_the_failover_fences_itself_when_it_comes_back(
     // it learned (never taken).
     let (ok, text) = try_write(&a.tcp_uri("d0"), "write -P 0x99 0 4k");
     assert!(!ok && text.contains("Operation not permitted"), "{text}");
-    assert_eq!(vpg_state(&a, "app"), "fenced", "{}", a.ferry(&["vpg", "show", "app"]));
+    assert_eq!(
+        vpg_state(&a, "app"),
+        "fenced",
+        "{}\n{}",
+        a.ferry(&["vpg", "show", "app"]),
+        a.log()
+    );
     let shown = json(&a, &["vpg", "show", "app", "--json"]);
     assert_eq!(shown["epoch"], 2);
     // The recovery site took none of its stream.

@@ -330,7 +330,12 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         capture_cfg,
     )?;
     let replicas = Replicas::new(cfg.datastores());
-    let exports = Exports::new(volumes.clone(), replicas.clone(), pool.clone());
+    let exports = Exports::new(
+        volumes.clone(),
+        replicas.clone(),
+        pool.clone(),
+        crate::diverged::Diverged::at(&cfg.state_dir),
+    );
     let receiver = match cfg.replication.listen.as_str() {
         "" => None,
         addr => {
@@ -417,20 +422,14 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         failover_tests: vec![],
         live_failovers: vec![],
     };
-    let failover = crate::failover::Failover::new(
-        exports.clone(),
-        vpgs.clone(),
-        {
-            let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
-            let sock = cfg.state_dir.join("nbd.sock");
-            Box::new(move |name: &str| match &base {
-                Some(l) => format!("{l}/{name}"),
-                None => format!("nbd+unix:///{name}?socket={}", sock.display()),
-            })
-        },
-        cfg.state_dir.join("diverged"),
-    );
-    failover.serve_diverged_on_start();
+    let failover = crate::failover::Failover::new(exports.clone(), vpgs.clone(), {
+        let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
+        let sock = cfg.state_dir.join("nbd.sock");
+        Box::new(move |name: &str| match &base {
+            Some(l) => format!("{l}/{name}"),
+            None => format!("nbd+unix:///{name}?socket={}", sock.display()),
+        })
+    });
     // Live failovers the last run left: their names are held back before NBD serves
     // anything, and served again once the replicas are loaded.
     failover.hold_names_on_start();

@@ -39,6 +39,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod diverged;
 pub mod error;
 pub mod events;
 pub mod failover;

@@ -155,12 +155,14 @@ pub enum Message {
     /// The VPG now runs at the recovery site at `epoch` (a live failover): apply
     /// `shutdown`, fence the VPG's volumes (reads go on, writes are refused with `reason`),
     /// take the epoch, and answer `Fenced`. Also the answer to an `Open` of an older epoch
-    /// (with `Shutdown::Force`).
+    /// (with `Shutdown::Force`). `held_seq` (version 4): the recovery site holds every
+    /// record below it (what the protected site wrote from there on never reached it).
     Fence {
         vpg: u64,
         epoch: u64,
         shutdown: Shutdown,
         reason: String,
+        held_seq: u64,
     },
     /// Done: every record the protected site will send of this VPG is below `final_seq`
     /// (a graceful shutdown's final checkpoint included).
@@ -268,8 +270,9 @@ mod tests {
             epoch: 2,
             shutdown: Shutdown::Force,
             reason: "r".into(),
+            held_seq: 300,
         };
-        assert_eq!(hex(&encode(&fence)), "0c0102020172");
+        assert_eq!(hex(&encode(&fence)), "0c0102020172ac02");
         assert_eq!(
             hex(&encode(&Message::Fenced {
                 vpg: 1,

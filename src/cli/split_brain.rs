@@ -4,7 +4,7 @@
 use hyper::Method;
 
 use super::client::Client;
-use ferry_agent::failover::diverged::DivergedSet;
+use ferry_agent::diverged::DivergedSet;
 use ferry_agent::failover::resolve::{Keep, ResolveRequest, Resolved};
 use ferry_agent::size::{human, parse_size, utc};
 

@@ -332,9 +332,18 @@ pub fn nbdsh(script: &Path, args: &[&str]) -> Output {
 /// Runs qemu-io on a raw image (an NBD URI or a file) with these commands, each a `-c`;
 /// fails the test on an error or a pattern mismatch. Returns qemu-io's output.
 pub fn qemu_io(target: impl AsRef<std::ffi::OsStr>, cmds: &[&str]) -> String {
+    qemu_io_with(&["-f", "raw"], target, cmds)
+}
+
+/// [`qemu_io`] on a read-only export (a checkpoint view, diverged writes kept for salvage).
+pub fn qemu_io_ro(target: impl AsRef<std::ffi::OsStr>, cmds: &[&str]) -> String {
+    qemu_io_with(&["-r", "-f", "raw"], target, cmds)
+}
+
+fn qemu_io_with(opts: &[&str], target: impl AsRef<std::ffi::OsStr>, cmds: &[&str]) -> String {
     require("qemu-io");
     let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
+    c.args(opts);
     for cmd in cmds {
         c.args(["-c", cmd]);
     }

@@ -111,3 +111,11 @@ pub fn copy(uri: &str, to: &Path) {
         .arg(to));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A qemu-io command that may fail: whether it did its work, and what it said.
+pub fn try_write(uri: &str, cmd: &str) -> (bool, String) {
+    require("qemu-io");
+    let out = run(Command::new("qemu-io").args(["-f", "raw", uri, "-c", cmd]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("failed"), text)
+}

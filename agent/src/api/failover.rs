@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{Api, ApiError};
-use crate::failover::diverged::DivergedSet;
+use crate::diverged::DivergedSet;
 use crate::failover::resolve::{ResolveRequest, Resolved};
 use crate::failover::{
     LiveFailover, LiveRequest, MoveRequest, ReverseRequest, StopRequest, TestReport, TestRequest, TestRunning,
@@ -39,7 +39,7 @@ async fn resolve_h(
 async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec<DivergedSet>> {
     let f = api.failover.clone();
     Json(
-        tokio::task::spawn_blocking(move || f.diverged(Some(&vpg)))
+        tokio::task::spawn_blocking(move || f.diverged(&vpg))
             .await
             .unwrap_or_default(),
     )

@@ -157,14 +157,19 @@ pub struct Exports {
     overlays: RwLock<BTreeMap<String, Arc<Overlay<View>>>>,
     /// Live failovers' volumes, by production name (found before this agent's volumes).
     live: RwLock<BTreeMap<String, Arc<Switch>>>,
-    /// Files served read-only by export name (diverged writes kept for salvage).
-    files: RwLock<BTreeMap<String, Arc<file::FileExport>>>,
+    /// Diverged writes kept for salvage, served read-only as `VPG@diverged-eN.VOLUME`.
+    diverged: crate::diverged::Diverged,
     /// Names not served for now (a live failover not yet found again after a start).
     reserved: RwLock<std::collections::BTreeSet<String>>,
 }
 
 impl Exports {
-    pub fn new(volumes: Arc<Volumes>, replicas: Arc<Replicas>, pool: Arc<BufPool>) -> Arc<Exports> {
+    pub fn new(
+        volumes: Arc<Volumes>,
+        replicas: Arc<Replicas>,
+        pool: Arc<BufPool>,
+        diverged: crate::diverged::Diverged,
+    ) -> Arc<Exports> {
         Arc::new(Exports {
             volumes,
             replicas,
@@ -172,7 +177,7 @@ impl Exports {
             views: RwLock::new(BTreeMap::new()),
             overlays: RwLock::new(BTreeMap::new()),
             live: RwLock::new(BTreeMap::new()),
-            files: RwLock::new(BTreeMap::new()),
+            diverged,
             reserved: RwLock::new(std::collections::BTreeSet::new()),
         })
     }
@@ -321,17 +326,9 @@ impl Exports {
             .insert(name, overlay);
     }
 
-    /// Serves a file read-only under `name` (replacing one of that name).
-    pub fn add_file(&self, name: String, f: Arc<file::FileExport>) {
-        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(name, f);
-    }
-
-    /// Stops serving the files whose names start with `prefix`; how many.
-    pub fn remove_files(&self, prefix: &str) -> usize {
-        let mut f = self.files.write().unwrap_or_else(|e| e.into_inner());
-        let before = f.len();
-        f.retain(|n, _| !n.starts_with(prefix));
-        before - f.len()
+    /// Diverged writes kept here.
+    pub fn diverged(&self) -> &crate::diverged::Diverged {
+        &self.diverged
     }
 
     /// Stops serving the overlay `name`.
@@ -385,8 +382,16 @@ impl Catalog for Exports {
             if let Some(o) = self.overlays.read().unwrap_or_else(|e| e.into_inner()).get(name) {
                 return Some(Arc::new(Served::Overlay(o.clone())));
             }
-            if let Some(f) = self.files.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-                return Some(Arc::new(Served::File(f.clone())));
+            if let Some((path, description)) = self.diverged.lookup(name) {
+                return match std::fs::File::open(&path)
+                    .and_then(|f| file::FileExport::new(f, description, self.pool.clone()))
+                {
+                    Ok(f) => Some(Arc::new(Served::File(Arc::new(f)))),
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot serve diverged writes");
+                        None
+                    }
+                };
             }
             return self.view(name).map(|v| Arc::new(Served::View(v)));
         }
@@ -411,8 +416,12 @@ impl Catalog for Exports {
         for (name, o) in self.overlays.read().unwrap_or_else(|e| e.into_inner()).iter() {
             out.push((name.clone(), o.info().description.clone()));
         }
-        for (name, f) in self.files.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.push((name.clone(), f.info().description.clone()));
+        for set in self.diverged.list(None) {
+            for v in set.volumes {
+                if let Some((_, d)) = self.diverged.lookup(&v.export) {
+                    out.push((v.export, d));
+                }
+            }
         }
         out
     }

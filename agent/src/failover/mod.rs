@@ -20,7 +20,6 @@ use crate::error::AgentError;
 use crate::recover::replica::Replica;
 
 pub mod commit;
-pub mod diverged;
 pub mod live;
 pub mod plan;
 pub mod resolve;
@@ -145,8 +144,6 @@ pub struct Failover {
     lives: Mutex<BTreeMap<String, Arc<live::Live>>>,
     /// Held while a live failover starts, commits or rolls back.
     live_op: tokio::sync::Mutex<()>,
-    /// Where diverged writes are kept (`STATE_DIR/diverged`).
-    diverged_root: PathBuf,
 }
 
 impl std::fmt::Debug for Failover {
@@ -189,7 +186,6 @@ impl Failover {
         exports: Arc<Exports>,
         vpgs: Arc<crate::protect::vpg::Vpgs>,
         export_uri: Box<dyn Fn(&str) -> String + Send + Sync>,
-        diverged_root: PathBuf,
     ) -> Arc<Failover> {
         Arc::new(Failover {
             exports,
@@ -200,7 +196,6 @@ impl Failover {
             export_uri,
             lives: Mutex::new(BTreeMap::new()),
             live_op: tokio::sync::Mutex::new(()),
-            diverged_root,
         })
     }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Failover;
-use super::diverged::{DIVERGED_BYTES_MAX_DEFAULT, DivergedSet, Source};
 use super::live::{LivePhase, blocking};
+use crate::diverged::{DIVERGED_BYTES_MAX_DEFAULT, DivergedSet, Source};
 use crate::error::AgentError;
 use crate::protect::state::Fencing;
 
@@ -66,7 +66,7 @@ impl Failover {
                     sb.epoch
                 )));
             }
-            let regions = v.unshipped_regions().await.ok_or_else(|| {
+            let regions = v.unshipped_regions(sb.from_seq, true).await.ok_or_else(|| {
                 AgentError::Refused(format!(
                     "the journal of {vpg:?} is being read (by `ferry journal tail`?): stop that and try again"
                 ))
@@ -189,10 +189,30 @@ impl Failover {
         if discard {
             return Ok(None);
         }
-        let (f, vpg) = (self.clone(), vpg.to_string());
-        Ok(Some(
-            blocking(move || f.keep_diverged(&vpg, epoch, origin, sources, max)).await?,
-        ))
+        let (d, vpg) = (self.exports.diverged().clone(), vpg.to_string());
+        let mut set = blocking(move || d.keep(&vpg, epoch, origin, sources, max)).await?;
+        self.with_uris(&mut set);
+        Ok(Some(set))
+    }
+
+    fn with_uris(&self, set: &mut DivergedSet) {
+        for v in &mut set.volumes {
+            v.uri = (self.export_uri)(&v.export);
+        }
+    }
+
+    /// The diverged writes of `vpg` kept here (blocking).
+    pub fn diverged(&self, vpg: &str) -> Vec<DivergedSet> {
+        let mut sets = self.exports.diverged().list(Some(vpg));
+        for s in &mut sets {
+            self.with_uris(s);
+        }
+        sets
+    }
+
+    /// Deletes the diverged writes of `vpg` kept here (of one epoch, or all; blocking).
+    pub fn delete_diverged(&self, vpg: &str, epoch: Option<u64>) -> Result<Vec<DivergedSet>, AgentError> {
+        self.exports.diverged().delete(vpg, epoch)
     }
 }
 

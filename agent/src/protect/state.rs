@@ -108,6 +108,9 @@ pub struct SplitBrain {
     pub epoch: u64,
     /// Written here and never received there, when it was found.
     pub bytes: u64,
+    /// The other site holds this site's records below this sequence.
+    #[serde(default)]
+    pub from_seq: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -159,7 +162,12 @@ pub enum Fencing {
     Unfence { epoch: u64 },
     /// A fence from a failover this site was not there for, while it holds `bytes` of
     /// writes the recovery site never received.
-    SplitBrain { epoch: u64, bytes: u64, why: String },
+    SplitBrain {
+        epoch: u64,
+        bytes: u64,
+        from_seq: u64,
+        why: String,
+    },
     /// An operator kept the other site's side: this site's diverged writes were salvaged.
     Settle { epoch: u64 },
 }
@@ -191,13 +199,18 @@ pub fn fence_step(state: &Lifecycle, input: Fencing) -> Result<(Lifecycle, Vec<A
                 ),
             )
         }
-        Fencing::SplitBrain { epoch, bytes, why } => {
+        Fencing::SplitBrain {
+            epoch,
+            bytes,
+            from_seq,
+            why,
+        } => {
             let event = format!(
                 "split brain since epoch {epoch}: {} written here that the recovery site never received, while it took the VPG over; replication stops and nothing is overwritten. Writes here are refused ({why}). Settle it with `ferry vpg resolve VPG --keep here|peer`",
                 crate::size::human(bytes)
             );
             next.fenced = Some(why);
-            next.split_brain = Some(SplitBrain { epoch, bytes });
+            next.split_brain = Some(SplitBrain { epoch, bytes, from_seq });
             next.settled = None;
             (epoch, event)
         }
@@ -360,6 +373,7 @@ mod tests {
             Fencing::SplitBrain {
                 epoch: 2,
                 bytes: 3 << 20,
+                from_seq: 7,
                 why: "runs at B".into(),
             },
         )
@@ -369,6 +383,7 @@ mod tests {
             b.split_brain,
             Some(SplitBrain {
                 epoch: 2,
+                from_seq: 7,
                 bytes: 3 << 20
             })
         );

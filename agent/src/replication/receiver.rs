@@ -225,6 +225,7 @@ impl Shell<'_> {
                                     epoch,
                                     shutdown: ferry_proto::message::Shutdown::Force,
                                     reason,
+                                    held_seq: r.durable_seq(),
                                 },
                             ));
                         } else if let Some(epoch) = r.unfence_answer(their_epoch) {
@@ -337,6 +338,50 @@ impl Shell<'_> {
     /// to the peer, which now protects it back here): its journal goes and its volumes
     /// become the replica's images. Refused (the peer is told why) if it was never fenced:
     /// it took writes after the failover, so both sites hold writes the other has not.
+    /// Keeps what `v` holds that its peer may not (journal records not acknowledged, dirty
+    /// regions not drained) for salvage before a resync overwrites it.
+    async fn keep_unshipped(&self, v: &Arc<crate::protect::vpg::Vpg>, epoch: u64) -> Result<(), String> {
+        let regions = match v.unshipped_regions(0, true).await {
+            Some(r) => r,
+            None => v.undrained_dirty(),
+        };
+        let mut sources = Vec::new();
+        for (id, file, size) in v.member_files() {
+            let (Some(regions), Some(file)) = (regions.get(&id).cloned(), file) else {
+                continue;
+            };
+            sources.push(crate::diverged::Source {
+                name: v.record.volumes.get(id as usize - 1).cloned().unwrap_or_default(),
+                size_bytes: size,
+                regions,
+                read: Box::new(move |at, buf| crate::io::read_full(&file, buf, at)),
+            });
+        }
+        if sources.is_empty() {
+            return Ok(());
+        }
+        let store = self.vpgs.diverged();
+        let name = v.record.name.clone();
+        let set = blocking(move || {
+            store.keep(
+                &name,
+                epoch,
+                "regions of this site that its peer may not hold (unacknowledged journal records; dirty regions after a full journal or an unclean stop), kept before reverse protection resynced them".into(),
+                sources,
+                crate::diverged::DIVERGED_BYTES_MAX_DEFAULT,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        v.event(format!(
+            "{} of regions the peer may not hold kept for salvage before the resync (`ferry vpg diverged {}`)",
+            crate::size::human(set.bytes),
+            set.vpg
+        ));
+        Ok(())
+    }
+
     async fn demote(&self, spec: &ferry_proto::message::VpgSpec) -> Result<(), String> {
         let Ok(v) = self.vpgs.get(&spec.name) else {
             return Ok(());
@@ -376,19 +421,13 @@ impl Shell<'_> {
                 spec.name
             ));
         }
-        // Writes here the peer never received (taken before the fence reached this site,
-        // while the two were apart) would be overwritten by the resync: refused, unless an
-        // operator settled the split brain for the peer (they were salvaged).
-        let st = v.journal_stats();
-        let acked = st.acked_seq.max(v.ship_update(|s| s.acked_seq));
-        let dirty: u64 = v.status().volumes.iter().map(|m| m.dirty_bytes).sum();
-        if life.settled.is_none_or(|e| e < spec.epoch) && (st.next_seq > acked || dirty > 0) {
-            return Err(format!(
-                "VPG {:?} holds writes here its peer never received ({} record(s), {} dirty): a resync would overwrite them (split brain); nothing was overwritten",
-                spec.name,
-                st.next_seq.saturating_sub(acked),
-                crate::size::human(dirty)
-            ));
+        // Writes here the peer may not hold would be overwritten by the resync: unless an
+        // operator settled a split brain for the peer (they were salvaged then), what the
+        // journal holds unacknowledged and the dirty regions (after a full journal or an
+        // unclean stop) are kept for salvage first. (Writes the peer never received after
+        // its failover were found when it fenced this site: a split brain, refused above.)
+        if life.settled.is_none_or(|e| e < spec.epoch) {
+            self.keep_unshipped(&v, spec.epoch).await?;
         }
         let dir = self.replicas.dir_for(spec)?;
         let names: Vec<String> = v.record.volumes.clone();
@@ -445,6 +484,7 @@ impl Shell<'_> {
                         epoch,
                         shutdown,
                         reason,
+                        held_seq: r.durable_seq(),
                     },
                     ToPeer::Unfence { epoch } => Input::Unfence { vpg, epoch },
                 };

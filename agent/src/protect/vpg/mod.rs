@@ -367,9 +367,12 @@ impl Vpg {
     }
 
     /// The regions written here that the recovery site never received, by volume id
-    /// (sorted, merged): those of journal records not acknowledged, and dirty regions.
-    /// `None` while the journal's consumer is held (a link ships it, or `journal tail`).
-    pub async fn unshipped_regions(&self) -> Option<BTreeMap<u32, Vec<(u64, u64)>>> {
+    /// (sorted, merged): those of journal records not acknowledged (and at or past
+    /// `from_seq`, where the recovery site's history ends), and (with `dirty`)
+    /// dirty regions not drained into the journal yet, which may hold such writes (after
+    /// a full journal, or an unclean stop). `None` while the journal's consumer is held (a
+    /// link ships it, or `journal tail`).
+    pub async fn unshipped_regions(&self, from_seq: u64, dirty: bool) -> Option<BTreeMap<u32, Vec<(u64, u64)>>> {
         let mut c = self
             .consumer
             .lock()
@@ -379,7 +382,10 @@ impl Vpg {
         c.rewind();
         let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
         while let Some(r) = c.next_record() {
-            if matches!(r.entry.kind, Kind::Write | Kind::Trim | Kind::WriteZeroes) && r.entry.length > 0 {
+            if matches!(r.entry.kind, Kind::Write | Kind::Trim | Kind::WriteZeroes)
+                && r.entry.length > 0
+                && r.entry.seq >= from_seq
+            {
                 out.entry(r.entry.volume)
                     .or_default()
                     .push((r.entry.offset, r.entry.length));
@@ -387,14 +393,30 @@ impl Vpg {
         }
         c.rewind();
         self.put_consumer(c).await;
-        for (&id, m) in self.cap.capture.maps() {
-            out.entry(id).or_default().extend(m.dirty_ranges());
+        if dirty {
+            for (id, r) in self.undrained_dirty() {
+                out.entry(id).or_default().extend(r);
+            }
         }
         for v in out.values_mut() {
             *v = crate::ranges::merge(std::mem::take(v));
         }
         out.retain(|_, v| !v.is_empty());
         Some(out)
+    }
+
+    /// Dirty regions not drained into the journal yet, by volume id.
+    pub fn undrained_dirty(&self) -> BTreeMap<u32, Vec<(u64, u64)>> {
+        let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        for (&id, m) in self.cap.capture.maps() {
+            let mut from = 0;
+            while let Some((off, len)) = m.next_dirty(from, 64 << 20) {
+                out.entry(id).or_default().push((off, len));
+                from = off + len;
+            }
+        }
+        out.retain(|_, v| !v.is_empty());
+        out
     }
 
     /// Delta sync: a region that differs from the replica's is marked dirty (sent later).

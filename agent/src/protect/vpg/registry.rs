@@ -278,7 +278,12 @@ impl Vpgs {
         }
         let (capture, rep) = Capture::recover(journal, &jrec, maps);
         let lifecycle = load_lifecycle(&dir, &record)?;
-        let vpg = self.runtime(record, dir, capture, lifecycle);
+        // At a start a protected VPG waits for its recovery site to confirm the epoch (see
+        // `hold_until_confirmed`): from before its drain of dirty regions can begin.
+        let confirm = !self.cfg.confirm_epoch.is_zero()
+            && record.protection.as_ref().is_some_and(|p| !p.paused)
+            && lifecycle.fenced.is_none();
+        let vpg = self.runtime(record, dir, capture, lifecycle, confirm);
         vpg.reload_checkpoints();
         log_recovery(&vpg, &jrec, &rep);
         for n in notes {
@@ -296,6 +301,7 @@ impl Vpgs {
         dir: PathBuf,
         capture: Capture<MmapStorage>,
         lifecycle: Lifecycle,
+        confirming: bool,
     ) -> Arc<Vpg> {
         let record_name = record.name.clone();
         let plan = record.plan.clone();
@@ -332,7 +338,7 @@ impl Vpgs {
             lifecycle: Mutex::new(lifecycle),
             ship: Mutex::new(ShipState::default()),
             plan: Mutex::new(plan),
-            confirming: std::sync::atomic::AtomicBool::new(false),
+            confirming: std::sync::atomic::AtomicBool::new(confirming),
             sla_met: std::sync::atomic::AtomicBool::new(true),
             opened_ms: now_ms(),
             link_seen: std::sync::atomic::AtomicBool::new(false),
@@ -391,11 +397,9 @@ impl Vpgs {
     /// it takes a write.
     fn hold_until_confirmed(self: &Arc<Self>, vpg: &Arc<Vpg>) {
         let wait = self.cfg.confirm_epoch;
-        let shipping = vpg.record.protection.as_ref().is_some_and(|p| !p.paused);
-        if wait.is_zero() || !shipping || vpg.fenced().is_some() {
+        if !vpg.confirming.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        vpg.confirming.store(true, std::sync::atomic::Ordering::Release);
         for name in &vpg.record.volumes {
             if let Some(v) = self.volumes.get(name) {
                 v.hold_writes();
@@ -456,6 +460,11 @@ impl Vpgs {
             }
         }
         Ok(())
+    }
+
+    /// Diverged writes kept at this site.
+    pub fn diverged(&self) -> crate::diverged::Diverged {
+        crate::diverged::Diverged::at(&self.state_dir)
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Vpg>, AgentError> {
@@ -659,7 +668,7 @@ impl Vpgs {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        let vpg = self.runtime(record, dir, capture, lifecycle);
+        let vpg = self.runtime(record, dir, capture, lifecycle, false);
         self.attach_all(&vpg);
         vpg.cap.push_event(format!(
             "created with {} volume(s) and a {} journal; capture starts now",

@@ -169,7 +169,11 @@ impl Vpg {
                 let b = self
                     .lifecycle()
                     .split_brain
-                    .unwrap_or(crate::protect::state::SplitBrain { epoch: 0, bytes: 0 });
+                    .unwrap_or(crate::protect::state::SplitBrain {
+                        epoch: 0,
+                        bytes: 0,
+                        from_seq: 0,
+                    });
                 format!(
                     "split brain since epoch {}: {} written here that the recovery site never received, while it ran the VPG (it took writes of its own). Writes are refused here and replication stops; nothing was overwritten. Settle it with `ferry vpg resolve {} --keep here|peer`",
                     b.epoch,

@@ -133,6 +133,15 @@ impl Vpg {
             if self.stop.is_cancelled() {
                 return;
             }
+            // Not while the recovery site has not confirmed the epoch at a start, nor once
+            // fenced: what is drained would pass for writes this site took (a split brain)
+            // where it may only be what an unclean stop marked to be safe.
+            if self.confirming.load(std::sync::atomic::Ordering::Acquire) || self.fenced().is_some() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
             let step = self.cap.capture.drain_next(DRAIN_CHUNK_BYTES);
             self.cap.collect_events();
             let Some((volume, offset, len)) = step else {

@@ -55,6 +55,12 @@ impl Replica {
                     "VPG {:?} from {} is at epoch {}, older than this replica's {}: that site was failed over from and must not replicate here (resolve it there)",
                     spec.name, peer.address, spec.epoch, meta.spec.epoch
                 ))
+            } else if let Some(e) = meta.runs_here.filter(|&e| spec.epoch <= e) {
+                // It took the epoch from this site's fence: it is the site failed over from.
+                Err(format!(
+                    "VPG {:?} runs at this site since a live failover (epoch {e}); {} is fenced at epoch {} and must not replicate here (protect the VPG back to it with `ferry vpg reverse {}`)",
+                    spec.name, peer.address, spec.epoch, spec.name
+                ))
             } else {
                 let mut next = meta.clone();
                 if !have.is_known() {
@@ -77,8 +83,9 @@ impl Replica {
                 next.spec.epoch = next.spec.epoch.max(spec.epoch);
                 next.spec.plan = spec.plan.clone();
                 next.peer = Some(peer.clone());
-                // The protected site took the epoch of a rolled-back failover.
-                if next.unfence_due.is_some_and(|e| spec.epoch >= e) {
+                // A newer epoch than that of a rolled-back failover: it was taken. (At that
+                // epoch itself the site may still be fenced: it is answered `Unfence`.)
+                if next.unfence_due.is_some_and(|e| spec.epoch > e) {
                     next.unfence_due = None;
                 }
                 self.save_meta(&next).map_err(|e| e.to_string())?;
@@ -152,7 +159,7 @@ impl Replica {
     pub fn fence_answer(&self, their_epoch: u64) -> Option<(u64, String)> {
         let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let e = meta.runs_here?;
-        (their_epoch < e).then(|| {
+        (their_epoch <= e).then(|| {
             (
                 e,
                 format!(
@@ -163,10 +170,12 @@ impl Replica {
         })
     }
 
-    /// The epoch a protected site at `their_epoch` is to take (a rolled-back failover).
+    /// The epoch a protected site at `their_epoch` is to take (a rolled-back failover):
+    /// also told to one already at it, which may have been fenced at it and not heard of
+    /// the rollback (an unfence of a site not fenced changes nothing).
     pub fn unfence_answer(&self, their_epoch: u64) -> Option<u64> {
         let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        meta.unfence_due.filter(|&e| their_epoch < e)
+        meta.unfence_due.filter(|&e| their_epoch <= e)
     }
 
     /// Queues a message for the protected site (the session delivers it; see

@@ -89,6 +89,8 @@ pub enum Action {
         /// The answer to this session's `Open`: the failover happened without this site
         /// (whatever it wrote since the last record the recovery site took is not in it).
         missed: bool,
+        /// The recovery site holds every record below this one.
+        held_seq: u64,
     },
     /// The failover was rolled back: take `epoch` and take writes again.
     Unfence {
@@ -451,6 +453,7 @@ impl ProtectedSession {
                 epoch,
                 shutdown,
                 reason,
+                held_seq,
             } => {
                 let Some(s) = self.vpgs.get(&vpg) else {
                     return vec![];
@@ -461,6 +464,7 @@ impl ProtectedSession {
                     shutdown,
                     reason,
                     missed: s.phase == Phase::Opening,
+                    held_seq,
                 }]
             }
             Message::Unfence { vpg, epoch } => {

@@ -55,6 +55,7 @@ pub enum Input {
         epoch: u64,
         shutdown: Shutdown,
         reason: String,
+        held_seq: u64,
     },
     /// A live failover of `vpg` was rolled back: the protected site takes `epoch` and
     /// writes again.
@@ -295,11 +296,13 @@ impl RecoverySession {
                 epoch,
                 shutdown,
                 reason,
+                held_seq,
             } => vec![Action::Send(Message::Fence {
                 vpg,
                 epoch,
                 shutdown,
                 reason,
+                held_seq,
             })],
             Input::Unfence { vpg, epoch } => vec![Action::Send(Message::Unfence { vpg, epoch })],
             Input::Tick => {

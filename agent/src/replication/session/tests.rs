@@ -37,6 +37,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             epoch: 2,
             shutdown: Shutdown::Graceful,
             reason: "runs at B".into(),
+            held_seq: 40,
         },
     );
     let recovery::Action::Send(m) = &fence[0] else {
@@ -74,6 +75,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             shutdown: Shutdown::Graceful,
             reason: "runs at B".into(),
             missed: true,
+            held_seq: 40,
         }]
     );
     // A fence for a VPG not shipped here is ignored.
@@ -82,6 +84,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
         epoch: 2,
         shutdown: Shutdown::Force,
         reason: String::new(),
+        held_seq: 0,
     };
     assert!(
         p.on(
@@ -440,4 +443,36 @@ fn requests_that_crossed_a_refusal_are_let_go_on_both_sides() {
         vec![]
     );
     assert_eq!(p.inflight_bytes(), 0, "what was in flight left the window");
+}
+
+/// A fence answering this session's `Open` (the VPG not open yet) is one the protected
+/// site missed: the failover happened without it. One reaching an open VPG is a live
+/// failover it takes part in.
+#[test]
+fn a_fence_is_missed_only_when_it_answers_the_open() {
+    use ferry_proto::message::Shutdown;
+    let fence = |held_seq| protected::Input::Message {
+        message: Message::Fence {
+            vpg: 1,
+            epoch: 2,
+            shutdown: Shutdown::Force,
+            reason: String::new(),
+            held_seq,
+        },
+        journal: None,
+    };
+    let mut opening = announced("r");
+    assert!(matches!(
+        &opening.on(1, fence(12))[..],
+        [protected::Action::Fence {
+            missed: true,
+            held_seq: 12,
+            ..
+        }]
+    ));
+    let mut open = protected_with_batch_in_flight();
+    assert!(matches!(
+        &open.on(1, fence(12))[..],
+        [protected::Action::Fence { missed: false, .. }]
+    ));
 }

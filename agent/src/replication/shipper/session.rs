@@ -280,11 +280,12 @@ impl<'a> Session<'a> {
                     shutdown,
                     reason,
                     missed,
+                    held_seq,
                 } => {
                     let Some(sv) = self.vpgs.get(&vpg) else { continue };
                     let v = sv.vpg.clone();
                     let diverged = if missed {
-                        self.split_brain(&v, epoch, &reason)
+                        self.split_brain(&v, epoch, &reason, held_seq).await
                     } else {
                         None
                     };
@@ -325,12 +326,14 @@ impl<'a> Session<'a> {
     }
 
     /// A failover at the recovery site that this site was not there for (the fence
-    /// answers its `Open`): if it took writes the recovery site never received (journal
-    /// records not acknowledged, dirty regions), that is split brain. It is fenced as
-    /// split brain (nothing overwritten, replication stopped), or stays so; the bytes
-    /// are reported (0 once settled for the other site). `None`: no split brain, a plain
-    /// fence follows.
-    fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str) -> Option<u64> {
+    /// answers its `Open`): if it holds writes the recovery site never received (journal
+    /// records from `held_seq` on), both sites took writes: split brain. It is fenced as
+    /// split brain (nothing overwritten, replication stopped), or stays so; the bytes are
+    /// reported (0 once settled for the other site). `None`: no split brain, a plain fence
+    /// follows. (Dirty regions alone are no proof of a write: after an unclean stop they
+    /// are marked wider than what was written. They are kept for salvage if this site is
+    /// resynced; see `replication::receiver`.)
+    async fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str, held_seq: u64) -> Option<u64> {
         let l = v.lifecycle();
         if let Some(b) = l.split_brain.as_ref().filter(|b| b.epoch == epoch) {
             return Some(b.bytes);
@@ -341,21 +344,27 @@ impl<'a> Session<'a> {
         if l.fenced.is_some() && l.epoch >= epoch {
             return None;
         }
-        let st = v.journal_stats();
-        let acked = st.acked_seq.max(v.ship_update(|s| s.acked_seq));
-        let dirty: u64 = v.status().volumes.iter().map(|m| m.dirty_bytes).sum();
-        if st.next_seq <= acked && dirty == 0 {
+        let bytes: u64 = v
+            .unshipped_regions(held_seq, false)
+            .await?
+            .values()
+            .map(|r| crate::ranges::total(r))
+            .sum();
+        if bytes == 0 {
             return None;
         }
-        let bytes = st.data_used_bytes + dirty;
         let why = reason.to_string();
-        match self
-            .shipping
-            .vpgs
-            .fencing(v, crate::protect::state::Fencing::SplitBrain { epoch, bytes, why })
-        {
+        match self.shipping.vpgs.fencing(
+            v,
+            crate::protect::state::Fencing::SplitBrain {
+                epoch,
+                bytes,
+                from_seq: held_seq,
+                why,
+            },
+        ) {
             Ok(()) => {
-                warn!(vpg = %v.record.name, epoch, bytes, "split brain: the recovery site took the VPG over while this site was writing; both sides keep their writes until `ferry vpg resolve`");
+                warn!(vpg = %v.record.name, epoch, bytes, "split brain: the recovery site took the VPG over while this site held writes it never received; both sides keep their writes until `ferry vpg resolve`");
                 Some(bytes)
             }
             Err(why) => {

@@ -3,17 +3,17 @@
 //! resync or thrown away by a rollback. Before that they are copied, bounded in size, into
 //! `diverged/VPG/epoch-N/` of this agent: one sparse file per volume (the volume's size,
 //! holding only the diverged regions at their offsets) and `diverged.json` listing the
-//! regions. Each file is served read-only as `VPG@diverged-eN.VOLUME` (block status shows
-//! the regions as data, the rest as holes) until an operator deletes the set.
+//! regions. The catalogue serves each file read-only as `VPG@diverged-eN.VOLUME` (block
+//! status shows the regions as data, the rest as holes) until an operator deletes the set.
+//!
+//! Kept by whichever part is about to lose them: a resolve (`failover::resolve`), or a site
+//! demoted by reverse protection (`replication::receiver`).
 
+use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use super::Failover;
 use crate::clock::now_ms;
 use crate::error::AgentError;
 
@@ -82,15 +82,27 @@ fn set_dir(root: &Path, vpg: &str, epoch: u64) -> PathBuf {
     root.join(vpg).join(format!("epoch-{epoch}"))
 }
 
+/// The store: `STATE_DIR/diverged`.
+#[derive(Debug, Clone)]
+pub struct Diverged {
+    root: PathBuf,
+}
+
 fn meta_path(dir: &Path) -> PathBuf {
     dir.join("diverged.json")
 }
 
-impl Failover {
-    /// Copies the diverged regions of `sources` into a set for (`vpg`, `epoch`) and serves
-    /// it (blocking). A set already kept for that epoch is kept as it is and returned (a
-    /// resolve tried again). Refused, with nothing kept, past `max_bytes`.
-    pub(crate) fn keep_diverged(
+impl Diverged {
+    pub fn at(state_dir: &Path) -> Diverged {
+        Diverged {
+            root: state_dir.join("diverged"),
+        }
+    }
+
+    /// Copies the diverged regions of `sources` into a set for (`vpg`, `epoch`) (blocking).
+    /// A set already kept for that epoch is kept as it is and returned (a resolve tried
+    /// again). Refused, with nothing kept, past `max_bytes`.
+    pub fn keep(
         &self,
         vpg: &str,
         epoch: u64,
@@ -98,9 +110,8 @@ impl Failover {
         sources: Vec<Source>,
         max_bytes: u64,
     ) -> Result<DivergedSet, AgentError> {
-        let dir = set_dir(&self.diverged_root, vpg, epoch);
+        let dir = set_dir(&self.root, vpg, epoch);
         if let Some(set) = crate::meta::fetch::<DivergedSet>(&meta_path(&dir), crate::meta::DIVERGED)? {
-            self.serve_diverged(&set.value);
             return Ok(set.value);
         }
         let bytes: u64 = sources.iter().map(|s| crate::ranges::total(&s.regions)).sum();
@@ -159,40 +170,16 @@ impl Failover {
         {
             let _ = d.sync_all();
         }
-        self.serve_diverged(&set);
         tracing::warn!(vpg, epoch, bytes, dir = %dir.display(), "diverged writes kept for salvage");
-        let mut set = set;
-        for v in &mut set.volumes {
-            v.uri = (self.export_uri)(&v.export);
-        }
         Ok(set)
-    }
-
-    fn serve_diverged(&self, set: &DivergedSet) {
-        for v in &set.volumes {
-            let description = format!(
-                "diverged writes of VPG {}, volume {}, epoch {}: {} in {} region(s), read-only",
-                set.vpg,
-                v.name,
-                set.epoch,
-                crate::size::human(v.bytes),
-                v.regions.len()
-            );
-            match std::fs::File::open(&v.file)
-                .and_then(|f| crate::catalog::file::FileExport::new(f, description, self.exports.pool().clone()))
-            {
-                Ok(e) => self.exports.add_file(v.export.clone(), Arc::new(e)),
-                Err(e) => tracing::warn!(file = %v.file.display(), error = %e, "cannot serve diverged writes"),
-            }
-        }
     }
 
     /// The sets of diverged writes kept here for `vpg` (every VPG's with `None`), oldest
     /// epoch first.
-    pub fn diverged(&self, vpg: Option<&str>) -> Vec<DivergedSet> {
+    pub fn list(&self, vpg: Option<&str>) -> Vec<DivergedSet> {
         let vpgs: Vec<PathBuf> = match vpg {
-            Some(v) => vec![self.diverged_root.join(v)],
-            None => std::fs::read_dir(&self.diverged_root)
+            Some(v) => vec![self.root.join(v)],
+            None => std::fs::read_dir(&self.root)
                 .map(|d| d.flatten().map(|e| e.path()).collect())
                 .unwrap_or_default(),
         };
@@ -205,12 +192,7 @@ impl Failover {
                     continue;
                 }
                 match crate::meta::fetch::<DivergedSet>(&meta_path(&p), crate::meta::DIVERGED) {
-                    Ok(Some(mut f)) => {
-                        for v in &mut f.value.volumes {
-                            v.uri = (self.export_uri)(&v.export);
-                        }
-                        out.push(f.value)
-                    }
+                    Ok(Some(f)) => out.push(f.value),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(dir = %p.display(), error = %e, "diverged writes unreadable"),
                 }
@@ -220,18 +202,11 @@ impl Failover {
         out
     }
 
-    /// Serves every set kept here (at a start).
-    pub fn serve_diverged_on_start(&self) {
-        for set in self.diverged(None) {
-            self.serve_diverged(&set);
-        }
-    }
-
     /// Deletes the sets of `vpg` (the one of `epoch`, or all): their exports end (open
     /// connections keep their file until they close) and their files go. What was deleted.
-    pub fn delete_diverged(&self, vpg: &str, epoch: Option<u64>) -> Result<Vec<DivergedSet>, AgentError> {
+    pub fn delete(&self, vpg: &str, epoch: Option<u64>) -> Result<Vec<DivergedSet>, AgentError> {
         let sets: Vec<DivergedSet> = self
-            .diverged(Some(vpg))
+            .list(Some(vpg))
             .into_iter()
             .filter(|s| epoch.is_none_or(|e| e == s.epoch))
             .collect();
@@ -244,10 +219,31 @@ impl Failover {
             }));
         }
         for s in &sets {
-            self.exports.remove_files(&format!("{vpg}@diverged-e{}.", s.epoch));
             std::fs::remove_dir_all(&s.dir).map_err(|e| AgentError::io("cannot delete", &s.dir, e))?;
             tracing::info!(vpg, epoch = s.epoch, "diverged writes deleted");
         }
         Ok(sets)
+    }
+
+    /// The file and description of the export `name` (`VPG@diverged-eN.VOLUME`), if kept.
+    pub fn lookup(&self, name: &str) -> Option<(PathBuf, String)> {
+        let (vpg, rest) = name.split_once("@diverged-e")?;
+        let (epoch, volume) = rest.split_once('.')?;
+        let epoch: u64 = epoch.parse().ok()?;
+        if vpg.contains('/') || volume.contains('/') || vpg.is_empty() || volume.is_empty() {
+            return None;
+        }
+        let set: DivergedSet = crate::meta::fetch(&meta_path(&set_dir(&self.root, vpg, epoch)), crate::meta::DIVERGED)
+            .ok()??
+            .value;
+        let v = set.volumes.into_iter().find(|v| v.name == volume)?;
+        Some((
+            v.file,
+            format!(
+                "diverged writes of VPG {vpg}, volume {volume}, epoch {epoch}: {} in {} region(s), read-only",
+                crate::size::human(v.bytes),
+                v.regions.len()
+            ),
+        ))
     }
 }
