@@ -4,8 +4,8 @@
 # a bounded fuzzing run of every decoder of outside bytes (their seed corpora are also
 # replayed by `cargo test`, in tests/fuzz_seeds.rs).
 #
-#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 20; 0 skips fuzzing)
-#   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 45; 0 skips it)
+#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 15; 0 skips fuzzing)
+#   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 30; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,7 @@ failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ f
 
 # A short soak of both sites under faults (kill -9, link cuts, full datastores); it needs
 # root for its loop mounts. FERRY_CHAOS_SECONDS=0 skips it.
-chaos_seconds=${FERRY_CHAOS_SECONDS:-45}
+chaos_seconds=${FERRY_CHAOS_SECONDS:-30}
 if [ "$chaos_seconds" -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "== $(date -u +%T) chaos for ${chaos_seconds}s"
@@ -48,7 +48,7 @@ if [ "$chaos_seconds" -gt 0 ]; then
   fi
 fi
 
-fuzz_seconds=${FERRY_FUZZ_SECONDS:-20}
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
   # cargo-fuzz wants nightly; where only stable is installed, let stable accept -Z flags.
