@@ -220,9 +220,21 @@ fn a_commit_makes_the_checkpoint_plus_what_was_written_the_recovery_sites_volume
         }
     };
     check(&b);
-    // The protected site's writes after the checkpoint are not there.
+    // The protected site's writes after the checkpoint are not there: they were kept for
+    // salvage at the commit, served read-only.
     let d1 = std::fs::read(b.dir.join("d1.got.raw")).unwrap();
     assert_ne!(d1[..65536], [0x77u8; 65536][..]);
+    let kept = json(&b, &["vpg", "diverged", "app", "--json"]);
+    let vols = kept[0]["volumes"].as_array().unwrap();
+    assert!(
+        vols.iter()
+            .any(|v| v["name"] == "d1" && v["regions"] == serde_json::json!([[0, 65536]])),
+        "{kept}"
+    );
+    common::qemu_io_ro(
+        format!("nbd+unix:///app@diverged-e2.d1?socket={}", b.socket().display()),
+        &["read -P 0x77 0 64k"],
+    );
     // After a restart of the recovery agent: the same volumes, still committed.
     b.stop();
     b.spawn();

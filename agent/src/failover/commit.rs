@@ -204,6 +204,55 @@ impl Failover {
     }
 
     /// The commit's work (see the module's notes); the outcome goes into the failover.
+    /// What the protected site wrote after the failover's checkpoint and this site
+    /// received (never part of the recovery point): kept for salvage before the commit
+    /// makes the checkpoint production and a reverse protection overwrites them there.
+    async fn keep_unrecovered(&self, live: &Arc<Live>) {
+        let shown = live.shown();
+        let r = live.replica.clone();
+        let regions = r.regions_since(shown.checkpoint.seq + 1);
+        if regions.is_empty() {
+            return;
+        }
+        let below = r.durable_seq();
+        let sources: Vec<crate::diverged::Source> = r
+            .volumes()
+            .into_iter()
+            .filter_map(|(id, name, size)| {
+                let regions = regions.get(&id)?.clone();
+                let r = r.clone();
+                Some(crate::diverged::Source {
+                    name,
+                    size_bytes: size,
+                    regions,
+                    read: Box::new(move |at, buf| r.read_at(id, at, buf, below)),
+                })
+            })
+            .collect();
+        let store = self.exports.diverged().clone();
+        let (vpg, epoch, seq) = (shown.vpg.clone(), shown.epoch, shown.checkpoint.seq);
+        let kept = blocking(move || {
+            store.keep(
+                &vpg,
+                epoch,
+                format!(
+                    "writes the protected site made after checkpoint {seq} (the failover's point), received here but never part of the recovery point; kept when the failover was committed"
+                ),
+                sources,
+                crate::diverged::DIVERGED_BYTES_MAX_DEFAULT,
+            )
+        })
+        .await;
+        live.event(match kept {
+            Ok(set) => format!(
+                "{} written at the protected site after the failover's checkpoint kept for salvage (`ferry vpg diverged {}`)",
+                crate::size::human(set.bytes),
+                set.vpg
+            ),
+            Err(e) => format!("the protected site's writes after the failover's checkpoint were not kept: {e}"),
+        });
+    }
+
     pub(super) async fn materialize(self: Arc<Self>, live: Arc<Live>) {
         let t0 = Instant::now();
         let vpg = live.shown().vpg;
@@ -218,6 +267,7 @@ impl Failover {
             started_unix_ms: now_ms(),
             ..Default::default()
         }));
+        self.keep_unrecovered(&live).await;
         let result = self.copy_out(&live, &progress).await;
         let p = {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -224,7 +224,7 @@ impl Live {
         save(&self.replica, &self.shown())
     }
 
-    fn event(&self, m: String) {
+    pub(super) fn event(&self, m: String) {
         tracing::info!(vpg = %self.replica.spec().name, "{m}");
         self.replica.push_event(m);
     }

@@ -759,6 +759,23 @@ impl Replica {
         (floor() <= at_seq).then_some(out)
     }
 
+    /// The regions written by the records of history at or past `from_seq`, by volume
+    /// (sorted, merged): what the protected site wrote after a checkpoint.
+    pub fn regions_since(&self, from_seq: u64) -> BTreeMap<u32, Vec<(u64, u64)>> {
+        let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+        for r in h.records.iter().filter(|r| r.seq >= from_seq) {
+            if r.kind != RecordKind::Checkpoint && r.length > 0 {
+                out.entry(r.volume).or_default().push((r.offset, r.length));
+            }
+        }
+        drop(h);
+        for v in out.values_mut() {
+            *v = crate::ranges::merge(std::mem::take(v));
+        }
+        out
+    }
+
     pub fn volumes(&self) -> Vec<(u32, String, u64)> {
         let spec = self.spec();
         spec.volumes
