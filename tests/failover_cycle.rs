@@ -138,16 +138,7 @@ fn a_move_and_a_move_back_lose_nothing_and_protect_in_reverse_each_time() {
     same_at_both(&a, &b, "app", "start");
     // Written just before the move: a move loses nothing.
     qemu_io(a.tcp_uri("d0"), &["write -P 0x31 1M 1M"]);
-    let out = b.ferry(&[
-        "failover",
-        "move",
-        "app",
-        "--reverse-protection",
-        "--peer",
-        &a_addr,
-        "--peer-key",
-        &k,
-    ]);
+    let out = b.ferry(&move_back_to(&a_addr, &k));
     assert!(out.contains("COMMITTED"), "{out}");
     qemu_io(b.tcp_uri("d0"), &["read -P 0x31 1M 1M"]);
     assert!(
@@ -159,16 +150,7 @@ fn a_move_and_a_move_back_lose_nothing_and_protect_in_reverse_each_time() {
     qemu_io(b.tcp_uri("d0"), &["write -P 0x32 3M 1M"]);
     same_at_both(&b, &a, "app", "moved");
     // And back.
-    let out = a.ferry(&[
-        "failover",
-        "move",
-        "app",
-        "--reverse-protection",
-        "--peer",
-        &b_addr,
-        "--peer-key",
-        &k,
-    ]);
+    let out = a.ferry(&move_back_to(&b_addr, &k));
     assert!(out.contains("COMMITTED"), "{out}");
     qemu_io(a.tcp_uri("d0"), &["read -P 0x31 1M 1M", "read -P 0x32 3M 1M"]);
     assert!(wait_for(60, || run_ok(&a, &["vpg", "show", "app", "--json"])
@@ -207,6 +189,20 @@ impl Drop for HeldClient {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `ferry failover move app` with reverse protection back to `peer`.
+fn move_back_to<'a>(peer: &'a str, key: &'a str) -> [&'a str; 8] {
+    [
+        "failover",
+        "move",
+        "app",
+        "--reverse-protection",
+        "--peer",
+        peer,
+        "--peer-key",
+        key,
+    ]
 }
 
 fn run_ok(a: &Agent, args: &[&str]) -> bool {
@@ -249,4 +245,132 @@ fn a_site_holding_writes_its_peer_never_received_is_not_resynced_over() {
     assert!(shown.contains("nothing was overwritten"), "{shown}");
     // A's write is still there.
     qemu_io(a.tcp_uri("d0"), &["read -P 0x71 2M 1M"]);
+}
+
+/// A writer at the protected site: 4 KiB writes, each to a block of its own (write `i` to
+/// block `i`, filled with `i % 251 + 1`), QD1; the blocks it saw acknowledged.
+struct NumberedWriter(std::process::Child, std::io::BufReader<std::process::ChildStdout>);
+
+impl NumberedWriter {
+    fn start(uri: &str, blocks: u64) -> NumberedWriter {
+        // It stops at the first refusal (the fence: EPERM) or a dead connection.
+        let script = "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint('ready', flush=True)\nfor i in range(int(sys.argv[2])):\n    try:\n        h.pwrite(bytes([i % 251 + 1]) * 4096, i * 4096)\n    except Exception:\n        break\n    print(i, flush=True)\n";
+        let (child, out) = common::python_client(&["-c", script, uri, &blocks.to_string()]);
+        NumberedWriter(child, out)
+    }
+
+    /// Waits for the writer's end; the blocks acknowledged.
+    fn acknowledged(mut self) -> Vec<u64> {
+        use std::io::BufRead;
+        let _ = self.0.wait();
+        self.1
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// The blocks of `acked` that `image` does not hold as the writer wrote them.
+fn lost(image: &std::path::Path, acked: &[u64]) -> Vec<u64> {
+    let bytes = std::fs::read(image).unwrap();
+    acked
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let b = &bytes[(i * 4096) as usize..((i + 1) * 4096) as usize];
+            b.iter().any(|&x| x != (i % 251 + 1) as u8)
+        })
+        .collect()
+}
+
+/// kill -9 of either agent at each step of a move under a writer: graceful fence at the
+/// source, the failover at the target before and after it serves, the commit before the
+/// reverse protection. Each ends done (the target protects back to the source) or rolled
+/// back (the source writes and protects again), and every acknowledged write is there.
+#[test]
+fn a_move_killed_at_any_step_ends_done_or_rolled_back_with_nothing_acknowledged_lost() {
+    for (victim, point, done) in [
+        ('a', "fence:fenced", false),
+        ('b', "live:fenced", false),
+        ('b', "live:served", true),
+        ('b', "commit:committed", true),
+    ] {
+        let tag = format!("kill-{}", point.replace(':', "-"));
+        // Fixed replication ports: a site killed and started again is found where it was.
+        let keydir = common::scratch_dir(&format!("{tag}-key"));
+        let key = keydir.join("pairing.key");
+        ok(Command::new(common::FERRY).arg("pair").arg(&key));
+        let k = key.display().to_string();
+        let site = |s: char| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let cfg = format!("[replication]\nlisten = \"127.0.0.1:{port}\"\npairing_keys = [{k:?}]\n");
+            let point = if s == victim { point } else { "" };
+            (
+                Agent::start_failing_at(&format!("{tag}-{s}"), &cfg, point),
+                format!("127.0.0.1:{port}"),
+            )
+        };
+        let ((mut a, a_addr), (mut b, b_addr)) = (site('a'), site('b'));
+        a.create("d0", "16M");
+        a.ferry_line(&format!(
+            "vpg create app --volume d0 --journal-size 16M --peer {b_addr} --peer-key {k} --wait"
+        ));
+        assert!(
+            wait_for(30, || json(&a, &["vpg", "show", "app", "--json"])["state_kind"]
+                == "protecting"
+                && b.ferry(&["replica", "list"]).contains("receiving")),
+            "{point}: {}",
+            a.ferry(&["vpg", "show", "app"])
+        );
+        let writer = NumberedWriter::start(&a.tcp_uri("d0"), 3000);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = common::run(b.cli().args(move_back_to(&a_addr, &k)));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let acked = writer.acknowledged();
+        assert!(acked.len() > 10, "{point}: the writer wrote: {}", acked.len());
+        // The agent killed itself at the point; it comes back without the failpoint.
+        let crashed = if victim == 'a' { &mut a } else { &mut b };
+        assert!(
+            wait_for(30, || crashed.child.as_mut().unwrap().try_wait().unwrap().is_some()),
+            "{point}: the agent did not stop there ({said})"
+        );
+        crashed.set_failpoint("");
+        crashed.spawn();
+        let image = a.dir.join("final.raw");
+        if done {
+            // Done: B committed and protects back to A.
+            assert!(
+                wait_for(60, || run_ok(&b, &["vpg", "show", "app", "--json"])
+                    && json(&b, &["vpg", "show", "app", "--json"])["state_kind"] == "protecting"),
+                "{point}: not done ({said}):\n{}\n{}",
+                b.ferry(&["failover", "status"]),
+                a.ferry(&["status"])
+            );
+            common::sites::copy(&b.tcp_uri("d0"), &image);
+        } else {
+            // Rolled back: A takes writes and protects again.
+            assert!(
+                wait_for(60, || json(&a, &["vpg", "show", "app", "--json"])["state_kind"]
+                    == "protecting"),
+                "{point}: not rolled back ({said}):\n{}\n{}",
+                a.ferry(&["vpg", "show", "app"]),
+                b.ferry(&["status"])
+            );
+            qemu_io(a.tcp_uri("d0"), &["write -P 0xee 15M 4k"]);
+            common::sites::copy(&a.tcp_uri("d0"), &image);
+        }
+        let missing = lost(&image, &acked);
+        eprintln!(
+            "{point}: {} writes acknowledged, {} missing, {}",
+            acked.len(),
+            missing.len(),
+            if done { "done" } else { "rolled back" }
+        );
+        assert!(missing.is_empty(), "{point}: acknowledged writes lost: {missing:?}");
+    }
 }

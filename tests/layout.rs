@@ -189,8 +189,8 @@ fn no_circle_of_imports_between_sibling_modules() {
 fn the_agent_concepts_point_one_way() {
     let layer = |m: &str| -> Option<u8> {
         Some(match m {
-            "activation" | "admission" | "checkpoint" | "clock" | "config" | "diverged" | "error" | "events" | "io"
-            | "meta" | "ranges" | "size" => 0,
+            "activation" | "admission" | "checkpoint" | "clock" | "config" | "diverged" | "error" | "events"
+            | "failpoint" | "io" | "meta" | "ranges" | "size" => 0,
             "protect" | "recover" => 1,
             "replication" => 2,
             "catalog" => 3,

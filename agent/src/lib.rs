@@ -43,6 +43,7 @@ pub mod diverged;
 pub mod error;
 pub mod events;
 pub mod failover;
+pub mod failpoint;
 pub mod io;
 pub mod meta;
 pub mod protect;

@@ -47,6 +47,8 @@ pub struct Agent {
     netns: Option<String>,
     /// A descriptor limit (soft and hard) to run under (`prlimit`).
     nofile: Option<u64>,
+    /// `FERRY_FAILPOINT` of the agent (empty: none).
+    failpoint: String,
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -73,6 +75,12 @@ impl Agent {
 
     /// Starts an agent; `extra_config` is appended to the generated TOML.
     pub fn start_with(tag: &str, extra_config: &str) -> Agent {
+        Self::start_failing_at(tag, extra_config, "")
+    }
+
+    /// [`Agent::start_with`], the agent killing itself at `failpoint` (see
+    /// [`Agent::set_failpoint`]).
+    pub fn start_failing_at(tag: &str, extra_config: &str, failpoint: &str) -> Agent {
         let dir = scratch_dir(tag);
         let mut a = Agent {
             dir,
@@ -81,6 +89,7 @@ impl Agent {
             extra_config: extra_config.to_string(),
             netns: None,
             nofile: None,
+            failpoint: failpoint.to_string(),
         };
         a.spawn();
         a
@@ -95,6 +104,7 @@ impl Agent {
             extra_config: extra_config.to_string(),
             netns: Some(ns.to_string()),
             nofile: None,
+            failpoint: String::new(),
         };
         a.spawn();
         a
@@ -103,6 +113,12 @@ impl Agent {
     /// Runs the agent under a descriptor limit of `n` (from the next `spawn` on).
     pub fn set_nofile(&mut self, n: u64) {
         self.nofile = Some(n);
+    }
+
+    /// Runs the agent with `FERRY_FAILPOINT=point` (from the next `spawn` on; empty: none):
+    /// it kills itself with SIGKILL on reaching that point.
+    pub fn set_failpoint(&mut self, point: &str) {
+        self.failpoint = point.to_string();
     }
 
     /// Replaces what is appended to the generated config (from the next `spawn` on).
@@ -146,6 +162,7 @@ impl Agent {
             .arg(self.config_path())
             .args(["--log-level", "debug"])
             .env("NO_COLOR", "1")
+            .env("FERRY_FAILPOINT", &self.failpoint)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

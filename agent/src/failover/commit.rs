@@ -184,9 +184,10 @@ impl Failover {
             .live_of(vpg)
             .filter(|l| l.shown().phase == LivePhase::NeedsCommit)
             .ok_or_else(|| nothing_pending(vpg, "commit"))?;
-        *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = reverse;
+        *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = reverse.clone();
         live.timer.cancel();
         live.update(|l| {
+            l.reverse_after = reverse;
             l.phase = LivePhase::Committing;
             l.commit = Some(CommitProgress {
                 started_unix_ms: now_ms(),
@@ -253,6 +254,21 @@ impl Failover {
         });
     }
 
+    /// Reverse protection asked for with the commit; once it is done (or refused for good)
+    /// it is no longer asked for after a restart.
+    async fn reverse_after_commit(self: &Arc<Self>, live: &Arc<Live>, vpg: &str, req: &super::ReverseRequest) {
+        match self.reverse(vpg, req).await {
+            Ok(_) => {
+                live.update(|l| l.reverse_after = None);
+                let l2 = live.clone();
+                let _ = blocking(move || l2.save()).await;
+            }
+            Err(e) => live.replica.push_event(format!(
+                "reverse protection after the commit failed: {e} (`ferry vpg reverse {vpg}` tries again)"
+            )),
+        }
+    }
+
     pub(super) async fn materialize(self: Arc<Self>, live: Arc<Live>) {
         let t0 = Instant::now();
         let vpg = live.shown().vpg;
@@ -313,13 +329,10 @@ impl Failover {
                     p.rate_bytes_per_s / (1 << 20) as f64,
                     p.longest_pause_ms
                 ));
+                crate::failpoint::hit("commit:committed");
                 let after = live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(req) = after
-                    && let Err(e) = self.reverse(&vpg, &req).await
-                {
-                    live.replica.push_event(format!(
-                        "reverse protection after the commit failed: {e} (`ferry vpg reverse {vpg}` tries again)"
-                    ));
+                if let Some(req) = after {
+                    self.reverse_after_commit(&live, &vpg, &req).await;
                 }
             }
             Err(e) => {
@@ -435,7 +448,21 @@ impl Failover {
         for r in self.exports.replicas().all() {
             let l = match super::live::load(&r) {
                 Ok(Some(l)) => l,
-                Ok(None) => continue,
+                Ok(None) => {
+                    // The epoch was raised (and the protected site maybe fenced), but the
+                    // agent stopped before the failover served anything: undone.
+                    if r.runs_here().is_some() {
+                        let r2 = r.clone();
+                        match blocking(move || r2.hand_back()).await {
+                            Ok(epoch) => r.push_event(format!(
+                                "a live failover stopped before it served anything (the agent stopped): undone; the protected site takes epoch {epoch} and writes again"
+                            )),
+                            Err(e) => tracing::error!(replica = %r.dir.display(), error = %e, "cannot undo an interrupted live failover"),
+                        }
+                        self.exports.replicas().nudge();
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(replica = %r.dir.display(), error = %e, "cannot read the live failover's state");
                     continue;
@@ -446,7 +473,16 @@ impl Failover {
                 LivePhase::Committed => {
                     r.change(ReplicaInput::LiveStarted);
                     r.change(ReplicaInput::LiveCommitted);
-                    self.keep(&r, l, vec![]);
+                    let (vpg, after) = (l.vpg.clone(), l.reverse_after.clone());
+                    let live = self.keep(&r, l, vec![]);
+                    // Committed, its reverse protection not made yet (a stop between the
+                    // two): it is made now.
+                    if let Some(req) = after
+                        && self.vpgs.get(&vpg).is_err()
+                    {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.reverse_after_commit(&live, &vpg, &req).await });
+                    }
                     continue;
                 }
                 LivePhase::NeedsCommit | LivePhase::Committing => {}
@@ -471,7 +507,12 @@ impl Failover {
             }
             r.change(ReplicaInput::LiveStarted);
             let committing = l.phase == LivePhase::Committing;
+            // A move that stopped before its commit goes on to it (a move commits at once
+            // unless it was given a commit policy).
+            let move_on = l.moving && l.phase == LivePhase::NeedsCommit && l.commit_policy == super::CommitPolicy::None;
+            let after = l.reverse_after.clone();
             let live = self.keep(&r, l, switches);
+            *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = after.clone();
             live.replica.push_event(format!(
                 "live failover served again after the restart ({})",
                 if committing {
@@ -482,6 +523,13 @@ impl Failover {
             ));
             if committing {
                 tokio::spawn(self.clone().materialize(live));
+            } else if move_on {
+                let (me, vpg) = (self.clone(), live.shown().vpg);
+                tokio::spawn(async move {
+                    if let Err(e) = me.commit_then(&vpg, after).await {
+                        tracing::error!(vpg, error = %e, "the interrupted move's commit did not start");
+                    }
+                });
             } else {
                 let vpg = live.shown().vpg;
                 self.arm_timer(&vpg, &live);

@@ -20,8 +20,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_proto::message::Shutdown;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{Failover, Step, plan, step};
@@ -43,151 +41,7 @@ pub const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long what the protected site still had to send may take to arrive.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What happens when a live failover's commit timer runs out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CommitPolicy {
-    /// Nothing: it waits for `commit` or `rollback`.
-    #[default]
-    None,
-    AutoCommit,
-    AutoRollback,
-}
-
-impl CommitPolicy {
-    pub fn parse(s: &str) -> Result<CommitPolicy, String> {
-        match s {
-            "none" => Ok(CommitPolicy::None),
-            "auto-commit" => Ok(CommitPolicy::AutoCommit),
-            "auto-rollback" => Ok(CommitPolicy::AutoRollback),
-            _ => Err(format!(
-                "commit policy {s:?} must be none, auto-commit or auto-rollback"
-            )),
-        }
-    }
-}
-
-/// The shutdown policy as the API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ShutdownPolicy {
-    None,
-    #[default]
-    Graceful,
-    Force,
-}
-
-impl ShutdownPolicy {
-    pub fn parse(s: &str) -> Result<ShutdownPolicy, String> {
-        match s {
-            "none" => Ok(ShutdownPolicy::None),
-            "graceful" => Ok(ShutdownPolicy::Graceful),
-            "force" => Ok(ShutdownPolicy::Force),
-            _ => Err(format!("shutdown policy {s:?} must be none, graceful or force")),
-        }
-    }
-
-    fn wire(self) -> Shutdown {
-        match self {
-            ShutdownPolicy::None => Shutdown::None,
-            ShutdownPolicy::Graceful => Shutdown::Graceful,
-            ShutdownPolicy::Force => Shutdown::Force,
-        }
-    }
-}
-
-/// What `ferry failover live` asks for.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LiveRequest {
-    /// A sequence number, a tag, a time, or "latest" (the default: after a graceful
-    /// shutdown, its final checkpoint).
-    #[serde(default)]
-    pub checkpoint: String,
-    #[serde(default)]
-    pub commit_policy: CommitPolicy,
-    /// When the commit policy acts, in seconds from the start (default 60 minutes).
-    #[serde(default)]
-    pub commit_after_s: Option<u64>,
-    #[serde(default)]
-    pub shutdown: ShutdownPolicy,
-    /// Part of a move: the scripts see `FERRY_OPERATION=move`.
-    #[serde(skip)]
-    pub moving: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LivePhase {
-    NeedsCommit,
-    Committing,
-    Committed,
-    RolledBack,
-}
-
-/// A commit's copying, as it goes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CommitProgress {
-    pub total_bytes: u64,
-    pub copied_bytes: u64,
-    /// Copy passes over the blocks written meanwhile (the last one under the write lock).
-    pub passes: u32,
-    /// The longest time a client's write waited (the last pass), in milliseconds.
-    pub longest_pause_ms: f64,
-    pub started_unix_ms: u64,
-    #[serde(default)]
-    pub done_unix_ms: Option<u64>,
-    /// Bytes of the volumes per second of copying.
-    #[serde(default)]
-    pub rate_bytes_per_s: f64,
-}
-
-/// A live failover as `ferry failover status` and the status show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LiveFailover {
-    pub vpg: String,
-    /// The epoch the VPG runs at here.
-    pub epoch: u64,
-    pub checkpoint: CheckpointInfo,
-    pub shutdown: ShutdownPolicy,
-    pub commit_policy: CommitPolicy,
-    /// When the commit policy acts (none: never by itself).
-    pub commit_at_unix_ms: Option<u64>,
-    pub started_unix_ms: u64,
-    /// From the request to every volume served.
-    pub ready_after_ms: f64,
-    pub phase: LivePhase,
-    /// (volume, export name): the production names.
-    pub exports: Vec<(String, String)>,
-    /// What became of the protected site.
-    pub protected_site: String,
-    pub warnings: Vec<String>,
-    pub steps: Vec<Step>,
-    #[serde(default)]
-    pub commit: Option<CommitProgress>,
-    #[serde(default)]
-    pub ended_unix_ms: Option<u64>,
-    /// Written here since the failover (its overlays, while it needs commit).
-    #[serde(default)]
-    pub written_bytes: u64,
-    /// Split brain: the old protected site holds writes this site never received.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split_brain: Option<crate::recover::replica::SplitBrainSeen>,
-}
-
-impl LiveFailover {
-    /// "split brain since epoch N: X written here, Y there", if there is one.
-    pub fn split_brain_words(&self) -> Option<String> {
-        self.split_brain.as_ref().map(|b| {
-            format!(
-                "split brain since epoch {}: {} written here, {} there (the old protected site; never received here). Replication stops; settle it with `ferry vpg resolve {} --keep here|peer`",
-                b.epoch,
-                crate::size::human(self.written_bytes),
-                crate::size::human(b.there_bytes),
-                self.vpg
-            )
-        })
-    }
-}
+pub use super::live_state::*;
 
 /// A live failover this agent runs.
 pub(super) struct Live {
@@ -355,6 +209,7 @@ impl Failover {
         let protected_site = self
             .fence_protected(&r, vpg, epoch, req.shutdown, &mut steps, &mut warnings)
             .await;
+        crate::failpoint::hit("live:fenced");
         // 2. The checkpoint: "latest" is taken after the protected site's final one.
         let latest = matches!(req.checkpoint.as_str(), "" | "latest");
         let cp = if latest {
@@ -400,6 +255,8 @@ impl Failover {
                     ended_unix_ms: Some(now_ms()),
                     written_bytes: 0,
                     split_brain: None,
+                    moving: req.moving,
+                    reverse_after: None,
                 };
                 let _ = save(&r, &l);
                 r.push_event(format!("live failover stopped: {why}"));
@@ -437,6 +294,8 @@ impl Failover {
             ended_unix_ms: None,
             written_bytes: 0,
             split_brain: None,
+            moving: req.moving,
+            reverse_after: req.reverse_after.clone(),
         };
         let live = Arc::new(Live {
             shown: Mutex::new(shown),
@@ -447,6 +306,7 @@ impl Failover {
         });
         let l2 = live.clone();
         blocking(move || l2.save()).await?;
+        crate::failpoint::hit("live:served");
         live.event(format!(
             "LIVE FAILOVER at checkpoint {} (epoch {epoch}): {} volume(s) served under their production names in {ready_after_ms:.0} ms; it needs commit ({})",
             cp.seq,
@@ -494,15 +354,28 @@ impl Failover {
             ),
         });
         self.exports.replicas().nudge();
-        let answered = tokio::time::timeout(FENCE_TIMEOUT, answers.wait_for(|a| a.is_some_and(|(e, _)| e == epoch)))
-            .await
-            .ok()
-            .and_then(|r| r.ok().map(|a| a.expect("waited for Some").1));
+        // The answer, unless the time runs out or the protected site's session ends first
+        // (it stopped: it learns the epoch when it comes back).
+        let gone = async {
+            while r.life().sessions > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let answered = tokio::select! {
+            a = tokio::time::timeout(FENCE_TIMEOUT, answers.wait_for(|a| a.is_some_and(|(e, _)| e == epoch))) => {
+                a.ok().and_then(|r| r.ok().map(|a| a.expect("waited for Some").1))
+            }
+            _ = gone => None,
+        };
         let Some(final_seq) = answered else {
-            let m = format!(
-                "did not answer the fence in {} s: it is fenced when it reconnects",
-                FENCE_TIMEOUT.as_secs()
-            );
+            let m = if r.life().sessions == 0 {
+                "went away before it answered the fence: it is fenced when it reconnects".to_string()
+            } else {
+                format!(
+                    "did not answer the fence in {} s: it is fenced when it reconnects",
+                    FENCE_TIMEOUT.as_secs()
+                )
+            };
             steps.push(step("protected site", false, m.clone()));
             warnings.push(format!("the protected site {m}"));
             return m;

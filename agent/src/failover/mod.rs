@@ -21,6 +21,7 @@ use crate::recover::replica::Replica;
 
 pub mod commit;
 pub mod live;
+pub mod live_state;
 pub mod plan;
 pub mod resolve;
 pub mod reverse;

@@ -152,6 +152,7 @@ impl Failover {
             commit_after_s: req.commit_after_s,
             shutdown: super::ShutdownPolicy::Graceful,
             moving: true,
+            reverse_after: req.reverse.clone(),
         };
         let l = self.start_live(vpg, &live_req).await?;
         let failed: Vec<String> = l
@@ -178,6 +179,9 @@ impl Failover {
             && let Some(live) = self.live_of(vpg)
         {
             *live.reverse_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(rev.clone());
+            live.update(|l| l.reverse_after = Some(rev.clone()));
+            let l2 = live.clone();
+            super::live::blocking(move || l2.save()).await?;
         }
         Ok(l)
     }

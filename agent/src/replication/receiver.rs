@@ -405,7 +405,7 @@ impl Shell<'_> {
             }
             None => {
                 return Err(format!(
-                    "VPG {:?} takes writes here at epoch {} while the peer protects it at epoch {}: both sites hold writes the other has not (split brain); nothing was overwritten",
+                    "VPG {:?} takes writes here at epoch {} while the peer protects it at epoch {}: both sites may hold writes the other never received (split brain); nothing was overwritten. This site learns the peer's epoch from the replica it holds there (it is fenced, or reports the split brain); then `ferry vpg resolve` settles it",
                     spec.name,
                     v.epoch(),
                     spec.epoch

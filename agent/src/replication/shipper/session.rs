@@ -409,6 +409,7 @@ impl<'a> Session<'a> {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
+        crate::failpoint::hit("fence:fenced");
         // A final checkpoint (after a forced fence, of what was acknowledged by then).
         match v.checkpoint("before failover") {
             Ok(cp) => {
