@@ -105,6 +105,12 @@ fn protect_fail_over_reverse_fail_back_and_protect_again_with_only_differences_r
             .contains("delta sync compared 24.0 MiB: 1.0 MiB differ"),
         "{shown}"
     );
+    // Without reading the volumes: each site knew what it changed since the failover.
+    let status = b.ferry(&["failover", "status"]);
+    assert!(
+        status.contains("compares only the regions either site changed since the failover (1.0 MiB changed here)"),
+        "{status}"
+    );
     let vols = a.ferry(&["volume", "list"]);
     assert!(!vols.contains("d0"), "A's volumes are the replica's images now: {vols}");
     // The client connected before the commit writes now: its write is captured and

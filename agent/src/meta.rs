@@ -147,6 +147,12 @@ pub const DIVERGED: MetaKind = MetaKind {
     version: 1,
 };
 
+/// `replicas/NAME/changed.json`: what a demoted site changed since a failover.
+pub const CHANGED: MetaKind = MetaKind {
+    name: "changed",
+    version: 1,
+};
+
 /// Writes `value` as a metadata file of `kind`: enveloped, atomically, keeping the copy
 /// it replaces as `PATH.prev` (read when the file itself is damaged or gone).
 pub fn store<T: Serialize>(dir: &Path, path: &Path, kind: MetaKind, value: &T) -> Result<(), AgentError> {

@@ -130,7 +130,9 @@ pub enum Message {
         from_seq: u64,
     },
     /// Delta sync: the checksums of `count` regions of `region_bytes` from `offset` of a
-    /// volume, as the replica held them just before sequence `at_seq`.
+    /// volume, as the replica held them just before sequence `at_seq`. With
+    /// `unchanged_ok` (version 4), a region the replica knows unchanged since the failover
+    /// its images came from is answered [`UNCHANGED_SUM`] without being read.
     SumsRequest {
         vpg: u64,
         volume: u32,
@@ -138,6 +140,7 @@ pub enum Message {
         region_bytes: u32,
         count: u32,
         at_seq: u64,
+        unchanged_ok: bool,
     },
     /// The answer: SHA-256 of each region, first 16 bytes; empty when the replica no
     /// longer holds that point (the protected site then sends those regions whole).
@@ -185,6 +188,11 @@ pub enum Message {
         bytes: u64,
     },
 }
+
+/// A region's answer in [`Message::Sums`] meaning "unchanged here since the failover":
+/// not read, and equal there unless that site changed it. (A SHA-256 prefix of all ones is
+/// a 2^-128 chance.)
+pub const UNCHANGED_SUM: [u8; 16] = [0xff; 16];
 
 /// A delta-sync region's checksum: SHA-256, first 16 bytes.
 pub fn region_sum(bytes: &[u8]) -> [u8; 16] {

@@ -4,7 +4,7 @@
 //! goes to where the volume is now, and a write that waited on the overlay's last copy
 //! pass (it was sealed meanwhile) is done again on the volume.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use ferry_nbd::{Export, ExportError, ExportInfo, ExportResult, Extent, ZeroMode};
 
@@ -24,7 +24,14 @@ enum Target {
 pub struct Switch {
     info: ExportInfo,
     target: RwLock<Target>,
+    /// The ranges written since [`Switch::start_recording`] (a commit's start), until
+    /// taken: with the overlay's, what this site changed since the failover. `None`: not
+    /// recording, or too many to keep (then unknown).
+    recorded: Mutex<Option<Vec<(u64, u64)>>>,
 }
+
+/// Ranges kept before merging; past this many after merging, the record is given up.
+const RECORDED_MAX: usize = 1 << 16;
 
 fn sealed(r: &ExportResult<()>) -> bool {
     matches!(r, Err(e) if e.message == SEALED)
@@ -35,6 +42,38 @@ impl Switch {
         Switch {
             info: overlay.info().clone(),
             target: RwLock::new(Target::Overlay(overlay)),
+            recorded: Mutex::new(None),
+        }
+    }
+
+    /// Records the ranges written from now on (see [`Switch::take_recorded`]).
+    pub fn start_recording(&self) {
+        *self.recorded.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The ranges written since [`Switch::start_recording`], merged; recording stops.
+    /// `None` if it was not recording or gave up (too many ranges).
+    pub fn take_recorded(&self) -> Option<Vec<(u64, u64)>> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(crate::ranges::merge)
+    }
+
+    fn record(&self, offset: u64, len: u64) {
+        let mut g = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = g.as_mut() {
+            v.push((offset, len));
+            if v.len() > RECORDED_MAX {
+                *v = crate::ranges::merge(std::mem::take(v));
+                if v.len() > RECORDED_MAX / 2 {
+                    tracing::warn!(
+                        "too many regions written since the commit to keep: reverse protection compares every region"
+                    );
+                    *g = None;
+                }
+            }
         }
     }
 
@@ -108,6 +147,7 @@ impl Export for Switch {
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> ExportResult<()> {
+        self.record(offset, buf.len() as u64);
         match self.target() {
             Target::Overlay(o) => {
                 // The overlay copies the bytes anyway; a copy kept here is written again
@@ -137,6 +177,7 @@ impl Export for Switch {
     }
 
     async fn trim(&self, offset: u64, len: u64, fua: bool) -> ExportResult<()> {
+        self.record(offset, len);
         if let Target::Overlay(o) = self.target() {
             let r = o.trim(offset, len, fua).await;
             if !sealed(&r) {
@@ -147,6 +188,7 @@ impl Export for Switch {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> ExportResult<()> {
+        self.record(offset, len);
         if let Target::Overlay(o) = self.target() {
             let r = o.write_zeroes(offset, len, mode).await;
             if !sealed(&r) {

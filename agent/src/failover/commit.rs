@@ -284,6 +284,16 @@ impl Failover {
             ..Default::default()
         }));
         self.keep_unrecovered(&live).await;
+        // What changes from now on through the switches is recorded (with the overlays'
+        // writes, what this site changed since the failover).
+        let overlays: Vec<(String, Arc<crate::catalog::overlay::Overlay<crate::catalog::View>>)> = live
+            .switches
+            .iter()
+            .filter_map(|(n, s)| {
+                s.start_recording();
+                Some((n.clone(), s.overlay()?))
+            })
+            .collect();
         let result = self.copy_out(&live, &progress).await;
         let p = {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -293,6 +303,18 @@ impl Failover {
         };
         match result {
             Ok(()) => {
+                let since = live.replica.regions_since(live.shown().checkpoint.seq + 1);
+                let ids: std::collections::BTreeMap<String, u32> =
+                    live.replica.volumes().into_iter().map(|(id, n, _)| (n, id)).collect();
+                let changed = overlays
+                    .iter()
+                    .map(|(n, o)| {
+                        let mut r = o.written_ranges();
+                        r.extend(ids.get(n).and_then(|id| since.get(id)).cloned().unwrap_or_default());
+                        (n.clone(), crate::ranges::merge(r))
+                    })
+                    .collect();
+                *live.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(changed);
                 let dir = overlay_dir(&live.replica);
                 blocking(move || std::fs::remove_dir_all(dir)).await.ok();
                 live.replica.change(ReplicaInput::LiveCommitted);
@@ -568,6 +590,7 @@ impl Failover {
             switches,
             timer: tokio_util::sync::CancellationToken::new(),
             reverse_after: Mutex::new(None),
+            changed: Mutex::new(None),
         });
         self.lives
             .lock()

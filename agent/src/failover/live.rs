@@ -52,6 +52,11 @@ pub(super) struct Live {
     pub(super) timer: CancellationToken,
     /// Reverse protection to start once the commit is done.
     pub(super) reverse_after: Mutex<Option<super::ReverseRequest>>,
+    /// Once committed: what this site changed since the failover's checkpoint, by volume
+    /// (the overlays' writes and the protected site's records after the checkpoint), the
+    /// switches recording writes since; kept in memory (a restart forgets it: reverse
+    /// protection then compares every region).
+    pub(super) changed: Mutex<Option<crate::ranges::ByName>>,
 }
 
 impl Live {
@@ -303,6 +308,7 @@ impl Failover {
             switches,
             timer: CancellationToken::new(),
             reverse_after: Mutex::new(None),
+            changed: Mutex::new(None),
         });
         let l2 = live.clone();
         blocking(move || l2.save()).await?;

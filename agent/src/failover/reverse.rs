@@ -83,12 +83,29 @@ impl Failover {
                 Some((Lineage(spec.lineage), shown.epoch)),
             )
             .await?;
+        // Captured from here on: what changed before is what the commit knew plus what the
+        // switches recorded since (taken now, after the capture began).
+        let known = self.changed_since_failover(&live);
+        let how = match (&known, self.vpgs.get(vpg)) {
+            (Ok(k), Ok(v)) => {
+                let bytes: u64 = k.values().map(|r| crate::ranges::total(r)).sum();
+                v.set_known_changed(k.clone());
+                format!(
+                    "a delta sync compares only the regions either site changed since the failover ({} changed here)",
+                    crate::size::human(bytes)
+                )
+            }
+            (Err(why), _) => format!(
+                "a delta sync compares every region by checksum: the regions changed here since the failover are not known ({why})"
+            ),
+            (_, Err(e)) => e.to_string(),
+        };
         live.update(|l| {
             l.steps.push(step(
                 "reverse protection",
                 true,
                 format!(
-                    "protected from this site to {} at epoch {}; a delta sync sends only the regions that differ",
+                    "protected from this site to {} at epoch {}; {how}",
                     req.peer, shown.epoch
                 ),
             ));
@@ -123,6 +140,29 @@ fn auto_commit() -> super::CommitPolicy {
 }
 
 impl Failover {
+    /// What this site changed since the failover of `live` (committed here), by volume:
+    /// the commit's knowledge and what the switches recorded since. Or why not known.
+    fn changed_since_failover(
+        &self,
+        live: &super::live::Live,
+    ) -> Result<std::collections::BTreeMap<String, Vec<(u64, u64)>>, String> {
+        let mut base = live
+            .changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or("the agent restarted since the commit")?;
+        for (name, s) in &live.switches {
+            let r = s
+                .take_recorded()
+                .ok_or("more regions were written since the commit than are kept")?;
+            let all = base.entry(name.clone()).or_default();
+            all.extend(r);
+            *all = crate::ranges::merge(std::mem::take(all));
+        }
+        Ok(base)
+    }
+
     /// A planned failover with no data loss: the protected site shuts down gracefully
     /// (fenced, final checkpoint), history drains to it, the VPG is served here at that
     /// checkpoint, committed (at once by default) and, if asked, protected back. If the

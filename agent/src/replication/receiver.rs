@@ -277,9 +277,10 @@ impl Shell<'_> {
                     region_bytes,
                     count,
                     at_seq,
+                    unchanged_ok,
                 } => {
                     let r = self.opened.get(&vpg).expect("an open VPG").replica().clone();
-                    let sums = blocking(move || r.sums(volume, offset, region_bytes, count, at_seq))
+                    let sums = blocking(move || r.sums(volume, offset, region_bytes, count, at_seq, unchanged_ok))
                         .await?
                         .unwrap_or_default();
                     let m = Message::Sums {
@@ -429,6 +430,19 @@ impl Shell<'_> {
         if life.settled.is_none_or(|e| e < spec.epoch) {
             self.keep_unshipped(&v, spec.epoch).await?;
         }
+        // What this site changed since the failover (the rest of its volumes is the
+        // failover's checkpoint): the delta sync then compares only what either site
+        // changed. Unknown while the journal is read elsewhere (every region is compared).
+        let changed = v.unshipped_regions(0, true).await.map(|by_id| {
+            let regions = by_id
+                .into_iter()
+                .filter_map(|(id, r)| Some((v.record.volumes.get(id as usize - 1)?.clone(), r)))
+                .collect();
+            crate::recover::replica::ChangedSinceFailover {
+                epoch: spec.epoch,
+                regions,
+            }
+        });
         let dir = self.replicas.dir_for(spec)?;
         let names: Vec<String> = v.record.volumes.clone();
         for vol in &spec.volumes {
@@ -458,6 +472,13 @@ impl Shell<'_> {
         for vol in &spec.volumes {
             let to = dir.join(format!("{}.img", vol.name));
             volumes.hand_over(&vol.name, &to).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(c) = changed {
+            let path = crate::recover::replica::changed_path(&dir);
+            blocking(move || crate::meta::store(&dir, &path, crate::meta::CHANGED, &c))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
         warn!(
             vpg = %spec.name,

@@ -116,6 +116,9 @@ pub struct Vpg {
     opened_ms: u64,
     link_seen: std::sync::atomic::AtomicBool,
     pub delta_progress: Mutex<DeltaProgress>,
+    /// Reverse protection: the regions this site changed since the failover, by volume id
+    /// (the delta sync compares nothing else with what the other site reports changed).
+    known_changed: Mutex<Option<crate::ranges::ById>>,
     /// The throttle (see [`Protection::throttle_rpo_ms`]) holds writes now.
     behind: std::sync::atomic::AtomicBool,
     /// When `behind` was last worked out (ms since the epoch).
@@ -417,6 +420,24 @@ impl Vpg {
         }
         out.retain(|_, v| !v.is_empty());
         out
+    }
+
+    /// Reverse protection knows what this site changed since the failover (by volume
+    /// name): the delta sync reads no region that neither site changed.
+    pub fn set_known_changed(&self, by_name: BTreeMap<String, Vec<(u64, u64)>>) {
+        let by_id = self
+            .record
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32 + 1, by_name.get(n).cloned().unwrap_or_default()))
+            .collect();
+        *self.known_changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(by_id);
+    }
+
+    /// See [`Vpg::set_known_changed`].
+    pub fn known_changed(&self) -> Option<BTreeMap<u32, Vec<(u64, u64)>>> {
+        self.known_changed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Delta sync: a region that differs from the replica's is marked dirty (sent later).

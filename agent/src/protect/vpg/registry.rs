@@ -347,6 +347,7 @@ impl Vpgs {
             throttle_event_ms: std::sync::atomic::AtomicU64::new(0),
             ack_progress: Mutex::new((0, 0)),
             delta_progress: Mutex::new(DeltaProgress::default()),
+            known_changed: Mutex::new(None),
         });
         // A journal with nothing unacknowledged: the recovery site held every captured
         // write when it was opened, so the RPO starts from now, not from creation.

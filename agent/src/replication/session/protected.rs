@@ -60,7 +60,13 @@ pub enum Input {
         plain_bytes: u64,
     },
     /// A delta sync of `vpg` starts: compare these volumes (id, size) region by region.
-    StartDelta { vpg: u64, volumes: Vec<(u32, u64)> },
+    /// `known`: this site knows which regions changed since the failover the recovery
+    /// site's images come from; regions unchanged there too are not compared.
+    StartDelta {
+        vpg: u64,
+        volumes: Vec<(u32, u64)>,
+        known: bool,
+    },
     /// The VPG's failover plan changed: tell the recovery site (if the VPG is open; an
     /// `Open` carries it otherwise).
     Settings { vpg: u64, plan: Plan },
@@ -150,6 +156,7 @@ struct Delta {
     index: usize,
     offset: u64,
     outstanding: usize,
+    known: bool,
 }
 
 #[derive(Debug)]
@@ -344,13 +351,14 @@ impl ProtectedSession {
                 }
                 out
             }
-            Input::StartDelta { vpg, volumes } => {
+            Input::StartDelta { vpg, volumes, known } => {
                 if let Some(s) = self.vpgs.get_mut(&vpg) {
                     s.delta = Some(Delta {
                         volumes,
                         index: 0,
                         offset: 0,
                         outstanding: 0,
+                        known,
                     });
                 }
                 vec![]
@@ -541,6 +549,7 @@ impl ProtectedSession {
                     region_bytes: DELTA_REGION,
                     count: DELTA_REGIONS_PER_REQUEST,
                     at_seq: 0,
+                    unchanged_ok: d.known,
                 }));
                 d.offset += u64::from(DELTA_REGION) * u64::from(DELTA_REGIONS_PER_REQUEST);
                 d.outstanding += 1;

@@ -88,6 +88,7 @@ pub enum Action {
         region_bytes: u32,
         count: u32,
         at_seq: u64,
+        unchanged_ok: bool,
     },
     /// Delete the replica (the protected site deleted its VPG); answer with
     /// [`Input::RemoveDone`].
@@ -368,6 +369,7 @@ impl RecoverySession {
                 region_bytes,
                 count,
                 at_seq,
+                unchanged_ok,
             } => {
                 match self.vpgs.get(&vpg) {
                     Some(Vpg::Open { .. }) => {}
@@ -385,6 +387,7 @@ impl RecoverySession {
                     region_bytes,
                     count,
                     at_seq,
+                    unchanged_ok,
                 }]
             }
             other => self.broke(format!("a protected site does not send {}", super::name_of(&other))),

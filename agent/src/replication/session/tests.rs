@@ -408,6 +408,7 @@ fn requests_that_crossed_a_refusal_are_let_go_on_both_sides() {
         region_bytes: 1 << 20,
         count: 4,
         at_seq: 0,
+        unchanged_ok: true,
     };
     assert_eq!(r.on(2, recovery::Input::Message(sums)), vec![]);
     assert_eq!(

@@ -263,9 +263,14 @@ impl<'a> Session<'a> {
                         continue;
                     };
                     let vpg2 = sv.vpg.clone();
-                    tokio::task::spawn_blocking(move || compare_regions(&vpg2, volume, file, size, offset, &sums))
-                        .await
-                        .map_err(|e| LinkError::Content(e.to_string()))?;
+                    let known = vpg2
+                        .known_changed()
+                        .map(|k| k.get(&volume).cloned().unwrap_or_default());
+                    tokio::task::spawn_blocking(move || {
+                        compare_regions(&vpg2, volume, file, size, offset, &sums, known)
+                    })
+                    .await
+                    .map_err(|e| LinkError::Content(e.to_string()))?;
                 }
                 Action::DeltaDone { vpg } => {
                     let Some(sv) = self.vpgs.get_mut(&vpg) else { continue };
@@ -458,6 +463,7 @@ impl<'a> Session<'a> {
         }
         sv.consumer = Some(cons);
         let mut start_delta = None;
+        let sv_known = sv.vpg.known_changed().is_some();
         if sv.vpg.delta_pending() {
             let volumes = sv.vpg.member_files();
             let total = volumes.iter().map(|v| v.2).sum();
@@ -477,7 +483,8 @@ impl<'a> Session<'a> {
             s.acked_seq = s.acked_seq.max(next_seq);
         });
         if let Some(volumes) = start_delta {
-            let actions = self.core.on(self.now(), Input::StartDelta { vpg, volumes });
+            let known = sv_known;
+            let actions = self.core.on(self.now(), Input::StartDelta { vpg, volumes, known });
             // Only requests come of it, which are sent as the next step's actions.
             for a in &actions {
                 assert!(matches!(a, Action::Send(_) | Action::DeltaDone { .. }), "{a:?}");
@@ -634,6 +641,7 @@ fn compare_regions(
     size: u64,
     offset: u64,
     sums: &[[u8; 16]],
+    known: Option<Vec<(u64, u64)>>,
 ) {
     let region = u64::from(protected::DELTA_REGION);
     let mut buf = vec![0u8; protected::DELTA_REGION as usize];
@@ -644,8 +652,13 @@ fn compare_regions(
             break;
         }
         let n = (size - off).min(region);
-        let same = match (&file, sums.get(i as usize)) {
-            (Some(f), Some(theirs)) => crate::io::read_once(f, &mut buf[..n as usize], off)
+        let same = match (sums.get(i as usize), &file) {
+            // Unchanged there since the failover: the same unless this site changed it
+            // (nothing read). Only answered so when this site knows what it changed.
+            (Some(theirs), _) if *theirs == ferry_proto::message::UNCHANGED_SUM => {
+                known.as_ref().is_some_and(|k| !crate::ranges::overlaps(k, off, n))
+            }
+            (Some(theirs), Some(f)) => crate::io::read_once(f, &mut buf[..n as usize], off)
                 .is_ok_and(|()| ferry_proto::message::region_sum(&buf[..n as usize]) == *theirs),
             _ => false,
         };
