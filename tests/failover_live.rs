@@ -94,8 +94,8 @@ fn a_graceful_live_failover_fences_the_protected_site_and_a_rollback_loses_nothi
     let err = b.ferry_fails(&["replica", "delete", "app", "--force"]);
     assert!(err.contains("commit or roll it back"), "{err}");
 
-    // Rollback: the exports close, the protected site takes writes again at epoch 2, and
-    // its stream goes on.
+    // Rollback: the exports close, the protected site takes writes again at a new epoch
+    // (3: the recovery site wrote in epoch 2), and its stream goes on.
     let out = b.ferry(&["failover", "rollback", "app"]);
     assert!(out.contains("rolled back"), "{out}");
     assert!(live(&b, "app").is_none());
@@ -106,7 +106,7 @@ fn a_graceful_live_failover_fences_the_protected_site_and_a_rollback_loses_nothi
         "unfenced: {}",
         a.ferry(&["vpg", "show", "app"])
     );
-    assert_eq!(json(&a, &["vpg", "show", "app", "--json"])["epoch"], 2);
+    assert_eq!(json(&a, &["vpg", "show", "app", "--json"])["epoch"], 3);
     qemu_io(a.tcp_uri("d0"), &["write -P 0x55 8M 1M"]);
     tag_and_wait(&a, &b, "app", "after");
     let ex = export(&b, "app", "after");

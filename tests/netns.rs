@@ -401,12 +401,12 @@ fn a_partition_with_writes_on_both_sides_is_a_split_brain_settled_only_by_resolv
 
     // Round 2: keep the site failed over to. At A, `--keep peer` keeps A's writes for
     // salvage; B learns it is settled, commits and protects back, and A converges to B.
-    split_brain(&net, &a, &mut b, 3, 0x55, 0x44);
+    split_brain(&net, &a, &mut b, 4, 0x55, 0x44);
     let err = b.ferry_fails(&["vpg", "resolve", "app", "--keep", "here"]);
     assert!(err.contains("run `ferry vpg resolve app --keep peer` there"), "{err}");
     let out = a.ferry(&["vpg", "resolve", "app", "--keep", "peer"]);
     assert!(out.contains("settled for the other site"), "{out}");
-    qemu_io_ro(salvage(&a, 3), &["read -P 0x55 12M 1M", "read -P 0 0 12M"]);
+    qemu_io_ro(salvage(&a, 4), &["read -P 0x55 12M 1M", "read -P 0 0 12M"]);
     assert!(
         wait_for(60, || live_json(&b, "app")["split_brain"].is_null()),
         "{}",
@@ -428,9 +428,9 @@ fn a_partition_with_writes_on_both_sides_is_a_split_brain_settled_only_by_resolv
     // B's round-2 write, and at 12M what round 1 kept of A's (A's round-2 write is gone).
     qemu_io_ro(&view, &["read -P 0x44 8M 1M", "read -P 0x77 12M 1M"]);
     // A's diverged writes outlive the resync, until deleted.
-    qemu_io_ro(salvage(&a, 3), &["read -P 0x55 12M 1M"]);
+    qemu_io_ro(salvage(&a, 4), &["read -P 0x55 12M 1M"]);
     let out = a.ferry(&["vpg", "diverged", "app", "--delete"]);
     assert!(out.contains("deleted"), "{out}");
-    let (read, _) = try_write(&salvage(&a, 3), "read 12M 4k");
+    let (read, _) = try_write(&salvage(&a, 4), "read 12M 4k");
     assert!(!read, "the salvage export is gone");
 }

@@ -179,6 +179,7 @@ impl Failover {
         vpg: &str,
         reverse: Option<super::ReverseRequest>,
     ) -> Result<LiveFailover, AgentError> {
+        self.wait_resumed().await;
         let _op = self.live_op.lock().await;
         let live = self
             .live_of(vpg)
@@ -559,6 +560,7 @@ impl Failover {
         }
         // Whatever could not be served again is no longer held back.
         self.exports.unreserve_all();
+        self.resumed.send_replace(true);
     }
 
     /// Before NBD serves anything at a start: the production names of the live failovers

@@ -178,7 +178,14 @@ impl Failover {
     /// Starts a live failover of `vpg` (see the module's notes). Refused, with nothing
     /// changed, for an unknown VPG or checkpoint, one still initializing, a test or
     /// another failover of it, a production name taken here, or a script missing here.
+    /// Waits until the live failovers of the last run are found again (a start).
+    pub(super) async fn wait_resumed(&self) {
+        let mut rx = self.resumed.subscribe();
+        let _ = rx.wait_for(|&r| r).await;
+    }
+
     pub async fn start_live(self: &Arc<Self>, vpg: &str, req: &LiveRequest) -> Result<LiveFailover, AgentError> {
+        self.wait_resumed().await;
         let t0 = Instant::now();
         let _op = self.live_op.lock().await;
         if self.tests.lock().unwrap_or_else(|e| e.into_inner()).contains_key(vpg) {
@@ -570,6 +577,7 @@ impl Failover {
     /// its overlays are deleted, and the protected site is told to take the epoch and
     /// write again; its stream goes on where it stopped.
     pub async fn rollback(self: &Arc<Self>, vpg: &str) -> Result<LiveFailover, AgentError> {
+        self.wait_resumed().await;
         let _op = self.live_op.lock().await;
         let live = self
             .live_of(vpg)

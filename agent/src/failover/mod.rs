@@ -25,6 +25,8 @@ pub mod live_state;
 pub mod plan;
 pub mod resolve;
 pub mod reverse;
+#[cfg(test)]
+mod sim;
 pub mod verify;
 
 pub use live::{CommitPolicy, LiveFailover, LivePhase, LiveRequest, ShutdownPolicy};
@@ -145,6 +147,9 @@ pub struct Failover {
     lives: Mutex<BTreeMap<String, Arc<live::Live>>>,
     /// Held while a live failover starts, commits or rolls back.
     live_op: tokio::sync::Mutex<()>,
+    /// The live failovers the last run left were found again ([`Failover::resume_live`]):
+    /// until then, operations on live failovers wait.
+    resumed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Failover {
@@ -197,6 +202,7 @@ impl Failover {
             export_uri,
             lives: Mutex::new(BTreeMap::new()),
             live_op: tokio::sync::Mutex::new(()),
+            resumed: tokio::sync::watch::Sender::new(false),
         })
     }
 

@@ -56,6 +56,7 @@ pub struct Resolved {
 
 impl Failover {
     pub async fn resolve(self: &Arc<Self>, vpg: &str, req: &ResolveRequest) -> Result<Resolved, AgentError> {
+        self.wait_resumed().await;
         let max = req.salvage_max.unwrap_or(DIVERGED_BYTES_MAX_DEFAULT);
         if let Ok(v) = self.vpgs.get(vpg)
             && let Some(sb) = v.lifecycle().split_brain

@@ -40,6 +40,7 @@ impl Failover {
         vpg: &str,
         req: &ReverseRequest,
     ) -> Result<VpgStatus, AgentError> {
+        self.wait_resumed().await;
         let _op = self.live_op.lock().await;
         let live = self.live_of(vpg).ok_or_else(|| {
             AgentError::Refused(format!(
@@ -173,6 +174,7 @@ impl Failover {
         vpg: &str,
         req: &MoveRequest,
     ) -> Result<LiveFailover, AgentError> {
+        self.wait_resumed().await;
         let r = self.exports.replicas().get(vpg).ok_or_else(|| {
             AgentError::Refused(format!("no replica of a VPG named {vpg:?} here (`ferry replica list`)"))
         })?;

@@ -172,6 +172,37 @@ pub enum Fencing {
     Settle { epoch: u64 },
 }
 
+/// What a fence at `epoch` that answers this site's open (the failover happened without
+/// it) does, given the bytes of writes here at or past what the recovery site holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissedFence {
+    /// Fenced already at that epoch or a newer one: the answer stands.
+    Stands,
+    /// No write the recovery site lacks: a plain fence.
+    Fence,
+    /// Writes here it never received, while it took the VPG over: split brain.
+    SplitBrain(u64),
+    /// Reported before: the bytes of the split brain, or 0 once settled for the other site.
+    Report(u64),
+}
+
+pub fn on_missed_fence(state: &Lifecycle, epoch: u64, unshipped_bytes: u64) -> MissedFence {
+    if let Some(b) = state.split_brain.as_ref().filter(|b| b.epoch == epoch) {
+        return MissedFence::Report(b.bytes);
+    }
+    if state.settled == Some(epoch) {
+        return MissedFence::Report(0);
+    }
+    if state.fenced.is_some() && state.epoch >= epoch {
+        return MissedFence::Stands;
+    }
+    if unshipped_bytes > 0 {
+        MissedFence::SplitBrain(unshipped_bytes)
+    } else {
+        MissedFence::Fence
+    }
+}
+
 /// Fencing's transition: the new state and what to do, or why it is refused (an epoch
 /// older than the one held: a stale message).
 pub fn fence_step(state: &Lifecycle, input: Fencing) -> Result<(Lifecycle, Vec<Action>), String> {

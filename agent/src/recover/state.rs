@@ -112,6 +112,39 @@ pub enum Action {
     Event(String),
 }
 
+/// What a recovery site answers a protected site that opens its VPG at `their_epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAnswer {
+    /// Take its stream.
+    Admit,
+    /// A failover of epoch `e` was rolled back: it takes `e`, writes again (unfenced if it
+    /// was fenced) and its stream is taken.
+    Unfence(u64),
+    /// The VPG runs here at epoch `e` (a live failover): it fences itself, and its stream is
+    /// refused. (It may hold writes this site never received: a split brain, which it
+    /// reports.)
+    Fence(u64),
+    /// An epoch older than the replica's: refused.
+    Refuse,
+}
+
+/// The answer to an open, from the replica's epoch, the epoch of a live failover that runs
+/// the VPG here and that of one rolled back. A site at the epoch it took from this site's
+/// fence is fenced again, not admitted: only one site writes in an epoch.
+pub fn answer_open(
+    replica_epoch: u64,
+    runs_here: Option<u64>,
+    unfence_due: Option<u64>,
+    their_epoch: u64,
+) -> OpenAnswer {
+    match (runs_here, unfence_due) {
+        (Some(e), _) if their_epoch <= e => OpenAnswer::Fence(e),
+        (_, Some(e)) if their_epoch <= e => OpenAnswer::Unfence(e),
+        _ if their_epoch < replica_epoch => OpenAnswer::Refuse,
+        _ => OpenAnswer::Admit,
+    }
+}
+
 /// The next state and what to tell, or why the input is refused (nothing changes then).
 pub fn step(life: &Life, input: Input) -> Result<(Life, Vec<Action>), String> {
     let mut next = life.clone();

@@ -50,17 +50,24 @@ impl Replica {
                     "VPG {:?} from {} has lineage {theirs}, but this replica belongs to lineage {have}: it is another VPG of the same name. Delete this replica (`ferry replica delete {}`) to take the new VPG, or give the new VPG another name",
                     spec.name, peer.address, spec.name
                 ))
-            } else if spec.epoch < meta.spec.epoch && meta.unfence_due != Some(meta.spec.epoch) {
-                Err(format!(
+            } else if let Some(why) = match crate::recover::state::answer_open(
+                meta.spec.epoch,
+                meta.runs_here,
+                meta.unfence_due,
+                spec.epoch,
+            ) {
+                crate::recover::state::OpenAnswer::Refuse => Some(format!(
                     "VPG {:?} from {} is at epoch {}, older than this replica's {}: that site was failed over from and must not replicate here (resolve it there)",
                     spec.name, peer.address, spec.epoch, meta.spec.epoch
-                ))
-            } else if let Some(e) = meta.runs_here.filter(|&e| spec.epoch <= e) {
+                )),
                 // It took the epoch from this site's fence: it is the site failed over from.
-                Err(format!(
+                crate::recover::state::OpenAnswer::Fence(e) => Some(format!(
                     "VPG {:?} runs at this site since a live failover (epoch {e}); {} is fenced at epoch {} and must not replicate here (protect the VPG back to it with `ferry vpg reverse {}`)",
                     spec.name, peer.address, spec.epoch, spec.name
-                ))
+                )),
+                _ => None,
+            } {
+                Err(why)
             } else {
                 let mut next = meta.clone();
                 if !have.is_known() {
@@ -136,7 +143,10 @@ impl Replica {
     pub fn hand_back(&self) -> Result<u64, AgentError> {
         let epoch = {
             let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            // A new epoch for the site handed back to: the one of the rolled-back
+            // failover had a writer here (one writer per epoch).
             let mut next = meta.clone();
+            next.spec.epoch += 1;
             next.runs_here = None;
             next.unfence_due = Some(next.spec.epoch);
             self.save_meta(&next)?;
@@ -158,8 +168,12 @@ impl Replica {
     /// VPG runs here at a newer epoch), with its reason.
     pub fn fence_answer(&self, their_epoch: u64) -> Option<(u64, String)> {
         let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        let e = meta.runs_here?;
-        (their_epoch <= e).then(|| {
+        let crate::recover::state::OpenAnswer::Fence(e) =
+            crate::recover::state::answer_open(meta.spec.epoch, meta.runs_here, meta.unfence_due, their_epoch)
+        else {
+            return None;
+        };
+        Some({
             (
                 e,
                 format!(
@@ -175,7 +189,10 @@ impl Replica {
     /// the rollback (an unfence of a site not fenced changes nothing).
     pub fn unfence_answer(&self, their_epoch: u64) -> Option<u64> {
         let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
-        meta.unfence_due.filter(|&e| their_epoch <= e)
+        match crate::recover::state::answer_open(meta.spec.epoch, meta.runs_here, meta.unfence_due, their_epoch) {
+            crate::recover::state::OpenAnswer::Unfence(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Queues a message for the protected site (the session delivers it; see

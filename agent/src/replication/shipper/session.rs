@@ -339,25 +339,23 @@ impl<'a> Session<'a> {
     /// are marked wider than what was written. They are kept for salvage if this site is
     /// resynced; see `replication::receiver`.)
     async fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str, held_seq: u64) -> Option<u64> {
+        use crate::protect::state::{MissedFence, on_missed_fence};
         let l = v.lifecycle();
-        if let Some(b) = l.split_brain.as_ref().filter(|b| b.epoch == epoch) {
-            return Some(b.bytes);
-        }
-        if l.settled == Some(epoch) {
-            return Some(0);
-        }
-        if l.fenced.is_some() && l.epoch >= epoch {
-            return None;
-        }
-        let bytes: u64 = v
-            .unshipped_regions(held_seq, false)
-            .await?
-            .values()
-            .map(|r| crate::ranges::total(r))
-            .sum();
-        if bytes == 0 {
-            return None;
-        }
+        // The scan is skipped where the state alone decides.
+        let bytes = match on_missed_fence(&l, epoch, 1) {
+            MissedFence::SplitBrain(_) => v
+                .unshipped_regions(held_seq, false)
+                .await?
+                .values()
+                .map(|r| crate::ranges::total(r))
+                .sum(),
+            _ => 0,
+        };
+        let bytes = match on_missed_fence(&l, epoch, bytes) {
+            MissedFence::Report(b) => return Some(b),
+            MissedFence::Stands | MissedFence::Fence => return None,
+            MissedFence::SplitBrain(b) => b,
+        };
         let why = reason.to_string();
         match self.shipping.vpgs.fencing(
             v,
