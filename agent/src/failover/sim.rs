@@ -17,24 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::protect::state::{Fencing, Lifecycle, MissedFence, fence_step, on_missed_fence};
 use crate::recover::state::{OpenAnswer, answer_open};
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.next() % 1000 < per_mille
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use crate::replication::session::sim::Rng;
 
 const BLOCKS: u64 = 8;
 

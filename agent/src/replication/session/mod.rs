@@ -13,7 +13,7 @@ pub mod protected;
 pub mod recovery;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 #[cfg(test)]
 mod tests;
 
