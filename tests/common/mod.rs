@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fs;
 pub mod sites;
 
 use std::path::{Path, PathBuf};
