@@ -67,6 +67,11 @@ fn a_graceful_live_failover_fences_the_protected_site_and_a_rollback_loses_nothi
     assert_eq!(vpg_state(&a, "app"), "fenced");
     let shown = json(&a, &["vpg", "show", "app", "--json"]);
     assert_eq!(shown["epoch"], 2);
+    // Where epoch 2 began in this site's stream: after the final checkpoint.
+    assert_eq!(shown["epochs"][0][0], 2, "{shown}");
+    assert!(shown["epochs"][0][1].as_u64().unwrap() > 0, "{shown}");
+    let at_b = json(&b, &["replica", "show", "app", "--json"]);
+    assert_eq!(at_b["epochs"][0][0], 2, "{at_b}");
     assert!(
         shown["state"].as_str().unwrap().contains("runs at its recovery site"),
         "{shown}"

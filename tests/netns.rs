@@ -316,7 +316,9 @@ fn split_brain(net: &Net, a: &Agent, b: &mut Agent, epoch: u64, a_pat: u8, b_pat
     let shown = vpg_json(a, "app");
     let state = shown["state"].as_str().unwrap();
     assert!(
-        state.starts_with(&format!("split brain since epoch {epoch}: ")),
+        state.starts_with(&format!(
+            "split brain since epoch {epoch}: 1.0 MiB written here, 1.0 MiB there"
+        )),
         "{state}"
     );
     let words = b.ferry(&["failover", "status"]);

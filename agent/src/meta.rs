@@ -141,6 +141,21 @@ pub const LIVE_FAILOVER: MetaKind = MetaKind {
     version: 1,
 };
 
+/// Epochs remembered with the sequence at which each began (a VPG's at its protected site,
+/// a replica's at its recovery site).
+pub const EPOCHS_KEPT: usize = 16;
+
+/// Records that `epoch` began at stream sequence `seq` (the newest [`EPOCHS_KEPT`]).
+pub fn note_epoch(epochs: &mut Vec<(u64, u64)>, epoch: u64, seq: u64) {
+    if epochs.last().is_some_and(|e| e.0 >= epoch) {
+        return;
+    }
+    epochs.push((epoch, seq));
+    if epochs.len() > EPOCHS_KEPT {
+        epochs.remove(0);
+    }
+}
+
 /// `diverged/VPG/epoch-N/diverged.json`: diverged writes kept for salvage.
 pub const DIVERGED: MetaKind = MetaKind {
     name: "diverged",

@@ -158,14 +158,16 @@ pub enum Message {
     /// The VPG now runs at the recovery site at `epoch` (a live failover): apply
     /// `shutdown`, fence the VPG's volumes (reads go on, writes are refused with `reason`),
     /// take the epoch, and answer `Fenced`. Also the answer to an `Open` of an older epoch
-    /// (with `Shutdown::Force`). `held_seq` (version 4): the recovery site holds every
-    /// record below it (what the protected site wrote from there on never reached it).
+    /// (with `Shutdown::Force`). Version 4: `held_seq`, the recovery site holds every
+    /// record below it (what the protected site wrote from there on never reached it);
+    /// `written`, bytes written at the recovery site since the failover (as far as known).
     Fence {
         vpg: u64,
         epoch: u64,
         shutdown: Shutdown,
         reason: String,
         held_seq: u64,
+        written: u64,
     },
     /// Done: every record the protected site will send of this VPG is below `final_seq`
     /// (a graceful shutdown's final checkpoint included).
@@ -279,8 +281,9 @@ mod tests {
             shutdown: Shutdown::Force,
             reason: "r".into(),
             held_seq: 300,
+            written: 5,
         };
-        assert_eq!(hex(&encode(&fence)), "0c0102020172ac02");
+        assert_eq!(hex(&encode(&fence)), "0c0102020172ac0205");
         assert_eq!(
             hex(&encode(&Message::Fenced {
                 vpg: 1,

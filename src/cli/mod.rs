@@ -369,7 +369,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             } else {
                 print_replica_line(&r);
                 println!("  directory: {}", r.dir.display());
-                println!("  lineage {}, epoch {}", r.lineage, r.epoch);
+                println!("  lineage {}, epoch {}{}", r.lineage, r.epoch, epochs_words(&r.epochs));
                 if let Some(p) = &r.peer {
                     println!(
                         "  protected site: {} (pairing key {}), last opened {}",

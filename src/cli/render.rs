@@ -205,7 +205,7 @@ pub(super) fn print_plan(p: &ferry_agent::protect::vpg::Plan, volumes: &[String]
 pub(super) fn print_vpg(v: &VpgStatus) {
     let j = &v.journal;
     println!("VPG {}: {}", v.name, v.state);
-    println!("lineage {}, epoch {}", v.lineage, v.epoch);
+    println!("lineage {}, epoch {}{}", v.lineage, v.epoch, epochs_words(&v.epochs));
     println!(
         "journal {}: {} of {} used ({:.1}%), {} unacknowledged records (sequence {}..{}, settled to {})",
         j.path.display(),
@@ -307,4 +307,13 @@ pub(super) fn print_vpg(v: &VpgStatus) {
             println!("  {}  {}", utc(e.unix_ms), e.message);
         }
     }
+}
+
+/// ", epochs began at: 2 from seq 118, 3 from seq 204" (empty without any).
+pub(super) fn epochs_words(epochs: &[(u64, u64)]) -> String {
+    if epochs.is_empty() {
+        return String::new();
+    }
+    let e: Vec<String> = epochs.iter().map(|(e, s)| format!("{e} from seq {s}")).collect();
+    format!(" (epochs began here: {})", e.join(", "))
 }

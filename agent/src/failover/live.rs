@@ -99,7 +99,7 @@ pub(super) fn save(r: &Replica, l: &LiveFailover) -> Result<(), AgentError> {
 
 /// The scratch folder of a live failover's overlays.
 pub(super) fn overlay_dir(r: &Replica) -> std::path::PathBuf {
-    r.dir.join("live")
+    r.live_overlay_dir()
 }
 
 fn budget(r: &Arc<Replica>) -> Arc<Budget> {

@@ -114,7 +114,7 @@ impl Failover {
         let l2 = live.clone();
         blocking(move || l2.save()).await?;
         live.replica.push_event(format!(
-            "reverse protection: VPG {vpg:?} is protected from this site to {} (epoch {}) since {}",
+            "reverse protection: VPG {vpg:?} is protected from this site to {} (epoch {}) since {}; {how}",
             req.peer,
             shown.epoch,
             crate::size::utc(now_ms())

@@ -122,6 +122,7 @@ impl World {
                             epoch: e,
                             bytes,
                             from_seq: self.b.held as u64,
+                            there_bytes: 0,
                             why: "b".into(),
                         })?;
                         self.b.split_brain = true;

@@ -99,10 +99,14 @@ pub struct Lifecycle {
     /// were salvaged, and a resync from there may overwrite them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled: Option<u64>,
+    /// (epoch, the journal sequence at which it began here), the newest
+    /// [`crate::meta::EPOCHS_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<(u64, u64)>,
 }
 
 /// Both sites took writes after a failover that one of them was not there for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitBrain {
     /// The epoch the other site took.
     pub epoch: u64,
@@ -111,6 +115,9 @@ pub struct SplitBrain {
     /// The other site holds this site's records below this sequence.
     #[serde(default)]
     pub from_seq: u64,
+    /// Written at the other site since its failover, as it said.
+    #[serde(default)]
+    pub there_bytes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -133,6 +140,7 @@ impl Lifecycle {
             epoch: 0,
             split_brain: None,
             settled: None,
+            epochs: Vec::new(),
         }
     }
 }
@@ -166,6 +174,7 @@ pub enum Fencing {
         epoch: u64,
         bytes: u64,
         from_seq: u64,
+        there_bytes: u64,
         why: String,
     },
     /// An operator kept the other site's side: this site's diverged writes were salvaged.
@@ -234,14 +243,21 @@ pub fn fence_step(state: &Lifecycle, input: Fencing) -> Result<(Lifecycle, Vec<A
             epoch,
             bytes,
             from_seq,
+            there_bytes,
             why,
         } => {
             let event = format!(
-                "split brain since epoch {epoch}: {} written here that the recovery site never received, while it took the VPG over; replication stops and nothing is overwritten. Writes here are refused ({why}). Settle it with `ferry vpg resolve VPG --keep here|peer`",
-                crate::size::human(bytes)
+                "split brain since epoch {epoch}: {} written here, {} there (the recovery site took the VPG over; it never received these writes); replication stops and nothing is overwritten. Writes here are refused ({why}). Settle it with `ferry vpg resolve VPG --keep here|peer`",
+                crate::size::human(bytes),
+                crate::size::human(there_bytes)
             );
             next.fenced = Some(why);
-            next.split_brain = Some(SplitBrain { epoch, bytes, from_seq });
+            next.split_brain = Some(SplitBrain {
+                epoch,
+                bytes,
+                from_seq,
+                there_bytes,
+            });
             next.settled = None;
             (epoch, event)
         }
@@ -393,6 +409,7 @@ mod tests {
             epoch: 0,
             split_brain: None,
             settled: None,
+            epochs: Vec::new(),
         }
     }
 
@@ -405,6 +422,7 @@ mod tests {
                 epoch: 2,
                 bytes: 3 << 20,
                 from_seq: 7,
+                there_bytes: 1 << 20,
                 why: "runs at B".into(),
             },
         )
@@ -415,11 +433,12 @@ mod tests {
             Some(SplitBrain {
                 epoch: 2,
                 from_seq: 7,
-                bytes: 3 << 20
+                bytes: 3 << 20,
+                there_bytes: 1 << 20
             })
         );
         assert!(
-            events(&a)[0].starts_with("split brain since epoch 2: 3.0 MiB written here"),
+            events(&a)[0].starts_with("split brain since epoch 2: 3.0 MiB written here, 1.0 MiB there"),
             "{a:?}"
         );
         assert_eq!(shown(&b, &Live::default()), VpgState::SplitBrain);

@@ -226,6 +226,7 @@ impl Shell<'_> {
                                     shutdown: ferry_proto::message::Shutdown::Force,
                                     reason,
                                     held_seq: r.durable_seq(),
+                                    written: r.written_since_failover(),
                                 },
                             ));
                         } else if let Some(epoch) = r.unfence_answer(their_epoch) {
@@ -506,6 +507,7 @@ impl Shell<'_> {
                         shutdown,
                         reason,
                         held_seq: r.durable_seq(),
+                        written: r.written_since_failover(),
                     },
                     ToPeer::Unfence { epoch } => Input::Unfence { vpg, epoch },
                 };

@@ -186,6 +186,7 @@ fn load_lifecycle(dir: &Path, record: &VpgRecord) -> Result<Lifecycle, AgentErro
                 epoch: 0,
                 split_brain: None,
                 settled: None,
+                epochs: Vec::new(),
             };
             save_lifecycle(dir, &l)?;
             Ok(l)
@@ -301,7 +302,14 @@ impl Vpg {
     /// Takes the recovery site's word on a live failover into the state machine
     /// (persisted and told), or says why not. The volumes are the registry's to fence.
     pub(super) fn apply_fencing(&self, input: crate::protect::state::Fencing) -> Result<(), String> {
-        self.transition(|l| crate::protect::state::fence_step(l, input))
+        let seq = self.journal_stats().next_seq;
+        self.transition(|l| {
+            let (mut next, actions) = crate::protect::state::fence_step(l, input)?;
+            if next.epoch != l.epoch {
+                crate::meta::note_epoch(&mut next.epochs, next.epoch, seq);
+            }
+            Ok((next, actions))
+        })
     }
 
     /// The failover plan (members, boot order, scripts) as it stands.

@@ -20,6 +20,9 @@ pub struct VpgStatus {
     pub lineage: Lineage,
     #[serde(default)]
     pub epoch: u64,
+    /// (epoch, the journal sequence at which it began here), as far as remembered.
+    #[serde(default)]
+    pub epochs: Vec<(u64, u64)>,
     /// The state machine's state (see [`crate::protect::state`]); `None` only from an
     /// agent of format 1.
     #[serde(default)]
@@ -166,18 +169,12 @@ impl Vpg {
         let fenced = self.fenced();
         let state = match (state_kind, &datastore_error) {
             (VpgState::SplitBrain, _) => {
-                let b = self
-                    .lifecycle()
-                    .split_brain
-                    .unwrap_or(crate::protect::state::SplitBrain {
-                        epoch: 0,
-                        bytes: 0,
-                        from_seq: 0,
-                    });
+                let b = self.lifecycle().split_brain.unwrap_or_default();
                 format!(
-                    "split brain since epoch {}: {} written here that the recovery site never received, while it ran the VPG (it took writes of its own). Writes are refused here and replication stops; nothing was overwritten. Settle it with `ferry vpg resolve {} --keep here|peer`",
+                    "split brain since epoch {}: {} written here, {} there (the recovery site ran the VPG and never received these writes). Writes are refused here and replication stops; nothing was overwritten. Settle it with `ferry vpg resolve {} --keep here|peer`",
                     b.epoch,
                     human(b.bytes),
+                    human(b.there_bytes),
                     self.record.name
                 )
             }
@@ -203,6 +200,7 @@ impl Vpg {
             name: self.record.name.clone(),
             lineage: self.record.lineage,
             epoch: self.epoch(),
+            epochs: self.lifecycle().epochs,
             plan: self.plan(),
             state_kind: Some(state_kind),
             state,

@@ -91,6 +91,9 @@ pub struct ReplicaMeta {
     /// for, holds writes this site never received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_brain: Option<SplitBrainSeen>,
+    /// (epoch, the history sequence at which it began here), the newest few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<(u64, u64)>,
 }
 
 /// A split brain as the site that took the VPG over sees it.
@@ -229,6 +232,9 @@ pub struct ReplicaStatus {
     pub lineage: Lineage,
     #[serde(default)]
     pub epoch: u64,
+    /// (epoch, the history sequence at which it began here).
+    #[serde(default)]
+    pub epochs: Vec<(u64, u64)>,
     /// The protected site as last seen.
     #[serde(default)]
     pub peer: Option<PeerSeen>,
@@ -298,6 +304,7 @@ impl Replica {
             runs_here: None,
             unfence_due: None,
             split_brain: None,
+            epochs: Vec::new(),
         };
         crate::meta::store(dir, &Self::meta_path(dir), crate::meta::REPLICA, &meta)?;
         Self::open(dir)
@@ -669,6 +676,7 @@ impl Replica {
             id: m.spec.id,
             lineage: Lineage(m.spec.lineage),
             epoch: m.spec.epoch,
+            epochs: m.epochs.clone(),
             peer: m.peer.clone(),
             dir: self.dir.clone(),
             volumes: m.spec.volumes.iter().map(|v| v.name.clone()).collect(),

@@ -77,6 +77,7 @@ impl Replica {
                 }
                 if spec.epoch > meta.spec.epoch {
                     events.push(format!("epoch {} → {}", meta.spec.epoch, spec.epoch));
+                    crate::meta::note_epoch(&mut next.epochs, spec.epoch, self.durable_seq());
                 }
                 if let Some(before) = &meta.peer
                     && before.key_fingerprint != peer.key_fingerprint
@@ -116,6 +117,25 @@ impl Replica {
         result
     }
 
+    /// Where a live failover's overlays are kept (the writes made here since it began).
+    pub fn live_overlay_dir(&self) -> PathBuf {
+        self.dir.join("live")
+    }
+
+    /// Bytes written here since the live failover began (what its overlays hold on disk;
+    /// 0 once committed or without one).
+    pub fn written_since_failover(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(self.live_overlay_dir())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// The protected site as last seen.
     pub fn peer(&self) -> Option<PeerSeen> {
         self.meta.lock().unwrap_or_else(|e| e.into_inner()).peer.clone()
@@ -131,6 +151,7 @@ impl Replica {
         let mut meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = meta.clone();
         next.spec.epoch += 1;
+        crate::meta::note_epoch(&mut next.epochs, next.spec.epoch, self.durable_seq());
         next.runs_here = Some(next.spec.epoch);
         next.unfence_due = None;
         self.save_meta(&next)?;
@@ -147,6 +168,7 @@ impl Replica {
             // failover had a writer here (one writer per epoch).
             let mut next = meta.clone();
             next.spec.epoch += 1;
+            crate::meta::note_epoch(&mut next.epochs, next.spec.epoch, self.durable_seq());
             next.runs_here = None;
             next.unfence_due = Some(next.spec.epoch);
             self.save_meta(&next)?;

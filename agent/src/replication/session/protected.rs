@@ -97,6 +97,8 @@ pub enum Action {
         missed: bool,
         /// The recovery site holds every record below this one.
         held_seq: u64,
+        /// Bytes the recovery site wrote since the failover.
+        written: u64,
     },
     /// The failover was rolled back: take `epoch` and take writes again.
     Unfence {
@@ -462,6 +464,7 @@ impl ProtectedSession {
                 shutdown,
                 reason,
                 held_seq,
+                written,
             } => {
                 let Some(s) = self.vpgs.get(&vpg) else {
                     return vec![];
@@ -473,6 +476,7 @@ impl ProtectedSession {
                     reason,
                     missed: s.phase == Phase::Opening,
                     held_seq,
+                    written,
                 }]
             }
             Message::Unfence { vpg, epoch } => {

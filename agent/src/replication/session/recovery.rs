@@ -56,6 +56,7 @@ pub enum Input {
         shutdown: Shutdown,
         reason: String,
         held_seq: u64,
+        written: u64,
     },
     /// A live failover of `vpg` was rolled back: the protected site takes `epoch` and
     /// writes again.
@@ -298,12 +299,14 @@ impl RecoverySession {
                 shutdown,
                 reason,
                 held_seq,
+                written,
             } => vec![Action::Send(Message::Fence {
                 vpg,
                 epoch,
                 shutdown,
                 reason,
                 held_seq,
+                written,
             })],
             Input::Unfence { vpg, epoch } => vec![Action::Send(Message::Unfence { vpg, epoch })],
             Input::Tick => {

@@ -38,6 +38,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             shutdown: Shutdown::Graceful,
             reason: "runs at B".into(),
             held_seq: 40,
+            written: 0,
         },
     );
     let recovery::Action::Send(m) = &fence[0] else {
@@ -76,6 +77,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
             reason: "runs at B".into(),
             missed: true,
             held_seq: 40,
+            written: 0,
         }]
     );
     // A fence for a VPG not shipped here is ignored.
@@ -85,6 +87,7 @@ fn a_fence_and_its_answer_cross_both_cores_and_settings_wait_for_open() {
         shutdown: Shutdown::Force,
         reason: String::new(),
         held_seq: 0,
+        written: 0,
     };
     assert!(
         p.on(
@@ -459,6 +462,7 @@ fn a_fence_is_missed_only_when_it_answers_the_open() {
             shutdown: Shutdown::Force,
             reason: String::new(),
             held_seq,
+            written: 0,
         },
         journal: None,
     };

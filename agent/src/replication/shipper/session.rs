@@ -286,11 +286,12 @@ impl<'a> Session<'a> {
                     reason,
                     missed,
                     held_seq,
+                    written,
                 } => {
                     let Some(sv) = self.vpgs.get(&vpg) else { continue };
                     let v = sv.vpg.clone();
                     let diverged = if missed {
-                        self.split_brain(&v, epoch, &reason, held_seq).await
+                        self.split_brain(&v, epoch, &reason, held_seq, written).await
                     } else {
                         None
                     };
@@ -338,7 +339,7 @@ impl<'a> Session<'a> {
     /// follows. (Dirty regions alone are no proof of a write: after an unclean stop they
     /// are marked wider than what was written. They are kept for salvage if this site is
     /// resynced; see `replication::receiver`.)
-    async fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str, held_seq: u64) -> Option<u64> {
+    async fn split_brain(&self, v: &Arc<Vpg>, epoch: u64, reason: &str, held_seq: u64, there: u64) -> Option<u64> {
         use crate::protect::state::{MissedFence, on_missed_fence};
         let l = v.lifecycle();
         // The scan is skipped where the state alone decides.
@@ -363,6 +364,7 @@ impl<'a> Session<'a> {
                 epoch,
                 bytes,
                 from_seq: held_seq,
+                there_bytes: there,
                 why,
             },
         ) {
