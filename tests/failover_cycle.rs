@@ -474,3 +474,55 @@ fn an_ext4_filesystem_written_by_fio_verifies_at_every_step_of_the_cycle() {
         && state(&a, "app") == "protecting"));
     same_at_both(&a, &b, "app", "back");
 }
+
+/// A failover with shutdown none: the protected site writes on during needs-commit (its
+/// writes reach the recovery site's history, past the checkpoint) while the recovery site
+/// writes too. The commit fences it; reverse protection, knowing both sides' changes,
+/// resends just those regions, and the two converge to the recovery site's bytes.
+#[test]
+fn writes_on_both_sides_after_a_shutdown_none_failover_are_resynced_from_what_each_knows() {
+    let (a, b, a_addr, b_addr, k) = two_sites("none");
+    a.create("d0", "16M");
+    a.ferry_line(&format!(
+        "vpg create app --volume d0 --journal-size 16M --peer {b_addr} --peer-key {k} --wait"
+    ));
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x11 0 4M"]);
+    same_at_both(&a, &b, "app", "start");
+    b.ferry(&["failover", "live", "app", "--shutdown", "none"]);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x21 6M 1M"]);
+    qemu_io(b.tcp_uri("d0"), &["write -P 0x31 9M 1M"]);
+    qemu_io(a.tcp_uri("d0"), &["write -P 0x22 12M 1M"]);
+    let out = b.ferry(&[
+        "failover",
+        "commit",
+        "app",
+        "--reverse-protection",
+        "--peer",
+        &a_addr,
+        "--peer-key",
+        &k,
+    ]);
+    assert!(out.contains("COMMITTED"), "{out}");
+    assert!(
+        wait_for(60, || run_ok(&b, &["vpg", "show", "app", "--json"])
+            && state(&b, "app") == "protecting"),
+        "{}",
+        b.ferry(&["status"])
+    );
+    let status = b.ferry(&["failover", "status"]);
+    assert!(
+        status.contains("compares only the regions either site changed"),
+        "{status}"
+    );
+    // The demoted site knew what it changed too (nothing unshipped): it answers unchanged
+    // regions without reading them.
+    let changed = ok(Command::new("find").arg(&a.dir).args(["-name", "changed.json"]));
+    assert!(changed.contains("replicas/app/changed.json"), "{changed}");
+    // A's writes after the checkpoint were never part of the recovery point: B's volume
+    // does not hold them, and neither does A's replica after the resync.
+    qemu_io(b.tcp_uri("d0"), &["read -P 0x31 9M 1M", "read -P 0x11 0 4M"]);
+    same_at_both(&b, &a, "app", "converged");
+    // They were kept for salvage at the commit.
+    let kept = json(&b, &["vpg", "diverged", "app", "--json"]);
+    assert_eq!(kept[0]["volumes"][0]["bytes"], 2 << 20, "{kept}");
+}

@@ -304,6 +304,9 @@ impl Failover {
         };
         match result {
             Ok(()) => {
+                // The protected site's records past the checkpoint, as far as they arrived
+                // (what arrives later is added at the reverse protection).
+                let upto = live.replica.durable_seq();
                 let since = live.replica.regions_since(live.shown().checkpoint.seq + 1);
                 let ids: std::collections::BTreeMap<String, u32> =
                     live.replica.volumes().into_iter().map(|(id, n, _)| (n, id)).collect();
@@ -315,7 +318,7 @@ impl Failover {
                         (n.clone(), crate::ranges::merge(r))
                     })
                     .collect();
-                *live.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some(changed);
+                *live.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some((changed, upto));
                 let dir = overlay_dir(&live.replica);
                 blocking(move || std::fs::remove_dir_all(dir)).await.ok();
                 live.replica.change(ReplicaInput::LiveCommitted);

@@ -56,7 +56,7 @@ pub(super) struct Live {
     /// (the overlays' writes and the protected site's records after the checkpoint), the
     /// switches recording writes since; kept in memory (a restart forgets it: reverse
     /// protection then compares every region).
-    pub(super) changed: Mutex<Option<crate::ranges::ByName>>,
+    pub(super) changed: Mutex<Option<(crate::ranges::ByName, u64)>>,
 }
 
 impl Live {

@@ -86,7 +86,7 @@ impl Failover {
             .await?;
         // Captured from here on: what changed before is what the commit knew plus what the
         // switches recorded since (taken now, after the capture began).
-        let known = self.changed_since_failover(&live);
+        let known = self.changed_since_failover(&live).await;
         let how = match (&known, self.vpgs.get(vpg)) {
             (Ok(k), Ok(v)) => {
                 let bytes: u64 = k.values().map(|r| crate::ranges::total(r)).sum();
@@ -142,24 +142,54 @@ fn auto_commit() -> super::CommitPolicy {
 
 impl Failover {
     /// What this site changed since the failover of `live` (committed here), by volume:
-    /// the commit's knowledge and what the switches recorded since. Or why not known.
-    fn changed_since_failover(
-        &self,
-        live: &super::live::Live,
-    ) -> Result<std::collections::BTreeMap<String, Vec<(u64, u64)>>, String> {
-        let mut base = live
+    /// the commit's knowledge, the protected site's records that arrived since, and what the
+    /// switches recorded since. Or why not known.
+    async fn changed_since_failover(&self, live: &super::live::Live) -> Result<crate::ranges::ByName, String> {
+        let (mut base, upto) = live
             .changed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or("the agent restarted since the commit")?;
+        let r = &live.replica;
+        // The protected site's last records (it was fenced for good at the commit) must
+        // all be here before they are counted.
+        if r.life().sessions > 0 {
+            let epoch = live.shown().epoch;
+            let mut answers = r.peer_fenced();
+            let fenced = tokio::time::timeout(
+                super::live::FENCE_TIMEOUT,
+                answers.wait_for(|a| a.is_some_and(|(e, _)| e >= epoch)),
+            )
+            .await
+            .ok()
+            .and_then(|a| a.ok().map(|a| a.expect("waited for Some").1))
+            .ok_or("the protected site did not confirm its last write")?;
+            let deadline = tokio::time::Instant::now() + super::live::DRAIN_TIMEOUT;
+            while r.durable_seq() < fenced {
+                if tokio::time::Instant::now() > deadline {
+                    return Err("the protected site's last writes did not arrive".into());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        if !r.holds_since(upto) {
+            return Err("history since the commit was applied to the replica and dropped".into());
+        }
+        let ids: std::collections::BTreeMap<u32, String> = r.volumes().into_iter().map(|(id, n, _)| (id, n)).collect();
+        for (id, regions) in r.regions_since(upto) {
+            if let Some(n) = ids.get(&id) {
+                base.entry(n.clone()).or_default().extend(regions);
+            }
+        }
         for (name, s) in &live.switches {
-            let r = s
+            let recorded = s
                 .take_recorded()
                 .ok_or("more regions were written since the commit than are kept")?;
-            let all = base.entry(name.clone()).or_default();
-            all.extend(r);
-            *all = crate::ranges::merge(std::mem::take(all));
+            base.entry(name.clone()).or_default().extend(recorded);
+        }
+        for v in base.values_mut() {
+            *v = crate::ranges::merge(std::mem::take(v));
         }
         Ok(base)
     }

@@ -434,7 +434,16 @@ impl Shell<'_> {
         // What this site changed since the failover (the rest of its volumes is the
         // failover's checkpoint): the delta sync then compares only what either site
         // changed. Unknown while the journal is read elsewhere (every region is compared).
-        let changed = v.unshipped_regions(0, true).await.map(|by_id| {
+        let unshipped = match v.unshipped_regions(0, true).await {
+            Some(r) => Some(r),
+            // The journal is read by this site's own session to the peer: with nothing
+            // unacknowledged in it, only the dirty regions can hold writes the peer lacks.
+            None => {
+                let st = v.journal_stats();
+                (st.next_seq <= st.acked_seq.max(v.ship_update(|s| s.acked_seq))).then(|| v.undrained_dirty())
+            }
+        };
+        let changed = unshipped.map(|by_id| {
             let regions = by_id
                 .into_iter()
                 .filter_map(|(id, r)| Some((v.record.volumes.get(id as usize - 1)?.clone(), r)))

@@ -19,6 +19,12 @@ pub fn changed_path(dir: &Path) -> PathBuf {
 }
 
 impl Replica {
+    /// Whether history still holds every record from `seq` on (none was applied to the
+    /// images and dropped since).
+    pub fn holds_since(&self, seq: u64) -> bool {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner()).floor <= seq
+    }
+
     /// Delta sync: SHA-256 (first 16 bytes) of each of `count` regions of `region_bytes`
     /// from `offset` of `volume`, as they were just before `at_seq`; `None` when the
     /// replica no longer holds that point. The last region may be short (volume end).
