@@ -72,24 +72,11 @@ impl Failover {
                     "the journal of {vpg:?} is being read (by `ferry journal tail`?): stop that and try again"
                 ))
             })?;
-            let mut sources = Vec::new();
-            for (id, file, size) in v.member_files() {
-                let name = v.record.volumes.get(id as usize - 1).cloned().unwrap_or_default();
-                let regions = regions.get(&id).cloned().unwrap_or_default();
-                if regions.is_empty() {
-                    continue;
-                }
-                let file = file.ok_or_else(|| {
-                    AgentError::Refused(format!(
-                        "volume {name:?} is offline: its diverged writes cannot be read; bring it back (`ferry volume list`) and try again"
-                    ))
-                })?;
-                sources.push(Source {
-                    name,
-                    size_bytes: size,
-                    regions,
-                    read: Box::new(move |at, buf| crate::io::read_full(&file, buf, at)),
-                });
+            let (sources, offline) = v.salvage_sources(&regions);
+            if let Some(name) = offline.first() {
+                return Err(AgentError::Refused(format!(
+                    "volume {name:?} is offline: its diverged writes cannot be read; bring it back (`ferry volume list`) and try again"
+                )));
             }
             let diverged = self
                 .keep_given_up(

@@ -342,23 +342,13 @@ impl Shell<'_> {
     /// it took writes after the failover, so both sites hold writes the other has not.
     /// Keeps what `v` holds that its peer may not (journal records not acknowledged, dirty
     /// regions not drained) for salvage before a resync overwrites it.
-    async fn keep_unshipped(&self, v: &Arc<crate::protect::vpg::Vpg>, epoch: u64) -> Result<(), String> {
-        let regions = match v.unshipped_regions(0, true).await {
-            Some(r) => r,
-            None => v.undrained_dirty(),
-        };
-        let mut sources = Vec::new();
-        for (id, file, size) in v.member_files() {
-            let (Some(regions), Some(file)) = (regions.get(&id).cloned(), file) else {
-                continue;
-            };
-            sources.push(crate::diverged::Source {
-                name: v.record.volumes.get(id as usize - 1).cloned().unwrap_or_default(),
-                size_bytes: size,
-                regions,
-                read: Box::new(move |at, buf| crate::io::read_full(&file, buf, at)),
-            });
-        }
+    async fn keep_unshipped(
+        &self,
+        v: &Arc<crate::protect::vpg::Vpg>,
+        epoch: u64,
+        regions: &crate::ranges::ById,
+    ) -> Result<(), String> {
+        let (sources, _offline) = v.salvage_sources(regions);
         if sources.is_empty() {
             return Ok(());
         }
@@ -428,13 +418,17 @@ impl Shell<'_> {
         // journal holds unacknowledged and the dirty regions (after a full journal or an
         // unclean stop) are kept for salvage first. (Writes the peer never received after
         // its failover were found when it fenced this site: a split brain, refused above.)
+        // One scan of the journal serves both: what is kept for salvage, and what this
+        // site changed since the failover (the rest of its volumes is the failover's
+        // checkpoint: the delta sync compares only what either site changed).
+        let scanned = v.unshipped_regions(0, true).await;
         if life.settled.is_none_or(|e| e < spec.epoch) {
-            self.keep_unshipped(&v, spec.epoch).await?;
+            let regions = scanned.clone().unwrap_or_else(|| v.undrained_dirty());
+            self.keep_unshipped(&v, spec.epoch, &regions).await?;
         }
-        // What this site changed since the failover (the rest of its volumes is the
-        // failover's checkpoint): the delta sync then compares only what either site
-        // changed. Unknown while the journal is read elsewhere (every region is compared).
-        let unshipped = match v.unshipped_regions(0, true).await {
+        // Unknown while the journal is read elsewhere with records unacknowledged (every
+        // region is compared then).
+        let unshipped = match scanned {
             Some(r) => Some(r),
             // The journal is read by this site's own session to the peer: with nothing
             // unacknowledged in it, only the dirty regions can hold writes the peer lacks.

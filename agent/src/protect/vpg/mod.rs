@@ -416,6 +416,28 @@ impl Vpg {
         Some(out)
     }
 
+    /// What to copy for salvage of `regions` (by volume id): a source per member volume
+    /// with regions, reading its file; and the names of those offline (not readable).
+    pub fn salvage_sources(&self, regions: &crate::ranges::ById) -> (Vec<crate::diverged::Source>, Vec<String>) {
+        let (mut sources, mut offline) = (Vec::new(), Vec::new());
+        for (id, file, size) in self.member_files() {
+            let Some(regions) = regions.get(&id).filter(|r| !r.is_empty()).cloned() else {
+                continue;
+            };
+            let name = self.record.volumes.get(id as usize - 1).cloned().unwrap_or_default();
+            match file {
+                Some(file) => sources.push(crate::diverged::Source {
+                    name,
+                    size_bytes: size,
+                    regions,
+                    read: Box::new(move |at, buf| crate::io::read_full(&file, buf, at)),
+                }),
+                None => offline.push(name),
+            }
+        }
+        (sources, offline)
+    }
+
     /// Dirty regions not drained into the journal yet, by volume id.
     pub fn undrained_dirty(&self) -> BTreeMap<u32, Vec<(u64, u64)>> {
         let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
