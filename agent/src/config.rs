@@ -30,6 +30,30 @@ pub struct AgentConfig {
     pub journal: JournalConfig,
     #[serde(default)]
     pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The control API and the dashboard over TCP (`[api]`); the unix socket is always served.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A TCP address for the API, the dashboard and `/metrics` (e.g. "127.0.0.1:7080");
+    /// none by default. Every request over TCP needs the bearer token.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// PEM certificate chain and private key: with both, TCP is served over TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The bearer token's file (`ferry api token` writes it, mode 0600); made at start if
+    /// missing while `listen` is set.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    /// Serve plain HTTP on an address other than loopback (behind a TLS proxy, say).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 /// Site-to-site replication (`[replication]`).
@@ -279,6 +303,32 @@ fn default_listen() -> Vec<String> {
 fn default_nbd_socket() -> PathBuf {
     PathBuf::from("nbd.sock")
 }
+impl ApiConfig {
+    /// The listen address, its TLS and whether plain HTTP is allowed there.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("api.tls_cert and api.tls_key go together: set both for TLS, or neither".into());
+        }
+        let Some(listen) = &self.listen else {
+            return Ok(());
+        };
+        let addr: std::net::SocketAddr = listen
+            .parse()
+            .map_err(|_| format!("api.listen {listen:?} is not an address and port, e.g. \"127.0.0.1:7080\""))?;
+        if self.tls_cert.is_none() && !addr.ip().is_loopback() && !self.allow_plain_http {
+            return Err(format!(
+                "api.listen {listen} is not loopback, and plain HTTP there would carry the API token in the clear. \
+                 Set api.tls_cert and api.tls_key to PEM files (for a self-signed pair: `openssl req -x509 -newkey rsa:2048 -nodes -days 825 \
+                 -subj /CN=$(hostname) -keyout key.pem -out cert.pem`), or set api.allow_plain_http = true if a TLS proxy fronts it"
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_token_file() -> PathBuf {
+    PathBuf::from("api.token")
+}
 fn default_control_socket() -> PathBuf {
     PathBuf::from("control.sock")
 }
@@ -331,6 +381,7 @@ macro_rules! defaults {
 defaults!(
     NbdConfig,
     ControlConfig,
+    ApiConfig,
     LimitsConfig,
     IoConfig,
     JournalConfig,
@@ -385,6 +436,7 @@ impl AgentConfig {
         }
         self.journal.capture()?;
         self.replication.parsed()?;
+        self.api.check()?;
         let mut names: Vec<&str> = self.datastores.iter().map(|d| d.name.as_str()).collect();
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -424,6 +476,10 @@ impl AgentConfig {
         (!self.nbd.unix_socket.as_os_str().is_empty()).then(|| self.resolve(&self.nbd.unix_socket))
     }
 
+    pub fn token_file(&self) -> PathBuf {
+        self.resolve(&self.api.token_file)
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.resolve(&self.control.socket)
     }
@@ -453,6 +509,24 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_off_loopback_is_refused_with_the_way_to_tls() {
+        assert!(AgentConfig::parse("[api]\nlisten = \"127.0.0.1:7080\"").is_ok());
+        assert!(AgentConfig::parse("[api]\nlisten = \"[::1]:7080\"").is_ok());
+        let e = AgentConfig::parse("[api]\nlisten = \"0.0.0.0:7080\"").unwrap_err();
+        assert!(
+            e.contains("api.tls_cert") && e.contains("openssl req") && e.contains("allow_plain_http"),
+            "{e}"
+        );
+        assert!(AgentConfig::parse("[api]\nlisten = \"0.0.0.0:7080\"\nallow_plain_http = true").is_ok());
+        let tls = "[api]\nlisten = \"10.1.2.3:7080\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"";
+        assert!(AgentConfig::parse(tls).is_ok());
+        let e = AgentConfig::parse("[api]\ntls_cert = \"c.pem\"").unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        let e = AgentConfig::parse("[api]\nlisten = \"localhost\"").unwrap_err();
+        assert!(e.contains("not an address and port"), "{e}");
+    }
 
     #[test]
     fn empty_config_has_defaults() {

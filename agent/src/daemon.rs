@@ -434,20 +434,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     // anything, and served again once the replicas are loaded.
     failover.hold_names_on_start();
     tokio::spawn(failover.clone().resume_live());
+    let router = api::router(
+        volumes.clone(),
+        vpgs.clone(),
+        exports.clone(),
+        shipping,
+        failover.clone(),
+        status,
+    );
+    let api_tcp = api::serve::serve_tcp(&cfg, router.clone(), shutdown.clone()).await?;
     let api = tokio::spawn(
-        axum::serve(
-            control,
-            api::router(
-                volumes.clone(),
-                vpgs.clone(),
-                exports.clone(),
-                shipping,
-                failover.clone(),
-                status,
-            ),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
+        axum::serve(control, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
     );
 
     let server = Arc::new(cfg.server_config());
@@ -500,6 +499,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     volumes.flush_all().await;
     vpgs.close_all().await;
     let _ = api.await;
+    if let Some(t) = api_tcp {
+        let _ = t.await;
+    }
     if let Some(p) = cfg.nbd_socket().filter(|_| bound_socket) {
         let _ = std::fs::remove_file(p);
     }

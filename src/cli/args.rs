@@ -46,6 +46,9 @@ pub(super) enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// The control API over TCP: its bearer token (no agent needed).
+    #[command(subcommand)]
+    Api(ApiCmd),
     /// Make a pairing key for two agents (copy the file to the peer; no agent needed).
     Pair {
         /// Where to write the key (mode 0600).
@@ -53,6 +56,21 @@ pub(super) enum Command {
         /// Replace an existing key file (the peer then needs the new key too).
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ApiCmd {
+    /// Write a new bearer token for the API over TCP (mode 0600). A running agent uses it
+    /// at once, and the old token stops working.
+    Token {
+        /// The token file (default: api.token next to the control socket, which is the
+        /// agent's default api.token_file).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Also print the token (for a script that hands it to a client).
+        #[arg(long)]
+        print: bool,
     },
 }
 

@@ -189,6 +189,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     match cmd {
         Command::Agent(_)
         | Command::Pair { .. }
+        | Command::Api(_)
         | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
             unreachable!("handled by main")
         }
@@ -649,6 +650,22 @@ fn pair(path: &std::path::Path, force: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `ferry api token`: a new bearer token for the API over TCP.
+fn api_token(path: PathBuf, print: bool) -> Result<(), String> {
+    let token = ferry_agent::api::auth::write_token_file(&path)
+        .map_err(|e| format!("cannot write the API token to {}: {e}", path.display()))?;
+    println!(
+        "wrote a new API token to {} (mode 0600); a running agent uses it at once, and the old one stops working.\n\
+         clients send it as `Authorization: Bearer TOKEN` (e.g. curl -H \"Authorization: Bearer $(cat {})\" …)",
+        path.display(),
+        path.display()
+    );
+    if print {
+        println!("{token}");
+    }
+    Ok(())
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Agent(_)) {
@@ -662,6 +679,17 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Journal(cmd @ (JournalCmd::Dump { .. } | JournalCmd::Check { .. })) => run_journal(cmd),
         Command::Pair { path, force } => pair(&path, force),
+        Command::Api(ApiCmd::Token { file, print }) => {
+            let control = cli.control.clone();
+            api_token(
+                file.unwrap_or_else(|| {
+                    control
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR).join("control.sock"))
+                        .with_file_name("api.token")
+                }),
+                print,
+            )
+        }
         cmd => {
             let control = cli
                 .control

@@ -1,10 +1,11 @@
 //! The failover routes (see [`crate::failover`]).
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
 
+use super::error::{Json, Path, Query};
 use super::{Api, ApiError};
 use crate::diverged::DivergedSet;
 use crate::failover::resolve::{ResolveRequest, Resolved};

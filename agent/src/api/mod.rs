@@ -32,17 +32,22 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CheckpointExport, Exports};
 use crate::failover::Failover;
 
+pub mod auth;
+pub mod error;
 mod failover;
+pub mod serve;
+
+pub use error::{ApiError, ErrorBody};
+use error::{Json, Path, Query};
 
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
@@ -173,38 +178,6 @@ pub struct AgentStatus {
     pub live_failovers: Vec<crate::failover::LiveFailover>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-#[derive(Debug)]
-pub struct ApiError(AgentError);
-
-impl From<AgentError> for ApiError {
-    fn from(e: AgentError) -> Self {
-        ApiError(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self.0 {
-            AgentError::NoVolume(_) | AgentError::NoDatastore(_) | AgentError::NoVpg(_) => StatusCode::NOT_FOUND,
-            AgentError::VolumeExists(_) | AgentError::VolumeInUse(_) | AgentError::Conflict(_) => StatusCode::CONFLICT,
-            AgentError::BadRequest(_) | AgentError::Refused(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.0.to_string(),
-            }),
-        )
-            .into_response()
-    }
-}
-
 #[derive(Clone)]
 struct Api {
     failover: Arc<Failover>,
@@ -249,6 +222,8 @@ pub fn router(
         .route("/v1/replicas/{name}/exports", post(export_h).delete(unexport_h))
         .route("/v1/exports", get(export_list_h))
         .route("/v1/events", get(events_h))
+        .fallback(error::no_route)
+        .layer(axum::middleware::from_fn(error::json_method_not_allowed))
         .with_state(Api {
             failover,
             volumes,
