@@ -441,6 +441,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         shipping,
         failover.clone(),
         status,
+        shutdown.clone(),
     );
     let api_tcp = api::serve::serve_tcp(&cfg, router.clone(), shutdown.clone()).await?;
     let api = tokio::spawn(

@@ -145,6 +145,11 @@ pub trait Export: Send + Sync + 'static {
         false
     }
 
+    /// Where the server counts this export's requests, if the export keeps counts.
+    fn stats(&self) -> Option<&crate::OpStats> {
+        None
+    }
+
     /// Fills `buf` from `offset` and gives it back.
     fn read(&self, offset: u64, buf: Self::Buf) -> impl Future<Output = ExportResult<Self::Buf>> + Send;
 

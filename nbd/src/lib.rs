@@ -10,7 +10,9 @@ pub mod option;
 pub mod reply;
 pub mod request;
 pub mod server;
+pub mod stats;
 pub mod wire;
 
 pub use export::{Catalog, Export, ExportError, ExportInfo, ExportResult, Extent, IoBuffer, ZeroMode};
 pub use server::{Connection, ConnectionError, ReadNow, ServerConfig, serve_admitted, serve_connection};
+pub use stats::OpStats;

@@ -44,6 +44,7 @@ use crate::failover::Failover;
 pub mod auth;
 pub mod error;
 mod failover;
+mod metrics;
 pub mod serve;
 
 pub use error::{ApiError, ErrorBody};
@@ -179,13 +180,14 @@ pub struct AgentStatus {
 }
 
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     failover: Arc<Failover>,
     volumes: Arc<Volumes>,
     vpgs: Arc<Vpgs>,
     exports: Arc<Exports>,
     shipping: Arc<Shipping>,
     status: AgentStatus,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +203,7 @@ pub fn router(
     shipping: Arc<Shipping>,
     failover: Arc<Failover>,
     status: AgentStatus,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> Router {
     failover::routes(Router::new())
         .route("/v1/status", get(status_h))
@@ -222,6 +225,8 @@ pub fn router(
         .route("/v1/replicas/{name}/exports", post(export_h).delete(unexport_h))
         .route("/v1/exports", get(export_list_h))
         .route("/v1/events", get(events_h))
+        .route("/v1/events/stream", get(events_stream_h))
+        .route("/metrics", get(metrics::metrics_h))
         .fallback(error::no_route)
         .layer(axum::middleware::from_fn(error::json_method_not_allowed))
         .with_state(Api {
@@ -231,6 +236,7 @@ pub fn router(
             exports,
             shipping,
             status,
+            shutdown,
         })
 }
 
@@ -436,37 +442,59 @@ async fn export_list_h(State(api): State<Api>) -> Json<Vec<CheckpointExport>> {
     Json(api.exports.list())
 }
 
-/// An event of a VPG or a replica, for `ferry events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourcedEvent {
-    /// "vpg NAME" or "replica NAME".
-    pub source: String,
-    pub unix_ms: u64,
-    pub message: String,
-}
+pub use crate::events::SourcedEvent;
 
 /// Every VPG's and replica's recent events, oldest first.
 async fn events_h(State(api): State<Api>) -> Json<Vec<SourcedEvent>> {
     let mut out = Vec::new();
+    let sourced = |source: String, e: crate::events::Event| SourcedEvent {
+        id: 0,
+        source,
+        unix_ms: e.unix_ms,
+        message: e.message,
+        kind: e.kind,
+        alert: e.alert,
+    };
     for v in api.vpgs.list() {
         for e in v.events {
-            out.push(SourcedEvent {
-                source: format!("vpg {}", v.name),
-                unix_ms: e.unix_ms,
-                message: e.message,
-            });
+            out.push(sourced(format!("vpg {}", v.name), e));
         }
     }
     for r in api.exports.replicas().all() {
         let st = r.status();
         for e in st.events {
-            out.push(SourcedEvent {
-                source: format!("replica {}", st.name),
-                unix_ms: e.unix_ms,
-                message: e.message,
-            });
+            out.push(sourced(format!("replica {}", st.name), e));
         }
     }
     out.sort_by_key(|e| e.unix_ms);
     Json(out)
+}
+
+/// New events as Server-Sent Events (`event: event`, data: a [`SourcedEvent`]) until the
+/// client goes or the agent stops; a reader that falls more than 1024 events behind gets an
+/// `event: lagged` with how many it missed.
+async fn events_stream_h(
+    State(api): State<Api>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = crate::events::hub().subscribe();
+    let stream = futures_util::stream::unfold((rx, api.shutdown), |(mut rx, stop)| async move {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = rx.recv() => match r {
+                Ok(e) => Event::default()
+                    .event("event")
+                    .id(e.id.to_string())
+                    .json_data(&e)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable event")),
+                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok(ev), (rx, stop)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }

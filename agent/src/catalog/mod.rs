@@ -105,6 +105,10 @@ impl Export for Served {
         both!(self, e => e.copy_once())
     }
 
+    fn stats(&self) -> Option<&ferry_nbd::OpStats> {
+        both!(self, e => e.stats())
+    }
+
     async fn read(&self, offset: u64, buf: IoBuf) -> ExportResult<IoBuf> {
         both!(self, e => e.read(offset, buf).await)
     }

@@ -158,11 +158,11 @@ impl VpgCapture {
         ship_wake: Arc<tokio::sync::Notify>,
     ) -> VpgCapture {
         VpgCapture {
+            events: EventLog::new(format!("vpg {name}")),
             name,
             capture,
             inflight: Arc::new(Inflight::default()),
             pool,
-            events: EventLog::default(),
             datastore_error: Mutex::new(None),
             held_ms: std::sync::atomic::AtomicU64::new(0),
             behind: OnceLock::new(),

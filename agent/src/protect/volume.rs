@@ -54,6 +54,8 @@ pub struct Volume {
     /// or the wait's end).
     held: std::sync::atomic::AtomicBool,
     held_change: tokio::sync::Notify,
+    /// What NBD clients asked of it (`/metrics`).
+    pub(crate) stats: ferry_nbd::OpStats,
 }
 
 impl std::fmt::Debug for Volume {
@@ -147,6 +149,7 @@ impl Volume {
             fenced: std::sync::atomic::AtomicBool::new(false),
             held: std::sync::atomic::AtomicBool::new(false),
             held_change: tokio::sync::Notify::new(),
+            stats: ferry_nbd::OpStats::default(),
         })
     }
 
@@ -310,6 +313,10 @@ impl Volume {
 
 impl Export for Volume {
     type Buf = IoBuf;
+
+    fn stats(&self) -> Option<&ferry_nbd::OpStats> {
+        Some(&self.stats)
+    }
 
     fn info(&self) -> &ExportInfo {
         &self.info

@@ -125,10 +125,14 @@ pub(super) async fn run_op<E: Export>(
         payload,
         budget,
     } = req;
+    let started = ctx.export.stats().map(|_| std::time::Instant::now());
     let result = tokio::select! {
         r = execute(&ctx, op, payload) => r,
         _ = abandon.cancelled() => Err(ExportError::new(Errno::ESHUTDOWN, "the agent is shutting down")),
     };
+    if let (Some(stats), Some(t)) = (ctx.export.stats(), started) {
+        stats.record(&op, result.is_err(), t.elapsed());
+    }
     let mut head = Vec::with_capacity(64);
     let mut data = None;
     match result {

@@ -352,7 +352,7 @@ impl Replica {
                 held: BTreeMap::new(),
                 floor: meta.applying_until.max(meta.applied_seq),
             }),
-            events: EventLog::default(),
+            events: EventLog::new(format!("replica {}", meta.spec.name)),
             last_received_ms: Mutex::new(0),
             life: Mutex::new(Life::default()),
             role: role::Role::default(),
