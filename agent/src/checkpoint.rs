@@ -30,7 +30,7 @@ pub fn tag_problem(tag: &str) -> Option<String> {
     None
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointInfo {
     pub seq: u64,
     pub unix_ms: u64,

@@ -24,11 +24,12 @@ pub const DIVERGED_BYTES_MAX_DEFAULT: u64 = 16 << 30;
 const CHUNK: u64 = 1 << 20;
 
 /// One volume's diverged writes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DivergedVolume {
     pub name: String,
     pub size_bytes: u64,
     /// The sparse copy: the diverged bytes at their offsets, holes elsewhere.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// Served read-only under this name.
     pub export: String,
@@ -41,7 +42,7 @@ pub struct DivergedVolume {
 }
 
 /// What a site kept of one split brain or failover.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DivergedSet {
     pub vpg: String,
     /// The epoch of the failover they diverged from.
@@ -50,6 +51,7 @@ pub struct DivergedSet {
     pub origin: String,
     pub made_unix_ms: u64,
     pub bytes: u64,
+    #[schema(value_type = String)]
     pub dir: PathBuf,
     pub volumes: Vec<DivergedVolume>,
 }

@@ -30,11 +30,12 @@ pub fn name_problem(what: &str, name: &str) -> Option<String> {
 }
 
 /// One volume as the registry keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeRecord {
     pub name: String,
     pub datastore: String,
     /// The file or block device holding the volume's bytes.
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub size_bytes: u64,
     #[serde(default)]
@@ -46,7 +47,7 @@ pub struct VolumeRecord {
     pub adopted: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registry {
     pub version: u32,
     pub volumes: Vec<VolumeRecord>,
@@ -273,7 +274,8 @@ pub fn fetch_noting<T: DeserializeOwned>(path: &Path, kind: MetaKind) -> Result<
 
 /// A VPG's lineage: its identity, 128 random bits made at creation, kept by both sites.
 /// Written as 32 hex digits; all zero means not known (made before lineages were).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[schema(value_type = String, pattern = "^[0-9a-f]{32}$")]
 pub struct Lineage(pub [u8; 16]);
 
 impl Lineage {

@@ -63,14 +63,7 @@ impl From<AgentError> for ApiError {
             AgentError::BadRequest(_) | AgentError::Refused(_) | AgentError::Config { .. } => {
                 (StatusCode::BAD_REQUEST, None)
             }
-            AgentError::Io { source, .. } | AgentError::Engine(source)
-                if source.raw_os_error() == Some(libc::ENOSPC) =>
-            {
-                (
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    Some("free space on the datastore, or use another".into()),
-                )
-            }
+            AgentError::Io { source, .. } | AgentError::Engine(source) => io_status(source),
             _ => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Some("the agent's log has the details".into()),
@@ -89,6 +82,31 @@ impl From<AgentError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// The status of an I/O error: what the request named may not exist, be allowed, fit or
+/// make sense; only the rest is the agent's own failure.
+fn io_status(e: &std::io::Error) -> (StatusCode, Option<String>) {
+    use std::io::ErrorKind as K;
+    match (e.kind(), e.raw_os_error()) {
+        (K::NotFound, _) => (StatusCode::NOT_FOUND, Some("check the path or name".into())),
+        (K::PermissionDenied, _) => (
+            StatusCode::FORBIDDEN,
+            Some("the agent's user may not use it; check its owner and mode".into()),
+        ),
+        (K::AlreadyExists, _) => (StatusCode::CONFLICT, Some("choose another name or path".into())),
+        (_, Some(libc::ENOSPC)) | (K::StorageFull, _) => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            Some("free space on the datastore, or use another".into()),
+        ),
+        (_, Some(libc::EFBIG | libc::EINVAL | libc::ENAMETOOLONG | libc::ENOTDIR | libc::EISDIR | libc::ENXIO)) => {
+            (StatusCode::BAD_REQUEST, None)
+        }
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some("the agent's log has the details".into()),
+        ),
     }
 }
 

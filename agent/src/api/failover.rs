@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use super::error::{Json, Path, Query};
-use super::{Api, ApiError};
+use super::{Api, ApiError, ErrorBody};
 use crate::diverged::DivergedSet;
 use crate::failover::resolve::{ResolveRequest, Resolved};
 use crate::failover::{
@@ -29,7 +29,9 @@ pub(super) fn routes(r: Router<Api>) -> Router<Api> {
         .route("/v1/failover/{vpg}/diverged", get(diverged_h).delete(diverged_delete_h))
 }
 
-async fn resolve_h(
+/// Settles a split brain, run at the side given up.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/resolve", tag = "failover", request_body = ResolveRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = Resolved), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn resolve_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<ResolveRequest>,
@@ -37,7 +39,9 @@ async fn resolve_h(
     Ok(Json(api.failover.resolve(&vpg, &req).await?))
 }
 
-async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec<DivergedSet>> {
+/// Diverged writes kept for salvage.
+#[utoipa::path(get, path = "/v1/failover/{vpg}/diverged", tag = "failover", params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = [DivergedSet]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec<DivergedSet>> {
     let f = api.failover.clone();
     Json(
         tokio::task::spawn_blocking(move || f.diverged(&vpg))
@@ -46,12 +50,16 @@ async fn diverged_h(State(api): State<Api>, Path(vpg): Path<String>) -> Json<Vec
     )
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct EpochQuery {
-    epoch: Option<u64>,
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EpochQuery {
+    /// Only this epoch's set (default: every set).
+    pub(super) epoch: Option<u64>,
 }
 
-async fn diverged_delete_h(
+/// Deletes kept diverged writes (one epoch's, or all).
+#[utoipa::path(delete, path = "/v1/failover/{vpg}/diverged", tag = "failover", params(("vpg" = String, Path, description = "the VPG's name"), EpochQuery), responses((status = 200, body = [DivergedSet]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn diverged_delete_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Query(q): Query<EpochQuery>,
@@ -63,7 +71,9 @@ async fn diverged_delete_h(
     Ok(Json(sets))
 }
 
-async fn move_h(
+/// Moves the VPG to this (recovery) site: fence, drain, fail over, commit, protect back.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/move", tag = "failover", request_body = MoveRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn move_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<MoveRequest>,
@@ -71,7 +81,9 @@ async fn move_h(
     Ok((StatusCode::CREATED, Json(api.failover.move_vpg(&vpg, &req).await?)))
 }
 
-async fn reverse_h(
+/// Protects a committed VPG back to the site it failed over from.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/reverse", tag = "failover", request_body = ReverseRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn reverse_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<ReverseRequest>,
@@ -79,11 +91,15 @@ async fn reverse_h(
     Ok((StatusCode::CREATED, Json(api.failover.reverse(&vpg, &req).await?)))
 }
 
-async fn lives_h(State(api): State<Api>) -> Json<Vec<LiveFailover>> {
+/// Live failovers here.
+#[utoipa::path(get, path = "/v1/failover/live", tag = "failover", responses((status = 200, body = [LiveFailover]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn lives_h(State(api): State<Api>) -> Json<Vec<LiveFailover>> {
     Json(api.failover.lives())
 }
 
-async fn live_h(
+/// Starts a live failover at this recovery site.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/live", tag = "failover", request_body = LiveRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn live_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<LiveRequest>,
@@ -92,13 +108,15 @@ async fn live_h(
 }
 
 /// `ferry failover commit`: the body may ask for reverse protection once it is done.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CommitRequest {
     #[serde(default)]
     pub reverse: Option<ReverseRequest>,
 }
 
-async fn commit_h(
+/// Commits a live failover (the copy goes on in the background: GET /v1/tasks).
+#[utoipa::path(post, path = "/v1/failover/{vpg}/commit", tag = "failover", request_body = CommitRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn commit_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<CommitRequest>,
@@ -106,15 +124,24 @@ async fn commit_h(
     Ok(Json(api.failover.commit_then(&vpg, req.reverse).await?))
 }
 
-async fn rollback_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<LiveFailover>, ApiError> {
+/// Rolls a live failover back.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/rollback", tag = "failover", params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn rollback_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+) -> Result<Json<LiveFailover>, ApiError> {
     Ok(Json(api.failover.rollback(&vpg).await?))
 }
 
-async fn running_h(State(api): State<Api>) -> Json<Vec<TestRunning>> {
+/// Failover tests that run here.
+#[utoipa::path(get, path = "/v1/failover/tests", tag = "failover", responses((status = 200, body = [TestRunning]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn running_h(State(api): State<Api>) -> Json<Vec<TestRunning>> {
     Json(api.failover.running())
 }
 
-async fn test_h(
+/// Starts a failover test of a checkpoint.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/test", tag = "failover", request_body = TestRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = TestRunning), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn test_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<TestRequest>,
@@ -126,7 +153,9 @@ async fn test_h(
     Ok((StatusCode::CREATED, Json(t)))
 }
 
-async fn stop_h(
+/// Stops a failover test and records its report.
+#[utoipa::path(post, path = "/v1/failover/{vpg}/stop", tag = "failover", request_body = StopRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = TestReport), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn stop_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<StopRequest>,
@@ -138,6 +167,11 @@ async fn stop_h(
     Ok(Json(r))
 }
 
-async fn reports_h(State(api): State<Api>, Path(vpg): Path<String>) -> Result<Json<Vec<TestReport>>, ApiError> {
+/// A VPG's failover test reports.
+#[utoipa::path(get, path = "/v1/failover/{vpg}/reports", tag = "failover", params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = [TestReport]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
+pub(super) async fn reports_h(
+    State(api): State<Api>,
+    Path(vpg): Path<String>,
+) -> Result<Json<Vec<TestReport>>, ApiError> {
     Ok(Json(api.failover.reports(&vpg)?))
 }

@@ -9,7 +9,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::Api;
+use super::{Api, ErrorBody};
 
 struct Scrape(Api);
 
@@ -288,6 +288,8 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus text
 /// format.
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "the Prometheus text format, or OpenMetrics when asked for", content_type = "text/plain", body = String), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 pub(super) async fn metrics_h(
     axum::extract::State(api): axum::extract::State<Api>,
     headers: axum::http::HeaderMap,

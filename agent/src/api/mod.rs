@@ -45,7 +45,11 @@ pub mod auth;
 pub mod error;
 mod failover;
 mod metrics;
+pub mod openapi;
+pub mod samples;
 pub mod serve;
+pub mod tasks;
+mod watch;
 
 pub use error::{ApiError, ErrorBody};
 use error::{Json, Path, Query};
@@ -58,7 +62,7 @@ use crate::recover::replica::ReplicaStatus;
 use crate::replication::shipper::{LinkStatus, Shipping};
 pub use failover::CommitRequest;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateVpg {
     pub name: String,
     pub volumes: Vec<String>,
@@ -71,14 +75,14 @@ pub struct CreateVpg {
     pub plan: PlanEdit,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExportCheckpoint {
     /// A sequence number, a tag, or "latest".
     pub checkpoint: String,
 }
 
 /// One VPG in `ferry status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VpgSummary {
     pub name: String,
     pub state: String,
@@ -113,12 +117,12 @@ impl VpgSummary {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TagCheckpoint {
     pub tag: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadJournal {
     pub max: usize,
     #[serde(default)]
@@ -130,7 +134,7 @@ pub struct ReadJournal {
     pub last_only: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateVolume {
     pub name: String,
     pub size_bytes: Option<u64>,
@@ -138,18 +142,20 @@ pub struct CreateVolume {
     pub direct: Option<bool>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdoptVolume {
     pub name: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     #[serde(default)]
     pub read_only: bool,
     pub direct: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentStatus {
     pub version: String,
+    #[schema(value_type = String)]
     pub state_dir: PathBuf,
     pub io_engine: String,
     pub nbd_listen: Vec<String>,
@@ -188,10 +194,15 @@ pub(crate) struct Api {
     shipping: Arc<Shipping>,
     status: AgentStatus,
     shutdown: tokio_util::sync::CancellationToken,
+    tasks: Arc<tasks::Tasks>,
+    samples: Arc<samples::Ring>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
+    /// Even with NBD clients connected (volumes) or the protected site replicating now
+    /// (replicas).
     #[serde(default)]
     force: bool,
 }
@@ -205,7 +216,19 @@ pub fn router(
     status: AgentStatus,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Router {
-    failover::routes(Router::new())
+    let api = Api {
+        failover,
+        volumes,
+        vpgs,
+        exports,
+        shipping,
+        status,
+        shutdown,
+        tasks: Arc::default(),
+        samples: Arc::default(),
+    };
+    tokio::spawn(watch::run(api.clone()));
+    watch::routes(failover::routes(Router::new()))
         .route("/v1/status", get(status_h))
         .route("/v1/volumes", get(list_h).post(create_h))
         .route("/v1/volumes/adopt", post(adopt_h))
@@ -227,23 +250,20 @@ pub fn router(
         .route("/v1/events", get(events_h))
         .route("/v1/events/stream", get(events_stream_h))
         .route("/metrics", get(metrics::metrics_h))
+        .route("/v1/openapi.json", get(openapi::openapi_h))
         .fallback(error::no_route)
         .layer(axum::middleware::from_fn(error::json_method_not_allowed))
-        .with_state(Api {
-            failover,
-            volumes,
-            vpgs,
-            exports,
-            shipping,
-            status,
-            shutdown,
-        })
+        .with_state(api)
 }
 
+/// Every VPG of this site.
+#[utoipa::path(get, path = "/v1/vpgs", tag = "vpgs", responses((status = 200, body = [VpgStatus]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_list_h(State(api): State<Api>) -> Json<Vec<VpgStatus>> {
     Json(api.vpgs.list())
 }
 
+/// Groups volumes into a VPG, protected to a recovery site if asked.
+#[utoipa::path(post, path = "/v1/vpgs", tag = "vpgs", request_body = CreateVpg, responses((status = 201, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_create_h(
     State(api): State<Api>,
     Json(req): Json<CreateVpg>,
@@ -261,10 +281,14 @@ async fn vpg_create_h(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// One VPG.
+#[utoipa::path(get, path = "/v1/vpgs/{name}", tag = "vpgs", params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
     Ok(Json(api.vpgs.get(&name)?.status()))
 }
 
+/// Edits a VPG's failover plan (members, boot order, scripts, networks).
+#[utoipa::path(patch, path = "/v1/vpgs/{name}", tag = "vpgs", request_body = PlanEdit, params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_edit_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -273,6 +297,8 @@ async fn vpg_edit_h(
     Ok(Json(api.vpgs.edit(&name, &req).await?))
 }
 
+/// Deletes a VPG (and its replica at the recovery site, if reachable).
+#[utoipa::path(delete, path = "/v1/vpgs/{name}", tag = "vpgs", params(("name" = String, Path, description = "the VPG's name")), responses((status = 204, description = "deleted"), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     let record = api.vpgs.delete(&name).await?;
     if let Some(p) = &record.protection {
@@ -289,6 +315,8 @@ async fn vpg_delete_h(State(api): State<Api>, Path(name): Path<String>) -> Resul
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Tags a checkpoint now.
+#[utoipa::path(post, path = "/v1/vpgs/{name}/checkpoints", tag = "checkpoints", request_body = TagCheckpoint, params(("name" = String, Path, description = "the VPG's name")), responses((status = 201, body = CheckpointInfo), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn checkpoint_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -300,6 +328,8 @@ async fn checkpoint_h(
     Ok((StatusCode::CREATED, Json(api.vpgs.get(&name)?.checkpoint(&req.tag)?)))
 }
 
+/// Reads the VPG's journal records (a local consumer).
+#[utoipa::path(post, path = "/v1/vpgs/{name}/journal/read", tag = "vpgs", request_body = ReadJournal, params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = [TailRecord]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn journal_read_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -314,6 +344,8 @@ async fn journal_read_h(
     ))
 }
 
+/// The agent: listeners, VPGs, links, replicas, tests and live failovers.
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = AgentStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     let mut s = api.status.clone();
     s.volumes = api.volumes.list().len();
@@ -327,10 +359,14 @@ async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     Json(s)
 }
 
+/// Every volume.
+#[utoipa::path(get, path = "/v1/volumes", tag = "volumes", responses((status = 200, body = [VolumeStatus]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn list_h(State(api): State<Api>) -> Json<Vec<VolumeStatus>> {
     Json(api.volumes.list())
 }
 
+/// Creates a volume on a datastore.
+#[utoipa::path(post, path = "/v1/volumes", tag = "volumes", request_body = CreateVolume, responses((status = 201, body = VolumeStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn create_h(
     State(api): State<Api>,
     Json(req): Json<CreateVolume>,
@@ -342,6 +378,8 @@ async fn create_h(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// Serves an existing file or block device as a volume.
+#[utoipa::path(post, path = "/v1/volumes/adopt", tag = "volumes", request_body = AdoptVolume, responses((status = 201, body = VolumeStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn adopt_h(
     State(api): State<Api>,
     Json(req): Json<AdoptVolume>,
@@ -353,6 +391,8 @@ async fn adopt_h(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// Deletes a volume (its file stays unless it was created here).
+#[utoipa::path(delete, path = "/v1/volumes/{name}", tag = "volumes", params(("name" = String, Path, description = "the volume's name"), DeleteQuery), responses((status = 204, description = "deleted"), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn delete_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -362,16 +402,20 @@ async fn delete_h(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pauses a VPG's replication (writes are still captured).
+#[utoipa::path(post, path = "/v1/vpgs/{name}/pause", tag = "vpgs", params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn pause_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
     Ok(Json(api.vpgs.set_paused(&name, true).await?))
 }
 
+/// Resumes a paused VPG.
+#[utoipa::path(post, path = "/v1/vpgs/{name}/resume", tag = "vpgs", params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn resume_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<VpgStatus>, ApiError> {
     Ok(Json(api.vpgs.set_paused(&name, false).await?))
 }
 
-/// A VPG's checkpoints: at a recovery site, those its replica holds; at the protected
-/// site, those in the journal (the newest durable at the recovery site are in `vpg show`).
+/// A VPG's checkpoints: at a recovery site those its replica holds, at the protected site those in the journal.
+#[utoipa::path(get, path = "/v1/checkpoints/{name}", tag = "checkpoints", params(("name" = String, Path, description = "the VPG's name")), responses((status = 200, body = [CheckpointInfo]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn checkpoint_list_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -387,6 +431,8 @@ async fn checkpoint_list_h(
     Ok(Json(api.vpgs.get(&name)?.status().checkpoints))
 }
 
+/// Replicas held here for peers.
+#[utoipa::path(get, path = "/v1/replicas", tag = "replicas", responses((status = 200, body = [ReplicaStatus]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn replica_list_h(State(api): State<Api>) -> Json<Vec<ReplicaStatus>> {
     Json(api.exports.replicas().all().iter().map(|r| r.status()).collect())
 }
@@ -397,12 +443,16 @@ fn no_replica(name: &str) -> AgentError {
     ))
 }
 
+/// One replica.
+#[utoipa::path(get, path = "/v1/replicas/{name}", tag = "replicas", params(("name" = String, Path, description = "the replica's (VPG's) name")), responses((status = 200, body = ReplicaStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn replica_show_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<ReplicaStatus>, ApiError> {
     api.exports.replicas().check_loaded()?;
     let r = api.exports.replicas().get(&name).ok_or_else(|| no_replica(&name))?;
     Ok(Json(r.status()))
 }
 
+/// Deletes a replica and its history.
+#[utoipa::path(delete, path = "/v1/replicas/{name}", tag = "replicas", params(("name" = String, Path, description = "the replica's (VPG's) name"), DeleteQuery), responses((status = 204, description = "deleted"), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn replica_delete_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -426,6 +476,8 @@ async fn replica_delete_h(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Serves a checkpoint of a replica read-only over NBD.
+#[utoipa::path(post, path = "/v1/replicas/{name}/exports", tag = "checkpoints", request_body = ExportCheckpoint, params(("name" = String, Path, description = "the replica's (VPG's) name")), responses((status = 201, body = CheckpointExport), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn export_h(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -434,10 +486,14 @@ async fn export_h(
     Ok((StatusCode::CREATED, Json(api.exports.export(&name, &req.checkpoint)?)))
 }
 
+/// Stops serving a replica's checkpoint exports; answers how many.
+#[utoipa::path(delete, path = "/v1/replicas/{name}/exports", tag = "checkpoints", params(("name" = String, Path, description = "the replica's (VPG's) name")), responses((status = 200, body = usize, content_type = "application/json"), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn unexport_h(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<usize>, ApiError> {
     Ok(Json(api.exports.unexport(&name, None)))
 }
 
+/// Checkpoint exports served now.
+#[utoipa::path(get, path = "/v1/exports", tag = "checkpoints", responses((status = 200, body = [CheckpointExport]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn export_list_h(State(api): State<Api>) -> Json<Vec<CheckpointExport>> {
     Json(api.exports.list())
 }
@@ -445,6 +501,7 @@ async fn export_list_h(State(api): State<Api>) -> Json<Vec<CheckpointExport>> {
 pub use crate::events::SourcedEvent;
 
 /// Every VPG's and replica's recent events, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 200, body = [SourcedEvent]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn events_h(State(api): State<Api>) -> Json<Vec<SourcedEvent>> {
     let mut out = Vec::new();
     let sourced = |source: String, e: crate::events::Event| SourcedEvent {
@@ -470,6 +527,8 @@ async fn events_h(State(api): State<Api>) -> Json<Vec<SourcedEvent>> {
     Json(out)
 }
 
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events",
+    responses((status = 200, description = "`event: event` with a SourcedEvent as JSON data, `event: lagged` with how many were missed", content_type = "text/event-stream", body = String), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 /// New events as Server-Sent Events (`event: event`, data: a [`SourcedEvent`]) until the
 /// client goes or the agent stops; a reader that falls more than 1024 events behind gets an
 /// `event: lagged` with how many it missed.

@@ -139,7 +139,7 @@ impl Export for Served {
 }
 
 /// A checkpoint export as the control API reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointExport {
     pub vpg: String,
     pub checkpoint: CheckpointInfo,

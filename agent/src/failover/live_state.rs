@@ -10,7 +10,7 @@ use super::Step;
 use crate::checkpoint::CheckpointInfo;
 
 /// What happens when a live failover's commit timer runs out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CommitPolicy {
     /// Nothing: it waits for `commit` or `rollback`.
@@ -34,7 +34,7 @@ impl CommitPolicy {
 }
 
 /// The shutdown policy as the API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ShutdownPolicy {
     None,
@@ -63,7 +63,7 @@ impl ShutdownPolicy {
 }
 
 /// What `ferry failover live` asks for.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveRequest {
     /// A sequence number, a tag, a time, or "latest" (the default: after a graceful
     /// shutdown, its final checkpoint).
@@ -85,7 +85,7 @@ pub struct LiveRequest {
     pub reverse_after: Option<super::ReverseRequest>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum LivePhase {
     NeedsCommit,
@@ -95,7 +95,7 @@ pub enum LivePhase {
 }
 
 /// A commit's copying, as it goes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommitProgress {
     pub total_bytes: u64,
     pub copied_bytes: u64,
@@ -112,7 +112,7 @@ pub struct CommitProgress {
 }
 
 /// A live failover as `ferry failover status` and the status show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LiveFailover {
     pub vpg: String,
     /// The epoch the VPG runs at here.

@@ -40,7 +40,7 @@ pub const SCRATCH_MAX_DEFAULT: u64 = 8 << 30;
 pub const REPORTS_KEPT: usize = 100;
 
 /// What `ferry failover test` asks for.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestRequest {
     /// A sequence number, a tag, or "latest" (the default).
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct TestRequest {
 }
 
 /// One step of an operation and how it went.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub what: String,
     pub ok: bool,
@@ -74,7 +74,7 @@ pub struct Step {
 }
 
 /// A test that runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestRunning {
     pub vpg: String,
     pub checkpoint: CheckpointInfo,
@@ -90,7 +90,7 @@ pub struct TestRunning {
     pub verify: Option<Verify>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
@@ -98,7 +98,7 @@ pub enum Outcome {
 }
 
 /// What `ferry failover stop` says.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopRequest {
     pub result: Outcome,
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct StopRequest {
 }
 
 /// A finished test, as `ferry failover report` lists it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestReport {
     pub vpg: String,
     pub checkpoint: CheckpointInfo,

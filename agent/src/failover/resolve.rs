@@ -22,7 +22,7 @@ use crate::diverged::{DIVERGED_BYTES_MAX_DEFAULT, DivergedSet, Source};
 use crate::error::AgentError;
 use crate::protect::state::Fencing;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Keep {
     /// This site's writes win.
@@ -32,7 +32,7 @@ pub enum Keep {
 }
 
 /// What `ferry vpg resolve` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResolveRequest {
     pub keep: Keep,
     /// The most to keep for salvage (default [`DIVERGED_BYTES_MAX_DEFAULT`]).
@@ -44,7 +44,7 @@ pub struct ResolveRequest {
 }
 
 /// How a split brain was settled.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resolved {
     pub vpg: String,
     pub epoch: u64,

@@ -18,11 +18,12 @@ use crate::protect::vpg::{PlanEdit, ProtectArgs, VpgStatus};
 
 /// What `ferry vpg reverse` asks for: where the VPG is protected to now (the site it
 /// failed over from, which must accept this agent as a peer).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReverseRequest {
     /// That site's replication address (HOST:PORT).
     pub peer: String,
     /// The pairing key file shared with it (absolute; the agent reads it).
+    #[schema(value_type = String)]
     pub pairing_key: PathBuf,
     #[serde(default)]
     pub priority: Option<String>,
@@ -124,7 +125,7 @@ impl Failover {
 }
 
 /// What `ferry failover move` asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MoveRequest {
     /// Default auto-commit at once (`commit_after_s` 0): a planned move needs no decision.
     #[serde(default = "auto_commit")]

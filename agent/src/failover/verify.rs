@@ -17,7 +17,7 @@ pub const VERIFY_TIMEOUT_DEFAULT_S: u64 = 300;
 /// Bytes of a verification's output kept in the report.
 const TAIL_BYTES: usize = 2048;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifyState {
     Running,
@@ -26,7 +26,7 @@ pub enum VerifyState {
 }
 
 /// A verification as the test shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Verify {
     pub command: String,
     pub state: VerifyState,

@@ -77,7 +77,7 @@ pub fn pwritev_all(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> 
 }
 
 /// Which I/O engine the operator asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineChoice {
     /// io_uring when it works, else pread/pwrite.

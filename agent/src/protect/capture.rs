@@ -28,7 +28,7 @@ pub const HOLD_MAX: Duration = Duration::from_secs(10);
 const DATASTORE_ERROR_SHOWN: Duration = Duration::from_secs(60);
 
 /// A member's datastore I/O failed (the client got the error; nothing of it was shipped).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatastoreError {
     pub message: String,
     pub first_unix_ms: u64,

@@ -27,7 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The states DESIGN.md names; what `vpg show` and `status` report as `state_kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VpgState {
     Initializing,
@@ -62,7 +62,7 @@ impl VpgState {
 }
 
 /// Where a VPG is in its sync lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SyncPhase {
     /// Every block is being read into the journal and shipped (a new VPG).
@@ -74,7 +74,7 @@ pub enum SyncPhase {
 }
 
 /// The machine: what a VPG remembers across restarts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lifecycle {
     pub sync: SyncPhase,
     pub paused: bool,
@@ -106,7 +106,7 @@ pub struct Lifecycle {
 }
 
 /// Both sites took writes after a failover that one of them was not there for.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SplitBrain {
     /// The epoch the other site took.
     pub epoch: u64,

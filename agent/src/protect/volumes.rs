@@ -20,7 +20,7 @@ use crate::meta::{self, Registry, STATE_FORMAT_VERSION, VolumeRecord};
 use crate::protect::volume::{self, VOLUME_BYTES_MAX, Volume, largest_file_bytes};
 
 /// A volume as the control API reports it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct VolumeStatus {
     #[serde(flatten)]
     pub record: VolumeRecord,

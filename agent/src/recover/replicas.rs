@@ -39,7 +39,7 @@ pub struct Replicas {
     removals: tokio::sync::watch::Sender<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 struct Tombstone {
     id: u64,
     name: String,

@@ -15,7 +15,7 @@ pub const APPLY_BACKOFF_MIN_MS: u64 = 1000;
 pub const APPLY_BACKOFF_MAX_MS: u64 = 60_000;
 
 /// A replica's state as shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplicaState {
     /// No protected site has it open (its link is down, or the VPG is not shipping).

@@ -65,7 +65,7 @@ const CHECKPOINTS_KEPT: usize = 64;
 const DRAIN_CHUNK_BYTES: u64 = 1 << 20;
 
 /// What the shipper last knew about a protected VPG.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShipState {
     /// The link: "connecting", "connected", or why it is down.
     pub link: String,
@@ -136,7 +136,7 @@ const SLA_GRACE: Duration = Duration::from_secs(60);
 const BEHIND_CHECK_MS: u64 = 5;
 
 /// How far a delta sync's comparison got.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeltaProgress {
     pub compared_bytes: u64,
     pub differing_bytes: u64,

@@ -7,7 +7,7 @@ use super::*;
 pub use ferry_proto::message::{Member, Plan};
 
 /// One VPG as the registry keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VpgRecord {
     pub name: String,
     /// Its member volumes; volume ids in the journal are positions here, from 1.
@@ -32,7 +32,7 @@ pub struct VpgRecord {
 
 /// Changes to a VPG's failover plan (`ferry vpg create` and `ferry vpg edit`): what is
 /// given replaces what was; an empty string clears a script or network.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanEdit {
     #[serde(default)]
     pub members: Option<Vec<Member>>,
@@ -162,11 +162,12 @@ fn first_epoch() -> u64 {
 }
 
 /// How a VPG is protected: where to, and its targets.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Protection {
     /// The recovery-site agent's replication address (host:port).
     pub peer: String,
     /// The pairing key file shared with that agent.
+    #[schema(value_type = String)]
     pub pairing_key: PathBuf,
     /// The recovery site's datastore for the replica; empty: its first.
     pub recovery_datastore: String,
@@ -189,7 +190,7 @@ pub struct Protection {
     pub throttle_rpo_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
@@ -223,9 +224,10 @@ impl Priority {
 }
 
 /// `ferry vpg create`'s protection options, as the control API takes them.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProtectArgs {
     pub peer: String,
+    #[schema(value_type = String)]
     pub pairing_key: PathBuf,
     #[serde(default)]
     pub recovery_datastore: Option<String>,
@@ -296,7 +298,7 @@ impl ProtectArgs {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub(super) struct VpgRegistry {
     pub(super) version: u32,
     pub(super) vpgs: Vec<VpgRecord>,

@@ -9,7 +9,7 @@ use crate::protect::state::{Live, VpgState, shown};
 pub const STATUS_FORMAT_VERSION: u32 = 2;
 
 /// VPG status as the control API reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VpgStatus {
     /// [`STATUS_FORMAT_VERSION`] (absent: 1).
     #[serde(default = "format_v1")]
@@ -50,7 +50,7 @@ fn format_v1() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProtectionStatus {
     pub settings: Protection,
     pub ship: ShipState,
@@ -74,7 +74,7 @@ pub struct ProtectionStatus {
     pub throttle_held_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VpgVolumeStatus {
     pub name: String,
     pub id: u32,
@@ -82,8 +82,9 @@ pub struct VpgVolumeStatus {
     pub dirty_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JournalStatus {
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub size_bytes: u64,
     pub used_bytes: u64,
@@ -95,7 +96,7 @@ pub struct JournalStatus {
 }
 
 /// One record as `ferry journal tail` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TailRecord {
     pub seq: u64,
     pub kind: String,

@@ -8,7 +8,7 @@ use super::*;
 
 /// `changed.json` of a replica made of a demoted site's volumes: what that site changed
 /// since the failover of `epoch` (see [`Replica::changed_since_failover`]).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChangedSinceFailover {
     pub epoch: u64,
     pub regions: BTreeMap<String, Vec<(u64, u64)>>,

@@ -69,7 +69,7 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 const SMALL_BYTES_MAX: u64 = 1 << 20;
 
 /// What `replica.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaMeta {
     /// The VPG as its protected site last announced it, with its lineage and epoch.
     pub spec: VpgSpec,
@@ -97,7 +97,7 @@ pub struct ReplicaMeta {
 }
 
 /// A split brain as the site that took the VPG over sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SplitBrainSeen {
     /// The epoch of the failover here.
     pub epoch: u64,
@@ -108,7 +108,7 @@ pub struct SplitBrainSeen {
 
 /// A protected site as the recovery site saw it open a VPG: where from, and which pairing
 /// key it proved it holds (by fingerprint), so the replica can later be shipped back.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerSeen {
     pub address: String,
     pub key_fingerprint: String,
@@ -223,7 +223,7 @@ impl std::fmt::Debug for Replica {
 }
 
 /// A replica as `ferry replica list` and the status show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaStatus {
     pub name: String,
     pub id: u64,
@@ -238,6 +238,7 @@ pub struct ReplicaStatus {
     /// The protected site as last seen.
     #[serde(default)]
     pub peer: Option<PeerSeen>,
+    #[schema(value_type = String)]
     pub dir: PathBuf,
     pub volumes: Vec<String>,
     pub applied_seq: u64,

@@ -57,7 +57,7 @@ const RELEASE_BYTES: usize = 32 << 20;
 const RELEASE_EVERY: Duration = Duration::from_millis(100);
 
 /// A link's state, for `ferry status`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LinkStatus {
     pub peer: String,
     pub state: String,
