@@ -407,7 +407,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
     let (nbd, names, bound_socket) = listeners(&cfg)?;
     let control_path = cfg.control_socket();
     let control = bind_unix(&control_path, 0o600)?;
+    let api_bound = api::serve::bind_tcp(&cfg).await?;
     let status = AgentStatus {
+        api_listen: api_bound.as_ref().map(|b| b.url.clone()),
         version: env!("CARGO_PKG_VERSION").into(),
         state_dir: cfg.state_dir.clone(),
         io_engine: engine.name().into(),
@@ -421,6 +423,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         metadata_problems: vec![],
         failover_tests: vec![],
         live_failovers: vec![],
+        summary: Default::default(),
     };
     let failover = crate::failover::Failover::new(exports.clone(), vpgs.clone(), {
         let base = names.iter().find(|l| l.starts_with("nbd://")).cloned();
@@ -443,7 +446,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         status,
         shutdown.clone(),
     );
-    let api_tcp = api::serve::serve_tcp(&cfg, router.clone(), shutdown.clone()).await?;
+    let api_tcp = api_bound.map(|b| b.serve(router.clone(), shutdown.clone()));
     let api = tokio::spawn(
         axum::serve(control, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -73,6 +73,8 @@ impl EventKind {
             EventKind::SplitBrain
         } else if has(&["salvage", "diverged"]) {
             EventKind::Salvage
+        } else if has(&["plan changed", "settings changed"]) {
+            EventKind::Settings
         } else if has(&[
             "failover",
             "commit",
@@ -93,8 +95,6 @@ impl EventKind {
             "link", "connect", "peer", "refused", "pairing", "session", "epoch", "fenced",
         ]) {
             EventKind::Link
-        } else if has(&["plan", "setting"]) {
-            EventKind::Settings
         } else {
             EventKind::Other
         }
@@ -105,7 +105,16 @@ impl EventKind {
 /// only news.
 pub fn is_alert(message: &str) -> bool {
     let m = message.to_lowercase();
-    let over = ["back within", "error over", "resumed", "recovered", "is over"];
+    let over = [
+        "back within",
+        "error over",
+        "resumed",
+        "recovered",
+        "is over",
+        "below",
+        "drained",
+        " done",
+    ];
     if over.iter().any(|w| m.contains(w)) {
         return false;
     }
@@ -283,6 +292,73 @@ impl RateLimitedLog {
                 *st = (Some(now), 0);
                 Some(suppressed)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::{EventKind, is_alert};
+
+    #[test]
+    fn messages_of_the_agent_get_their_kind_and_alert() {
+        let cases = [
+            ("RPO back within its target: 1.2 s (target 30 s)", EventKind::Rpo, false),
+            ("RPO 45.0 s above its target of 30 s", EventKind::Rpo, true),
+            (
+                "journal below 50% full: draining 32.0 MiB of dirty regions",
+                EventKind::Storage,
+                false,
+            ),
+            (
+                "journal full: writes are tracked as dirty regions",
+                EventKind::Storage,
+                true,
+            ),
+            (
+                "initial sync done: the recovery site holds every block",
+                EventKind::Sync,
+                false,
+            ),
+            (
+                "LIVE FAILOVER at checkpoint 12 (epoch 2): 2 volume(s) served",
+                EventKind::Failover,
+                true,
+            ),
+            (
+                "live failover rolled back: the VPG runs at its protected site again",
+                EventKind::Failover,
+                false,
+            ),
+            (
+                "split brain since epoch 2: 1.0 MiB written here, 1.0 MiB there",
+                EventKind::SplitBrain,
+                true,
+            ),
+            (
+                "1.0 MiB written at the protected site after the failover's checkpoint kept for salvage",
+                EventKind::Salvage,
+                false,
+            ),
+            (
+                "refused: the pairing key is not one this site accepts",
+                EventKind::Link,
+                true,
+            ),
+            (
+                "failover plan changed (`ferry vpg show` lists it)",
+                EventKind::Settings,
+                false,
+            ),
+            (
+                "the failover plan changed at the protected site",
+                EventKind::Settings,
+                false,
+            ),
+            ("lineage 0123 recorded", EventKind::Other, false),
+        ];
+        for (m, kind, alert) in cases {
+            assert_eq!((EventKind::of(m), is_alert(m)), (kind, alert), "{m}");
         }
     }
 }

@@ -24,7 +24,25 @@ pub(super) enum Command {
     #[command(subcommand)]
     Volume(VolumeCmd),
     /// Show the agent's status.
-    Status,
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Long operations (initial, delta and reverse syncs, commits, moves) and their
+    /// progress, running and lately finished.
+    Tasks {
+        /// Only this VPG's.
+        #[arg(long)]
+        vpg: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Conditions to act on now (RPO above target, split brain, a live failover that needs
+    /// commit, links down, failing datastores), worst first.
+    Alerts {
+        #[arg(long)]
+        json: bool,
+    },
     /// Read a journal ring file (dump, check: no agent needed) or a VPG's live journal (tail).
     #[command(subcommand)]
     Journal(JournalCmd),
@@ -45,6 +63,9 @@ pub(super) enum Command {
         /// Keep printing new events (stop with Ctrl-C).
         #[arg(long, short)]
         follow: bool,
+        /// One JSON object per event and line.
+        #[arg(long)]
+        json: bool,
     },
     /// The control API over TCP: its bearer token (no agent needed).
     #[command(subcommand)]

@@ -270,7 +270,7 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             }
         }
         Command::Vpg(VpgCmd::Wait { name }) => wait_sync(&c, &name).await?,
-        Command::Events { follow } => {
+        Command::Events { follow, json } => {
             let mut seen = 0u64;
             loop {
                 let evs: Vec<SourcedEvent> = c
@@ -279,11 +279,15 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                     .map_err(e)?
                     .unwrap_or_default();
                 for ev in evs.iter().filter(|ev| ev.unix_ms > seen) {
-                    println!("{}  {:<20} {}", utc(ev.unix_ms), ev.source, ev.message);
+                    if json {
+                        println!("{}", serde_json::to_string(ev).expect("serialises"));
+                    } else {
+                        println!("{}  {:<20} {}", utc(ev.unix_ms), ev.source, ev.message);
+                    }
                 }
                 seen = evs.iter().map(|ev| ev.unix_ms).max().unwrap_or(seen).max(seen);
                 if !follow {
-                    if evs.is_empty() {
+                    if evs.is_empty() && !json {
                         println!("no events yet");
                     }
                     break;
@@ -486,8 +490,49 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 .ok_or("empty answer")?;
             println!("checkpoint {:?} of VPG {vpg} at sequence {}", cp.tag, cp.seq);
         }
-        Command::Status => {
+        Command::Tasks { vpg, json } => {
+            let path = match &vpg {
+                Some(v) => format!("/v1/tasks?vpg={v}"),
+                None => "/v1/tasks".into(),
+            };
+            let ts: Vec<ferry_agent::api::tasks::Task> = c
+                .call(Method::GET, &path, None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ts).expect("serialises"));
+            } else {
+                print_tasks(&ts);
+            }
+        }
+        Command::Alerts { json } => {
+            let al: Vec<ferry_agent::api::Alert> = c
+                .call(Method::GET, "/v1/alerts", None::<&()>)
+                .await
+                .map_err(e)?
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&al).expect("serialises"));
+            } else if al.is_empty() {
+                println!("no alerts");
+            } else {
+                for a in &al {
+                    println!(
+                        "{:<8} {:<20} {}",
+                        format!("{:?}", a.severity).to_uppercase(),
+                        a.source,
+                        a.message
+                    );
+                }
+            }
+        }
+        Command::Status { json } => {
             let s = agent_status(&c).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+                return Ok(());
+            }
             println!("ferry agent {} (state {})", s.version, s.state_dir.display());
             println!("datastore I/O: {}", s.io_engine);
             for l in &s.nbd_listen {
@@ -497,6 +542,16 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
                 println!("replication: accepting peers on {l}");
             }
             println!("volumes: {}", s.volumes);
+            let m = &s.summary;
+            println!(
+                "protected: {} VPG(s), {} volume(s), {}{}",
+                m.vpgs,
+                m.volumes_protected,
+                human(m.data_protected_bytes),
+                m.average_rpo_s
+                    .map(|r| format!(", average RPO {r:.1} s"))
+                    .unwrap_or_default()
+            );
             print_status_vpgs(&s);
         }
         Command::Volume(VolumeCmd::Create {

@@ -317,3 +317,35 @@ pub(super) fn epochs_words(epochs: &[(u64, u64)]) -> String {
     let e: Vec<String> = epochs.iter().map(|(e, s)| format!("{e} from seq {s}")).collect();
     format!(" (epochs began here: {})", e.join(", "))
 }
+
+/// `ferry tasks`: one line per task, newest first.
+pub(super) fn print_tasks(ts: &[ferry_agent::api::tasks::Task]) {
+    use ferry_agent::api::tasks::TaskState;
+    if ts.is_empty() {
+        println!("no tasks");
+    }
+    for t in ts {
+        let state = match t.state {
+            TaskState::Running => format!(
+                "running {:.0}%{}",
+                t.percent,
+                t.eta_s.map(|e| format!(", about {e:.0} s left")).unwrap_or_default()
+            ),
+            TaskState::Done => "done".into(),
+            TaskState::Failed => "FAILED".into(),
+        };
+        let kind = serde_json::to_value(t.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        println!(
+            "{:>4}  {:<13} {:<12} {:<28} started {}  {}",
+            t.id,
+            kind,
+            t.vpg,
+            state,
+            utc(t.started_unix_ms),
+            t.detail
+        );
+    }
+}

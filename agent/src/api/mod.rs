@@ -42,6 +42,7 @@ use crate::catalog::{CheckpointExport, Exports};
 use crate::failover::Failover;
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod failover;
 mod metrics;
@@ -49,10 +50,11 @@ pub mod openapi;
 pub mod samples;
 pub mod serve;
 pub mod tasks;
-mod watch;
+pub mod watch;
 
 pub use error::{ApiError, ErrorBody};
 use error::{Json, Path, Query};
+pub use watch::{Alert, Severity};
 
 use crate::checkpoint::CheckpointInfo;
 use crate::error::AgentError;
@@ -170,6 +172,9 @@ pub struct AgentStatus {
     /// Replicas held here for peers.
     #[serde(default)]
     pub replicas: Vec<ReplicaStatus>,
+    /// The API and dashboard over TCP (`api.listen`), if served.
+    #[serde(default)]
+    pub api_listen: Option<String>,
     /// The replicas' history is still being loaded after the start.
     #[serde(default)]
     pub replicas_loading: bool,
@@ -183,6 +188,77 @@ pub struct AgentStatus {
     /// Live failovers here: needing commit, committing, or committed.
     #[serde(default)]
     pub live_failovers: Vec<crate::failover::LiveFailover>,
+    /// The dashboard's indicators.
+    #[serde(default)]
+    pub summary: Summary,
+}
+
+/// This site at a glance: the VPGs it protects and the replicas it holds for peers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Summary {
+    /// VPGs protected from here plus replicas held here.
+    pub vpgs: usize,
+    /// Their volumes.
+    pub volumes_protected: usize,
+    /// The size of those volumes.
+    pub data_protected_bytes: u64,
+    /// The mean actual RPO of the VPGs protected from here (none: no such VPG).
+    pub average_rpo_s: Option<f64>,
+    /// VPGs protected from here meeting their RPO target, and not.
+    pub meeting_sla: usize,
+    pub not_meeting_sla: usize,
+    /// VPGs and replicas in error, split brain or fenced.
+    pub in_error: usize,
+    /// Replicas held here for peers (their RPO is known at their protected site).
+    #[serde(default)]
+    pub held_here: usize,
+}
+
+impl Summary {
+    pub fn of(vpgs: &[VpgStatus], volumes: &[VolumeStatus], replicas: &[ReplicaStatus]) -> Summary {
+        use crate::protect::state::VpgState;
+        let mut s = Summary::default();
+        let mut rpo_sum = 0.0;
+        for v in vpgs {
+            if matches!(
+                v.state_kind,
+                Some(VpgState::Error | VpgState::SplitBrain | VpgState::Fenced)
+            ) {
+                s.in_error += 1;
+            }
+            let Some(p) = &v.protection else { continue };
+            s.vpgs += 1;
+            s.volumes_protected += v.volumes.len();
+            s.data_protected_bytes += v
+                .volumes
+                .iter()
+                .filter_map(|m| volumes.iter().find(|x| x.record.name == m.name))
+                .map(|x| x.record.size_bytes)
+                .sum::<u64>();
+            rpo_sum += p.rpo_s;
+            if p.meeting_sla {
+                s.meeting_sla += 1;
+            } else {
+                s.not_meeting_sla += 1;
+            }
+        }
+        let protected_here = s.vpgs;
+        if protected_here > 0 {
+            s.average_rpo_s = Some(rpo_sum / protected_here as f64);
+        }
+        for r in replicas {
+            s.vpgs += 1;
+            if r.split_brain.is_none() {
+                s.held_here += 1;
+            }
+            s.volumes_protected += r.volumes.len();
+            s.data_protected_bytes += r.volume_bytes;
+            if r.split_brain.is_some() {
+                s.in_error += 1;
+            }
+        }
+        s
+    }
 }
 
 #[derive(Clone)]
@@ -228,7 +304,7 @@ pub fn router(
         samples: Arc::default(),
     };
     tokio::spawn(watch::run(api.clone()));
-    watch::routes(failover::routes(Router::new()))
+    dashboard::routes(watch::routes(failover::routes(Router::new())))
         .route("/v1/status", get(status_h))
         .route("/v1/volumes", get(list_h).post(create_h))
         .route("/v1/volumes/adopt", post(adopt_h))
@@ -348,10 +424,13 @@ async fn journal_read_h(
 #[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = AgentStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn status_h(State(api): State<Api>) -> Json<AgentStatus> {
     let mut s = api.status.clone();
-    s.volumes = api.volumes.list().len();
-    s.vpgs = api.vpgs.list().iter().map(VpgSummary::of).collect();
+    let volumes = api.volumes.list();
+    let vpgs = api.vpgs.list();
+    s.volumes = volumes.len();
+    s.vpgs = vpgs.iter().map(VpgSummary::of).collect();
     s.links = api.shipping.links();
     s.replicas = api.exports.replicas().all().iter().map(|r| r.status()).collect();
+    s.summary = Summary::of(&vpgs, &volumes, &s.replicas);
     s.replicas_loading = api.exports.replicas().check_loaded().is_err();
     s.metadata_problems = crate::meta::problems();
     s.failover_tests = api.failover.running();

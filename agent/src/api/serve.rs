@@ -55,12 +55,24 @@ fn tls_config(cfg: &AgentConfig) -> Result<Option<TlsAcceptor>, AgentError> {
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Binds `api.listen` and serves `router` there until `shutdown`; `None` when not set.
-pub async fn serve_tcp(
-    cfg: &AgentConfig,
-    router: Router,
-    shutdown: CancellationToken,
-) -> Result<Option<tokio::task::JoinHandle<()>>, AgentError> {
+/// The API's TCP listener, bound at start (so that a bad address or certificate stops the
+/// start), served once the router is made.
+pub struct Bound {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    tokens: Arc<Tokens>,
+    /// What it listens on: `https://ADDR` or `http://ADDR`.
+    pub url: String,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound").field("url", &self.url).finish()
+    }
+}
+
+/// Binds `api.listen`; `None` when not set.
+pub async fn bind_tcp(cfg: &AgentConfig) -> Result<Option<Bound>, AgentError> {
     let Some(listen) = cfg.api.listen.clone() else {
         return Ok(None);
     };
@@ -74,44 +86,67 @@ pub async fn serve_tcp(
         addr: listen.clone(),
         source,
     })?;
-    let router = router.layer(axum::middleware::from_fn_with_state(tokens, require_token));
-    tracing::info!(api = %listen, tls = tls.is_some(), "control API and dashboard listening");
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    Ok(Some(tokio::spawn(async move {
-        loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "API accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(Peer(peer));
-                    router.clone().call(req)
-                });
-                match tls {
-                    None => serve_conn(TokioIo::new(tcp), svc, shutdown).await,
-                    Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                        Ok(Ok(s)) => serve_conn(TokioIo::new(s), svc, shutdown).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+    let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: listen.clone(),
+        source,
+    })?;
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    Ok(Some(Bound {
+        listener,
+        tls,
+        tokens,
+        url,
+    }))
+}
+
+impl Bound {
+    /// Serves `router` until `shutdown`.
+    pub fn serve(self, router: Router, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let Bound {
+            listener,
+            tls,
+            tokens,
+            url,
+        } = self;
+        let router = router.layer(axum::middleware::from_fn_with_state(tokens, require_token));
+        tracing::info!(api = %url, "control API and dashboard listening (the dashboard is at /ui/)");
+        let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "API accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
                     },
-                }
-            });
-        }
-    })))
+                };
+                let _ = tcp.set_nodelay(true);
+                let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        router.clone().call(req)
+                    });
+                    match tls {
+                        None => serve_conn(TokioIo::new(tcp), svc, shutdown).await,
+                        Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(s)) => serve_conn(TokioIo::new(s), svc, shutdown).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                        },
+                    }
+                });
+            }
+        })
+    }
 }
 
 async fn serve_conn<I, S>(io: I, svc: S, shutdown: CancellationToken)

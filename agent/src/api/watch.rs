@@ -305,10 +305,16 @@ pub(super) async fn alerts_h(State(api): State<Api>) -> Json<Vec<Alert>> {
     Json(a)
 }
 
-/// RPO and throughput per VPG (and history per replica) every 10 s over the last hour.
+/// RPO and throughput per VPG (and history per replica) every 10 s over the last hour, and
+/// now.
 #[utoipa::path(get, path = "/v1/samples", tag = "status", responses((status = 200, body = Samples), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 pub(super) async fn samples_h(State(api): State<Api>) -> Json<Samples> {
-    Json(api.samples.all())
+    let a = api.clone();
+    let now = tokio::task::spawn_blocking(move || sample(&a)).await.ok();
+    let mut all = api.samples.all();
+    // The newest point is now (it is not kept: the ring takes one every 10 s).
+    all.samples.extend(now);
+    Json(all)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -241,6 +241,9 @@ pub struct ReplicaStatus {
     #[schema(value_type = String)]
     pub dir: PathBuf,
     pub volumes: Vec<String>,
+    /// The size of its volumes.
+    #[serde(default)]
+    pub volume_bytes: u64,
     pub applied_seq: u64,
     pub durable_seq: u64,
     pub history_records: u64,
@@ -681,6 +684,7 @@ impl Replica {
             peer: m.peer.clone(),
             dir: self.dir.clone(),
             volumes: m.spec.volumes.iter().map(|v| v.name.clone()).collect(),
+            volume_bytes: m.spec.volumes.iter().map(|v| v.size_bytes).sum(),
             applied_seq: m.applied_seq,
             durable_seq: self.durable_seq(),
             history_records: records,
