@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount util-linux curl systemd)
+packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount util-linux curl systemd
+  chromium chromium-driver prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -24,6 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+# schemathesis (PyPI) checks the API against its OpenAPI document (scripts/api-check.sh).
+schemathesis_version=4.32.5
+if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "== $(date -u +%T) installing schemathesis $schemathesis_version"
+  python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
 
 echo "== $(date -u +%T) cargo fmt --check"
 cargo fmt --all -- --check
@@ -35,6 +42,9 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+
+echo "== $(date -u +%T) API and metrics: schemathesis and promtool against two live agents"
+FERRY_BIN=$PWD/target/debug/ferry scripts/api-check.sh
 
 # A short soak of both sites under faults (kill -9, link cuts, full datastores); it needs
 # root for its loop mounts. FERRY_CHAOS_SECONDS=0 skips it.

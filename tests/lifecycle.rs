@@ -265,33 +265,52 @@ fn listening_off_loopback_is_logged_as_a_warning() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// scripts/install.sh, staged under a DESTDIR: the binary, a man page per command, the
+/// completions (bash loads them), and the units with ExecStart at the installed binary,
+/// which `systemd-analyze verify` passes (install.sh fails otherwise).
 #[test]
-fn systemd_units_verify() {
+fn install_script_puts_binary_man_pages_completions_and_verified_units_in_place() {
     require("systemd-analyze");
-    let dir = common::scratch_dir("units");
-    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd");
-    let service = std::fs::read_to_string(units.join("ferry-agent.service")).unwrap();
-    // Point ExecStart at the binary under test, which is what verify checks exists.
-    std::fs::write(
-        dir.join("ferry-agent.service"),
-        service.replace("/usr/local/bin/ferry", FERRY),
-    )
-    .unwrap();
-    std::fs::copy(units.join("ferry-agent.socket"), dir.join("ferry-agent.socket")).unwrap();
-    let out = run(Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(dir.join("ferry-agent.service"))
-        .arg(dir.join("ferry-agent.socket")));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dest = common::scratch_dir("install");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = ok(Command::new(root.join("scripts/install.sh"))
+        .env("DESTDIR", &dest)
+        .env("PREFIX", "/opt/ferry")
+        .env("FERRY_BIN", FERRY));
+    assert!(out.contains("units verify cleanly"), "{out}");
+    let p = dest.join("opt/ferry");
+    assert!(p.join("bin/ferry").is_file());
+    let man = p.join("share/man/man1");
+    let pages: Vec<String> = std::fs::read_dir(&man)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for page in [
+        "ferry.1.gz",
+        "ferry-vpg-create.1.gz",
+        "ferry-failover-live.1.gz",
+        "ferry-api-token.1.gz",
+    ] {
+        assert!(pages.iter().any(|x| x == page), "{page} missing from {pages:?}");
+    }
+    let roff = ok(Command::new("zcat").arg(man.join("ferry-vpg-create.1.gz")));
     assert!(
-        out.status.success() && text.trim().is_empty(),
-        "systemd-analyze verify: {text}"
+        roff.contains(".TH ferry-vpg-create") && roff.contains("\\-\\-peer\\-key"),
+        "{roff}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let bash = p.join("share/bash-completion/completions/ferry");
+    let loaded = ok(Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p ferry", bash.display())));
+    assert!(loaded.contains("-F _ferry ferry"), "{loaded}");
+    let zsh = std::fs::read_to_string(p.join("share/zsh/site-functions/_ferry")).unwrap();
+    assert!(zsh.starts_with("#compdef ferry"));
+    let fish = std::fs::read_to_string(p.join("share/fish/vendor_completions.d/ferry.fish")).unwrap();
+    assert!(fish.contains("complete -c ferry"));
+    let unit = std::fs::read_to_string(dest.join("etc/systemd/system/ferry-agent.service")).unwrap();
+    assert!(unit.contains("ExecStart=/opt/ferry/bin/ferry agent"), "{unit}");
+    assert!(dest.join("etc/systemd/system/ferry-agent.socket").is_file());
+    let _ = std::fs::remove_dir_all(&dest);
 }
 
 #[test]

@@ -67,6 +67,14 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell (no agent needed):
+    /// e.g. `ferry completions bash > /usr/share/bash-completion/completions/ferry`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (ferry.1 and one per command) to a directory (no agent needed).
+    Man {
+        /// Where to write them, e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
     /// The control API over TCP: its bearer token (no agent needed).
     #[command(subcommand)]
     Api(ApiCmd),

@@ -190,6 +190,8 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
         Command::Agent(_)
         | Command::Pair { .. }
         | Command::Api(_)
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Journal(JournalCmd::Dump { .. } | JournalCmd::Check { .. }) => {
             unreachable!("handled by main")
         }
@@ -705,6 +707,35 @@ fn pair(path: &std::path::Path, force: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `ferry man DIR`: ferry.1, and ferry-CMD[-SUB].1 for every command, from the CLI's
+/// definition.
+fn man_pages(dir: &std::path::Path) -> Result<(), String> {
+    fn write(dir: &std::path::Path, name: &str, cmd: clap::Command, n: &mut usize) -> Result<(), String> {
+        let cmd = cmd.name(name.to_string());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .render(&mut out)
+            .map_err(|e| format!("cannot render the man page of {name}: {e}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        *n += 1;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            write(dir, &format!("{name}-{}", sub.get_name()), sub.clone(), n)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let mut n = 0;
+    write(dir, "ferry", cmd, &mut n)?;
+    println!("wrote {n} man pages to {}", dir.display());
+    Ok(())
+}
+
 /// `ferry api token`: a new bearer token for the API over TCP.
 fn api_token(path: PathBuf, print: bool) -> Result<(), String> {
     let token = ferry_agent::api::auth::write_token_file(&path)
@@ -734,6 +765,16 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Journal(cmd @ (JournalCmd::Dump { .. } | JournalCmd::Check { .. })) => run_journal(cmd),
         Command::Pair { path, force } => pair(&path, force),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "ferry",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Api(ApiCmd::Token { file, print }) => {
             let control = cli.control.clone();
             api_token(

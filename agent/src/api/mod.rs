@@ -1,33 +1,8 @@
-//! The control API: HTTP/1 with JSON bodies on a unix socket (mode 0600) under the state
-//! directory. The `ferry` CLI is its client; scripts can use `curl --unix-socket`.
-//!
-//! | method | path                   | body / answer |
-//! |--------|------------------------|---------------|
-//! | GET    | /v1/status             | agent facts |
-//! | GET    | /v1/volumes            | `[VolumeStatus]` |
-//! | POST   | /v1/volumes            | `CreateVolume` → `VolumeStatus` |
-//! | POST   | /v1/volumes/adopt      | `AdoptVolume` → `VolumeStatus` |
-//! | DELETE | /v1/volumes/{name}?force=true | — |
-//! | GET    | /v1/vpgs               | `[VpgStatus]` |
-//! | POST   | /v1/vpgs               | `CreateVpg` → `VpgStatus` |
-//! | GET    | /v1/vpgs/{name}        | `VpgStatus` |
-//! | PATCH  | /v1/vpgs/{name}        | `PlanEdit` → `VpgStatus` (the failover plan) |
-//! | DELETE | /v1/vpgs/{name}        | — |
-//! | POST   | /v1/vpgs/{name}/checkpoints | `TagCheckpoint` → `CheckpointInfo` |
-//! | POST   | /v1/vpgs/{name}/journal/read | `ReadJournal` → `[TailRecord]` |
-//! | POST   | /v1/failover/{vpg}/test | `TestRequest` → `TestRunning` (recovery site) |
-//! | POST   | /v1/failover/{vpg}/stop | `StopRequest` → `TestReport` |
-//! | GET    | /v1/failover/{vpg}/reports | `[TestReport]` |
-//! | GET    | /v1/failover/tests     | `[TestRunning]` |
-//! | POST   | /v1/failover/{vpg}/live | `LiveRequest` → `LiveFailover` (recovery site) |
-//! | POST   | /v1/failover/{vpg}/commit | `CommitRequest` → `LiveFailover` (the copy goes on in the background) |
-//! | POST   | /v1/failover/{vpg}/move | `MoveRequest` → `LiveFailover` |
-//! | POST   | /v1/failover/{vpg}/rollback | → `LiveFailover` |
-//! | GET    | /v1/failover/live      | `[LiveFailover]` |
-//! | POST   | /v1/failover/{vpg}/reverse | `ReverseRequest` → `VpgStatus` (protected back) |
-//! | POST   | /v1/failover/{vpg}/resolve | `ResolveRequest` → `Resolved` (a split brain settled) |
-//! | GET    | /v1/failover/{vpg}/diverged | `[DivergedSet]` (diverged writes kept for salvage) |
-//! | DELETE | /v1/failover/{vpg}/diverged?epoch=N | → `[DivergedSet]` deleted |
+//! The control API: HTTP/1 with JSON bodies, on a unix socket (mode 0600) under the state
+//! directory, and over TCP (`api.listen`, bearer token, optionally TLS: [`serve`]). The
+//! `ferry` CLI and the dashboard (`dashboard/`) are its clients. Every route, body and
+//! answer is in the OpenAPI document [`openapi`] builds from the handlers' annotations
+//! (`GET /v1/openapi.json`, committed as docs/openapi.json); errors are [`ErrorBody`].
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! What the operator watches: tasks (long operations, polled), alerts (conditions to act on
 //! now), the performance samples of the last hour, and every failover test's report. One
-//! loop observes the agent's state every [`OBSERVE_EVERY`] to see tasks start and end and
+//! loop observes the agent's state every second to see tasks start and end and
 //! to take a sample every [`samples::SAMPLE_EVERY_S`] seconds.
 
 use std::time::Duration;
