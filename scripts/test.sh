@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs mount util-linux curl systemd
-  chromium chromium-driver prometheus)
+  chromium chromium-driver prometheus openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

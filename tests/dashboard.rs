@@ -8,31 +8,17 @@ mod common;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use common::sites::{json, new_key, recovery_agent, tag_and_wait, wait_for};
+use common::sites::{api_token, api_url, json, new_key, recovery_agent, tag_and_wait, wait_for};
 use common::{Agent, qemu_io, require, run};
 use webdriver::Browser;
 
 const API: &str = "[api]\nlisten = \"127.0.0.1:0\"\n";
 
-fn api_url(a: &Agent) -> String {
-    json(a, &["status", "--json"])["api_listen"]
-        .as_str()
-        .expect("status names the API's address")
-        .to_string()
-}
-
-fn token(a: &Agent) -> String {
-    std::fs::read_to_string(a.dir.join("api.token"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Loads `a`'s dashboard and signs in with its token from the keyboard.
 fn open(b: &Browser, a: &Agent) {
     b.go(&format!("{}/ui/", api_url(a)));
     b.wait(20, "#login:not([hidden])");
-    b.type_into("#token", &token(a));
+    b.type_into("#token", &api_token(a));
     // Enter in the field submits the form: the page is usable from the keyboard.
     b.keys("\u{E007}");
     b.wait(20, "body[data-loaded=true]");

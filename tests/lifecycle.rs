@@ -326,6 +326,21 @@ fn journal_dump_and_check_from_the_command_line() {
         out.contains("checkpoint    tag \"tag\"") && out.contains("volume 2  offset 512  length 512"),
         "{out}"
     );
+    // The same as JSON.
+    let out = ok(Command::new(FERRY).args(["journal", "dump", "--json"]).arg(&seed));
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["clean"], true);
+    assert_eq!(j["unacknowledged_records"], 3);
+    let recs = j["records"].as_array().unwrap();
+    assert!(
+        recs.iter().any(|r| r["kind"] == "checkpoint" && r["tag"] == "tag"),
+        "{j}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["volume"] == 2 && r["offset"] == 512 && r["length"] == 512),
+        "{j}"
+    );
     // One flipped payload byte: check fails and says where.
     let dir = common::scratch_dir("jcheck");
     let bad = dir.join("bad.ring");
@@ -341,6 +356,10 @@ fn journal_dump_and_check_from_the_command_line() {
     );
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("DAMAGED") && text.contains("is damaged"), "{text}");
+    let out = run(Command::new(FERRY).args(["journal", "check", "--json"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["clean"], false);
     let out = run(Command::new(FERRY)
         .args(["journal", "check"])
         .arg(dir.join("missing.ring")));

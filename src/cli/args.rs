@@ -471,9 +471,17 @@ pub(super) enum ReplicaCmd {
 #[derive(Subcommand, Debug)]
 pub(super) enum JournalCmd {
     /// Print the superblocks, cursors and every unacknowledged record.
-    Dump { path: PathBuf },
+    Dump {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify every checksum and the cursors; exit 1 on damage.
-    Check { path: PathBuf },
+    Check {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a VPG's captured records from its running agent, as the shipper will read them.
     Tail {
         vpg: String,
@@ -490,6 +498,9 @@ pub(super) enum JournalCmd {
         /// consumer, e.g. for benchmarks).
         #[arg(long, short)]
         quiet: bool,
+        /// One JSON object per record and line.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
     },
 }
 

@@ -9,12 +9,15 @@ use ferry_journal::format::Kind;
 use ferry_journal::{MemStorage, Ring, Stop, superblock_slots};
 
 use ferry_agent::size::human;
+use serde_json::json;
 
 /// Outcome of reading a ring file: the report, and whether it is in good order.
 #[derive(Debug)]
 pub struct Report {
     pub text: String,
     pub clean: bool,
+    /// The same, for `--json`.
+    pub json: serde_json::Value,
 }
 
 /// Reads `path` and describes it; `records` lists each unacknowledged record.
@@ -23,7 +26,13 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
     let mut out = String::new();
     let slots = superblock_slots(&bytes);
     let mut clean = true;
+    let mut j_slots = Vec::new();
     for (i, s) in slots.iter().enumerate() {
+        j_slots.push(match s {
+            Ok(sb) => json!({"slot": i, "generation": sb.generation, "acked_seq": sb.acked_seq,
+                "acked_index": sb.acked_index, "acked_data": sb.acked_data}),
+            Err(e) => json!({"slot": i, "damaged": e.to_string()}),
+        });
         match s {
             Ok(sb) => writeln!(
                 out,
@@ -59,7 +68,11 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
         sb.acked_seq + recovery.records
     )
     .expect("write to string");
+    let mut j_holes = Vec::new();
     for h in &recovery.holes {
+        j_holes.push(json!({"seq": h.seq, "index": h.index_pos, "why": h.why.to_string(),
+            "damaged": h.damaged.as_ref().map(|e| json!({"kind": e.kind.name(), "volume": e.volume,
+                "offset": e.offset, "length": e.length}))}));
         let what = match &h.damaged {
             Some(e) => {
                 clean = false;
@@ -79,8 +92,16 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
         };
         writeln!(out, "seq {} at index {}: {what}", h.seq, h.index_pos).expect("write to string");
     }
+    let mut j_records = Vec::new();
     if records {
         for pos in start..end {
+            j_records.push(match ring.read(pos) {
+                None => json!({"seq": sb.acked_seq + (pos - start), "hole": true}),
+                Some(r) if r.entry.kind == Kind::Checkpoint => json!({"seq": r.entry.seq, "kind": "checkpoint",
+                    "tag": String::from_utf8_lossy(r.payload), "time_ns": r.entry.offset}),
+                Some(r) => json!({"seq": r.entry.seq, "kind": r.entry.kind.name(), "volume": r.entry.volume,
+                    "offset": r.entry.offset, "length": r.entry.length, "data": r.entry.data_pos}),
+            });
             let Some(r) = ring.read(pos) else {
                 writeln!(out, "  seq {:>10}  (hole)", sb.acked_seq + (pos - start)).expect("write to string");
                 continue;
@@ -108,6 +129,12 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
             .expect("write to string");
         }
     }
+    let end_json = match &recovery.stopped_by {
+        Stop::Empty => json!({"end": "empty"}),
+        Stop::IndexFull => json!({"end": "index_full"}),
+        Stop::PreviousLap => json!({"end": "previous_lap"}),
+        Stop::Damaged(why) => json!({"end": "damaged", "why": why.to_string()}),
+    };
     match &recovery.stopped_by {
         Stop::Empty => writeln!(out, "end: next slot never written"),
         Stop::IndexFull => writeln!(out, "end: every index slot holds an unacknowledged record"),
@@ -123,7 +150,21 @@ pub fn inspect(path: &Path, records: bool) -> Result<Report, String> {
         }
     }
     .expect("write to string");
-    Ok(Report { text: out, clean })
+    let json = json!({
+        "path": path.display().to_string(),
+        "clean": clean,
+        "superblocks": j_slots,
+        "ring_id": format!("{:#018x}", g.ring_id),
+        "index_slots": g.index_slots,
+        "data_bytes": g.data_bytes,
+        "generation": sb.generation,
+        "acked_seq": sb.acked_seq,
+        "unacknowledged_records": recovery.records,
+        "holes": j_holes,
+        "records": j_records,
+        "stopped": end_json,
+    });
+    Ok(Report { text: out, clean, json })
 }
 
 #[cfg(test)]

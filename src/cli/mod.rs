@@ -5,10 +5,12 @@ mod args;
 mod client;
 mod failover;
 mod journal_tool;
+mod local;
 mod render;
 mod split_brain;
 
 use args::*;
+use local::{api_token, man_pages, pair, run_journal};
 use render::*;
 
 use std::path::PathBuf;
@@ -34,23 +36,6 @@ use ferry_agent::size::{human, parse_size};
 const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
 
 // One value per run of the CLI: its size does not matter.
-
-fn run_journal(cmd: JournalCmd) -> Result<(), String> {
-    let (path, records) = match &cmd {
-        JournalCmd::Dump { path } => (path, true),
-        JournalCmd::Check { path } => (path, false),
-        JournalCmd::Tail { .. } => unreachable!("tail asks the agent"),
-    };
-    let report = crate::cli::journal_tool::inspect(path, records)?;
-    print!("{}", report.text);
-    if !report.clean {
-        return Err(format!("journal {} is damaged (see above)", path.display()));
-    }
-    if let JournalCmd::Check { .. } = cmd {
-        println!("journal {}: ok", path.display());
-    }
-    Ok(())
-}
 
 fn init_logging(filter: &str) -> Result<(), String> {
     let filter =
@@ -202,7 +187,8 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
             ack,
             count,
             quiet,
-        }) => tail(&c, &vpg, follow, ack, count, quiet).await?,
+            json,
+        }) => tail(&c, &vpg, follow, ack, count, quiet, json).await?,
         Command::Vpg(VpgCmd::Create {
             name,
             volumes,
@@ -629,7 +615,15 @@ async fn run_client(control: PathBuf, cmd: Command) -> Result<(), String> {
     Ok(())
 }
 
-async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usize>, quiet: bool) -> Result<(), String> {
+async fn tail(
+    c: &Client,
+    vpg: &str,
+    follow: bool,
+    ack: bool,
+    count: Option<usize>,
+    quiet: bool,
+    json: bool,
+) -> Result<(), String> {
     let mut printed = 0usize;
     let mut first = true;
     let batch = if quiet { 100_000 } else { 1000 };
@@ -658,6 +652,10 @@ async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usiz
         for r in &recs {
             last_seq = Some(r.seq);
             if quiet {
+                continue;
+            }
+            if json {
+                println!("{}", serde_json::to_string(r).expect("serialises"));
                 continue;
             }
             match &r.tag {
@@ -692,66 +690,6 @@ async fn tail(c: &Client, vpg: &str, follow: bool, ack: bool, count: Option<usiz
 }
 
 /// Entry point of the `ferry` binary.
-/// `ferry pair`: a new pairing key in a 0600 file, and what to do with it.
-fn pair(path: &std::path::Path, force: bool) -> Result<(), String> {
-    use ferry_proto::pairing;
-    let key = pairing::new_key().map_err(|e| e.to_string())?;
-    pairing::write_key(path, &key, force).map_err(|e| e.to_string())?;
-    println!(
-        "wrote a new pairing key to {} (mode 0600)\n\
-         copy it to the peer host (e.g. scp {} PEER:/etc/ferry/): both agents need the same key;\n\
-         whoever holds it can replicate to or from this agent: keep it private",
-        path.display(),
-        path.display()
-    );
-    Ok(())
-}
-
-/// `ferry man DIR`: ferry.1, and ferry-CMD[-SUB].1 for every command, from the CLI's
-/// definition.
-fn man_pages(dir: &std::path::Path) -> Result<(), String> {
-    fn write(dir: &std::path::Path, name: &str, cmd: clap::Command, n: &mut usize) -> Result<(), String> {
-        let cmd = cmd.name(name.to_string());
-        let mut out = Vec::new();
-        clap_mangen::Man::new(cmd.clone())
-            .render(&mut out)
-            .map_err(|e| format!("cannot render the man page of {name}: {e}"))?;
-        let path = dir.join(format!("{name}.1"));
-        std::fs::write(&path, out).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        *n += 1;
-        for sub in cmd
-            .get_subcommands()
-            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        {
-            write(dir, &format!("{name}-{}", sub.get_name()), sub.clone(), n)?;
-        }
-        Ok(())
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    let mut cmd = <Cli as clap::CommandFactory>::command();
-    cmd.build();
-    let mut n = 0;
-    write(dir, "ferry", cmd, &mut n)?;
-    println!("wrote {n} man pages to {}", dir.display());
-    Ok(())
-}
-
-/// `ferry api token`: a new bearer token for the API over TCP.
-fn api_token(path: PathBuf, print: bool) -> Result<(), String> {
-    let token = ferry_agent::api::auth::write_token_file(&path)
-        .map_err(|e| format!("cannot write the API token to {}: {e}", path.display()))?;
-    println!(
-        "wrote a new API token to {} (mode 0600); a running agent uses it at once, and the old one stops working.\n\
-         clients send it as `Authorization: Bearer TOKEN` (e.g. curl -H \"Authorization: Bearer $(cat {})\" …)",
-        path.display(),
-        path.display()
-    );
-    if print {
-        println!("{token}");
-    }
-    Ok(())
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Agent(_)) {

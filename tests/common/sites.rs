@@ -119,3 +119,19 @@ pub fn try_write(uri: &str, cmd: &str) -> (bool, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success() && !text.contains("failed"), text)
 }
+
+/// The address of `a`'s API over TCP (`api.listen`), as its status names it.
+pub fn api_url(a: &Agent) -> String {
+    json(a, &["status", "--json"])["api_listen"]
+        .as_str()
+        .expect("status names the API's address")
+        .to_string()
+}
+
+/// `a`'s API bearer token.
+pub fn api_token(a: &Agent) -> String {
+    std::fs::read_to_string(a.dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 use super::error::{Json, Path, Query};
+use super::tasks::{self, TaskKind};
 use super::{Api, ApiError, ErrorBody};
 use crate::diverged::DivergedSet;
 use crate::failover::resolve::{ResolveRequest, Resolved};
@@ -71,24 +72,30 @@ pub(super) async fn diverged_delete_h(
     Ok(Json(sets))
 }
 
-/// Moves the VPG to this (recovery) site: fence, drain, fail over, commit, protect back.
+/// Moves the VPG to this (recovery) site: fence, drain, fail over, commit, protect back (a
+/// task the `ferry-task` header names).
 #[utoipa::path(post, path = "/v1/failover/{vpg}/move", tag = "failover", request_body = MoveRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 pub(super) async fn move_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<MoveRequest>,
-) -> Result<(StatusCode, Json<LiveFailover>), ApiError> {
-    Ok((StatusCode::CREATED, Json(api.failover.move_vpg(&vpg, &req).await?)))
+) -> Result<(StatusCode, [(axum::http::HeaderName, String); 1], Json<LiveFailover>), ApiError> {
+    let l = api.failover.move_vpg(&vpg, &req).await?;
+    let task = api.tasks.begin(crate::clock::now_ms(), TaskKind::Move, &vpg);
+    Ok((StatusCode::CREATED, tasks::header(task), Json(l)))
 }
 
-/// Protects a committed VPG back to the site it failed over from.
+/// Protects a committed VPG back to the site it failed over from; its first sync is a task
+/// the `ferry-task` header names.
 #[utoipa::path(post, path = "/v1/failover/{vpg}/reverse", tag = "failover", request_body = ReverseRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 201, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 pub(super) async fn reverse_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<ReverseRequest>,
-) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
-    Ok((StatusCode::CREATED, Json(api.failover.reverse(&vpg, &req).await?)))
+) -> Result<(StatusCode, [(axum::http::HeaderName, String); 1], Json<VpgStatus>), ApiError> {
+    let v = api.failover.reverse(&vpg, &req).await?;
+    let task = api.tasks.begin(crate::clock::now_ms(), TaskKind::ReverseSync, &vpg);
+    Ok((StatusCode::CREATED, tasks::header(task), Json(v)))
 }
 
 /// Live failovers here.
@@ -114,14 +121,17 @@ pub struct CommitRequest {
     pub reverse: Option<ReverseRequest>,
 }
 
-/// Commits a live failover (the copy goes on in the background: GET /v1/tasks).
+/// Commits a live failover; the copy goes on in the background, a task the `ferry-task`
+/// header names.
 #[utoipa::path(post, path = "/v1/failover/{vpg}/commit", tag = "failover", request_body = CommitRequest, params(("vpg" = String, Path, description = "the VPG's name")), responses((status = 200, body = LiveFailover), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 pub(super) async fn commit_h(
     State(api): State<Api>,
     Path(vpg): Path<String>,
     Json(req): Json<CommitRequest>,
-) -> Result<Json<LiveFailover>, ApiError> {
-    Ok(Json(api.failover.commit_then(&vpg, req.reverse).await?))
+) -> Result<([(axum::http::HeaderName, String); 1], Json<LiveFailover>), ApiError> {
+    let l = api.failover.commit_then(&vpg, req.reverse).await?;
+    let task = api.tasks.begin(crate::clock::now_ms(), TaskKind::Commit, &vpg);
+    Ok((tasks::header(task), Json(l)))
 }
 
 /// Rolls a live failover back.

@@ -313,12 +313,20 @@ async fn vpg_list_h(State(api): State<Api>) -> Json<Vec<VpgStatus>> {
     Json(api.vpgs.list())
 }
 
-/// Groups volumes into a VPG, protected to a recovery site if asked.
+/// Groups volumes into a VPG, protected to a recovery site if asked (its first sync is a
+/// task: the `ferry-task` header names it).
 #[utoipa::path(post, path = "/v1/vpgs", tag = "vpgs", request_body = CreateVpg, responses((status = 201, body = VpgStatus), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn vpg_create_h(
     State(api): State<Api>,
     Json(req): Json<CreateVpg>,
-) -> Result<(StatusCode, Json<VpgStatus>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        Option<[(axum::http::HeaderName, String); 1]>,
+        Json<VpgStatus>,
+    ),
+    ApiError,
+> {
     let v = api
         .vpgs
         .create(
@@ -329,7 +337,16 @@ async fn vpg_create_h(
             &req.plan,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(v)))
+    // A protected VPG starts with its first sync: a task to poll.
+    let task = req.protect.as_ref().map(|p| {
+        let kind = if p.preseeded {
+            tasks::TaskKind::DeltaSync
+        } else {
+            tasks::TaskKind::InitialSync
+        };
+        tasks::header(api.tasks.begin(crate::clock::now_ms(), kind, &v.name))
+    });
+    Ok((StatusCode::CREATED, task, Json(v)))
 }
 
 /// One VPG.

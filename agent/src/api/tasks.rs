@@ -11,6 +11,17 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+/// The header that names the task a request started: `ferry-task: /v1/tasks/ID`.
+pub const TASK_HEADER: &str = "ferry-task";
+
+/// The `ferry-task` header of task `id`.
+pub fn header(id: u64) -> [(axum::http::HeaderName, String); 1] {
+    [(
+        axum::http::HeaderName::from_static(TASK_HEADER),
+        format!("/v1/tasks/{id}"),
+    )]
+}
+
 /// Finished tasks remembered (older ones are forgotten).
 pub const FINISHED_KEPT: usize = 100;
 
@@ -59,6 +70,24 @@ pub struct Task {
     pub detail: String,
 }
 
+impl Task {
+    fn new(id: u64, kind: TaskKind, vpg: &str, now_ms: u64) -> Task {
+        Task {
+            id,
+            kind,
+            vpg: vpg.to_string(),
+            state: TaskState::Running,
+            started_unix_ms: now_ms,
+            ended_unix_ms: None,
+            done_bytes: 0,
+            total_bytes: 0,
+            percent: 0.0,
+            eta_s: None,
+            detail: "starting".into(),
+        }
+    }
+}
+
 /// What runs now, as the operations' state shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Running {
@@ -85,6 +114,20 @@ struct Inner {
 }
 
 impl Tasks {
+    /// A long operation just asked for: its task, running from `now_ms` (the one already
+    /// running of that kind on that VPG, if there is one). The observation that follows
+    /// updates it, or ends it if it already ended.
+    pub fn begin(&self, now_ms: u64, kind: TaskKind, vpg: &str) -> u64 {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = g.running.iter().find(|t| t.kind == kind && t.vpg == vpg) {
+            return t.id;
+        }
+        g.next_id += 1;
+        let id = g.next_id;
+        g.running.push(Task::new(id, kind, vpg, now_ms));
+        id
+    }
+
     /// Takes what runs at `now_ms`: new tasks get an id, running ones their progress, and
     /// those gone end as `ending` says. Answers every task known, newest first.
     pub fn observe(&self, now_ms: u64, now: Vec<Running>, ending: impl Fn(&Task) -> Ending) -> Vec<Task> {
@@ -97,19 +140,7 @@ impl Tasks {
                 Some(i) => inner.running.swap_remove(i),
                 None => {
                     inner.next_id += 1;
-                    Task {
-                        id: inner.next_id,
-                        kind: r.kind,
-                        vpg: r.vpg.clone(),
-                        state: TaskState::Running,
-                        started_unix_ms: now_ms,
-                        ended_unix_ms: None,
-                        done_bytes: 0,
-                        total_bytes: 0,
-                        percent: 0.0,
-                        eta_s: None,
-                        detail: String::new(),
-                    }
+                    Task::new(inner.next_id, r.kind, &r.vpg, now_ms)
                 }
             };
             t.done_bytes = r.done_bytes.min(r.total_bytes.max(r.done_bytes));
@@ -197,6 +228,22 @@ mod tests {
             Ok(String::new())
         });
         assert_eq!(e[0].id, 3);
+    }
+
+    #[test]
+    fn a_task_begun_by_a_request_is_the_one_observed_or_ends_if_it_is_already_over() {
+        let t = Tasks::default();
+        let id = t.begin(100, TaskKind::Commit, "g");
+        assert_eq!(t.begin(150, TaskKind::Commit, "g"), id);
+        let seen = t.observe(1000, vec![run(TaskKind::Commit, "g", 5, 10)], |_| Ok(String::new()));
+        assert_eq!((seen[0].id, seen[0].started_unix_ms, seen[0].percent), (id, 100, 50.0));
+        // Over before it was ever observed running: it ends at the next observation.
+        let quick = t.begin(2000, TaskKind::InitialSync, "h");
+        let seen = t.observe(2500, vec![run(TaskKind::Commit, "g", 5, 10)], |_| {
+            Ok("protecting".into())
+        });
+        let q = seen.iter().find(|x| x.id == quick).unwrap();
+        assert_eq!((q.state, q.detail.as_str()), (TaskState::Done, "protecting"));
     }
 
     #[test]
