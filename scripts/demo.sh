@@ -37,9 +37,9 @@ rm -rf "$dir"
 mkdir -p "$prot" "$rec"
 
 # Free ports on loopback for the two agents.
-read -r nbd_a nbd_b repl < <(python3 -c '
+read -r nbd_a nbd_b repl api_a api_b < <(python3 -c '
 import socket
-s=[socket.socket() for _ in range(3)]
+s=[socket.socket() for _ in range(5)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
 
@@ -49,6 +49,8 @@ cat >"$prot/agent.toml" <<EOF
 state_dir = "$prot"
 [nbd]
 listen = ["127.0.0.1:$nbd_a"]
+[api]
+listen = "127.0.0.1:$api_a"
 EOF
 cat >"$rec/agent.toml" <<EOF
 state_dir = "$rec"
@@ -57,6 +59,8 @@ listen = ["127.0.0.1:$nbd_b"]
 [replication]
 listen = "127.0.0.1:$repl"
 pairing_keys = ["pairing.key"]
+[api]
+listen = "127.0.0.1:$api_b"
 EOF
 "$ferry" agent --config "$prot/agent.toml" --log-level warn 2>"$prot/agent.log" & pids+=($!)
 "$ferry" agent --config "$rec/agent.toml" --log-level warn 2>"$rec/agent.log" & pids+=($!)
@@ -90,6 +94,8 @@ Replication is live. Try, in another terminal:
   list checkpoints (recovery):   FERRY_CONTROL=$rec/control.sock $ferry checkpoint list app
   export one (recovery):         FERRY_CONTROL=$rec/control.sock $ferry checkpoint export app --checkpoint mine
   read the export:               qemu-io -f raw -r -c 'read -P 0x77 0 1M' nbd://127.0.0.1:$nbd_b/app@SEQ.disk0
+  the dashboards:                http://127.0.0.1:$api_a/ui/ (protected; token: $(cat "$prot/api.token"))
+                                 http://127.0.0.1:$api_b/ui/ (recovery; token: $(cat "$rec/api.token"))
 Ctrl-C stops both agents and removes $dir.
 EOF
 end=$(( $(date +%s) + ${FERRY_DEMO_SECONDS:-1000000000} ))

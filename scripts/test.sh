@@ -36,12 +36,23 @@ echo "== $(date -u +%T) cargo fmt --check"
 cargo fmt --all -- --check
 echo "== $(date -u +%T) cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "== $(date -u +%T) cargo test"
+# The tests of every binary at once, four at a time (most of them wait on agents and
+# clients more than they compute), with cargo-nextest; cargo test (one binary after the
+# other) where it is not installed. There are no doctests.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+threads=${FERRY_TEST_THREADS:-4}
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "== $(date -u +%T) cargo nextest ($threads at a time)"
+  cargo nextest run --workspace --no-fail-fast --test-threads "$threads" --failure-output final 2>&1 | tee "$log"
+  passed=$(grep -Eo '[0-9]+ tests run: [0-9]+ passed' "$log" | tail -n 1 | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+')
+  failed=$(grep -Eo '[0-9]+ failed' "$log" | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
+else
+  echo "== $(date -u +%T) cargo test"
+  cargo test --workspace 2>&1 | tee "$log"
+  passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+fi
 
 echo "== $(date -u +%T) API and metrics: schemathesis and promtool against two live agents"
 FERRY_BIN=$PWD/target/debug/ferry scripts/api-check.sh

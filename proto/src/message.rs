@@ -29,14 +29,16 @@ use serde::{Deserialize, Serialize};
 pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 
 /// A protected volume as the recovery site must hold it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct VolumeSpec {
     pub name: String,
     pub size_bytes: u64,
 }
 
 /// A VPG as the protected site announces it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct VpgSpec {
     pub id: u64,
     pub name: String,
@@ -61,14 +63,16 @@ pub struct VpgSpec {
 }
 
 /// Volumes that start together (a VM, an application), in boot order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Member {
     pub name: String,
     pub volumes: Vec<String>,
 }
 
 /// What a failover runs at the recovery site, set at the protected site.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Plan {
     /// In boot order; a volume in none is a member of its own, after these.
     pub members: Vec<Member>,
@@ -85,7 +89,8 @@ pub struct Plan {
 }
 
 /// What a live failover does to the protected site's writes before it is fenced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Shutdown {
     /// Production keeps writing there (not fenced; its writes are not in the failover).
     None,

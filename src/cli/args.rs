@@ -521,6 +521,10 @@ pub(super) struct AgentArgs {
     /// A pairing key file whose holder may replicate here (repeat for more peers).
     #[arg(long = "pairing-key")]
     pub(super) pairing_keys: Vec<PathBuf>,
+    /// Serve the API, the dashboard (/ui/) and /metrics on HOST:PORT (api.listen), with the
+    /// bearer token in STATE_DIR/api.token.
+    #[arg(long)]
+    pub(super) api_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

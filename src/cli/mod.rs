@@ -77,6 +77,10 @@ fn run_agent(args: AgentArgs) -> Result<(), String> {
         let k = std::path::absolute(&k).map_err(|e| format!("{}: {e}", k.display()))?;
         cfg.replication.pairing_keys.push(k);
     }
+    if let Some(l) = args.api_listen {
+        cfg.api.listen = Some(l);
+        cfg.api.check().map_err(|e| format!("--api-listen: {e}"))?;
+    }
     runtime(cfg.worker_threads()).block_on(async {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();

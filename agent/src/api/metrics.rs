@@ -171,7 +171,7 @@ impl Collector for Scrape {
         for k in api.shipping.links() {
             let peer = k.peer.as_str();
             link_up.add(l(&[("peer", peer)]), if k.state == "connected" { 1.0 } else { 0.0 });
-            connects.add(l(&[("peer", peer)]), k.connects as f64);
+            connects.add(l(&[("peer", peer)]), k.connects.saturating_sub(1) as f64);
             link_sent.add(l(&[("peer", peer)]), k.sent_bytes as f64);
             link_recv.add(l(&[("peer", peer)]), k.received_bytes as f64);
         }
