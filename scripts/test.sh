@@ -4,7 +4,7 @@
 # a bounded fuzzing run of every decoder of outside bytes (their seed corpora are also
 # replayed by `cargo test`, in tests/fuzz_seeds.rs).
 #
-#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 15; 0 skips fuzzing)
+#   FERRY_FUZZ_SECONDS=N   seconds per fuzz target (default 10; 0 skips fuzzing)
 #   FERRY_CHAOS_SECONDS=N  seconds of scripts/chaos.sh (default 30; 0 skips it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +69,7 @@ if [ "$chaos_seconds" -gt 0 ]; then
   fi
 fi
 
-fuzz_seconds=${FERRY_FUZZ_SECONDS:-15}
+fuzz_seconds=${FERRY_FUZZ_SECONDS:-10}
 if [ "$fuzz_seconds" -gt 0 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
   # cargo-fuzz wants nightly; where only stable is installed, let stable accept -Z flags.

@@ -182,19 +182,33 @@ function chart(id, series, data) {
 }
 
 function renderSamples(s) {
-  const names = [...new Set(s.samples.flatMap((x) => x.vpgs.filter((v) => v.rpo_s != null).map((v) => v.vpg)))];
   const xs = s.samples.map((x) => x.unix_ms / 1000);
   const col = (name, f) => s.samples.map((x) => { const v = x.vpgs.find((y) => y.vpg === name); return v && v[f] != null ? v[f] : null; });
-  if (names.length === 0) {
-    for (const id of ["#chart-rpo", "#chart-tput"]) {
-      if (charts[id]) { charts[id].plot.destroy(); delete charts[id]; }
-      $(id).replaceChildren(el("p", { class: "muted" }, "No VPG is protected from this site."));
-    }
-    return;
+  const named = (f) => [...new Set(s.samples.flatMap((x) => x.vpgs.filter((v) => v[f] != null).map((v) => v.vpg)))];
+  const protectedHere = named("rpo_s");
+  const heldHere = named("history_bytes");
+  const empty = (id, why) => {
+    if (charts[id]) { charts[id].plot.destroy(); delete charts[id]; }
+    $(id).replaceChildren(el("p", { class: "muted" }, why));
+  };
+  const show = (id, caption, names, data) => {
+    const p = $(id).querySelector("p"); if (p) p.remove();
+    $(id).previousElementSibling.textContent = caption;
+    chart(id, names, data);
+  };
+  if (protectedHere.length) {
+    show("#chart-rpo", "Actual RPO (s)", protectedHere, [xs, ...protectedHere.map((n) => col(n, "rpo_s"))]);
+    show("#chart-tput", "Throughput (MB/s acknowledged)", protectedHere,
+      [xs, ...protectedHere.map((n) => col(n, "bytes_per_s").map((b) => (b == null ? null : b / 1e6)))]);
+  } else if (heldHere.length) {
+    // A recovery site: the RPO is measured where the VPG runs; here, the history it holds.
+    empty("#chart-rpo", "The RPO of the VPGs held here is measured at their protected sites.");
+    show("#chart-tput", "History held (MiB)", heldHere,
+      [xs, ...heldHere.map((n) => col(n, "history_bytes").map((b) => (b == null ? null : b / 1048576)))]);
+  } else {
+    empty("#chart-rpo", "No VPG is protected from or held at this site.");
+    empty("#chart-tput", "No VPG is protected from or held at this site.");
   }
-  for (const id of ["#chart-rpo", "#chart-tput"]) { const p = $(id).querySelector("p"); if (p) p.remove(); }
-  chart("#chart-rpo", names, [xs, ...names.map((n) => col(n, "rpo_s"))]);
-  chart("#chart-tput", names, [xs, ...names.map((n) => col(n, "bytes_per_s").map((b) => (b == null ? null : b / 1e6)))]);
 }
 
 function fillSelect(sel, names, keep) {
