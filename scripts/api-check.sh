@@ -92,7 +92,7 @@ for site in a b; do
   port=$([ $site = a ] && echo "$api_a" || echo "$api_b")
   echo "== $(date -u +%T) schemathesis against site $site ($examples examples per operation)"
   rc=0
-  (cd "$dir" && schemathesis --config-file schemathesis.toml run "http://127.0.0.1:$port/v1/openapi.json" \
+  (cd "$dir" && python3 -m schemathesis.cli --config-file schemathesis.toml run "http://127.0.0.1:$port/v1/openapi.json" \
     -H "Authorization: Bearer $(cat "$dir/$site/api.token")" --checks "$checks" \
     --max-examples "$examples" --exclude-path /v1/events/stream --no-color >"$dir/st-$site.log" 2>&1) || rc=$?
   sed -n '/SUMMARY/,$p' "$dir/st-$site.log" | grep -v '^\s*$'

@@ -27,7 +27,7 @@ fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 # schemathesis (PyPI) checks the API against its OpenAPI document (scripts/api-check.sh).
 schemathesis_version=4.32.5
-if ! schemathesis --version 2>/dev/null | grep -q "$schemathesis_version"; then
+if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$schemathesis_version"; then
   echo "== $(date -u +%T) installing schemathesis $schemathesis_version"
   python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
