@@ -160,7 +160,22 @@ pub fn decode(plain: &[u8], first_seq: u64, count: u32) -> Result<Vec<RecordRef<
 
 /// zstd at `level` (1..=19; higher is smaller and slower).
 pub fn compress(plain: &[u8], level: i32) -> Vec<u8> {
-    zstd::bulk::compress(plain, level).expect("zstd compresses any input into a growing buffer")
+    // One compression context per thread and level, kept: making one per batch cost the
+    // protected agent's shipper about as much as compressing a small batch.
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            let made = zstd::bulk::Compressor::new(level).expect("zstd makes a compression context");
+            *c = Some((level, made));
+        }
+        let (_, cctx) = c.as_mut().expect("made above");
+        cctx.compress(plain)
+            .expect("zstd compresses any input into a growing buffer")
+    })
 }
 
 /// The plaintext of a compressed body: one zstd frame that states its size (as
@@ -174,7 +189,21 @@ pub fn decompress(body: &[u8]) -> Result<Vec<u8>, RecordError> {
         Ok(None) => return Err(bad("it does not state its size".into())),
         Err(_) => return Err(bad("not a zstd frame".into())),
     };
-    let plain = zstd::bulk::decompress(body, size).map_err(|e| bad(e.to_string()))?;
+    // One decompression context per thread, kept (as for compression).
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let plain = DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| bad(e.to_string()))?);
+        }
+        d.as_mut()
+            .expect("made above")
+            .decompress(body, size)
+            .map_err(|e| bad(e.to_string()))
+    })?;
     if plain.len() != size {
         return Err(bad(format!("{} bytes where it stated {size}", plain.len())));
     }
