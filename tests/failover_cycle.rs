@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::sites::{compare, export, json, replication_addr, tag_and_wait, wait_for};
+use common::sites::{checkpoints, compare, export, json, replication_addr, tag_and_wait, wait_for};
 use common::{Agent, ok, qemu_io};
 use serde_json::Value;
 
@@ -332,6 +332,12 @@ fn a_move_killed_at_any_step_ends_done_or_rolled_back_with_nothing_acknowledged_
                 && b.ferry(&["replica", "list"]).contains("receiving")),
             "{point}: {}",
             a.ferry(&["vpg", "show", "app"])
+        );
+        // A move needs a checkpoint at the recovery site to start from; the first comes a
+        // moment after the initial sync (later on a loaded machine).
+        assert!(
+            wait_for(30, || !checkpoints(&b, "app").is_empty()),
+            "{point}: no checkpoint reached the recovery site"
         );
         let writer = NumberedWriter::start(&a.tcp_uri("d0"), 3000);
         std::thread::sleep(std::time::Duration::from_millis(300));
