@@ -167,6 +167,20 @@ pub struct SourcedEvent {
     pub alert: bool,
 }
 
+impl SourcedEvent {
+    /// `e` of `source`, numbered `id` (0: listed from a log).
+    pub fn of(id: u64, source: &str, e: &Event) -> SourcedEvent {
+        SourcedEvent {
+            id,
+            source: source.to_string(),
+            unix_ms: e.unix_ms,
+            message: e.message.clone(),
+            kind: e.kind,
+            alert: e.alert,
+        }
+    }
+}
+
 /// The agent's live stream of events, and how many of each kind there were since the start.
 #[derive(Debug)]
 pub struct Hub {
@@ -190,15 +204,13 @@ pub fn hub() -> &'static Hub {
 
 impl Hub {
     fn publish(&self, source: &str, e: &Event) {
-        self.counts[EventKind::ALL.iter().position(|k| *k == e.kind).unwrap_or(8)].fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(SourcedEvent {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            source: source.to_string(),
-            unix_ms: e.unix_ms,
-            message: e.message.clone(),
-            kind: e.kind,
-            alert: e.alert,
-        });
+        // `ALL` lists the kinds in their declaration order, so a kind is its own index.
+        self.counts[e.kind as usize].fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(SourcedEvent::of(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            source,
+            e,
+        ));
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SourcedEvent> {
@@ -299,6 +311,13 @@ impl RateLimitedLog {
 #[cfg(test)]
 mod kind_tests {
     use super::{EventKind, is_alert};
+
+    #[test]
+    fn all_lists_the_kinds_in_their_declaration_order() {
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+    }
 
     #[test]
     fn messages_of_the_agent_get_their_kind_and_alert() {

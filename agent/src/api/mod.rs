@@ -575,24 +575,14 @@ pub use crate::events::SourcedEvent;
 #[utoipa::path(get, path = "/v1/events", tag = "events", responses((status = 200, body = [SourcedEvent]), (status = "4XX", description = "refused, with why and what to do", body = ErrorBody)))]
 async fn events_h(State(api): State<Api>) -> Json<Vec<SourcedEvent>> {
     let mut out = Vec::new();
-    let sourced = |source: String, e: crate::events::Event| SourcedEvent {
-        id: 0,
-        source,
-        unix_ms: e.unix_ms,
-        message: e.message,
-        kind: e.kind,
-        alert: e.alert,
-    };
     for v in api.vpgs.list() {
-        for e in v.events {
-            out.push(sourced(format!("vpg {}", v.name), e));
-        }
+        let source = format!("vpg {}", v.name);
+        out.extend(v.events.iter().map(|e| SourcedEvent::of(0, &source, e)));
     }
     for r in api.exports.replicas().all() {
         let st = r.status();
-        for e in st.events {
-            out.push(sourced(format!("replica {}", st.name), e));
-        }
+        let source = format!("replica {}", st.name);
+        out.extend(st.events.iter().map(|e| SourcedEvent::of(0, &source, e)));
     }
     out.sort_by_key(|e| e.unix_ms);
     Json(out)

@@ -143,7 +143,7 @@ impl Tasks {
                     Task::new(inner.next_id, r.kind, &r.vpg, now_ms)
                 }
             };
-            t.done_bytes = r.done_bytes.min(r.total_bytes.max(r.done_bytes));
+            t.done_bytes = r.done_bytes;
             t.total_bytes = r.total_bytes;
             t.percent = if r.total_bytes == 0 {
                 0.0
