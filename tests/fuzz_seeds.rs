@@ -8,6 +8,9 @@ use std::path::Path;
 #[path = "../fuzz/checks/dirty_map.rs"]
 #[allow(dead_code)]
 mod dirty_map;
+#[path = "../fuzz/checks/history_index.rs"]
+#[allow(dead_code)]
+mod history_index;
 #[path = "../fuzz/checks/history_segment.rs"]
 #[allow(dead_code)]
 mod history_segment;
@@ -62,6 +65,11 @@ fn replay(target: &str, check: fn(&[u8])) {
 #[test]
 fn dirty_map_seeds() {
     replay("dirty_map", dirty_map::run);
+}
+
+#[test]
+fn history_index_seeds() {
+    replay("history_index", history_index::run);
 }
 
 #[test]

@@ -685,3 +685,78 @@ fn a_recovery_site_that_stops_answering_does_not_stall_throttled_writes() {
         assert!(out.contains("Images are identical"), "{vol}: {out}");
     }
 }
+
+/// The history segments in a replica's directory: (segments, their indexes).
+fn history_files(b: &Agent) -> (Vec<String>, Vec<String>) {
+    let hist = b.dir.join("datastore/replicas/app/history");
+    let mut names: Vec<String> = std::fs::read_dir(&hist)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let of = |ext: &str| {
+        names
+            .iter()
+            .filter_map(|n| n.strip_suffix(ext).map(str::to_string))
+            .collect()
+    };
+    (of(".seg"), of(".idx"))
+}
+
+#[test]
+fn closed_segments_are_indexed_and_a_restart_reads_the_indexes_not_the_records() {
+    // 1 MiB segments and a 1 MiB index cache: many closed segments, looked up through the
+    // cache and from disk; a hard limit ages the oldest ones away.
+    let mut s = sites(
+        "segidx",
+        "--history 1h --history-max-bytes 64M",
+        "history_segment = \"1M\"\nhistory_index_cache = \"1M\"",
+    );
+    for (i, vol) in ["d0", "d1", "d0", "d1"].iter().enumerate() {
+        let p = 0x61 + i;
+        qemu_io(
+            s.a.tcp_uri(vol),
+            &[
+                &format!("write -P {p} {}M 20M", i / 2 * 10),
+                &format!("write -P {} 30M 64k", p + 8),
+            ],
+        );
+    }
+    let tag = tag_and_wait(&s.a, &s.b, "app", "indexed");
+    // Over its hard limit, history is applied to the replica and whole segments go.
+    let applied = || {
+        let v: serde_json::Value = serde_json::from_str(&s.b.ferry(&["replica", "show", "app", "--json"])).unwrap();
+        v["applied_seq"].as_u64().unwrap()
+    };
+    assert!(
+        wait_for(30, || applied() > 0),
+        "{}",
+        s.b.ferry(&["replica", "show", "app"])
+    );
+    let (segs, idxs) = history_files(&s.b);
+    assert!(segs.len() >= 4, "segments: {segs:?}");
+    assert!(
+        segs[0].parse::<u64>().unwrap() > 0,
+        "the first segment is still there: {segs:?}"
+    );
+    // Every segment but the one being written has its index; no index outlives its segment.
+    assert!(
+        segs[..segs.len() - 1].iter().all(|n| idxs.contains(n)),
+        "{segs:?} {idxs:?}"
+    );
+    assert!(idxs.iter().all(|n| segs.contains(n)), "{segs:?} {idxs:?}");
+    assert_identical_at(&s, "indexed");
+
+    // A restart reads the indexes: only the segment being written at the stop is scanned.
+    damage_newest_segment(&mut s, |_| {});
+    assert!(s.b.wait_log("history loaded"), "{}", s.b.log());
+    let log = s.b.log();
+    let line = log.lines().rfind(|l| l.contains("history loaded")).unwrap();
+    assert!(line.contains("scanned=1"), "{line}");
+    assert!(checkpoints(&s.b, "app").iter().any(|(seq, _)| *seq == tag));
+    assert_identical_at(&s, "indexed");
+    // And replication goes on past the restart.
+    qemu_io(s.a.tcp_uri("d1"), &["write -P 0x7e 5M 2M"]);
+    tag_and_wait(&s.a, &s.b, "app", "after-restart");
+    assert_identical_at(&s, "after-restart");
+}

@@ -87,6 +87,21 @@ pub struct ReplicationConfig {
     /// was is fenced before it takes a write); past it they are taken. 0: no wait.
     #[serde(default = "default_confirm_epoch")]
     pub confirm_epoch_s: f64,
+    /// As a recovery site: a history segment is closed, and its index written, past this
+    /// size.
+    #[serde(default = "default_history_segment")]
+    pub history_segment: String,
+    /// As a recovery site: memory for the indexes of closed history segments, shared by
+    /// every replica (least recently used out). Lookups past it read indexes from disk.
+    #[serde(default = "default_history_index_cache")]
+    pub history_index_cache: String,
+}
+
+fn default_history_segment() -> String {
+    "64M".into()
+}
+fn default_history_index_cache() -> String {
+    "256M".into()
 }
 
 fn default_confirm_epoch() -> f64 {
@@ -117,6 +132,8 @@ pub struct Replication {
     pub window_bytes: usize,
     pub bandwidth: u64,
     pub weights: [u32; 3],
+    pub history_segment: u64,
+    pub history_index_cache: u64,
 }
 
 impl ReplicationConfig {
@@ -128,7 +145,12 @@ impl ReplicationConfig {
             window_bytes: size("window_bytes", &self.window_bytes)? as usize,
             bandwidth: size("bandwidth", &self.bandwidth)?,
             weights: self.priority_weights,
+            history_segment: size("history_segment", &self.history_segment)?,
+            history_index_cache: size("history_index_cache", &self.history_index_cache)?,
         };
+        if !(1 << 20..=1 << 30).contains(&r.history_segment) {
+            return Err("replication.history_segment must be from 1M to 1G".into());
+        }
         if !(0..=19).contains(&r.compression_level) {
             return Err("replication.compression_level must be from 0 to 19".into());
         }

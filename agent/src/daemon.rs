@@ -314,6 +314,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), Ag
         path: "[replication]".into(),
         why,
     })?;
+    crate::recover::replica::set_history_tuning(replication.history_segment, replication.history_index_cache);
     let mut capture_cfg = capture_cfg;
     if !(0.0..=600.0).contains(&cfg.replication.confirm_epoch_s) {
         return Err(AgentError::Config {

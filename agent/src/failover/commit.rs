@@ -212,7 +212,15 @@ impl Failover {
     async fn keep_unrecovered(&self, live: &Arc<Live>) {
         let shown = live.shown();
         let r = live.replica.clone();
-        let regions = r.regions_since(shown.checkpoint.seq + 1);
+        let regions = match r.regions_since(shown.checkpoint.seq + 1) {
+            Ok(regions) => regions,
+            Err(e) => {
+                r.push_event(format!(
+                    "the protected site's writes past the checkpoint could not be listed for salvage ({e})"
+                ));
+                return;
+            }
+        };
         if regions.is_empty() {
             return;
         }
@@ -307,18 +315,26 @@ impl Failover {
                 // The protected site's records past the checkpoint, as far as they arrived
                 // (what arrives later is added at the reverse protection).
                 let upto = live.replica.durable_seq();
-                let since = live.replica.regions_since(live.shown().checkpoint.seq + 1);
-                let ids: std::collections::BTreeMap<String, u32> =
-                    live.replica.volumes().into_iter().map(|(id, n, _)| (n, id)).collect();
-                let changed = overlays
-                    .iter()
-                    .map(|(n, o)| {
-                        let mut r = o.written_ranges();
-                        r.extend(ids.get(n).and_then(|id| since.get(id)).cloned().unwrap_or_default());
-                        (n.clone(), crate::ranges::merge(r))
-                    })
-                    .collect();
-                *live.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some((changed, upto));
+                // Not known (an index that cannot be read): the reverse protection then
+                // compares every region.
+                match live.replica.regions_since(live.shown().checkpoint.seq + 1) {
+                    Ok(since) => {
+                        let ids: std::collections::BTreeMap<String, u32> =
+                            live.replica.volumes().into_iter().map(|(id, n, _)| (n, id)).collect();
+                        let changed = overlays
+                            .iter()
+                            .map(|(n, o)| {
+                                let mut r = o.written_ranges();
+                                r.extend(ids.get(n).and_then(|id| since.get(id)).cloned().unwrap_or_default());
+                                (n.clone(), crate::ranges::merge(r))
+                            })
+                            .collect();
+                        *live.changed.lock().unwrap_or_else(|e| e.into_inner()) = Some((changed, upto));
+                    }
+                    Err(e) => live.replica.push_event(format!(
+                        "the regions written past the checkpoint could not be listed ({e}); the reverse protection compares every region"
+                    )),
+                }
                 let dir = overlay_dir(&live.replica);
                 blocking(move || std::fs::remove_dir_all(dir)).await.ok();
                 live.replica.change(ReplicaInput::LiveCommitted);

@@ -178,7 +178,7 @@ impl Failover {
             return Err("history since the commit was applied to the replica and dropped".into());
         }
         let ids: std::collections::BTreeMap<u32, String> = r.volumes().into_iter().map(|(id, n, _)| (id, n)).collect();
-        for (id, regions) in r.regions_since(upto) {
+        for (id, regions) in r.regions_since(upto).map_err(|e| e.to_string())? {
             if let Some(n) = ids.get(&id) {
                 base.entry(n.clone()).or_default().extend(regions);
             }

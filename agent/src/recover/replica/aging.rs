@@ -32,12 +32,30 @@ impl Replica {
             self.save_meta(&copy)?;
         }
         let mut count = 0u64;
-        while let Some(r) = self.oldest().filter(|r| r.seq < until) {
-            self.apply_one(&r)
-                .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
-            self.hist.write().unwrap_or_else(|e| e.into_inner()).remove_front();
-            count += 1;
+        // Segment by segment, in sequence order: each record is written to the images
+        // before the floor passes it, so reads lay it over them until it is there.
+        while let Some((first, file)) = self.first_live_segment(until) {
+            for r in self.segment_records(first)? {
+                let floor = self.hist.read().unwrap_or_else(|e| e.into_inner()).floor;
+                if r.seq < floor {
+                    continue;
+                }
+                if r.seq >= until {
+                    break;
+                }
+                self.apply_one(&r, &file)
+                    .map_err(|e| AgentError::io("cannot apply a history record to the replica", &self.dir, e))?;
+                let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+                h.floor = r.seq + 1;
+                h.live = h.live.saturating_sub(1);
+                count += 1;
+            }
+            let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+            let end = h.segments.get(&first).map_or(until, |g| g.next_seq);
+            h.floor = h.floor.max(end.min(until));
         }
+        let oldest = self.first_live_record()?;
+        self.hist.write().unwrap_or_else(|e| e.into_inner()).oldest_ms = oldest.map(|r| r.received_ms);
         for (_, f) in self.images.values() {
             f.sync_data()
                 .map_err(|e| AgentError::io("cannot sync replica image", &self.dir, e))?;
@@ -59,51 +77,83 @@ impl Replica {
             let current = w.current;
             let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
             h.checkpoints.retain(|&seq, _| seq >= new_applied);
-            let keep_from = h.records.front().map(|r| r.segment);
+            let floor = h.floor;
             let ids: Vec<u64> = h
                 .segments
-                .keys()
-                .copied()
-                .filter(|&s| keep_from.is_none_or(|k| s < k) && Some(s) != current)
+                .values()
+                .filter(|g| g.next_seq <= floor && Some(g.first_seq) != current)
+                .map(|g| g.first_seq)
                 .collect();
             let gone: Vec<Segment> = ids.iter().filter_map(|s| h.segments.remove(s)).collect();
             h.bytes -= gone.iter().map(|g| g.bytes).sum::<u64>();
             gone
         };
         for seg in doomed {
-            if let Err(e) = std::fs::remove_file(&seg.path) {
-                error!(segment = %seg.path.display(), error = %e, "cannot delete an applied history segment");
+            // The segment before its index: a read that finds the index reads the data
+            // through the file it holds open.
+            for p in [seg.path.clone(), seg.index_path()] {
+                if let Err(e) = std::fs::remove_file(&p)
+                    && e.kind() != io::ErrorKind::NotFound
+                {
+                    error!(segment = %p.display(), error = %e, "cannot delete an applied history segment");
+                }
             }
+            segments::cache_forget(&seg.path);
         }
         Ok(count)
     }
 
-    /// The oldest record still in history.
-    fn oldest(&self) -> Option<Rec> {
-        self.hist
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .records
-            .front()
-            .copied()
+    /// The first segment that holds records at or past the floor and below `until`, and
+    /// its file.
+    fn first_live_segment(&self, until: u64) -> Option<(u64, Arc<File>)> {
+        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+        if h.floor >= until {
+            return None;
+        }
+        h.live_segments(until).next().map(|g| (g.first_seq, g.file.clone()))
     }
 
-    fn apply_one(&self, r: &Rec) -> io::Result<()> {
+    /// A segment's records in sequence order: from memory, or read from its index (no
+    /// lock held across the read).
+    pub(super) fn segment_records(&self, first: u64) -> Result<Vec<Rec>, AgentError> {
+        let path = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let Some(g) = h.segments.get(&first) else {
+                return Ok(Vec::new());
+            };
+            if let Some(m) = &g.mem {
+                return Ok(m.by_seq.clone());
+            }
+            g.path.clone()
+        };
+        segments::read_records(&path, self.spec().id, first)
+            .map_err(|e| AgentError::io("cannot read history index", &path, e))
+    }
+
+    /// The oldest record not yet applied.
+    fn first_live_record(&self) -> Result<Option<Rec>, AgentError> {
+        let firsts: Vec<u64> = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            h.live_segments(u64::MAX)
+                .filter(|g| g.records > 0)
+                .map(|g| g.first_seq)
+                .collect()
+        };
+        for first in firsts {
+            let floor = self.hist.read().unwrap_or_else(|e| e.into_inner()).floor;
+            if let Some(r) = self.segment_records(first)?.into_iter().find(|r| r.seq >= floor) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    fn apply_one(&self, r: &Rec, seg: &File) -> io::Result<()> {
         let Some((_, img)) = self.images.get(&r.volume) else {
             return Ok(());
         };
         match r.kind {
             RecordKind::Write => {
-                let seg = {
-                    let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-                    h.segments.get(&r.segment).map(|s| s.file.clone())
-                };
-                let Some(seg) = seg else {
-                    return Err(io::Error::other(format!(
-                        "segment {} of seq {} is gone",
-                        r.segment, r.seq
-                    )));
-                };
                 let mut buf = vec![0u8; r.length as usize];
                 seg.read_exact_at(&mut buf, r.data_pos)?;
                 img.write_all_at(&buf, r.offset)
@@ -140,16 +190,38 @@ impl Replica {
             let p = self.pins.lock().unwrap_or_else(|e| e.into_inner());
             (p.held.keys().next().copied(), p.floor)
         };
+        // Too old: below the first record young enough to stay, back to the newest
+        // checkpoint at or below that. Segments wholly too old are passed by their summary;
+        // the records of the one the window's edge falls in are read.
+        let edge = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let mut edge = Err(h.next_seq);
+            for g in h.live_segments(u64::MAX).filter(|g| g.records > 0) {
+                if g.newest_ms + window_ms <= now {
+                    continue;
+                }
+                edge = if g.oldest_ms + window_ms > now {
+                    Err(g.first_seq.max(h.floor))
+                } else {
+                    Ok(g.first_seq)
+                };
+                break;
+            }
+            edge
+        };
+        let young = match edge {
+            Err(seq) => seq,
+            Ok(first) => {
+                let recs = self.segment_records(first)?;
+                let floor = self.hist.read().unwrap_or_else(|e| e.into_inner()).floor;
+                recs.iter()
+                    .find(|r| r.seq >= floor && r.received_ms + window_ms > now)
+                    .map_or(self.next_seq(), |r| r.seq)
+            }
+        };
         let (target, over) = {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
             let over = spec.history_bytes_max > 0 && h.bytes > spec.history_bytes_max;
-            // Too old: below the first record young enough to stay, back to the newest
-            // checkpoint at or below that.
-            let young = h
-                .records
-                .iter()
-                .find(|r| r.received_ms + window_ms > now)
-                .map_or(h.next_seq, |r| r.seq);
             let mut target = h.checkpoints.range(..=young).next_back().map_or(0, |(&seq, _)| seq);
             if over {
                 // Over the hard limit: free at least the oldest segment.
@@ -179,7 +251,8 @@ impl Replica {
         }
         let n = self.apply_below(target)?;
         if over && n > 0 {
-            let span = self.oldest().map_or(0, |r| now.saturating_sub(r.received_ms) / 1000);
+            let oldest = self.hist.read().unwrap_or_else(|e| e.into_inner()).oldest_ms;
+            let span = oldest.map_or(0, |ms| now.saturating_sub(ms) / 1000);
             self.push_event(format!(
                 "history reached its hard limit ({} bytes): the oldest records were applied to the replica; {span} s of history remain",
                 spec.history_bytes_max

@@ -81,18 +81,28 @@ impl Replica {
 
     /// The regions written by the records of history at or past `from_seq`, by volume
     /// (sorted, merged): what the protected site wrote after a checkpoint.
-    pub fn regions_since(&self, from_seq: u64) -> BTreeMap<u32, Vec<(u64, u64)>> {
+    pub fn regions_since(&self, from_seq: u64) -> Result<BTreeMap<u32, Vec<(u64, u64)>>, AgentError> {
         let mut out: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
-        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-        for r in h.records.iter().filter(|r| r.seq >= from_seq) {
-            if r.kind != RecordKind::Checkpoint && r.length > 0 {
-                out.entry(r.volume).or_default().push((r.offset, r.length));
+        let (floor, firsts): (u64, Vec<u64>) = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            let firsts = h
+                .live_segments(u64::MAX)
+                .filter(|g| g.next_seq > from_seq)
+                .map(|g| g.first_seq)
+                .collect();
+            (h.floor, firsts)
+        };
+        for first in firsts {
+            let recs = self.segment_records(first)?;
+            for r in recs.iter().filter(|r| r.seq >= from_seq.max(floor)) {
+                if r.kind != RecordKind::Checkpoint && r.length > 0 {
+                    out.entry(r.volume).or_default().push((r.offset, r.length));
+                }
             }
         }
-        drop(h);
         for v in out.values_mut() {
             *v = crate::ranges::merge(std::mem::take(v));
         }
-        out
+        Ok(out)
     }
 }

@@ -20,6 +20,12 @@
 //! history is over its hard limit, are applied in sequence order; then the replica images
 //! are synced, `applied_seq` is stored, and whole segments below it are deleted.
 //!
+//! Scale: memory does not grow with history beyond a summary per segment. A segment's
+//! records are held in memory while it is written; once it is closed and durable its index
+//! is written beside it (`history/SEQ.idx`), and lookups read it back through a cache of
+//! bounded size ([`segments`]). A restart reads the summaries of the indexes and scans only
+//! segments that have none (the one being written at a crash).
+//!
 //! ## Locks
 //!
 //! In the order they may be taken: `Replicas::creating` → `Replicas::map`;
@@ -31,7 +37,7 @@
 //! checkpoints, the apply and status hold no lock across I/O: an apply that fails, or a
 //! full disk, can slow the receiver but never block status, NBD or another replica.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -56,15 +62,15 @@ mod delta;
 mod index;
 mod pins;
 mod role;
+mod segments;
 
 pub use delta::{ChangedSinceFailover, changed_path};
-use index::VolumeIndex;
 pub use pins::Pin;
 use pins::Pins;
 pub use role::ToPeer;
+use segments::Segment;
+pub use segments::{cache_stats, set_tuning as set_history_tuning};
 
-/// A segment is closed and a new one begun past this size.
-const SEGMENT_BYTES: u64 = 64 << 20;
 /// Records longer than this are indexed apart (few: large writes, trims, zeroing).
 const SMALL_BYTES_MAX: u64 = 1 << 20;
 
@@ -128,46 +134,40 @@ struct Rec {
     received_ms: u64,
 }
 
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    file: Arc<File>,
-    bytes: u64,
-}
-
-/// The in-memory picture of history: every record not yet applied, by sequence and by
-/// volume range; checkpoints; segments.
+/// The in-memory picture of history: each segment's summary (and the records of those
+/// not yet indexed on disk), the checkpoints, and the applied point.
 #[derive(Debug, Default)]
 struct History {
-    records: VecDeque<Rec>,
-    volumes: HashMap<u32, VolumeIndex>,
     checkpoints: BTreeMap<u64, CheckpointInfo>,
     segments: BTreeMap<u64, Segment>,
     /// The sequence number after the last whole batch written (durable or not).
     next_seq: u64,
     /// Bytes of all segments.
     bytes: u64,
+    /// Every record below it is in the replica images: lookups skip them.
+    floor: u64,
+    /// Records at or past `floor`.
+    live: u64,
+    /// When the oldest of them was received.
+    oldest_ms: Option<u64>,
+}
+
+/// Where a read finds the records to lay over the image, taken under the index's lock.
+enum Source {
+    /// Records already looked up (a segment still in memory).
+    Found(Vec<Rec>),
+    /// A closed segment: its index, read through the cache once the lock is let go.
+    Indexed { path: PathBuf, first_seq: u64 },
 }
 
 impl History {
-    fn insert(&mut self, r: Rec) {
-        self.volumes.entry(r.volume).or_default().insert(r);
-        self.records.push_back(r);
-    }
-
-    fn remove_front(&mut self) -> Option<Rec> {
-        let r = self.records.pop_front()?;
-        if let Some(v) = self.volumes.get_mut(&r.volume) {
-            v.remove_oldest(&r);
-        }
-        Some(r)
-    }
-
-    /// Records of `volume` overlapping `off .. off+len` below `below`, in sequence order.
-    fn overlapping(&self, volume: u32, off: u64, len: u64, below: u64) -> Vec<Rec> {
-        self.volumes
-            .get(&volume)
-            .map_or_else(Vec::new, |v| v.overlapping(off, len, below))
+    /// Segments that may hold records in `floor .. below`.
+    fn live_segments(&self, below: u64) -> impl Iterator<Item = &Segment> {
+        let floor = self.floor;
+        self.segments
+            .range(..below)
+            .map(|(_, s)| s)
+            .filter(move |s| s.next_seq > floor)
     }
 }
 
@@ -175,6 +175,8 @@ impl History {
 #[derive(Debug, Default)]
 struct Writer {
     current: Option<u64>,
+    /// Closed segments whose index is written once they are durable (by the next sync).
+    closed: Vec<u64>,
     /// Segments written since the last sync (the current one and any just closed).
     unsynced: Vec<Arc<File>>,
     dir_unsynced: bool,
@@ -269,6 +271,12 @@ pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(io::Erro
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl Replica {
@@ -370,111 +378,6 @@ impl Replica {
         Ok(Arc::new(r))
     }
 
-    fn load_history(&self, applied_seq: u64) -> Result<(), AgentError> {
-        let hd = self.history_dir();
-        std::fs::create_dir_all(&hd).map_err(io_err("cannot create", &hd))?;
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&hd)
-            .map_err(io_err("cannot list", &hd))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-            .collect();
-        names.sort();
-        let mut h = History {
-            next_seq: applied_seq,
-            ..History::default()
-        };
-        let mut broken = false;
-        for path in names {
-            if broken {
-                let aside = path.with_extension("seg.after-damage");
-                warn!(segment = %path.display(), "segment after a damaged one is set aside");
-                let _ = std::fs::rename(&path, &aside);
-                continue;
-            }
-            let bytes = std::fs::read(&path).map_err(io_err("cannot read", &path))?;
-            let s = match history::scan(&bytes) {
-                Ok(s) => s,
-                Err(why) => {
-                    self.push_event(format!(
-                        "history segment {} is unreadable ({why}); it and later ones are set aside",
-                        path.display()
-                    ));
-                    let _ = std::fs::rename(&path, path.with_extension("seg.damaged"));
-                    broken = true;
-                    continue;
-                }
-            };
-            if let Some(why) = &s.cut {
-                self.push_event(format!(
-                    "history segment {}: {why}; cut at byte {} (records from seq {} on are asked for again)",
-                    path.display(),
-                    s.valid_bytes,
-                    s.next_seq
-                ));
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err("cannot open", &path))?;
-                f.set_len(s.valid_bytes).map_err(io_err("cannot cut", &path))?;
-                f.sync_all().map_err(io_err("cannot sync", &path))?;
-                broken = true;
-            }
-            let file = Arc::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err("cannot open", &path))?,
-            );
-            let first = s.header.first_seq;
-            for f in &s.records {
-                let r = f.record;
-                let Some(kind) = RecordKind::from_u8(r.kind) else {
-                    continue;
-                };
-                if r.seq < applied_seq {
-                    continue;
-                }
-                if kind == RecordKind::Checkpoint {
-                    let tag = String::from_utf8_lossy(&bytes[f.data_pos as usize..][..r.data_bytes as usize]);
-                    h.checkpoints.insert(
-                        r.seq,
-                        CheckpointInfo {
-                            seq: r.seq,
-                            unix_ms: r.offset / 1_000_000,
-                            tag: tag.into_owned(),
-                            tested: String::new(),
-                        },
-                    );
-                    continue;
-                }
-                h.insert(Rec {
-                    seq: r.seq,
-                    kind,
-                    volume: r.volume,
-                    offset: r.offset,
-                    length: r.length,
-                    segment: first,
-                    data_pos: f.data_pos,
-                    received_ms: r.received_ms,
-                });
-            }
-            h.next_seq = h.next_seq.max(s.next_seq);
-            h.bytes += s.valid_bytes;
-            h.segments.insert(
-                first,
-                Segment {
-                    path,
-                    file,
-                    bytes: s.valid_bytes,
-                },
-            );
-        }
-        *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner()) = h.next_seq;
-        *self.hist.write().unwrap_or_else(|e| e.into_inner()) = h;
-        Ok(())
-    }
-
     /// A replication session has it open (the protected site is connected).
     pub fn in_session(&self) -> bool {
         self.life().sessions > 0
@@ -513,7 +416,7 @@ impl Replica {
                     .unwrap_or_else(|e| e.into_inner())
                     .segments
                     .get(&s)
-                    .is_some_and(|g| g.bytes < SEGMENT_BYTES) =>
+                    .is_some_and(|g| g.bytes < segments::segment_bytes() && g.mem.is_some()) =>
             {
                 s
             }
@@ -582,7 +485,7 @@ impl Replica {
                 );
                 continue;
             }
-            h.insert(Rec {
+            let rec = Rec {
                 seq: r.seq,
                 kind: r.kind,
                 volume: r.volume,
@@ -591,9 +494,16 @@ impl Replica {
                 segment: seg_first,
                 data_pos,
                 received_ms: now,
-            });
+            };
+            h.live += 1;
+            h.oldest_ms.get_or_insert(now);
+            let g = h.segments.get_mut(&seg_first).expect("current segment");
+            g.note(&rec);
+            g.mem.get_or_insert_default().insert(rec);
         }
-        h.segments.get_mut(&seg_first).expect("current segment").bytes += written;
+        let g = h.segments.get_mut(&seg_first).expect("current segment");
+        g.bytes += written;
+        g.next_seq = end_seq;
         h.bytes += written;
         h.next_seq = end_seq;
         drop(h);
@@ -620,6 +530,7 @@ impl Replica {
         let file = Arc::new(f);
         w.unsynced.push(file.clone());
         w.dir_unsynced = true;
+        w.closed.extend(w.current.take());
         w.current = Some(first_seq);
         let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
         h.bytes += header.len() as u64;
@@ -629,6 +540,12 @@ impl Replica {
                 path,
                 file,
                 bytes: header.len() as u64,
+                first_seq,
+                next_seq: first_seq,
+                records: 0,
+                oldest_ms: 0,
+                newest_ms: 0,
+                mem: Some(Box::default()),
             },
         );
         Ok(first_seq)
@@ -650,11 +567,55 @@ impl Replica {
         for f in w.unsynced.drain(..) {
             f.sync_data()?;
         }
+        for first in std::mem::take(&mut w.closed) {
+            self.write_index(first);
+            w.dir_unsynced = true;
+        }
         if std::mem::take(&mut w.dir_unsynced) {
             File::open(self.history_dir())?.sync_all()?;
         }
         *self.durable_seq.lock().unwrap_or_else(|e| e.into_inner()) = upto;
         Ok(upto)
+    }
+
+    /// Writes the index of a closed, durable segment, and lets its records go from memory
+    /// to the cache. On failure (a full disk) they stay in memory, and a restart scans the
+    /// segment: nothing is lost, only memory is spent.
+    fn write_index(&self, first: u64) {
+        let vpg = self.spec().id;
+        let job = {
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            h.segments.get(&first).and_then(|g| {
+                let m = g.mem.as_ref()?;
+                let checkpoints = h
+                    .checkpoints
+                    .range(g.first_seq..g.next_seq)
+                    .map(|(_, c)| history::index::IndexCheckpoint {
+                        seq: c.seq,
+                        stamp: c.unix_ms * 1_000_000,
+                        tag: c.tag.clone(),
+                    })
+                    .collect();
+                let entries: Vec<_> = m.by_seq.iter().map(segments::entry_of).collect();
+                Some((g.path.clone(), g.summary(vpg, checkpoints), entries))
+            })
+        };
+        let Some((path, summary, entries)) = job else { return };
+        let idx = path.with_extension("idx");
+        if let Err(e) = segments::write_index(&idx, &summary, &entries) {
+            self.push_event(format!(
+                "cannot write history index {} ({e}); its records stay in memory until a restart",
+                idx.display()
+            ));
+            return;
+        }
+        let mem = {
+            let mut h = self.hist.write().unwrap_or_else(|e| e.into_inner());
+            h.segments.get_mut(&first).and_then(|g| g.mem.take())
+        };
+        if let Some(m) = mem {
+            segments::cache_put(&path, segments::Lookup::of_mem(*m));
+        }
     }
 
     /// Checkpoints still in history (not older than the replica).
@@ -669,11 +630,7 @@ impl Replica {
         let m = self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (records, bytes, oldest) = {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-            (
-                h.records.len() as u64,
-                h.bytes,
-                h.records.front().map(|r| r.received_ms),
-            )
+            (h.live, h.bytes, h.oldest_ms)
         };
         ReplicaStatus {
             name: m.spec.name.clone(),
@@ -721,26 +678,51 @@ impl Replica {
             return Err(io::Error::other(format!("no volume {volume} in this replica")));
         };
         let len = buf.len() as u64;
-        let over: Vec<(Rec, Option<Arc<File>>)> = {
+        let vpg = self.spec().id;
+        let (floor, sources, files) = {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-            h.overlapping(volume, offset, len, below)
-                .into_iter()
-                .map(|r| {
-                    let f = (r.kind == RecordKind::Write)
-                        .then(|| h.segments.get(&r.segment).map(|s| s.file.clone()))
-                        .flatten();
-                    (r, f)
-                })
-                .collect()
+            let mut sources = Vec::new();
+            let mut files = HashMap::new();
+            for g in h.live_segments(below) {
+                files.insert(g.first_seq, g.file.clone());
+                match &g.mem {
+                    Some(m) => {
+                        let mut found = Vec::new();
+                        m.overlapping(volume, offset, len, h.floor, below, &mut found);
+                        sources.push(Source::Found(found));
+                    }
+                    None => sources.push(Source::Indexed {
+                        path: g.path.clone(),
+                        first_seq: g.first_seq,
+                    }),
+                }
+            }
+            (h.floor, sources, files)
         };
+        // Indexes are read before the image: a segment deleted meanwhile was applied to it
+        // whole, so the image read after holds its records.
+        let mut over = Vec::new();
+        for src in sources {
+            match src {
+                Source::Found(v) => over.extend(v),
+                Source::Indexed { path, first_seq } => match segments::lookup(&path, vpg, first_seq) {
+                    Ok(l) => l.overlapping(volume, offset, len, floor, below, &mut over),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        over.sort_unstable_by_key(|r| r.seq);
         crate::io::read_full(img, buf, offset)?;
-        for (r, seg) in over {
+        for r in over {
             let from = r.offset.max(offset);
             let to = (r.offset + r.length).min(offset + len);
             let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
             match r.kind {
                 RecordKind::Write => {
-                    let seg = seg.ok_or_else(|| io::Error::other("history segment missing"))?;
+                    let seg = files
+                        .get(&r.segment)
+                        .ok_or_else(|| io::Error::other("history segment missing"))?;
                     seg.read_exact_at(dst, r.data_pos + (from - r.offset))?;
                 }
                 RecordKind::Trim | RecordKind::WriteZeroes => dst.fill(0),

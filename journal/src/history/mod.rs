@@ -22,6 +22,8 @@
 //! where and why. A batch is acknowledged only after its end mark is durable, so a torn
 //! tail never held acknowledged records.
 
+pub mod index;
+
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"FYS1");
 pub const SEGMENT_VERSION: u8 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
