@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# NBD server benchmark: fio's nbd engine against ferry and its peers, in the same run, each
-# on a fresh file of the same size in the same directory:
+# NBD server benchmark: ferry and its peers, in the same run, each on a fresh file of the
+# same size in the same directory, written whole first (steady-state overwrites):
 #   raw fio (io_uring on the file itself: the ceiling), nbdkit (file plugin), qemu-nbd, ferry.
 # ferry runs twice: as a plain NBD server, and with capture on (the volume in a VPG with a
 # JOURNAL-sized journal, every write journaled, a stand-in consumer acknowledging records
 # as the shipper will: `ferry journal tail --follow --ack --quiet`).
-# Workloads: 4k random writes at QD32, 1M sequential writes at QD32. The peers take turns,
-# round after round (REPEAT rounds), so that a noisy minute hurts all of them alike; the
-# table shows each one's median and ferry's ratio to each peer. A benchmark, not a test:
-# it asserts nothing.
+# Headline figures: CPU time per write of the serving processes (the consumer counted with
+# capture) and write latency p50/p99 at QD1; throughput comes second. Workloads: 4k random
+# writes at QD32, 1M sequential writes at QD32, 4k random writes at QD1. The peers take
+# turns, round after round (REPEAT rounds), so that a noisy minute hurts all of them alike;
+# the tables show medians and ferry's ratios. A benchmark, not a test: it asserts nothing.
 #
 #   RUNTIME=10   seconds per run        SIZE=2G          file size
 #   REPEAT=3     rounds                 TRANSPORT=unix   or tcp
@@ -76,54 +77,52 @@ stop_peer() {
   rm -f "$BENCH_DIR/$1.img"
 }
 
-# fio JSON -> "iops MB/s"
-fio_run() { # $1 rw, $2 bs, rest: engine args
-  local rw=$1 bs=$2; shift 2
-  fio --name=bench --rw="$rw" --bs="$bs" --iodepth=32 --size="$SIZE" --time_based \
-      --runtime="$RUNTIME" --ramp_time=2 --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.0f" % (j["iops"], j["bw_bytes"]/1e6))'
-}
-
+. scripts/bench-measure.sh
+SETTLE="sleep 1"
 peers=(raw nbdkit qemu-nbd ferry ferry-capture)
-workloads=("randwrite 4k" "write 1M")
+workloads=("randwrite 4k 32" "write 1M 32" "randwrite 4k 1")
 results=$BENCH_DIR/results.txt
 : > "$results"
 echo "nbdkit $(nbdkit --version | awk '{print $2}'), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'), fio $(fio --version)"
 for round in $(seq "$REPEAT"); do
   for p in "${peers[@]}"; do
+    start_peer "$p"
+    SERVE_PIDS=($pid $cpid)
+    if [ "$p" = raw ]; then engine=(--ioengine=io_uring --filename="$FILE"); else engine=(--ioengine=nbd --uri="$URI"); fi
+    fill "${engine[@]}"
     for w in "${workloads[@]}"; do
       set -- $w
-      start_peer "$p"
-      if [ "$p" = raw ]; then r=$(fio_run "$1" "$2" --ioengine=io_uring --filename="$FILE")
-      else r=$(fio_run "$1" "$2" --ioengine=nbd --uri="$URI"); fi
-      stop_peer "$p"
-      echo "round $round  $p  $1 $2: $r"
-      echo "$p $1 $r" >> "$results"
+      r=$(measure "$1" "$2" "$3" "${engine[@]}")
+      echo "round $round  $p  $1 $2 QD$3: writes cpu_us/write iops MB/s p50_us p99_us = $r"
+      echo "$p $1-$2-$3 $r" >> "$results"
     done
+    stop_peer "$p"
   done
 done
 
 echo
-echo "fio nbd engine, $TRANSPORT socket, QD32, ${RUNTIME}s per run, median of $REPEAT rounds, $(nproc) cores"
+echo "fio, $TRANSPORT socket, ${RUNTIME}s per run, targets written whole first, median of $REPEAT rounds, $(nproc) cores"
+echo "(raw: fio's io_uring engine on the file itself, the ceiling; it has no serving process)"
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
-med = {}
-for peer in ("raw", "nbdkit", "qemu-nbd", "ferry", "ferry-capture"):
-    for wl in ("randwrite", "write"):
-        iops = [float(r[2]) for r in rows if r[0] == peer and r[1] == wl]
-        mbs = [float(r[3]) for r in rows if r[0] == peer and r[1] == wl]
-        med[peer, wl] = statistics.median(iops) if wl == "randwrite" else statistics.median(mbs)
-print("%-22s %10s %10s %10s %10s %9s %9s %9s" % ("workload", "raw-fio", "nbdkit", "qemu-nbd", "ferry", "/nbdkit", "/qemu-nbd", "/raw"))
-for wl, label in (("randwrite", "randwrite 4k (IOPS)"), ("write", "write 1M (MB/s)")):
-    f = med["ferry", wl]
-    print("%-22s %10.0f %10.0f %10.0f %10.0f %8.2fx %8.2fx %8.2fx" % (
-        label, med["raw", wl], med["nbdkit", wl], med["qemu-nbd", wl], f,
-        f / med["nbdkit", wl], f / med["qemu-nbd", wl], f / med["raw", wl]))
-print()
-print("%-22s %10s %10s %14s %9s %9s" % ("capture on", "nbdkit", "ferry", "ferry+capture", "/ferry", "/nbdkit"))
-for wl, label in (("randwrite", "randwrite 4k (IOPS)"), ("write", "write 1M (MB/s)")):
-    c = med["ferry-capture", wl]
-    print("%-22s %10.0f %10.0f %14.0f %8.2fx %8.2fx" % (
-        label, med["nbdkit", wl], med["ferry", wl], c, c / med["ferry", wl], c / med["nbdkit", wl]))
+ps = ("raw", "nbdkit", "qemu-nbd", "ferry", "ferry-capture")
+def med(p, wl, col):
+    v = [float(r[col]) for r in rows if r[0] == p and r[1] == wl and r[col] != "-"]
+    return statistics.median(v) if v else float("nan")
+wls = (("randwrite 4k QD32", "randwrite-4k-32"), ("write 1M QD32", "write-1M-32"), ("randwrite 4k QD1", "randwrite-4k-1"))
+def table(title, col, cols=wls):
+    print(title)
+    print("%-22s" % "" + "".join("%14s" % p for p in ps) + "  ferry/nbdkit  ferry/qemu-nbd  capture/ferry")
+    for label, wl in cols:
+        m = {p: med(p, wl, col) for p in ps}
+        print("%-22s" % label + "".join("%14.1f" % m[p] for p in ps) + "  %11.2fx  %13.2fx  %12.2fx" % (
+            m["ferry"] / m["nbdkit"], m["ferry"] / m["qemu-nbd"], m["ferry-capture"] / m["ferry"]))
+    print()
+table("CPU µs per write of the serving process (steady-state overwrites)", 3)
+table("write latency at QD1, 4k random, p50 (µs)", 6, wls[2:])
+table("write latency at QD1, 4k random, p99 (µs)", 7, wls[2:])
+print("throughput (second table)")
+table("IOPS", 4, (wls[0], wls[2]))
+table("MB/s", 5, wls[1:2])
 PY

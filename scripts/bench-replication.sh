@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Replication benchmark: fio's nbd engine (4k random writes at QD32, 1M sequential writes at
-# QD32) against, in the same run, each on a fresh file of the same size:
+# Replication benchmark: the headline figures are CPU time per write of the serving
+# processes and write latency at queue depth 1; throughput comes second. fio's nbd engine
+# writes each target whole first (so what is measured is steady-state overwrites), then
+# runs 4k random writes at QD32, 1M sequential writes at QD32 and 4k random writes at QD1,
+# against, in the same run, each on a fresh file of the same size:
 #   off        ferry serving the volume, no replication
 #   capture    the volume in a VPG, not replicated, its journal read and acknowledged by a
-#              local consumer (`ferry journal tail --follow --ack`): capture's own cost, the
-#              ceiling for replication on this machine
+#              local consumer (`ferry journal tail --follow --ack`): capture's own cost
 #   repl       ferry with the volume in a VPG replicated to a second, local ferry agent
 #              (loopback TCP, sealed and compressed); the actual RPO is sampled every
-#              second during the run, and the time to catch up after it is measured
+#              second during the run, and the run's CPU counts until it is back to 0
 #   repl-thr   the same with `--throttle-rpo 1s` (writes slowed to what the pipeline
 #              carries, so the RPO stays bounded)
+#   nbdkit     nbdkit's file plugin;  qemu-nbd   qemu-nbd on the raw file
 #   mirror-wb  qemu-storage-daemon exporting the disk over NBD with a QMP blockdev-mirror
 #              job in copy-mode write-blocking to a qemu-nbd target (what a Linux user
 #              would set up today for synchronous replication)
@@ -30,7 +33,7 @@ REPEAT=${REPEAT:-3}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ferry-bench-repl}
 SHAPED_RATE=${SHAPED_RATE:-100mbit}
 SHAPED_SECONDS=${SHAPED_SECONDS:-30}
-for t in fio qemu-storage-daemon qemu-nbd python3; do
+for t in fio qemu-storage-daemon qemu-nbd nbdkit python3; do
   command -v "$t" >/dev/null || { echo "bench-replication.sh: $t is missing; scripts/test.sh installs it" >&2; exit 1; }
 done
 cargo build --release --quiet
@@ -112,6 +115,12 @@ start() {
         A vpg create bench --volume bench --journal-size 1G --peer 127.0.0.1:10898 --peer-key "$BENCH_DIR/key" $throttle >/dev/null
         for _ in $(seq 1200); do A status | grep -q 'bench: protecting' && break; sleep 0.1; done
       fi ;;
+    nbdkit)
+      nbdkit -f -U "$BENCH_DIR/peer.sock" file "$f" & pids+=($!)
+      wait_sock "$BENCH_DIR/peer.sock"; URI="nbd+unix:///?socket=$BENCH_DIR/peer.sock" ;;
+    qemu-nbd)
+      qemu-nbd -f raw -t -k "$BENCH_DIR/peer.sock" "$f" & pids+=($!)
+      wait_sock "$BENCH_DIR/peer.sock"; URI="nbd+unix:///?socket=$BENCH_DIR/peer.sock" ;;
     mirror-wb|mirror-bg)
       local mode=write-blocking; [ "$1" = mirror-bg ] && mode=background
       truncate -s "$SIZE" "$BENCH_DIR/tgt.img"
@@ -132,65 +141,82 @@ start() {
   esac
 }
 
-# fio JSON -> "iops MB/s"
-fio_run() { # $1 rw, $2 bs, rest: extra args
-  local rw=$1 bs=$2; shift 2
-  fio --name=bench --ioengine=nbd --uri="$URI" --rw="$rw" --bs="$bs" --iodepth=32 --size="$SIZE" --time_based \
-      --runtime="$RUNTIME" --ramp_time=2 --refill_buffers --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.0f" % (j["iops"], j["bw_bytes"]/1e6))'
+. scripts/bench-measure.sh
+# After a replicated run: until the RPO is back to 0 (what was written is shipped and
+# applied, its cost counted); the time it took goes to $BENCH_DIR/catchup.
+settle_repl() {
+  local t0; t0=$(date +%s%N)
+  for _ in $(seq 1200); do [ "$(rpo)" = "0.0" ] && break; sleep 0.1; done
+  echo $(( ($(date +%s%N) - t0) / 1000000 )) > "$BENCH_DIR/catchup"
 }
 
-configs=(off capture repl repl-thr mirror-wb mirror-bg)
-workloads=("randwrite 4k" "write 1M")
+configs=(off capture repl repl-thr nbdkit qemu-nbd mirror-wb mirror-bg)
+workloads=("randwrite 4k 32" "write 1M 32" "randwrite 4k 1")
 results=$BENCH_DIR/results.txt
 : > "$results"
-echo "qemu-storage-daemon $(qemu-storage-daemon --version | head -1 | awk '{print $3}'), fio $(fio --version), $(nproc) cores"
+echo "qemu-storage-daemon $(qemu-storage-daemon --version | head -1 | awk '{print $3}'), nbdkit $(nbdkit --version | awk '{print $2}'), fio $(fio --version), $(nproc) cores"
 for round in $(seq "$REPEAT"); do
   for c in "${configs[@]}"; do
+    start "$c"
+    SERVE_PIDS=("${pids[@]}")
+    fill --ioengine=nbd --uri="$URI"
+    SETTLE="sleep 1"
+    if [ "${c%-thr}" = repl ]; then settle_repl; SETTLE=settle_repl; fi
     for w in "${workloads[@]}"; do
       set -- $w
-      start "$c"
       extra=""
       if [ "${c%-thr}" = repl ]; then
         # Sample the RPO each second while fio runs.
         ( while sleep 1; do rpo; done ) > "$BENCH_DIR/rpo.txt" 2>/dev/null & sampler=$!
       fi
-      r=$(fio_run "$1" "$2")
+      r=$(measure "$1" "$2" "$3" --ioengine=nbd --uri="$URI")
       if [ "${c%-thr}" = repl ]; then
         kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
-        t0=$(date +%s.%N)
-        for _ in $(seq 1200); do [ "$(rpo)" = "0.0" ] && break; sleep 0.1; done
-        catchup=$(python3 -c "import time; print('%.1f' % (time.time() - $t0))")
-        extra=" rpo_max=$(sort -g "$BENCH_DIR/rpo.txt" | tail -1) rpo_last=$(tail -1 "$BENCH_DIR/rpo.txt") $(awk '{v[NR]=$1} END {h=int(NR/2); a=0; b=0; for(i=1;i<=h;i++) a+=v[i]; for(i=h+1;i<=NR;i++) b+=v[i]; if (h>0) printf "rpo_mean_1st_half=%.2f rpo_mean_2nd_half=%.2f", a/h, b/(NR-h)}' "$BENCH_DIR/rpo.txt") catchup_s=$catchup"
+        extra=" rpo_max=$(sort -g "$BENCH_DIR/rpo.txt" | tail -1) rpo_last=$(tail -1 "$BENCH_DIR/rpo.txt") $(awk '{v[NR]=$1} END {h=int(NR/2); a=0; b=0; for(i=1;i<=h;i++) a+=v[i]; for(i=h+1;i<=NR;i++) b+=v[i]; if (h>0) printf "rpo_mean_1st_half=%.2f rpo_mean_2nd_half=%.2f", a/h, b/(NR-h)}' "$BENCH_DIR/rpo.txt") catchup_ms=$(cat "$BENCH_DIR/catchup")"
       fi
-      stop_all
-      echo "round $round  $c  $1 $2: $r$extra"
-      echo "$c $1 $r$extra" >> "$results"
+      echo "round $round  $c  $1 $2 QD$3: writes cpu_us/write iops MB/s p50_us p99_us = $r$extra"
+      echo "$c $1-$2-$3 $r$extra" >> "$results"
     done
+    stop_all
   done
 done
 
 echo
-echo "fio nbd engine, unix socket, QD32, ${RUNTIME}s per run, median of $REPEAT rounds, $(nproc) cores"
+echo "fio nbd engine, unix socket, ${RUNTIME}s per run, targets written whole first, median of $REPEAT rounds, $(nproc) cores"
+echo "CPU: user+system time of the serving processes (both agents for repl; the agent and its"
+echo "consumer for capture; qemu-storage-daemon and its qemu-nbd target for the mirrors), per write"
 python3 - "$results" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+cs = ("off", "capture", "repl", "repl-thr", "nbdkit", "qemu-nbd", "mirror-wb", "mirror-bg")
 def med(c, wl, col):
-    v = [float(r[col]) for r in rows if r[0] == c and r[1] == wl]
-    return statistics.median(v)
-cs = ("off", "capture", "repl", "repl-thr", "mirror-wb", "mirror-bg")
-print("%-20s" % "workload" + "".join("%10s" % c for c in cs))
-for wl, label, col in (("randwrite", "randwrite 4k (IOPS)", 2), ("write", "write 1M (MB/s)", 3)):
-    m = {c: med(c, wl, col) for c in cs}
-    print("%-20s" % label + "".join("%10.0f" % m[c] for c in cs))
-    print("%-20s repl/off %.2fx  repl/capture %.2fx  repl/mirror-wb %.2fx  repl/mirror-bg %.2fx  repl-thr/mirror-wb %.2fx" % (
-        "", m["repl"] / m["off"], m["repl"] / m["capture"], m["repl"] / m["mirror-wb"], m["repl"] / m["mirror-bg"],
-        m["repl-thr"] / m["mirror-wb"]))
+    v = [float(r[col]) for r in rows if r[0] == c and r[1] == wl and r[col] != "-"]
+    return statistics.median(v) if v else float("nan")
+def table(title, cols):
+    print(title)
+    print("%-22s" % "" + "".join("%10s" % c for c in cs))
+    for label, wl, col in cols:
+        print("%-22s" % label + "".join("%10.1f" % med(c, wl, col) for c in cs))
+    print()
+table("CPU µs per write (steady-state overwrites)", [
+    ("randwrite 4k QD32", "randwrite-4k-32", 3), ("write 1M QD32", "write-1M-32", 3), ("randwrite 4k QD1", "randwrite-4k-1", 3)])
+for wl, label in (("randwrite-4k-32", "4k QD32"), ("write-1M-32", "1M QD32")):
+    m = {c: med(c, wl, 3) for c in cs}
+    print("%-8s capture/off %.2fx (target 1.05)  repl/off %.2fx (target 1.4)  repl/mirror-wb %.2fx (target 0.35)  off/nbdkit %.2fx  off/qemu-nbd %.2fx" % (
+        label, m["capture"] / m["off"], m["repl"] / m["off"], m["repl"] / m["mirror-wb"], m["off"] / m["nbdkit"], m["off"] / m["qemu-nbd"]))
 print()
-for wl in ("randwrite", "write"):
+table("write latency at QD1, 4k random (µs)", [("p50", "randwrite-4k-1", 6), ("p99", "randwrite-4k-1", 7)])
+off50, off99 = med("off", "randwrite-4k-1", 6), med("off", "randwrite-4k-1", 7)
+for c in ("capture", "repl", "repl-thr"):
+    print("%-9s p50 off%+.1f µs (target +5)   p99 %.2fx off (target 1.2)" % (
+        c, med(c, "randwrite-4k-1", 6) - off50, med(c, "randwrite-4k-1", 7) / off99))
+print()
+table("throughput (second table): IOPS for 4k, MB/s for 1M", [
+    ("randwrite 4k QD32", "randwrite-4k-32", 4), ("write 1M QD32", "write-1M-32", 5), ("randwrite 4k QD1", "randwrite-4k-1", 4)])
+for wl in ("randwrite-4k-32", "write-1M-32", "randwrite-4k-1"):
     for r in rows:
         if r[0] in ("repl", "repl-thr") and r[1] == wl:
-            print("%-8s %-9s RPO during the run: %s" % (r[0], wl, " ".join(r[4:])))
+            print("%-8s %-16s RPO during the run: %s" % (r[0], wl, " ".join(r[8:])))
 PY
 
 [ "$SHAPED_RATE" = 0 ] && exit 0
