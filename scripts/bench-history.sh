@@ -9,7 +9,8 @@
 #   RSS        its resident memory then, and after the export and the reads
 #   export     `ferry checkpoint export` of the newest checkpoint, until it answers
 #   nbd        start until the export's first NBD read answers (qemu-io)
-#   reads      READS random 4k reads of the export (one qemu-io run), ms per read
+#   reads      READS random 4k reads of the export (one qemu-io run), ms per read; then
+#              the same reads again (warm: the segments' blocks in the page cache)
 # and how each grows with the history. A benchmark, not a test: it asserts nothing.
 #
 #   scripts/bench-history.sh [NAME=BINARY ...]   (default: this tree's release build)
@@ -84,8 +85,12 @@ run() {
   local t2; t2=$(now)
   qemu-io -r -f raw "${cmds[@]}" "$uri" >/dev/null
   local reads; reads=$(python3 -c "import sys; print(f'{float(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$(ms_since "$t2")" "$READS")
+  # The same reads again: the segments' blocks are in the page cache now.
+  t2=$(now)
+  qemu-io -r -f raw "${cmds[@]}" "$uri" >/dev/null
+  local warm; warm=$(python3 -c "import sys; print(f'{float(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$(ms_since "$t2")" "$READS")
   local rss2; rss2=$(rss_mb "$b")
-  echo "$name $size $records $ready $rss $export_ms $nbd $reads $rss2"
+  echo "$name $size $records $ready $rss $export_ms $nbd $reads $rss2 $warm"
   kill "$b"; wait "$b" 2>/dev/null || true
   pids=()
 }
@@ -100,9 +105,9 @@ done
 python3 - "$results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
-print(f"{'build':<8} {'history':>8} {'records':>9} {'ready ms':>9} {'RSS MB':>7} {'export ms':>10} {'NBD ms':>7} {'ms/read':>8} {'RSS after':>9}")
+print(f"{'build':<8} {'history':>8} {'records':>9} {'ready ms':>9} {'RSS MB':>7} {'export ms':>10} {'NBD ms':>7} {'ms/read':>8} {'warm':>6} {'RSS after':>9}")
 for r in rows:
-    print(f"{r[0]:<8} {r[1]:>8} {r[2]:>9} {r[3]:>9} {r[4]:>7} {r[5]:>10} {r[6]:>7} {r[7]:>8} {r[8]:>9}")
+    print(f"{r[0]:<8} {r[1]:>8} {r[2]:>9} {r[3]:>9} {r[4]:>7} {r[5]:>10} {r[6]:>7} {r[7]:>8} {r[9]:>6} {r[8]:>9}")
 # Growth, per build: each size against the first.
 by = {}
 for r in rows:
@@ -111,6 +116,6 @@ for name, rs in by.items():
     base = rs[0]
     for r in rs[1:]:
         g = lambda i: f"{float(r[i]) / max(float(base[i]), 1e-9):.1f}x"
-        print(f"{name}: {base[1]} -> {r[1]} ({g(2)} records): ready {g(3)}, RSS {g(4)}, export {g(5)}, NBD {g(6)}, read {g(7)}")
+        print(f"{name}: {base[1]} -> {r[1]} ({g(2)} records): ready {g(3)}, RSS {g(4)}, export {g(5)}, NBD {g(6)}, read {g(7)} (warm {g(9)})")
 PY
 rm -f "$results"

@@ -546,6 +546,7 @@ impl Replica {
                 oldest_ms: 0,
                 newest_ms: 0,
                 mem: Some(Box::default()),
+                cached: Mutex::default(),
             },
         );
         Ok(first_seq)
@@ -614,7 +615,11 @@ impl Replica {
             h.segments.get_mut(&first).and_then(|g| g.mem.take())
         };
         if let Some(m) = mem {
-            segments::cache_put(&path, segments::Lookup::of_mem(*m));
+            let l = segments::cache_put(&path, segments::Lookup::of_mem(*m));
+            let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(g) = h.segments.get(&first) {
+                *g.cached.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&l);
+            }
         }
     }
 
@@ -683,20 +688,21 @@ impl Replica {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
             let mut sources = Vec::new();
             let mut files = HashMap::new();
+            let mut found = Vec::new();
             for g in h.live_segments(below) {
                 files.insert(g.first_seq, g.file.clone());
-                match &g.mem {
-                    Some(m) => {
-                        let mut found = Vec::new();
-                        m.overlapping(volume, offset, len, h.floor, below, &mut found);
-                        sources.push(Source::Found(found));
-                    }
-                    None => sources.push(Source::Indexed {
+                if let Some(m) = &g.mem {
+                    m.overlapping(volume, offset, len, h.floor, below, &mut found);
+                } else if let Some(l) = g.cached.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
+                    l.overlapping(volume, offset, len, h.floor, below, &mut found);
+                } else {
+                    sources.push(Source::Indexed {
                         path: g.path.clone(),
                         first_seq: g.first_seq,
-                    }),
+                    });
                 }
             }
+            sources.push(Source::Found(found));
             (h.floor, sources, files)
         };
         // Indexes are read before the image: a segment deleted meanwhile was applied to it
@@ -706,7 +712,13 @@ impl Replica {
             match src {
                 Source::Found(v) => over.extend(v),
                 Source::Indexed { path, first_seq } => match segments::lookup(&path, vpg, first_seq) {
-                    Ok(l) => l.overlapping(volume, offset, len, floor, below, &mut over),
+                    Ok(l) => {
+                        l.overlapping(volume, offset, len, floor, below, &mut over);
+                        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+                        if let Some(g) = h.segments.get(&first_seq) {
+                            *g.cached.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&l);
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 },

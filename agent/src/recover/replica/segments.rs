@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use ferry_journal::history::index::{self, IndexCheckpoint, IndexEntry, IndexSummary};
 use ferry_journal::history::{self as segment, Scan};
@@ -58,6 +58,8 @@ pub(super) struct Segment {
     pub newest_ms: u64,
     /// Its records, while its index file is not yet durable.
     pub mem: Option<Box<MemIndex>>,
+    /// Its lookup while the cache holds it.
+    pub cached: Mutex<Weak<Lookup>>,
 }
 
 /// A segment's records in memory: in sequence order, and by volume range.
@@ -246,7 +248,12 @@ pub(super) fn read_records(seg: &Path, vpg: u64, first_seq: u64) -> io::Result<V
 #[derive(Debug, Default)]
 pub(super) struct Lookup {
     volumes: HashMap<u32, VolumeIndex>,
+    /// When it was last used (the cache's clock): the least recently used go first.
+    used: AtomicU64,
 }
+
+/// The cache's clock.
+static CLOCK: AtomicU64 = AtomicU64::new(0);
 
 impl Lookup {
     pub fn of_records(records: Vec<Rec>) -> Lookup {
@@ -262,10 +269,16 @@ impl Lookup {
         for v in volumes.values_mut() {
             v.finish();
         }
-        Lookup { volumes }
+        Lookup {
+            volumes,
+            used: AtomicU64::new(CLOCK.fetch_add(1, Ordering::Relaxed)),
+        }
     }
 
+    /// Records of `volume` overlapping `off .. off+len` with `from <= seq < below`.
     pub fn overlapping(&self, volume: u32, off: u64, len: u64, from: u64, below: u64, out: &mut Vec<Rec>) {
+        self.used
+            .store(CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if let Some(v) = self.volumes.get(&volume) {
             v.overlapping(off, len, from, below, out);
         }
@@ -277,12 +290,13 @@ impl Lookup {
 }
 
 /// Closed segments' lookups by index path, least recently used first out, within a budget.
+/// A segment keeps a weak handle to its lookup, so a read finds a cached one without this
+/// cache's lock; only a miss takes it.
 #[derive(Default)]
 struct Cache {
     budget: usize,
     used: usize,
-    tick: u64,
-    map: HashMap<PathBuf, (Arc<Lookup>, usize, u64)>,
+    map: HashMap<PathBuf, (Arc<Lookup>, usize)>,
     hits: u64,
     loads: u64,
 }
@@ -298,17 +312,16 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What the cache holds now: (bytes used, budget, lookups served from it, loads from disk).
-pub fn cache_stats() -> (usize, usize, u64, u64) {
+/// What the cache holds now: (bytes used, budget, loads from disk).
+pub fn cache_stats() -> (usize, usize, u64) {
     let c = cache();
-    (c.used, c.budget, c.hits, c.loads)
+    (c.used, c.budget, c.loads)
 }
 
 impl Cache {
     fn put(&mut self, key: PathBuf, l: Arc<Lookup>) {
         let n = l.bytes();
-        self.tick += 1;
-        if let Some((_, old, _)) = self.map.insert(key, (l, n, self.tick)) {
+        if let Some((_, old)) = self.map.insert(key, (l, n)) {
             self.used -= old;
         }
         self.used += n;
@@ -320,10 +333,10 @@ impl Cache {
             let oldest = self
                 .map
                 .iter()
-                .min_by_key(|(_, (_, _, t))| *t)
+                .min_by_key(|(_, (l, _))| l.used.load(Ordering::Relaxed))
                 .map(|(k, _)| k.clone())
                 .expect("not empty");
-            if let Some((_, n, _)) = self.map.remove(&oldest) {
+            if let Some((_, n)) = self.map.remove(&oldest) {
                 self.used -= n;
             }
         }
@@ -331,14 +344,16 @@ impl Cache {
 }
 
 /// Puts a segment's lookup in the cache (its index was just written: it is hot).
-pub(super) fn cache_put(seg: &Path, l: Lookup) {
-    cache().put(seg.with_extension("idx"), Arc::new(l));
+pub(super) fn cache_put(seg: &Path, l: Lookup) -> Arc<Lookup> {
+    let l = Arc::new(l);
+    cache().put(seg.with_extension("idx"), l.clone());
+    l
 }
 
 /// Forgets a deleted segment.
 pub(super) fn cache_forget(seg: &Path) {
     let mut c = cache();
-    if let Some((_, n, _)) = c.map.remove(&seg.with_extension("idx")) {
+    if let Some((_, n)) = c.map.remove(&seg.with_extension("idx")) {
         c.used -= n;
     }
 }
@@ -350,11 +365,7 @@ pub(super) fn lookup(seg: &Path, vpg: u64, first_seq: u64) -> io::Result<Arc<Loo
     let key = seg.with_extension("idx");
     {
         let mut c = cache();
-        c.tick += 1;
-        let tick = c.tick;
-        if let Some(e) = c.map.get_mut(&key) {
-            e.2 = tick;
-            let l = e.0.clone();
+        if let Some(l) = c.map.get(&key).map(|e| e.0.clone()) {
             c.hits += 1;
             return Ok(l);
         }
@@ -476,6 +487,7 @@ impl Replica {
                     oldest_ms: summary.oldest_ms,
                     newest_ms: summary.newest_ms,
                     mem,
+                    cached: Mutex::default(),
                 },
             );
         }
