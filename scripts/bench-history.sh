@@ -8,6 +8,7 @@
 #   ready      start until its replicas are loaded (status says so)
 #   RSS        its resident memory then, and after the export and the reads
 #   export     `ferry checkpoint export` of the newest checkpoint, until it answers
+#   test       `ferry failover test` of it (after the export is gone), until it answers
 #   nbd        start until the export's first NBD read answers (qemu-io)
 #   reads      READS random 4k reads of the export (one qemu-io run), ms per read; then
 #              the same reads again (warm: the segments' blocks in the page cache)
@@ -90,7 +91,12 @@ run() {
   qemu-io -r -f raw "${cmds[@]}" "$uri" >/dev/null
   local warm; warm=$(python3 -c "import sys; print(f'{float(sys.argv[1]) / int(sys.argv[2]):.2f}')" "$(ms_since "$t2")" "$READS")
   local rss2; rss2=$(rss_mb "$b")
-  echo "$name $size $records $ready $rss $export_ms $nbd $reads $rss2 $warm"
+  "${B[@]}" checkpoint unexport app >/dev/null
+  local t3; t3=$(now)
+  "${B[@]}" failover test app --checkpoint "$cp" >/dev/null
+  local test_ms; test_ms=$(ms_since "$t3")
+  "${B[@]}" failover stop app --result pass >/dev/null
+  echo "$name $size $records $ready $rss $export_ms $nbd $reads $rss2 $warm $test_ms"
   kill "$b"; wait "$b" 2>/dev/null || true
   pids=()
 }
@@ -105,9 +111,9 @@ done
 python3 - "$results" <<'PY'
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
-print(f"{'build':<8} {'history':>8} {'records':>9} {'ready ms':>9} {'RSS MB':>7} {'export ms':>10} {'NBD ms':>7} {'ms/read':>8} {'warm':>6} {'RSS after':>9}")
+print(f"{'build':<8} {'history':>8} {'records':>9} {'ready ms':>9} {'RSS MB':>7} {'export ms':>10} {'NBD ms':>7} {'ms/read':>8} {'warm':>6} {'RSS after':>9} {'test ms':>8}")
 for r in rows:
-    print(f"{r[0]:<8} {r[1]:>8} {r[2]:>9} {r[3]:>9} {r[4]:>7} {r[5]:>10} {r[6]:>7} {r[7]:>8} {r[9]:>6} {r[8]:>9}")
+    print(f"{r[0]:<8} {r[1]:>8} {r[2]:>9} {r[3]:>9} {r[4]:>7} {r[5]:>10} {r[6]:>7} {r[7]:>8} {r[9]:>6} {r[8]:>9} {r[10]:>8}")
 # Growth, per build: each size against the first.
 by = {}
 for r in rows:

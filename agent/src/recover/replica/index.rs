@@ -21,7 +21,16 @@ pub(super) struct VolumeIndex {
     /// Records longer than [`SMALL_BYTES_MAX`] (few): kept apart so a lookup needs to look
     /// back only that far in the runs.
     big: Vec<Rec>,
+    /// Once finished: a bit per `1 << shift` bytes of the volume, set where a record lies,
+    /// so a lookup passes by a segment that holds nothing near the range with one load
+    /// (history is searched segment by segment). Empty: no filter.
+    filter: Vec<u64>,
+    shift: u32,
 }
+
+/// Bits of a finished index's filter: about four per record, within these bounds.
+const FILTER_BITS_MIN: u64 = 1 << 12;
+const FILTER_BITS_MAX: u64 = 1 << 20;
 
 fn key(r: &Rec) -> (u64, u64) {
     (r.offset, r.seq)
@@ -53,18 +62,60 @@ impl VolumeIndex {
         for r in &mut self.runs {
             r.shrink_to_fit();
         }
+        self.build_filter();
+    }
+
+    fn build_filter(&mut self) {
+        let all = || self.runs.iter().flatten().chain(&self.big);
+        let count = all().count() as u64;
+        let Some(end) = all().map(|r| r.offset.saturating_add(r.length)).max() else {
+            return;
+        };
+        let bits = (4 * count).clamp(FILTER_BITS_MIN, FILTER_BITS_MAX).next_power_of_two();
+        let mut shift = 12;
+        while (end >> shift) >= bits {
+            shift += 1;
+        }
+        let mut filter = vec![0u64; bits as usize / 64];
+        for r in all() {
+            let (a, b) = (r.offset >> shift, (r.offset + r.length.max(1) - 1) >> shift);
+            if b - a >= bits / 8 {
+                return; // a record over much of the volume: the filter would pass everything
+            }
+            for c in a..=b {
+                filter[(c / 64) as usize] |= 1 << (c % 64);
+            }
+        }
+        self.filter = filter;
+        self.shift = shift;
+    }
+
+    /// Whether the filter lets a lookup of `off .. off+len` pass by (nothing lies there).
+    fn passes_by(&self, off: u64, len: u64) -> bool {
+        if self.filter.is_empty() || len == 0 {
+            return false;
+        }
+        let bits = self.filter.len() as u64 * 64;
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        if a >= bits {
+            return true; // past the last record's end
+        }
+        !(a..=b.min(bits - 1)).any(|c| self.filter[(c / 64) as usize] & (1 << (c % 64)) != 0)
     }
 
     /// Bytes it holds (for the cache's budget).
     pub(super) fn bytes(&self) -> usize {
         let n: usize =
             self.runs.iter().map(Vec::capacity).sum::<usize>() + self.staged.capacity() + self.big.capacity();
-        n * std::mem::size_of::<Rec>()
+        n * std::mem::size_of::<Rec>() + self.filter.capacity() * 8
     }
 
     /// Records overlapping `off .. off+len` with `from <= seq < below`, appended to `out`
     /// in no particular order.
     pub(super) fn overlapping(&self, off: u64, len: u64, from: u64, below: u64, out: &mut Vec<Rec>) {
+        if self.passes_by(off, len) {
+            return;
+        }
         let end = off + len;
         let hit = |r: &Rec| r.seq >= from && r.seq < below && r.offset < end && r.offset + r.length > off;
         let start_key = (off.saturating_sub(SMALL_BYTES_MAX), 0);
