@@ -6,6 +6,8 @@
 #
 #   scripts/bench-cpu-per-write.sh [NAME=BINARY ...]   (default: this tree's release build)
 #   RUNTIME=15  SIZE=256M  REPEAT=2  BENCH_DIR=/var/tmp/ferry-bench-cpu
+#   RW=randwrite  BS=4k  QD=1   the measured workload (RW=write BS=1M QD=32: the recovery
+#                               agent's CPU per MiB, what one of its cores takes in)
 #
 # A benchmark, not a test: it asserts nothing. The volume is written whole first, so the
 # measured writes are steady-state overwrites.
@@ -14,6 +16,9 @@ cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-15}
 SIZE=${SIZE:-256M}
 REPEAT=${REPEAT:-2}
+RW=${RW:-randwrite}
+BS=${BS:-4k}
+QD=${QD:-1}
 BENCH_DIR=${BENCH_DIR:-/var/tmp/ferry-bench-cpu}
 if [ $# -eq 0 ]; then
   cargo build --release --quiet
@@ -43,9 +48,11 @@ run() { # NAME BINARY -> prints "name cpuA_us cpuB_us lat_us iops"
     --output-format=terse >/dev/null
   sleep 3 # the fill reaches the recovery site
   local a0 b0; a0=$(ticks "$a"); b0=$(ticks "$b")
-  fio --name=qd1 --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=1 --size="$SIZE" \
+  fio --name=measured --ioengine=nbd --uri="$uri" --rw="$RW" --bs="$BS" --iodepth="$QD" --size="$SIZE" \
     --time_based --runtime="$RUNTIME" --randrepeat=0 --output-format=json >"$BENCH_DIR/fio.json"
-  sleep 2 # what was written is shipped and applied: its cost counts
+  # What was written is shipped and applied: its cost counts.
+  for _ in $(seq 1200); do "${A[@]}" status | grep -q 'RPO 0.0 s' && break; sleep 0.1; done
+  sleep 1
   local a1 b1; a1=$(ticks "$a"); b1=$(ticks "$b")
   python3 - "$BENCH_DIR/fio.json" "$name" "$((a1 - a0))" "$((b1 - b0))" "$hz" <<'PY'
 import json, sys
@@ -73,7 +80,7 @@ for line in open(sys.argv[1]):
     name, *v = line.split()
     rows.setdefault(name, []).append([float(x) for x in v])
 first = None
-print(f"{'build':<10} {'A CPU µs/write':>15} {'B CPU µs/write':>15} {'QD1 latency µs':>15} {'IOPS':>8}   (medians)")
+print(f"{'build':<10} {'A CPU µs/write':>15} {'B CPU µs/write':>15} {'latency µs':>15} {'IOPS':>8}   (medians)")
 for name, rs in rows.items():
     med = [statistics.median(c) for c in zip(*rs)]
     first = first or med
