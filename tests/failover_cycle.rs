@@ -498,6 +498,9 @@ fn writes_on_both_sides_after_a_shutdown_none_failover_are_resynced_from_what_ea
     qemu_io(a.tcp_uri("d0"), &["write -P 0x21 6M 1M"]);
     qemu_io(b.tcp_uri("d0"), &["write -P 0x31 9M 1M"]);
     qemu_io(a.tcp_uri("d0"), &["write -P 0x22 12M 1M"]);
+    // Both of the protected site's writes have reached the recovery site's history (the
+    // commit keeps what arrived; a write still on its way would not be among it).
+    tag_and_wait(&a, &b, "app", "after-failover");
     let out = b.ferry(&[
         "failover",
         "commit",
