@@ -98,7 +98,7 @@ impl Replica {
                     error!(segment = %p.display(), error = %e, "cannot delete an applied history segment");
                 }
             }
-            segments::cache_forget(&seg.path);
+            segments::cache_forget((self.cache_id, seg.first_seq));
         }
         Ok(count)
     }

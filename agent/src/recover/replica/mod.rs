@@ -198,6 +198,14 @@ pub struct Replica {
     life: Mutex<Life>,
     /// What a live failover has for the protected site, and its answer.
     role: role::Role,
+    /// Its segments' key in the index cache.
+    cache_id: u64,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        segments::cache_forget_replica(self.cache_id);
+    }
 }
 
 /// A replication session's hold on a replica (see [`Replica::in_session`]).
@@ -368,6 +376,7 @@ impl Replica {
             last_received_ms: Mutex::new(0),
             life: Mutex::new(Life::default()),
             role: role::Role::default(),
+            cache_id: segments::new_cache_id(),
         };
         r.load_history(meta.applied_seq)?;
         if meta.applying_until > meta.applied_seq {
@@ -615,7 +624,7 @@ impl Replica {
             h.segments.get_mut(&first).and_then(|g| g.mem.take())
         };
         if let Some(m) = mem {
-            let l = segments::cache_put(&path, segments::Lookup::of_mem(*m));
+            let l = segments::cache_put((self.cache_id, first), segments::Lookup::of_mem(*m));
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
             if let Some(g) = h.segments.get(&first) {
                 *g.cached.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&l);
@@ -711,7 +720,7 @@ impl Replica {
         for src in sources {
             match src {
                 Source::Found(v) => over.extend(v),
-                Source::Indexed { path, first_seq } => match segments::lookup(&path, vpg, first_seq) {
+                Source::Indexed { path, first_seq } => match segments::lookup((self.cache_id, first_seq), &path, vpg) {
                     Ok(l) => {
                         l.overlapping(volume, offset, len, floor, below, &mut over);
                         let h = self.hist.read().unwrap_or_else(|e| e.into_inner());

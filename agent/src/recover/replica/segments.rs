@@ -289,14 +289,26 @@ impl Lookup {
     }
 }
 
-/// Closed segments' lookups by index path, least recently used first out, within a budget.
+/// A segment in the cache: (its replica's instance, see [`new_cache_id`], its first
+/// sequence number). Not its path: a replica deleted and made again in the same directory
+/// names its segments alike.
+pub(super) type Key = (u64, u64);
+
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
+/// A number for a replica opened now, never given before in this process.
+pub(super) fn new_cache_id() -> u64 {
+    INSTANCES.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Closed segments' lookups by segment, least recently used first out, within a budget.
 /// A segment keeps a weak handle to its lookup, so a read finds a cached one without this
 /// cache's lock; only a miss takes it.
 #[derive(Default)]
 struct Cache {
     budget: usize,
     used: usize,
-    map: HashMap<PathBuf, (Arc<Lookup>, usize)>,
+    map: HashMap<Key, (Arc<Lookup>, usize)>,
     hits: u64,
     loads: u64,
 }
@@ -319,7 +331,7 @@ pub fn cache_stats() -> (usize, usize, u64) {
 }
 
 impl Cache {
-    fn put(&mut self, key: PathBuf, l: Arc<Lookup>) {
+    fn put(&mut self, key: Key, l: Arc<Lookup>) {
         let n = l.bytes();
         if let Some((_, old)) = self.map.insert(key, (l, n)) {
             self.used -= old;
@@ -334,7 +346,7 @@ impl Cache {
                 .map
                 .iter()
                 .min_by_key(|(_, (l, _))| l.used.load(Ordering::Relaxed))
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
                 .expect("not empty");
             if let Some((_, n)) = self.map.remove(&oldest) {
                 self.used -= n;
@@ -344,25 +356,36 @@ impl Cache {
 }
 
 /// Puts a segment's lookup in the cache (its index was just written: it is hot).
-pub(super) fn cache_put(seg: &Path, l: Lookup) -> Arc<Lookup> {
+pub(super) fn cache_put(key: Key, l: Lookup) -> Arc<Lookup> {
     let l = Arc::new(l);
-    cache().put(seg.with_extension("idx"), l.clone());
+    cache().put(key, l.clone());
     l
 }
 
 /// Forgets a deleted segment.
-pub(super) fn cache_forget(seg: &Path) {
+pub(super) fn cache_forget(key: Key) {
     let mut c = cache();
-    if let Some((_, n)) = c.map.remove(&seg.with_extension("idx")) {
+    if let Some((_, n)) = c.map.remove(&key) {
         c.used -= n;
+    }
+}
+
+/// Forgets every segment of a replica that is let go.
+pub(super) fn cache_forget_replica(id: u64) {
+    let mut c = cache();
+    let gone: Vec<Key> = c.map.keys().filter(|k| k.0 == id).copied().collect();
+    for k in gone {
+        if let Some((_, n)) = c.map.remove(&k) {
+            c.used -= n;
+        }
     }
 }
 
 /// A closed segment's lookup, from the cache or read from its index file (no lock of the
 /// replica is held: the caller let them go). NotFound: the segment was applied and
 /// deleted meanwhile.
-pub(super) fn lookup(seg: &Path, vpg: u64, first_seq: u64) -> io::Result<Arc<Lookup>> {
-    let key = seg.with_extension("idx");
+pub(super) fn lookup(key: Key, seg: &Path, vpg: u64) -> io::Result<Arc<Lookup>> {
+    let first_seq = key.1;
     {
         let mut c = cache();
         if let Some(l) = c.map.get(&key).map(|e| e.0.clone()) {
@@ -586,9 +609,22 @@ mod tests {
         };
         for i in 0..10u64 {
             let l = Lookup::of_records((i * 1000..i * 1000 + 1000).map(rec).collect());
-            c.put(PathBuf::from(format!("{i}.idx")), Arc::new(l));
+            c.put((1, i), Arc::new(l));
             assert!(c.used <= c.budget, "{} > {}", c.used, c.budget);
         }
-        assert!(c.map.contains_key(Path::new("9.idx")) && !c.map.contains_key(Path::new("0.idx")));
+        assert!(c.map.contains_key(&(1, 9)) && !c.map.contains_key(&(1, 0)));
+    }
+
+    #[test]
+    fn a_replica_opened_again_never_finds_the_lookups_of_the_one_before() {
+        // Two openings of the same directory: their segments' keys differ, and letting
+        // the first go forgets its lookups and only those.
+        let (old, new) = (new_cache_id(), new_cache_id());
+        assert_ne!(old, new);
+        cache_put((old, 0), Lookup::of_records(vec![rec(1)]));
+        cache_put((new, 0), Lookup::of_records(vec![rec(2)]));
+        cache_forget_replica(old);
+        let c = cache();
+        assert!(!c.map.contains_key(&(old, 0)) && c.map.contains_key(&(new, 0)));
     }
 }
