@@ -69,7 +69,7 @@ pub use pins::Pin;
 use pins::Pins;
 pub use role::ToPeer;
 use segments::Segment;
-pub use segments::{cache_stats, set_tuning as set_history_tuning};
+pub use segments::set_tuning as set_history_tuning;
 
 /// Records longer than this are indexed apart (few: large writes, trims, zeroing).
 const SMALL_BYTES_MAX: u64 = 1 << 20;
@@ -150,14 +150,6 @@ struct History {
     live: u64,
     /// When the oldest of them was received.
     oldest_ms: Option<u64>,
-}
-
-/// Where a read finds the records to lay over the image, taken under the index's lock.
-enum Source {
-    /// Records already looked up (a segment still in memory).
-    Found(Vec<Rec>),
-    /// A closed segment: its index, read through the cache once the lock is let go.
-    Indexed { path: PathBuf, first_seq: u64 },
 }
 
 impl History {
@@ -692,45 +684,39 @@ impl Replica {
             return Err(io::Error::other(format!("no volume {volume} in this replica")));
         };
         let len = buf.len() as u64;
-        let vpg = self.spec().id;
-        let (floor, sources, files) = {
+        // Records of segments in memory or in the cache are found under the lock; the
+        // indexes of the others (path, first sequence) are read once it is let go.
+        let mut over = Vec::new();
+        let (floor, unread, files) = {
             let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-            let mut sources = Vec::new();
+            let mut unread = Vec::new();
             let mut files = HashMap::new();
-            let mut found = Vec::new();
             for g in h.live_segments(below) {
                 files.insert(g.first_seq, g.file.clone());
                 if let Some(m) = &g.mem {
-                    m.overlapping(volume, offset, len, h.floor, below, &mut found);
+                    m.overlapping(volume, offset, len, h.floor, below, &mut over);
                 } else if let Some(l) = g.cached.lock().unwrap_or_else(|e| e.into_inner()).upgrade() {
-                    l.overlapping(volume, offset, len, h.floor, below, &mut found);
+                    l.overlapping(volume, offset, len, h.floor, below, &mut over);
                 } else {
-                    sources.push(Source::Indexed {
-                        path: g.path.clone(),
-                        first_seq: g.first_seq,
-                    });
+                    unread.push((g.path.clone(), g.first_seq));
                 }
             }
-            sources.push(Source::Found(found));
-            (h.floor, sources, files)
+            (h.floor, unread, files)
         };
         // Indexes are read before the image: a segment deleted meanwhile was applied to it
         // whole, so the image read after holds its records.
-        let mut over = Vec::new();
-        for src in sources {
-            match src {
-                Source::Found(v) => over.extend(v),
-                Source::Indexed { path, first_seq } => match segments::lookup((self.cache_id, first_seq), &path, vpg) {
-                    Ok(l) => {
-                        l.overlapping(volume, offset, len, floor, below, &mut over);
-                        let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
-                        if let Some(g) = h.segments.get(&first_seq) {
-                            *g.cached.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&l);
-                        }
+        let vpg = if unread.is_empty() { 0 } else { self.spec().id };
+        for (path, first_seq) in unread {
+            match segments::lookup((self.cache_id, first_seq), &path, vpg) {
+                Ok(l) => {
+                    l.overlapping(volume, offset, len, floor, below, &mut over);
+                    let h = self.hist.read().unwrap_or_else(|e| e.into_inner());
+                    if let Some(g) = h.segments.get(&first_seq) {
+                        *g.cached.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&l);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                },
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         over.sort_unstable_by_key(|r| r.seq);

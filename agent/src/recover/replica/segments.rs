@@ -309,8 +309,6 @@ struct Cache {
     budget: usize,
     used: usize,
     map: HashMap<Key, (Arc<Lookup>, usize)>,
-    hits: u64,
-    loads: u64,
 }
 
 static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| {
@@ -322,12 +320,6 @@ static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(|| {
 
 fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the cache holds now: (bytes used, budget, loads from disk).
-pub fn cache_stats() -> (usize, usize, u64) {
-    let c = cache();
-    (c.used, c.budget, c.loads)
 }
 
 impl Cache {
@@ -386,13 +378,8 @@ pub(super) fn cache_forget_replica(id: u64) {
 /// deleted meanwhile.
 pub(super) fn lookup(key: Key, seg: &Path, vpg: u64) -> io::Result<Arc<Lookup>> {
     let first_seq = key.1;
-    {
-        let mut c = cache();
-        if let Some(l) = c.map.get(&key).map(|e| e.0.clone()) {
-            c.hits += 1;
-            return Ok(l);
-        }
-        c.loads += 1;
+    if let Some(l) = cache().map.get(&key).map(|e| e.0.clone()) {
+        return Ok(l);
     }
     let l = Arc::new(Lookup::of_records(read_records(seg, vpg, first_seq)?));
     cache().put(key, l.clone());
